@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what shitu-edge needs to build and run on Debian/Ubuntu, and
+# nothing that is already there. Safe to run again.
+#   - Debian packages: OpenCV, clang (opencv bindings), cmake + BLAS/LAPACK (static faiss),
+#     mosquitto (integration tests), systemd (unit checks)
+#   - ONNX Runtime from the PyPI wheel, copied to .deps/onnxruntime/lib/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ORT_VERSION="${ORT_VERSION:-1.31.1}"
+PACKAGES=(build-essential pkg-config clang libclang-dev libopencv-dev cmake libblas-dev liblapack-dev python3-pip)
+
+say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  say "installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  say "cargo not found: install Rust 1.88 or newer (https://rustup.rs) and run this again"
+  exit 1
+fi
+
+lib=.deps/onnxruntime/lib/libonnxruntime.so
+if [ ! -f "$lib" ] || [ "$(cat .deps/onnxruntime/VERSION 2>/dev/null)" != "$ORT_VERSION" ]; then
+  say "installing ONNX Runtime $ORT_VERSION (PyPI wheel) into .deps/onnxruntime"
+  rm -rf .deps/onnxruntime-pkg .deps/onnxruntime
+  python3 -m pip install -q --disable-pip-version-check --no-deps --target .deps/onnxruntime-pkg "onnxruntime==$ORT_VERSION"
+  mkdir -p .deps/onnxruntime/lib
+  cp .deps/onnxruntime-pkg/onnxruntime/capi/libonnxruntime.so.* "$lib"
+  echo "$ORT_VERSION" > .deps/onnxruntime/VERSION
+  rm -rf .deps/onnxruntime-pkg
+fi
+say "ready (ONNX Runtime: $lib)"

@@ -1,0 +1,108 @@
+//! `shitud gallery …`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use crate::cli::{load_settings, Cli};
+use crate::embed::Embedder;
+use crate::enroll::{self, BuildOptions, OnBadImage};
+use crate::search::{Gallery, Method};
+
+/// Gallery subcommands.
+#[derive(Debug, Subcommand)]
+pub enum GalleryCommand {
+    /// Embed every photo of a PaddleClas list (`path<TAB>label`) and write a gallery.
+    Build(BuildArgs),
+    /// Print a gallery's manifest.
+    Info {
+        /// The gallery directory.
+        #[arg(long, value_name = "DIR")]
+        index: PathBuf,
+    },
+}
+
+/// Arguments of `shitud gallery build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Recognition ONNX model [default: engines/demo/rec.onnx].
+    #[arg(long, value_name = "FILE")]
+    rec_model: Option<PathBuf>,
+    /// List file: one `relative/path<TAB>label` per line; the label is everything after the first tab.
+    #[arg(long, value_name = "FILE")]
+    list: PathBuf,
+    /// Directory the list's paths are relative to.
+    #[arg(long, value_name = "DIR")]
+    image_root: PathBuf,
+    /// Output directory (manifest.json, labels.json, vector.index).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Index kind: Flat (exact), HNSW32 or IVF.
+    #[arg(long, default_value = "Flat", value_name = "METHOD")]
+    method: Method,
+    /// Stop without writing anything if a listed image is missing or unreadable (default: report it and skip it).
+    #[arg(long)]
+    fail_on_missing: bool,
+    /// Path of libonnxruntime.so (ORT_DYLIB_PATH wins over this).
+    #[arg(long, value_name = "FILE")]
+    ort_library: Option<PathBuf>,
+}
+
+/// Runs the command.
+pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        GalleryCommand::Build(args) => build(cli, args),
+        GalleryCommand::Info { index } => {
+            let g = Gallery::open(index, 1)?;
+            println!("{}", serde_json::to_string_pretty(g.manifest())?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<ExitCode> {
+    let mut settings = load_settings(cli)?;
+    if let Some(m) = &args.rec_model {
+        settings.embedder.model = m.clone();
+    }
+    if args.ort_library.is_some() {
+        settings.engine.ort_library = args.ort_library.clone();
+    }
+    let mut embedder = Embedder::open(&settings)?;
+    let opts = BuildOptions {
+        list: args.list.clone(),
+        image_root: args.image_root.clone(),
+        out: args.out.clone(),
+        method: args.method,
+        on_bad_image: if args.fail_on_missing { OnBadImage::Fail } else { OnBadImage::Skip },
+        input: settings.input.clone(),
+    };
+    let tty = std::io::stderr().is_terminal();
+    let report = enroll::build(&mut embedder, &settings.embedder.model, &opts, |done, total| {
+        if tty {
+            eprint!("\rembedding gallery images: {done}/{total}");
+            if done == total {
+                eprintln!();
+            }
+        } else if done == total || done % 50 == 0 {
+            tracing::info!("embedded {done}/{total} gallery images");
+        }
+    })?;
+    for (entry, why) in &report.skipped {
+        eprintln!("skipped line {} ({}): {why}", entry.line, entry.path);
+    }
+    let m = report.gallery.manifest();
+    eprintln!(
+        "gallery written to {}: {} items, {} skipped, method {:?}, {}-d, model {} (sha256 {})",
+        args.out.display(),
+        m.count,
+        report.skipped.len(),
+        m.method,
+        m.dim,
+        m.model_file,
+        &m.model_sha256[..12]
+    );
+    Ok(if report.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

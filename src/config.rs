@@ -1,0 +1,305 @@
+//! Settings for the whole pipeline, layered: built-in defaults, then a TOML
+//! file, then `SHITU__SECTION__KEY` environment variables. Command-line flags
+//! are applied on top by the CLI. The defaults are PaddleClas's
+//! `inference_general.yaml`, so an empty file reproduces the reference.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Every setting of the pipeline.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Which runtime and execution provider run the models.
+    pub engine: EngineSettings,
+    /// Input limits.
+    pub input: InputSettings,
+    /// The mainbody detector.
+    pub detector: DetectorSettings,
+    /// The feature extractor.
+    pub embedder: EmbedderSettings,
+    /// Gallery search and the final answer.
+    pub search: SearchSettings,
+}
+
+/// The ONNX Runtime execution provider that runs a model.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// ONNX Runtime's own CPU kernels.
+    #[default]
+    Cpu,
+    /// The CUDA execution provider.
+    Cuda,
+    /// The TensorRT execution provider (falls back to CUDA, then CPU, per node).
+    Tensorrt,
+}
+
+impl std::str::FromStr for Provider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Provider::Cpu),
+            "cuda" => Ok(Provider::Cuda),
+            "tensorrt" | "trt" => Ok(Provider::Tensorrt),
+            other => Err(format!("unknown execution provider '{other}' (expected cpu, cuda or tensorrt)")),
+        }
+    }
+}
+
+/// Runtime settings shared by both models.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSettings {
+    /// Execution provider.
+    pub provider: Provider,
+    /// Path of `libonnxruntime.so`. `ORT_DYLIB_PATH` in the environment wins over this.
+    pub ort_library: Option<PathBuf>,
+    /// Threads per model for intra-op parallelism; 0 lets ONNX Runtime choose (one per core).
+    pub intra_threads: usize,
+    /// GPU ordinal for the CUDA and TensorRT providers.
+    pub device_id: i32,
+    /// Build TensorRT engines in FP16.
+    pub fp16: bool,
+    /// Where TensorRT engines and timing caches are kept between runs.
+    pub engine_cache_dir: PathBuf,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            provider: Provider::Cpu,
+            ort_library: None,
+            intra_threads: 0,
+            device_id: 0,
+            fp16: true,
+            engine_cache_dir: PathBuf::from("engines/cache"),
+        }
+    }
+}
+
+/// Limits on what is accepted as an image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputSettings {
+    /// Largest image accepted, in pixels (width × height). Larger images are
+    /// refused before they are decoded, so one bad upload cannot exhaust memory.
+    pub max_pixels: u64,
+    /// Largest encoded file accepted, in bytes.
+    pub max_file_bytes: u64,
+}
+
+impl Default for InputSettings {
+    fn default() -> Self {
+        InputSettings { max_pixels: 50_000_000, max_file_bytes: 64 << 20 }
+    }
+}
+
+/// When the whole frame is searched as one more candidate crop.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WholeImage {
+    /// Always (PaddleClas `predict_system`).
+    #[default]
+    Always,
+    /// Only when the detector found nothing (PaddleX `pp_shitu_v2`).
+    WhenEmpty,
+    /// Never.
+    Never,
+}
+
+impl std::str::FromStr for WholeImage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(WholeImage::Always),
+            "when_empty" | "when-empty" => Ok(WholeImage::WhenEmpty),
+            "never" => Ok(WholeImage::Never),
+            other => Err(format!("unknown whole-image policy '{other}' (expected always, when_empty or never)")),
+        }
+    }
+}
+
+/// Detector settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectorSettings {
+    /// The PicoDet ONNX model, in either export form.
+    pub model: PathBuf,
+    /// Keep detections scoring at least this (`Global.threshold`).
+    pub threshold: f32,
+    /// Keep this many best detections before thresholding (`Global.max_det_results`).
+    pub max_results: usize,
+    /// Whether the whole frame is also searched.
+    pub whole_image: WholeImage,
+    /// Most frames per detector call (pre-NMS export only; the NMS export runs one at a time).
+    pub max_batch: usize,
+    /// Host-side NMS for the pre-NMS export; defaults equal the graph's `multiclass_nms3`.
+    pub nms: NmsSettings,
+}
+
+impl Default for DetectorSettings {
+    fn default() -> Self {
+        DetectorSettings {
+            model: PathBuf::from("engines/demo/det_prenms.onnx"),
+            threshold: 0.2,
+            max_results: 5,
+            whole_image: WholeImage::Always,
+            max_batch: 4,
+            nms: NmsSettings::default(),
+        }
+    }
+}
+
+/// Parameters of the detector's multi-class NMS.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NmsSettings {
+    /// Candidates scoring at or below this are dropped first.
+    pub score_threshold: f32,
+    /// Best candidates per class considered.
+    pub top_k: usize,
+    /// Suppress a box whose IoU with a kept box exceeds this.
+    pub iou_threshold: f32,
+    /// Boxes kept per image over all classes.
+    pub keep_top_k: usize,
+}
+
+impl Default for NmsSettings {
+    fn default() -> Self {
+        NmsSettings { score_threshold: 0.025, top_k: 1000, iou_threshold: 0.6, keep_top_k: 100 }
+    }
+}
+
+/// Feature extractor settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbedderSettings {
+    /// The PPLCNetV2 ONNX model.
+    pub model: PathBuf,
+    /// Most crops per embedder call. Crops of all frames in a request share batches.
+    pub max_batch: usize,
+}
+
+impl Default for EmbedderSettings {
+    fn default() -> Self {
+        EmbedderSettings { model: PathBuf::from("engines/demo/rec.onnx"), max_batch: 16 }
+    }
+}
+
+/// Search settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchSettings {
+    /// The gallery directory (made by `shitud gallery build`).
+    pub index: PathBuf,
+    /// Neighbours fetched per crop (`IndexProcess.return_k`); only the best is reported.
+    pub return_k: usize,
+    /// A crop is reported when its best match scores at least this (`IndexProcess.score_thres`).
+    pub score_threshold: f32,
+    /// Recognition NMS: suppress a result whose IoU with a better one exceeds this (`Global.rec_nms_thresold`).
+    pub rec_nms_threshold: f32,
+    /// IVF lists probed per query. PaddleClas leaves faiss's default of 1, which
+    /// misses neighbours as soon as the gallery has several lists.
+    pub nprobe: usize,
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        SearchSettings {
+            index: PathBuf::from("engines/demo/gallery"),
+            return_k: 5,
+            score_threshold: 0.5,
+            rec_nms_threshold: 0.05,
+            nprobe: 8,
+        }
+    }
+}
+
+impl Settings {
+    /// Loads the defaults, then `file` if given, then `SHITU__…` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Settings> {
+        let mut builder = config::Config::builder()
+            .add_source(config::Config::try_from(&Settings::default()).map_err(|e| Error::Config(e.to_string()))?);
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(Error::Config(format!("config file {} does not exist", file.display())));
+            }
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(config::Environment::with_prefix("SHITU").prefix_separator("__").separator("__"));
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| Error::Config(match file {
+                Some(f) => format!("{}: {e}", f.display()),
+                None => e.to_string(),
+            }))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks ranges that serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::Config(what.to_string()));
+        if self.detector.max_batch == 0 || self.embedder.max_batch == 0 {
+            return bad("detector.max_batch and embedder.max_batch must be at least 1");
+        }
+        if self.search.return_k == 0 {
+            return bad("search.return_k must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.detector.threshold) {
+            return bad("detector.threshold must be within 0..1");
+        }
+        if self.input.max_pixels == 0 {
+            return bad("input.max_pixels must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_reference_parameters() {
+        let s = Settings::default();
+        assert_eq!(s.detector.threshold, 0.2);
+        assert_eq!(s.detector.max_results, 5);
+        assert_eq!(s.search.return_k, 5);
+        assert_eq!(s.search.score_threshold, 0.5);
+        assert_eq!(s.search.rec_nms_threshold, 0.05);
+        assert_eq!(s.detector.whole_image, WholeImage::Always);
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[detector]\nthreshold = 0.3\nwhole_image = \"when_empty\"\n").unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.detector.threshold, 0.3);
+        assert_eq!(s.detector.whole_image, WholeImage::WhenEmpty);
+        assert_eq!(s.search.return_k, 5);
+
+        std::fs::write(&path, "[detector]\nthreshhold = 0.3\n").unwrap();
+        let err = Settings::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("threshhold"), "{err}");
+    }
+
+    #[test]
+    fn shipped_config_file_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/shitu.toml");
+        assert_eq!(Settings::load(Some(&path)).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Settings::load(Some(Path::new("/nonexistent/shitu.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/shitu.toml"));
+    }
+}

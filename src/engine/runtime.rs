@@ -1,0 +1,79 @@
+//! Finding and loading `libonnxruntime` once per process.
+//!
+//! Search order: `ORT_DYLIB_PATH`, then `engine.ort_library` from the config,
+//! then the project-local copy that `scripts/setup.sh` installs under
+//! `.deps/onnxruntime/lib/` (next to the working directory or above the
+//! executable), then the system's library directories.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+
+use crate::error::{Error, Result};
+
+/// The oldest ONNX Runtime this build accepts (`ort`'s API level).
+pub const MIN_ORT_VERSION: &str = "1.22";
+
+static ENV: OnceLock<(Environment, PathBuf)> = OnceLock::new();
+
+/// Where `libonnxruntime` was looked for, in order, with the first that exists.
+pub fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        out.push(PathBuf::from(p));
+    }
+    if let Some(p) = configured {
+        out.push(p.to_path_buf());
+    }
+    let local = Path::new(".deps/onnxruntime/lib/libonnxruntime.so");
+    if let Ok(cwd) = std::env::current_dir() {
+        out.push(cwd.join(local));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        // target/release/shitud → the checkout's root two or three levels up.
+        for dir in exe.ancestors().skip(1).take(4) {
+            out.push(dir.join(local));
+        }
+    }
+    for sys in ["/usr/lib/libonnxruntime.so", "/usr/local/lib/libonnxruntime.so", "/usr/lib/x86_64-linux-gnu/libonnxruntime.so", "/usr/lib/aarch64-linux-gnu/libonnxruntime.so"] {
+        out.push(PathBuf::from(sys));
+    }
+    out.dedup();
+    out
+}
+
+/// Loads ONNX Runtime (first call only) and returns the process's environment
+/// and the library it came from.
+pub fn environment(configured: Option<&Path>) -> Result<&'static (Environment, PathBuf)> {
+    if let Some(env) = ENV.get() {
+        return Ok(env);
+    }
+    let searched = candidates(configured);
+    let explicit = std::env::var_os("ORT_DYLIB_PATH").is_some() || configured.is_some();
+    let found = if explicit {
+        // A path the user named must exist; silently trying others would hide the typo.
+        let first = searched[0].clone();
+        if !first.exists() {
+            return Err(Error::Runtime(format!(
+                "{} does not exist (named by {}). Run scripts/setup.sh to install the runtime, or point ORT_DYLIB_PATH at libonnxruntime.so",
+                first.display(),
+                if std::env::var_os("ORT_DYLIB_PATH").is_some() { "ORT_DYLIB_PATH" } else { "engine.ort_library" }
+            )));
+        }
+        first
+    } else {
+        searched.iter().find(|p| p.exists()).cloned().ok_or_else(|| {
+            Error::Runtime(format!(
+                "libonnxruntime.so not found. Looked in:\n  {}\nRun scripts/setup.sh (installs onnxruntime from PyPI into .deps/), or set ORT_DYLIB_PATH or engine.ort_library",
+                searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join("\n  ")
+            ))
+        })?
+    };
+    let builder = ort::init_from(&found).map_err(|e| {
+        Error::Runtime(format!("cannot use {}: {e}. shitu-edge needs ONNX Runtime {MIN_ORT_VERSION} or newer", found.display()))
+    })?;
+    let env = builder.with_name("shitu-edge").build().map_err(|e| Error::Runtime(format!("cannot start ONNX Runtime: {e}")))?;
+    tracing::info!(library = %found.display(), "loaded ONNX Runtime");
+    Ok(ENV.get_or_init(|| (env, found)))
+}

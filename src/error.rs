@@ -1,0 +1,92 @@
+//! The library's error type. Every variant names the input it is about, so a
+//! message read in a journal is enough to find the file or setting at fault.
+
+use std::path::PathBuf;
+
+/// Errors raised by the recognition library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An image could not be read or decoded.
+    #[error("image {name}: {reason}")]
+    Image {
+        /// The image's path or message name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The ONNX Runtime library could not be found or loaded.
+    #[error("ONNX Runtime: {0}")]
+    Runtime(String),
+
+    /// A model could not be loaded, or its inputs/outputs are not what the stage expects.
+    #[error("model {path}: {reason}")]
+    Model {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Inference failed at run time.
+    #[error("inference in {stage}: {source}")]
+    Inference {
+        /// The stage (`detector`, `embedder`).
+        stage: &'static str,
+        /// The runtime's error.
+        #[source]
+        source: ort::Error,
+    },
+
+    /// The gallery (index directory) is missing, corrupt or does not fit the model.
+    #[error("gallery {path}: {reason}")]
+    Gallery {
+        /// The index directory or list file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The vector index failed.
+    #[error("vector index: {0}")]
+    Index(String),
+
+    /// A setting is missing or out of range.
+    #[error("config: {0}")]
+    Config(String),
+
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    /// An [`Error::Image`] for the image called `name`.
+    pub fn image(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Image { name: name.into(), reason: reason.into() }
+    }
+
+    /// An [`Error::Model`] for the model at `path`.
+    pub fn model(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Model { path: path.into(), reason: reason.into() }
+    }
+
+    /// An [`Error::Gallery`] for the gallery at `path`.
+    pub fn gallery(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Gallery { path: path.into(), reason: reason.into() }
+    }
+}

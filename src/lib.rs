@@ -1,0 +1,30 @@
+//! shitu-edge: PP-ShiTuV2 product recognition on ONNX Runtime and faiss.
+//!
+//! The modules follow the data flow, and each stage depends only on the ones
+//! before it:
+//!
+//! [`input`] → [`preprocess`] → [`engine`] → [`detect`] / [`embed`] → [`search`] → [`report`]
+//!
+//! [`pipeline::Pipeline`] runs them in order; [`enroll`] builds galleries;
+//! [`cli`] is the `shitud` command line.
+
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod detect;
+pub mod embed;
+pub mod engine;
+pub mod enroll;
+pub mod error;
+pub mod geometry;
+pub mod input;
+pub mod pipeline;
+pub mod preprocess;
+pub mod report;
+pub mod search;
+
+pub use config::Settings;
+pub use error::{Error, Result};
+pub use pipeline::{Pipeline, Recognized};

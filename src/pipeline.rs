@@ -1,0 +1,192 @@
+//! The [`Pipeline`]: frames in, recognitions out. The CLI, the daemon, the
+//! benchmarks and the tests all drive this one type.
+//!
+//! Work is batched across frames: the detector takes up to
+//! `detector.max_batch` frames per call (pre-NMS export), and the crops of all
+//! frames share embedder batches of up to `embedder.max_batch`, where the
+//! reference runs every crop alone.
+
+use std::time::Instant;
+
+use crate::config::{Settings, WholeImage};
+use crate::detect::{Detection, PicoDet};
+use crate::embed::Embedder;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::geometry::CropBox;
+use crate::input::Frame;
+use crate::preprocess;
+use crate::report::{finalize, Match, Recognition, StageTimes};
+use crate::search::Gallery;
+
+/// Everything the pipeline found in one frame.
+#[derive(Debug, Clone)]
+pub struct Recognized {
+    /// Detector boxes after selection and clipping.
+    pub detections: Vec<Detection>,
+    /// The crops that were embedded: one per detection, then the whole frame if the policy says so.
+    pub crops: Vec<CropBox>,
+    /// Unit-length features of the crops, `crops.len() × dim`, row-major.
+    pub features: Vec<f32>,
+    /// Each crop's best gallery match.
+    pub matches: Vec<Match>,
+    /// The final answer.
+    pub results: Vec<Recognition>,
+    /// This frame's share of each stage's time (`decode` is left to the caller).
+    pub timings: StageTimes,
+}
+
+/// Detector, embedder and gallery, loaded and checked against each other.
+#[derive(Debug)]
+pub struct Pipeline {
+    detector: PicoDet,
+    embedder: Embedder,
+    gallery: Gallery,
+    settings: Settings,
+}
+
+impl PicoDet {
+    /// Loads the detector the settings name.
+    pub fn open(settings: &Settings) -> Result<PicoDet> {
+        let engine = Engine::open(&settings.detector.model, &settings.engine, settings.detector.max_batch)?;
+        PicoDet::new(engine, &settings.detector)
+    }
+}
+
+impl Embedder {
+    /// Loads the recogniser the settings name.
+    pub fn open(settings: &Settings) -> Result<Embedder> {
+        let engine = Engine::open(&settings.embedder.model, &settings.engine, settings.embedder.max_batch)?;
+        Embedder::new(engine, settings.embedder.max_batch)
+    }
+}
+
+impl Pipeline {
+    /// Loads both models and the gallery, and refuses a gallery built by another recogniser.
+    pub fn open(settings: &Settings) -> Result<Pipeline> {
+        settings.validate()?;
+        let gallery = Gallery::open(&settings.search.index, settings.search.nprobe)?;
+        let embedder = Embedder::open(settings)?;
+        gallery.check_model(embedder.model_sha256(), &settings.embedder.model)?;
+        if gallery.manifest().dim != embedder.dim() {
+            return Err(crate::Error::gallery(
+                gallery.dir(),
+                format!("holds {}-d vectors but the recogniser makes {}-d features", gallery.manifest().dim, embedder.dim()),
+            ));
+        }
+        let detector = PicoDet::open(settings)?;
+        Ok(Pipeline { detector, embedder, gallery, settings: settings.clone() })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The detector.
+    pub fn detector(&self) -> &PicoDet {
+        &self.detector
+    }
+
+    /// The gallery.
+    pub fn gallery(&self) -> &Gallery {
+        &self.gallery
+    }
+
+    /// Recognises every frame. Frames are independent: the answer for one does
+    /// not depend on which others share its batch.
+    pub fn recognize(&mut self, frames: &[Frame]) -> Result<Vec<Recognized>> {
+        let refs: Vec<&Frame> = frames.iter().collect();
+        let mut times = vec![StageTimes::default(); frames.len()];
+
+        // Detect, in detector-sized batches.
+        let mut detections = Vec::with_capacity(frames.len());
+        let mut offset = 0;
+        for chunk in refs.chunks(self.detector.max_batch()) {
+            let n = chunk.len() as f64;
+            let t = Instant::now();
+            let input = preprocess::detector_input(chunk)?;
+            let pre = ms(t);
+            let t = Instant::now();
+            let raw = self.detector.infer(&input)?;
+            let infer = ms(t);
+            let t = Instant::now();
+            detections.extend(self.detector.decode(raw, chunk, &input)?);
+            let post = ms(t);
+            for tm in &mut times[offset..offset + chunk.len()] {
+                tm.det_pre = pre / n;
+                tm.det_infer = infer / n;
+                tm.det_post = post / n;
+            }
+            offset += chunk.len();
+        }
+
+        // Candidates: detections, then the whole frame as the policy says.
+        let policy = self.settings.detector.whole_image;
+        let crops: Vec<Vec<CropBox>> = detections
+            .iter()
+            .zip(frames)
+            .map(|(dets, f)| {
+                let mut c: Vec<CropBox> = dets.iter().map(|d| d.bbox.to_crop()).collect();
+                let whole = policy == WholeImage::Always || (policy == WholeImage::WhenEmpty && dets.is_empty());
+                if whole {
+                    c.push(CropBox::whole(f.width, f.height));
+                }
+                c
+            })
+            .collect();
+        let flat: Vec<(usize, &Frame, CropBox)> =
+            crops.iter().enumerate().flat_map(|(i, cs)| cs.iter().map(move |&c| (i, &frames[i], c))).collect();
+
+        // Embed all crops of all frames together.
+        let dim = self.embedder.dim();
+        let mut features = Vec::with_capacity(flat.len() * dim);
+        for chunk in flat.chunks(self.embedder.max_batch()) {
+            let pairs: Vec<(&Frame, CropBox)> = chunk.iter().map(|&(_, f, c)| (f, c)).collect();
+            let t = Instant::now();
+            let batch = self.embedder.prepare(&pairs)?;
+            let pre = ms(t) / chunk.len() as f64;
+            let t = Instant::now();
+            features.extend(self.embedder.infer(&batch)?);
+            let infer = ms(t) / chunk.len() as f64;
+            for &(i, _, _) in chunk {
+                times[i].rec_pre += pre;
+                times[i].rec_infer += infer;
+            }
+        }
+
+        // Search once for every crop, then build each frame's answer.
+        let t = Instant::now();
+        let neighbours = self.gallery.search(&features, self.settings.search.return_k)?;
+        let mut out = Vec::with_capacity(frames.len());
+        let mut next = 0;
+        for (i, (dets, cs)) in detections.into_iter().zip(crops).enumerate() {
+            let matches: Vec<Match> = cs
+                .iter()
+                .enumerate()
+                .map(|(j, &crop)| {
+                    let best = neighbours.get(next + j).and_then(|n| n.first());
+                    Match {
+                        crop,
+                        label: best.and_then(|b| self.gallery.item(b.id)).map(|item| item.label.clone()),
+                        score: best.map_or(f32::NEG_INFINITY, |b| b.score),
+                    }
+                })
+                .collect();
+            let s = &self.settings.search;
+            let results = finalize(&matches, s.score_threshold, s.rec_nms_threshold);
+            let feats = features[next * dim..(next + cs.len()) * dim].to_vec();
+            next += cs.len();
+            out.push(Recognized { detections: dets, crops: cs, features: feats, matches, results, timings: times[i] });
+        }
+        let search = ms(t) / frames.len().max(1) as f64;
+        for r in &mut out {
+            r.timings.search = search;
+        }
+        Ok(out)
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}

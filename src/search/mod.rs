@@ -1,0 +1,39 @@
+//! The fifth stage: which known product is it? Nearest-neighbour search of
+//! features in the gallery.
+//!
+//! [`Index`] is the one search abstraction; [`FaissIndex`] implements it on
+//! the CPU. The pipeline only ever sees `dyn Index`, so a GPU flat search can
+//! take its place without touching the stages around it.
+
+pub mod faiss_index;
+pub mod gallery;
+
+pub use faiss_index::{FaissIndex, Method};
+pub use gallery::{Gallery, GalleryItem, Manifest};
+
+use crate::error::Result;
+
+/// One search hit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Neighbor {
+    /// The gallery item's id.
+    pub id: i64,
+    /// Inner product with the query (cosine similarity for unit vectors).
+    pub score: f32,
+}
+
+/// A searchable set of unit-length vectors under inner product.
+pub trait Index: Send {
+    /// Vector length.
+    fn dim(&self) -> usize;
+    /// Number of vectors.
+    fn len(&self) -> usize;
+    /// Whether the index holds no vectors.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The `k` best neighbours of each of the `queries.len() / dim` queries, best first.
+    fn search(&mut self, queries: &[f32], k: usize) -> Result<Vec<Vec<Neighbor>>>;
+    /// A short description for logs (`faiss IDMap2,Flat, 25 vectors`).
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,72 @@
+//! Helpers shared by the integration tests. They use the project's own demo
+//! models (engines/demo) and test data (tests/data), never ../shared.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use shitu_edge::config::Settings;
+use shitu_edge::embed::Embedder;
+use shitu_edge::enroll::{self, BuildOptions, OnBadImage};
+use shitu_edge::search::Method;
+
+/// The checkout's root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A file under tests/data.
+pub fn data(rel: &str) -> PathBuf {
+    root().join("tests/data").join(rel)
+}
+
+/// Default settings pointing at the demo models, with the given detector file.
+pub fn settings(det_model: &str) -> Settings {
+    let mut s = Settings::default();
+    s.detector.model = root().join("engines/demo").join(det_model);
+    s.embedder.model = root().join("engines/demo/rec.onnx");
+    s
+}
+
+/// Builds the demo gallery (Flat) into `out` and points `s` at it.
+pub fn build_gallery(s: &mut Settings, out: &Path, method: Method) {
+    let mut embedder = Embedder::open(s).expect("recogniser loads");
+    let opts = BuildOptions {
+        list: data("images/gallery.txt"),
+        image_root: data("images"),
+        out: out.to_path_buf(),
+        method,
+        on_bad_image: OnBadImage::Fail,
+        input: s.input.clone(),
+    };
+    enroll::build(&mut embedder, &s.embedder.model, &opts, |_, _| {}).expect("gallery builds");
+    s.search.index = out.to_path_buf();
+}
+
+/// The reference outputs of PaddleClas's pipeline.
+pub fn reference() -> serde_json::Value {
+    let text = std::fs::read_to_string(data("reference/paddleclas_scenes.json")).expect("reference json");
+    serde_json::from_str(&text).expect("reference parses")
+}
+
+/// Where a query image lives in tests/data.
+pub fn query_path(name: &str) -> PathBuf {
+    if name.contains("__") {
+        data("images/variants").join(name)
+    } else {
+        data("images/scenes").join(name)
+    }
+}
+
+/// Cosine of two equal-length vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// A JSON array of numbers as f32s.
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number") as f32).collect()
+}
