@@ -13,7 +13,7 @@ use ort::environment::Environment;
 use crate::error::{Error, Result};
 
 /// The oldest ONNX Runtime this build accepts (`ort`'s API level).
-pub const MIN_ORT_VERSION: &str = "1.22";
+pub const MIN_ORT_VERSION: &str = "1.17";
 
 static ENV: OnceLock<(Environment, PathBuf)> = OnceLock::new();
 
