@@ -66,6 +66,13 @@ pub struct EngineSettings {
     pub fp16: bool,
     /// Where TensorRT engines and timing caches are kept between runs.
     pub engine_cache_dir: PathBuf,
+    /// Keep ONNX Runtime's CPU memory arena. The arena holds on to the peak of
+    /// the largest batch for the life of the process; without it that memory
+    /// goes back to the system after each call.
+    pub cpu_arena: bool,
+    /// Let ONNX Runtime's worker threads spin between calls. Spinning threads
+    /// keep the cores busy while this process decodes, crops and searches.
+    pub spinning: bool,
 }
 
 impl Default for EngineSettings {
@@ -77,6 +84,8 @@ impl Default for EngineSettings {
             device_id: 0,
             fp16: true,
             engine_cache_dir: PathBuf::from("engines/cache"),
+            cpu_arena: true,
+            spinning: false,
         }
     }
 }
@@ -135,7 +144,9 @@ pub struct DetectorSettings {
     pub max_results: usize,
     /// Whether the whole frame is also searched.
     pub whole_image: WholeImage,
-    /// Most frames per detector call (pre-NMS export only; the NMS export runs one at a time).
+    /// Most frames per detector call (pre-NMS export only; the NMS export runs
+    /// one at a time). 1 on CPU: batching did not raise throughput there but
+    /// doubled peak memory per extra frame (docs/BENCHMARKS.md); raise it on GPUs.
     pub max_batch: usize,
     /// Host-side NMS for the pre-NMS export; defaults equal the graph's `multiclass_nms3`.
     pub nms: NmsSettings,
@@ -148,7 +159,7 @@ impl Default for DetectorSettings {
             threshold: 0.2,
             max_results: 5,
             whole_image: WholeImage::Always,
-            max_batch: 4,
+            max_batch: 1,
             nms: NmsSettings::default(),
         }
     }

@@ -68,7 +68,7 @@ pub struct ModelArgs {
     /// Most crops per recogniser call [default: 16].
     #[arg(long, value_name = "N")]
     pub rec_batch: Option<usize>,
-    /// Most frames per detector call (pre-NMS export) [default: 4].
+    /// Most frames per detector call (pre-NMS export) [default: 1].
     #[arg(long, value_name = "N")]
     pub det_batch: Option<usize>,
     /// Threads per model; 0 = one per core [default: 0].

@@ -145,11 +145,19 @@ fn session(
     if settings.intra_threads > 0 {
         builder = builder.with_intra_threads(settings.intra_threads).map_err(|e| fail(e.to_string()))?;
     }
-    if !eps.is_empty() {
-        builder = builder
-            .with_execution_providers(eps)
-            .map_err(|e| fail(format!("execution provider {:?} is not available: {e}", settings.provider)))?;
+    builder = builder
+        .with_intra_op_spinning(settings.spinning)
+        .and_then(|b| b.with_inter_op_spinning(settings.spinning))
+        .map_err(|e| fail(e.to_string()))?;
+    if settings.cpu_arena {
+        builder = builder.with_env_allocators().map_err(|e| fail(e.to_string()))?;
     }
+    // The CPU provider comes last in every list: it runs whatever the GPU providers do not.
+    let mut eps = eps;
+    eps.push(ort::ep::CPU::default().with_arena_allocator(settings.cpu_arena).build());
+    builder = builder
+        .with_execution_providers(eps)
+        .map_err(|e| fail(format!("execution provider {:?} is not available: {e}", settings.provider)))?;
     builder.commit_from_file(path).map_err(|e| fail(format!("cannot load: {e}")))
 }
 

@@ -75,5 +75,45 @@ pub fn environment(configured: Option<&Path>) -> Result<&'static (Environment, P
     })?;
     let env = builder.with_name("shitu-edge").build().map_err(|e| Error::Runtime(format!("cannot start ONNX Runtime: {e}")))?;
     tracing::info!(library = %found.display(), "loaded ONNX Runtime");
+    if let Err(e) = register_shared_cpu_arena(&env) {
+        // Sessions then fall back to an arena each: more memory, same answers.
+        tracing::warn!("could not register the shared CPU arena: {e}");
+    }
     Ok(ENV.get_or_init(|| (env, found)))
+}
+
+/// Registers one CPU arena on the environment for every session that opts in
+/// (`session.use_env_allocators`).
+///
+/// The detector and the recogniser run one after the other, so a shared
+/// arena peaks at the larger of the two instead of their sum, and growing by
+/// what is requested (not to the next power of two) keeps it near that peak.
+/// Measured on the demo models: see docs/BENCHMARKS.md.
+fn register_shared_cpu_arena(env: &Environment) -> std::result::Result<(), String> {
+    use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+    use ort::AsPointer;
+
+    let api = ort::api();
+    let check = |status: ort::sys::OrtStatusPtr| -> std::result::Result<(), String> {
+        if status.0.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a non-null status comes from the runtime and is released once, here.
+        unsafe {
+            let msg = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0)).to_string_lossy().into_owned();
+            (api.ReleaseStatus)(status.0);
+            Err(msg)
+        }
+    };
+    let info = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Arena, MemoryType::Default).map_err(|e| e.to_string())?;
+    let keys = [c"arena_extend_strategy".as_ptr()];
+    let values = [1usize]; // kSameAsRequested
+    let mut cfg: *mut ort::sys::OrtArenaCfg = std::ptr::null_mut();
+    // SAFETY: the key/value arrays outlive the call; cfg is released below.
+    unsafe {
+        check((api.CreateArenaCfgV2)(keys.as_ptr(), values.as_ptr(), keys.len(), &mut cfg))?;
+        let registered = check((api.CreateAndRegisterAllocator)(env.ptr().cast_mut(), info.ptr(), cfg));
+        (api.ReleaseArenaCfg)(cfg);
+        registered
+    }
 }
