@@ -129,11 +129,8 @@ impl PicoDet {
     }
 
     fn decode_nms_rows(&self, out: &[Output], frames: usize) -> Result<Vec<Vec<Detection>>> {
-        let (rows, counts) = match (out[0].shape.len(), out.get(1)) {
-            (2, Some(c)) => (&out[0], c),
-            (_, Some(c)) => (c, &out[0]),
-            _ => return Err(self.bad_output()),
-        };
+        let [a, b] = out else { return Err(self.bad_output()) };
+        let (rows, counts) = if a.shape.len() == 2 { (a, b) } else { (b, a) };
         if rows.shape.len() != 2 || rows.shape[1] != 6 {
             return Err(self.bad_output());
         }
@@ -155,7 +152,11 @@ impl PicoDet {
     }
 
     fn decode_pre_nms(&self, out: &[Output], input: &DetectorInput) -> Result<Vec<Vec<Detection>>> {
-        let (boxes, scores) = if out[0].shape.last() == Some(&4) { (&out[0], &out[1]) } else { (&out[1], &out[0]) };
+        let [a, b] = out else { return Err(self.bad_output()) };
+        let (boxes, scores) = if a.shape.last() == Some(&4) { (a, b) } else { (b, a) };
+        if boxes.shape.len() != 3 || scores.shape.len() != 3 {
+            return Err(self.bad_output());
+        }
         let (n, anchors) = (boxes.shape[0], boxes.shape[1]);
         let classes = scores.shape[1];
         if scores.shape != [n, classes, anchors] || boxes.shape != [n, anchors, 4] {
