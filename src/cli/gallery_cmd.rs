@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use crate::cli::{load_settings, Cli};
 use crate::embed::Embedder;
 use crate::enroll::{self, BuildOptions, OnBadImage};
+use crate::search::paddleclas_import::{self, ModelStamp};
 use crate::search::{Gallery, Method};
 
 /// Gallery subcommands.
@@ -16,6 +17,8 @@ use crate::search::{Gallery, Method};
 pub enum GalleryCommand {
     /// Embed every photo of a PaddleClas list (`path<TAB>label`) and write a gallery.
     Build(BuildArgs),
+    /// Import a gallery made by PaddleClas's build_gallery.py (vector.index + id_map.pkl).
+    ImportPaddleclas(ImportArgs),
     /// Print a gallery's manifest.
     Info {
         /// The gallery directory.
@@ -50,10 +53,41 @@ pub struct BuildArgs {
     ort_library: Option<PathBuf>,
 }
 
+/// Arguments of `shitud gallery import-paddleclas`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// PaddleClas index directory holding vector.index and id_map.pkl.
+    #[arg(long, value_name = "DIR")]
+    from: PathBuf,
+    /// Output directory; must not exist or be empty.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// The recognition ONNX model whose features the index holds (recorded in the manifest) [default: engines/demo/rec.onnx].
+    #[arg(long, value_name = "FILE")]
+    rec_model: Option<PathBuf>,
+}
+
 /// Runs the command.
 pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         GalleryCommand::Build(args) => build(cli, args),
+        GalleryCommand::ImportPaddleclas(args) => {
+            let mut settings = load_settings(cli)?;
+            if let Some(m) = &args.rec_model {
+                settings.embedder.model = m.clone();
+            }
+            let embedder = Embedder::open(&settings)?;
+            let model = &settings.embedder.model;
+            let stamp = ModelStamp {
+                sha256: embedder.model_sha256().to_string(),
+                file: model.file_name().map_or_else(|| model.display().to_string(), |f| f.to_string_lossy().into_owned()),
+                dim: embedder.dim(),
+            };
+            let g = paddleclas_import::import(&args.from, &args.out, &stamp)?;
+            let m = g.manifest();
+            eprintln!("imported {} items ({:?}, {}-d) from {} into {}", m.count, m.method, m.dim, args.from.display(), args.out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         GalleryCommand::Info { index } => {
             let g = Gallery::open(index, 1)?;
             println!("{}", serde_json::to_string_pretty(g.manifest())?);

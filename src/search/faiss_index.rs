@@ -83,6 +83,28 @@ impl FaissIndex {
         Ok(FaissIndex { inner, factory: "read from file".into() })
     }
 
+    /// The ids of an ID-mapped index (`IndexIDMap`/`IndexIDMap2`), in storage order.
+    pub fn into_ids(self) -> Result<(FaissIndex, Vec<i64>)> {
+        use faiss::index::UpcastIndex;
+        let map = self.inner.into_id_map().map_err(|_| Error::Index("the index has no id map (expected IndexIDMap2, as PaddleClas writes)".into()))?;
+        let ids = map.id_map().iter().map(|i| i.get().map_or(-1, |v| v as i64)).collect();
+        Ok((FaissIndex { inner: map.upcast(), factory: self.factory }, ids))
+    }
+
+    /// Tells the index kind of a file read from disk by the parameters it accepts.
+    pub fn detect_method(&mut self) -> Method {
+        let Ok(space) = faiss::index::autotune::ParameterSpace::new() else { return Method::Flat };
+        let method = if space.set_index_parameter(&self.inner, "nprobe", 1.0).is_ok() {
+            Method::Ivf
+        } else if space.set_index_parameter(&self.inner, "efSearch", 16.0).is_ok() {
+            Method::Hnsw32
+        } else {
+            Method::Flat
+        };
+        self.factory = format!("{method:?} read from file");
+        method
+    }
+
     /// Sets the IVF lists probed per query. Only IVF indexes have the parameter.
     pub fn set_nprobe(&mut self, nprobe: usize) -> Result<()> {
         let space = faiss::index::autotune::ParameterSpace::new().map_err(|e| Error::Index(e.to_string()))?;

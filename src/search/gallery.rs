@@ -83,9 +83,14 @@ impl Gallery {
         if vectors.len() != items.len() * dim {
             return Err(Error::gallery(dir, format!("{} vectors for {} items", vectors.len() / dim.max(1), items.len())));
         }
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
         let index = FaissIndex::build(method, dim, vectors, &ids)?;
+        Gallery::write(dir, method, dim, model_sha256, model_file, items, index)
+    }
+
+    /// Writes an already built index and its items as a gallery in `dir`.
+    pub fn write(dir: &Path, method: Method, dim: usize, model_sha256: &str, model_file: &str, items: Vec<GalleryItem>, index: FaissIndex) -> Result<Gallery> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let manifest = Manifest {
             format: FORMAT,
             model_sha256: model_sha256.to_string(),

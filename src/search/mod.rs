@@ -7,6 +7,8 @@
 
 pub mod faiss_index;
 pub mod gallery;
+pub mod paddleclas_import;
+pub mod pickle;
 
 pub use faiss_index::{FaissIndex, Method};
 pub use gallery::{Gallery, GalleryItem, Manifest};
