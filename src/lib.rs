@@ -18,6 +18,7 @@ pub mod embed;
 pub mod engine;
 pub mod enroll;
 pub mod error;
+pub mod eval;
 pub mod geometry;
 pub mod input;
 pub mod pipeline;

@@ -187,6 +187,20 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    /// The recogniser alone: embeds the given crops of `frame` and returns
+    /// each crop's `k` best gallery labels with their scores, best first.
+    pub fn rank_crops(&mut self, frame: &Frame, crops: &[CropBox], k: usize) -> Result<Vec<Vec<(String, f32)>>> {
+        let pairs: Vec<(&Frame, CropBox)> = crops.iter().map(|&c| (frame, c)).collect();
+        let features = self.embedder.embed(&pairs)?;
+        let hits = self.gallery.search(&features, k)?;
+        Ok(hits
+            .into_iter()
+            .map(|h| h.into_iter().filter_map(|n| self.gallery.item(n.id).map(|i| (i.label.clone(), n.score))).collect())
+            .collect())
+    }
+}
+
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }

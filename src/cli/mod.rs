@@ -2,6 +2,7 @@
 //! done by [`crate::pipeline`], [`crate::enroll`] and [`crate::bench`].
 
 mod bench_cmd;
+mod eval_cmd;
 mod gallery_cmd;
 mod recognize_cmd;
 
@@ -42,6 +43,8 @@ pub enum Command {
     Gallery(gallery_cmd::GalleryCommand),
     /// Measure throughput and per-stage latency on a set of images.
     Bench(bench_cmd::BenchArgs),
+    /// Measure accuracy against labelled scenes (truth boxes and labels).
+    Eval(eval_cmd::EvalArgs),
 }
 
 /// Model and runtime flags shared by the commands that run models.
@@ -112,6 +115,7 @@ pub fn main() -> ExitCode {
         Command::Recognize(args) => recognize_cmd::run(&cli, args),
         Command::Gallery(cmd) => gallery_cmd::run(&cli, cmd),
         Command::Bench(args) => bench_cmd::run(&cli, args),
+        Command::Eval(args) => eval_cmd::run(&cli, args),
     };
     match result {
         Ok(code) => code,

@@ -177,6 +177,11 @@ impl Gallery {
         self.labels.get(&id)
     }
 
+    /// Every item, in no particular order.
+    pub fn items(&self) -> impl Iterator<Item = &GalleryItem> {
+        self.labels.values()
+    }
+
     /// Number of items.
     pub fn len(&self) -> usize {
         self.index.len()
