@@ -216,6 +216,8 @@ pub struct SearchSettings {
     /// IVF lists probed per query. PaddleClas leaves faiss's default of 1, which
     /// misses neighbours as soon as the gallery has several lists.
     pub nprobe: usize,
+    /// Fold the gallery's change log into a new snapshot once it holds this many records.
+    pub compact_after: usize,
 }
 
 impl Default for SearchSettings {
@@ -226,6 +228,7 @@ impl Default for SearchSettings {
             score_threshold: 0.5,
             rec_nms_threshold: 0.05,
             nprobe: 8,
+            compact_after: 1000,
         }
     }
 }

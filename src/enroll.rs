@@ -98,7 +98,14 @@ pub fn build(embedder: &mut Embedder, rec_model: &Path, opts: &BuildOptions, mut
         });
         match frame {
             Ok(feature) => {
-                items.push(GalleryItem { id: items.len() as i64, label: entry.label.clone(), source: entry.path.clone() });
+                let added = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                items.push(GalleryItem {
+                    id: items.len() as i64,
+                    label: entry.label.clone(),
+                    source: entry.path.clone(),
+                    sha256: crate::embed::pplcnet::sha256_file(&path).ok(),
+                    added_unix: Some(added),
+                });
                 vectors.extend(feature);
             }
             Err(e) => {

@@ -111,8 +111,9 @@ fn gallery_list_with_missing_files_skips_or_fails_by_flag() {
     let e = text(&lenient.stderr);
     assert!(e.contains("skipped line 2 (gallery/nope.jpg)"), "{e}");
     let info = shitud(&["gallery", "info", "--index", out.to_str().unwrap()]);
-    let manifest: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    assert_eq!(manifest["count"], 2);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["items"], 2);
+    assert_eq!(info["manifest"]["count"], 2);
 }
 
 #[test]

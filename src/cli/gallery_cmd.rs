@@ -19,12 +19,58 @@ pub enum GalleryCommand {
     Build(BuildArgs),
     /// Import a gallery made by PaddleClas's build_gallery.py (vector.index + id_map.pkl).
     ImportPaddleclas(ImportArgs),
-    /// Print a gallery's manifest.
+    /// Add product photos under one label; prints `added ID PATH` as each becomes durable.
+    Add(AddArgs),
+    /// Remove items by id or by label (all or nothing).
+    Remove {
+        /// The gallery directory.
+        #[arg(long, value_name = "DIR")]
+        index: PathBuf,
+        /// Item ids to remove.
+        #[arg(long, value_name = "N", required_unless_present = "label", conflicts_with = "label")]
+        id: Vec<i64>,
+        /// Remove every item with this label.
+        #[arg(long, value_name = "LABEL")]
+        label: Option<String>,
+    },
+    /// List the items: id, label, source, sha256, added.
+    List {
+        /// The gallery directory.
+        #[arg(long, value_name = "DIR")]
+        index: PathBuf,
+        /// One JSON object per line instead of tab-separated text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a gallery's manifest and state.
     Info {
         /// The gallery directory.
         #[arg(long, value_name = "DIR")]
         index: PathBuf,
     },
+    /// Fold the change log into a new snapshot now.
+    Compact {
+        /// The gallery directory.
+        #[arg(long, value_name = "DIR")]
+        index: PathBuf,
+    },
+}
+
+/// Arguments of `shitud gallery add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The gallery directory.
+    #[arg(long, value_name = "DIR")]
+    index: PathBuf,
+    /// Recognition ONNX model; must be the one the gallery was built with [default: engines/demo/rec.onnx].
+    #[arg(long, value_name = "FILE")]
+    rec_model: Option<PathBuf>,
+    /// The product label for all the images.
+    #[arg(long, value_name = "LABEL")]
+    label: String,
+    /// Product photos (whole-image features, as gallery build).
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
 }
 
 /// Arguments of `shitud gallery build`.
@@ -89,11 +135,85 @@ pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         GalleryCommand::Info { index } => {
-            let g = Gallery::open(index, 1)?;
-            println!("{}", serde_json::to_string_pretty(g.manifest())?);
+            let g = Gallery::open_for_write(index, 1)?;
+            let info = serde_json::json!({"manifest": g.manifest(), "items": g.len(), "logged_changes": g.logged_changes()});
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        GalleryCommand::Add(args) => add(cli, args),
+        GalleryCommand::Remove { index, id, label } => {
+            let settings = load_settings(cli)?;
+            let mut g = Gallery::open_for_write(index, settings.search.nprobe)?;
+            let ids: Vec<i64> = match label {
+                Some(l) => g.items().filter(|i| &i.label == l).map(|i| i.id).collect(),
+                None => id.clone(),
+            };
+            if ids.is_empty() {
+                anyhow::bail!("gallery {}: no item has label {:?}; nothing was removed", index.display(), label.as_deref().unwrap_or(""));
+            }
+            g.remove(&ids)?;
+            eprintln!("removed {} item(s) from {}: {:?}", ids.len(), index.display(), ids);
+            maybe_compact(&mut g, settings.search.compact_after)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        GalleryCommand::List { index, json } => {
+            let g = Gallery::open_for_write(index, 1)?;
+            let mut items: Vec<_> = g.items().collect();
+            items.sort_by_key(|i| i.id);
+            for i in items {
+                if *json {
+                    println!("{}", serde_json::to_string(i)?);
+                } else {
+                    let added = i.added_unix.map(|t| t.to_string()).unwrap_or_else(|| "-".into());
+                    println!("{}\t{}\t{}\t{}\t{}", i.id, i.label, i.source, i.sha256.as_deref().unwrap_or("-"), added);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        GalleryCommand::Compact { index } => {
+            let mut g = Gallery::open_for_write(index, 1)?;
+            g.compact()?;
+            eprintln!("compacted {}: {} items in {}", index.display(), g.len(), g.manifest().snapshot);
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn maybe_compact(g: &mut Gallery, after: usize) -> anyhow::Result<()> {
+    if g.logged_changes() >= after.max(1) {
+        g.compact()?;
+    }
+    Ok(())
+}
+
+fn add(cli: &Cli, args: &AddArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut settings = load_settings(cli)?;
+    if let Some(m) = &args.rec_model {
+        settings.embedder.model = m.clone();
+    }
+    let mut g = Gallery::open_for_write(&args.index, settings.search.nprobe)?;
+    let mut embedder = Embedder::open(&settings)?;
+    g.check_model(embedder.model_sha256(), &settings.embedder.model)?;
+    // Every image is decoded before anything is added: one bad file changes nothing.
+    let mut frames = Vec::with_capacity(args.images.len());
+    for path in &args.images {
+        let frame = crate::input::read(path, &settings.input).map_err(|e| anyhow::anyhow!("{e}; nothing was added"))?;
+        let sha = crate::embed::pplcnet::sha256_file(path)?;
+        frames.push((path, frame, sha));
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for (path, frame, sha) in frames {
+        let whole = crate::geometry::CropBox::whole(frame.width, frame.height);
+        let feature = embedder.embed(&[(&frame, whole)])?;
+        let id = g.add(&args.label, &path.display().to_string(), Some(sha), &feature)?;
+        // Printed only once the record is on disk: a line here is a promise.
+        writeln!(out, "added {id} {}", path.display())?;
+        out.flush()?;
+        maybe_compact(&mut g, settings.search.compact_after)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<ExitCode> {

@@ -41,7 +41,9 @@ impl Method {
         match self {
             Method::Flat => "IDMap2,Flat".into(),
             Method::Hnsw32 => "IDMap2,HNSW32".into(),
-            Method::Ivf => format!("IDMap2,IVF{},Flat", (n / 8).clamp(1, 65536)),
+            // IVF keeps ids itself and removes by id; wrapped in IDMap2 its
+            // removal would corrupt the map (IDMap assumes Flat-like renumbering).
+            Method::Ivf => format!("IVF{},Flat", (n / 8).clamp(1, 65536)),
         }
     }
 }
@@ -50,6 +52,7 @@ impl Method {
 pub struct FaissIndex {
     inner: IndexImpl,
     factory: String,
+    method: Option<Method>,
 }
 
 // SAFETY: faiss indexes are plain heap objects without thread affinity; the
@@ -67,7 +70,7 @@ impl FaissIndex {
         }
         let ids: Vec<Idx> = ids.iter().map(|&i| Idx::new(i as u64)).collect();
         inner.add_with_ids(vectors, &ids).map_err(fail)?;
-        Ok(FaissIndex { inner, factory })
+        Ok(FaissIndex { inner, factory, method: Some(method) })
     }
 
     /// Reads an index written by [`FaissIndex::save`] or by `faiss.write_index`.
@@ -80,7 +83,7 @@ impl FaissIndex {
         if inner.metric_type() != MetricType::InnerProduct {
             return Err(Error::Index(format!("{name}: metric is {:?}, but features are compared by inner product", inner.metric_type())));
         }
-        Ok(FaissIndex { inner, factory: "read from file".into() })
+        Ok(FaissIndex { inner, factory: "read from file".into(), method: None })
     }
 
     /// The ids of an ID-mapped index (`IndexIDMap`/`IndexIDMap2`), in storage order.
@@ -88,7 +91,7 @@ impl FaissIndex {
         use faiss::index::UpcastIndex;
         let map = self.inner.into_id_map().map_err(|_| Error::Index("the index has no id map (expected IndexIDMap2, as PaddleClas writes)".into()))?;
         let ids = map.id_map().iter().map(|i| i.get().map_or(-1, |v| v as i64)).collect();
-        Ok((FaissIndex { inner: map.upcast(), factory: self.factory }, ids))
+        Ok((FaissIndex { inner: map.upcast(), factory: self.factory, method: self.method }, ids))
     }
 
     /// Tells the index kind of a file read from disk by the parameters it accepts.
@@ -102,7 +105,19 @@ impl FaissIndex {
             Method::Flat
         };
         self.factory = format!("{method:?} read from file");
+        self.method = Some(method);
         method
+    }
+
+    /// Records the index kind of a file read from disk (from the gallery's manifest).
+    pub fn set_method(&mut self, method: Method) {
+        self.method = Some(method);
+        self.factory = format!("{method:?}");
+    }
+
+    fn is_id_mapped(&self) -> bool {
+        // SAFETY: a checked dynamic cast on a live index; nothing is taken over.
+        unsafe { !faiss_sys::faiss_IndexIDMap_cast(faiss::index::NativeIndex::inner_ptr(&self.inner)).is_null() }
     }
 
     /// Sets the IVF lists probed per query. Only IVF indexes have the parameter.
@@ -149,6 +164,39 @@ impl Index for FaissIndex {
                     .collect()
             })
             .collect())
+    }
+
+    fn add(&mut self, vectors: &[f32], ids: &[i64]) -> Result<()> {
+        let ids: Vec<Idx> = ids.iter().map(|&i| Idx::new(i as u64)).collect();
+        self.inner.add_with_ids(vectors, &ids).map_err(|e| Error::Index(e.to_string()))
+    }
+
+    fn remove(&mut self, ids: &[i64]) -> Result<bool> {
+        // Safe in faiss: an ID-mapped Flat (renumbers in order), or an index
+        // that keeps ids itself (IVF). HNSW cannot remove at all, and an
+        // ID-mapped IVF (PaddleClas's layout) would corrupt its map.
+        let safe = match (self.method, self.is_id_mapped()) {
+            (Some(Method::Flat), true) => true,
+            (Some(Method::Ivf), false) => true,
+            _ => false,
+        };
+        if !safe {
+            return Ok(false);
+        }
+        let ids: Vec<Idx> = ids.iter().map(|&i| Idx::new(i as u64)).collect();
+        let selector = faiss::selector::IdSelector::batch(&ids).map_err(|e| Error::Index(e.to_string()))?;
+        self.inner.remove_ids(&selector).map_err(|e| Error::Index(format!("remove: {e}")))?;
+        Ok(true)
+    }
+
+    fn reconstruct(&self, id: i64) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.dim()];
+        self.inner.reconstruct(Idx::new(id as u64), &mut out).map_err(|e| Error::Index(format!("cannot read back vector {id}: {e}")))?;
+        Ok(out)
+    }
+
+    fn save(&self, path: &Path) -> Result<()> {
+        FaissIndex::save(self, path)
     }
 
     fn describe(&self) -> String {

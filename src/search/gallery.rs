@@ -1,32 +1,41 @@
-//! A gallery on disk: the faiss index, a readable label map and a manifest.
+//! A gallery on disk that changes while it is used: a snapshot (faiss index
+//! + labels) and a write-ahead log of everything since.
 //!
 //! ```text
 //! gallery/
-//!   manifest.json   format, model sha256, dimension, metric, method, count
-//!   labels.json     [{"id": 0, "label": "…", "source": "gallery/x.jpg"}, …]
-//!   vector.index    faiss.write_index output (IndexIDMap2, inner product)
+//!   manifest.json       format, model sha256, dim, metric, method, which snapshot, last logged change in it
+//!   snap-<seq>/vector.index   faiss.write_index output (IndexIDMap2, inner product)
+//!   snap-<seq>/labels.json    [{"id", "label", "source", "sha256", "added_unix"}, …]
+//!   wal.log             changes after the snapshot (see `wal.rs`)
 //! ```
 //!
-//! Each file is written to a temporary name, synced and renamed, and the
-//! manifest goes last: a directory with a manifest is always complete.
+//! Durability: an add or remove returns only after its log record is
+//! fsynced. Compaction writes a new snapshot directory, fsyncs it, then
+//! switches to it by renaming the manifest; only then is the log emptied and
+//! the old snapshot deleted. A crash at any point leaves either the old
+//! manifest (old snapshot + full log) or the new one (new snapshot; the log's
+//! records up to `wal_seq` are skipped), never a half-written index.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::search::wal::{self, Record, Wal};
 use crate::search::{FaissIndex, Index, Method, Neighbor};
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "manifest.json";
-/// The label map's file name.
+/// The label map's file name inside a snapshot.
 pub const LABELS: &str = "labels.json";
-/// The faiss index's file name (PaddleClas's name for it).
+/// The faiss index's file name inside a snapshot (PaddleClas's name for it).
 pub const VECTORS: &str = "vector.index";
+/// The write-ahead log's file name.
+pub const WAL: &str = "wal.log";
 /// The on-disk format this build reads and writes.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// What made a gallery, so it is never searched with features of another model.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -43,29 +52,46 @@ pub struct Manifest {
     pub metric: String,
     /// Index kind.
     pub method: Method,
-    /// Number of vectors.
+    /// Items in the snapshot.
     pub count: usize,
-    /// Seconds since the Unix epoch when it was written.
+    /// Seconds since the Unix epoch when the snapshot was written.
     pub created_unix: u64,
+    /// The snapshot directory.
+    pub snapshot: String,
+    /// The last log record the snapshot contains.
+    pub wal_seq: u64,
+    /// The id the next added item gets.
+    pub next_id: i64,
 }
 
 /// One enrolled gallery image.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GalleryItem {
-    /// Stable id, the faiss id of its vector.
+    /// Stable id, the faiss id of its vector; never reused.
     pub id: i64,
     /// Product label; may contain spaces.
     pub label: String,
-    /// The image it came from, as written in the list file.
+    /// The image it came from, as given when it was added.
     pub source: String,
+    /// sha256 of the image file, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// When it was added (seconds since the Unix epoch), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_unix: Option<u64>,
 }
 
-/// An opened gallery, ready to search.
+/// An opened gallery.
 pub struct Gallery {
     dir: PathBuf,
     manifest: Manifest,
     labels: HashMap<i64, GalleryItem>,
     index: Box<dyn Index>,
+    /// Removed, but still in an index that cannot remove (HNSW) until compaction.
+    tombstones: HashSet<i64>,
+    last_seq: u64,
+    wal_records: usize,
+    wal: Option<Wal>,
 }
 
 impl std::fmt::Debug for Gallery {
@@ -74,8 +100,12 @@ impl std::fmt::Debug for Gallery {
     }
 }
 
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 impl Gallery {
-    /// Indexes `vectors` (one row of `dim` per item) with `method` and writes the gallery to `dir`.
+    /// Indexes `vectors` (one row of `dim` per item) with `method` and writes a new gallery to `dir`.
     pub fn create(dir: &Path, method: Method, dim: usize, model_sha256: &str, model_file: &str, items: Vec<GalleryItem>, vectors: &[f32]) -> Result<Gallery> {
         if items.is_empty() {
             return Err(Error::gallery(dir, "no images to index: the gallery would be empty"));
@@ -88,9 +118,13 @@ impl Gallery {
         Gallery::write(dir, method, dim, model_sha256, model_file, items, index)
     }
 
-    /// Writes an already built index and its items as a gallery in `dir`.
+    /// Writes an already built index and its items as a new gallery in `dir`.
     pub fn write(dir: &Path, method: Method, dim: usize, model_sha256: &str, model_file: &str, items: Vec<GalleryItem>, index: FaissIndex) -> Result<Gallery> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        if dir.join(MANIFEST).exists() {
+            return Err(Error::gallery(dir, "a gallery already exists here; remove it first or choose another directory"));
+        }
+        let next_id = items.iter().map(|i| i.id + 1).max().unwrap_or(0);
         let manifest = Manifest {
             format: FORMAT,
             model_sha256: model_sha256.to_string(),
@@ -99,37 +133,47 @@ impl Gallery {
             metric: "inner_product".into(),
             method,
             count: items.len(),
-            created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            created_unix: now(),
+            snapshot: "snap-0".into(),
+            wal_seq: 0,
+            next_id,
         };
-        let tmp = dir.join(format!("{VECTORS}.tmp"));
-        index.save(&tmp)?;
-        sync_and_rename(&tmp, &dir.join(VECTORS))?;
-        write_json(&dir.join(LABELS), &items)?;
+        write_snapshot(&dir.join(&manifest.snapshot), &items, &index)?;
         write_json(&dir.join(MANIFEST), &manifest)?;
         let labels = items.into_iter().map(|i| (i.id, i)).collect();
-        Ok(Gallery { dir: dir.to_path_buf(), manifest, labels, index: Box::new(index) })
+        Ok(Gallery { dir: dir.to_path_buf(), manifest, labels, index: Box::new(index), tombstones: HashSet::new(), last_seq: 0, wal_records: 0, wal: None })
     }
 
-    /// Opens the gallery in `dir`. `nprobe` applies to IVF galleries.
+    /// Opens the gallery in `dir` to search it. `nprobe` applies to IVF galleries.
+    /// Changes logged since the snapshot are replayed; a torn last record is
+    /// ignored (and cut off by the next [`Gallery::open_for_write`]).
     pub fn open(dir: &Path, nprobe: usize) -> Result<Gallery> {
+        Gallery::load(dir, nprobe, false)
+    }
+
+    /// Opens the gallery in `dir` to change it.
+    pub fn open_for_write(dir: &Path, nprobe: usize) -> Result<Gallery> {
+        Gallery::load(dir, nprobe, true)
+    }
+
+    fn load(dir: &Path, nprobe: usize, writable: bool) -> Result<Gallery> {
         let manifest_path = dir.join(MANIFEST);
         if !manifest_path.is_file() {
             return Err(Error::gallery(dir, format!("not a gallery: {MANIFEST} is missing. Build one with `shitud gallery build`")));
         }
         let manifest: Manifest = read_json(&manifest_path)?;
         if manifest.format != FORMAT {
-            return Err(Error::gallery(dir, format!("format {} is not supported (this build reads format {FORMAT})", manifest.format)));
+            return Err(Error::gallery(dir, format!("format {} is not supported (this build reads format {FORMAT}); rebuild it", manifest.format)));
         }
-        let items: Vec<GalleryItem> = read_json(&dir.join(LABELS))?;
-        let mut index = FaissIndex::load(&dir.join(VECTORS)).map_err(|e| Error::gallery(dir, e.to_string()))?;
+        let snap = dir.join(&manifest.snapshot);
+        let items: Vec<GalleryItem> = read_json(&snap.join(LABELS))?;
+        let mut index = FaissIndex::load(&snap.join(VECTORS)).map_err(|e| Error::gallery(dir, e.to_string()))?;
+        index.set_method(manifest.method);
         if manifest.method == Method::Ivf {
             index.set_nprobe(nprobe)?;
         }
         if index.dim() != manifest.dim {
             return Err(Error::gallery(dir, format!("{VECTORS} has dimension {}, but the manifest says {}", index.dim(), manifest.dim)));
-        }
-        if index.is_empty() {
-            return Err(Error::gallery(dir, "the gallery is empty: there is nothing to recognise against"));
         }
         if index.len() != items.len() || items.len() != manifest.count {
             return Err(Error::gallery(
@@ -137,9 +181,128 @@ impl Gallery {
                 format!("{VECTORS} holds {} vectors, {LABELS} {} labels, the manifest says {}", index.len(), items.len(), manifest.count),
             ));
         }
-        tracing::info!(gallery = %dir.display(), index = %index.describe(), "gallery opened");
-        let labels = items.into_iter().map(|i| (i.id, i)).collect();
-        Ok(Gallery { dir: dir.to_path_buf(), manifest, labels, index: Box::new(index) })
+        let mut g = Gallery {
+            dir: dir.to_path_buf(),
+            last_seq: manifest.wal_seq,
+            labels: items.into_iter().map(|i| (i.id, i)).collect(),
+            manifest,
+            index: Box::new(index),
+            tombstones: HashSet::new(),
+            wal_records: 0,
+            wal: None,
+        };
+        let wal_path = dir.join(WAL);
+        let (records, good_len, torn) = wal::read(&wal_path)?;
+        if let Some(t) = &torn {
+            tracing::warn!(gallery = %dir.display(), "{WAL}: dropping a torn or corrupt tail: {t}");
+        }
+        for r in records {
+            if r.seq() > g.manifest.wal_seq {
+                g.apply(&r)?;
+                g.wal_records += 1;
+            }
+        }
+        if writable {
+            g.wal = Some(Wal::open(&wal_path, good_len)?);
+        }
+        if g.labels.is_empty() {
+            if writable {
+                tracing::warn!(gallery = %dir.display(), "the gallery is empty");
+            } else {
+                return Err(Error::gallery(dir, "the gallery is empty: there is nothing to recognise against"));
+            }
+        }
+        tracing::info!(gallery = %dir.display(), index = %g.index.describe(), items = g.labels.len(), logged = g.wal_records, "gallery opened");
+        Ok(g)
+    }
+
+    /// Applies a logged change to the in-memory state. Idempotent, so a
+    /// record that is also in the snapshot changes nothing.
+    fn apply(&mut self, r: &Record) -> Result<()> {
+        match r {
+            Record::Add { item, vector, .. } => {
+                if !self.labels.contains_key(&item.id) && !self.tombstones.contains(&item.id) {
+                    if vector.len() != self.manifest.dim {
+                        return Err(Error::gallery(&self.dir, format!("{WAL}: record {} has a {}-d vector", r.seq(), vector.len())));
+                    }
+                    self.index.add(vector, &[item.id])?;
+                    self.labels.insert(item.id, item.clone());
+                }
+                self.manifest.next_id = self.manifest.next_id.max(item.id + 1);
+            }
+            Record::Remove { ids, .. } => {
+                for &id in ids {
+                    if self.labels.remove(&id).is_some() && !self.index.remove(&[id])? {
+                        self.tombstones.insert(id);
+                    }
+                }
+            }
+        }
+        self.last_seq = self.last_seq.max(r.seq());
+        Ok(())
+    }
+
+    fn log(&mut self, r: Record) -> Result<()> {
+        let wal = self.wal.as_mut().ok_or_else(|| Error::gallery(&self.dir, "opened read-only"))?;
+        wal.append(&r)?;
+        self.wal_records += 1;
+        self.apply(&r)
+    }
+
+    /// Adds one item; returns its id once the change is durable.
+    pub fn add(&mut self, label: &str, source: &str, sha256: Option<String>, vector: &[f32]) -> Result<i64> {
+        if vector.len() != self.manifest.dim {
+            return Err(Error::gallery(&self.dir, format!("a {}-d feature cannot go into a {}-d gallery", vector.len(), self.manifest.dim)));
+        }
+        let id = self.manifest.next_id;
+        let item = GalleryItem { id, label: label.to_string(), source: source.to_string(), sha256, added_unix: Some(now()) };
+        self.log(Record::Add { seq: self.last_seq + 1, item, vector: vector.to_vec() })?;
+        Ok(id)
+    }
+
+    /// Removes items by id, all or none: an unknown id changes nothing.
+    pub fn remove(&mut self, ids: &[i64]) -> Result<()> {
+        if let Some(bad) = ids.iter().find(|id| !self.labels.contains_key(id)) {
+            return Err(Error::gallery(&self.dir, format!("no item with id {bad}; nothing was removed (see `shitud gallery list`)")));
+        }
+        self.log(Record::Remove { seq: self.last_seq + 1, ids: ids.to_vec() })
+    }
+
+    /// Writes the current state as a new snapshot and empties the log.
+    pub fn compact(&mut self) -> Result<()> {
+        if self.wal.is_none() {
+            return Err(Error::gallery(&self.dir, "opened read-only"));
+        }
+        if !self.tombstones.is_empty() {
+            // HNSW cannot remove: rebuild it from the vectors still wanted.
+            let mut ids: Vec<i64> = self.labels.keys().copied().collect();
+            ids.sort_unstable();
+            let mut vectors = Vec::with_capacity(ids.len() * self.manifest.dim);
+            for &id in &ids {
+                vectors.extend(self.index.reconstruct(id)?);
+            }
+            self.index = Box::new(FaissIndex::build(self.manifest.method, self.manifest.dim, &vectors, &ids)?);
+            self.tombstones.clear();
+        }
+        let mut items: Vec<GalleryItem> = self.labels.values().cloned().collect();
+        items.sort_by_key(|i| i.id);
+        let old = self.manifest.snapshot.clone();
+        let snapshot = format!("snap-{}", self.last_seq);
+        if snapshot != old {
+            write_snapshot(&self.dir.join(&snapshot), &items, self.index.as_ref())?;
+        }
+        let manifest = Manifest { count: items.len(), created_unix: now(), snapshot: snapshot.clone(), wal_seq: self.last_seq, ..self.manifest.clone() };
+        write_json(&self.dir.join(MANIFEST), &manifest)?;
+        self.manifest = manifest;
+        if let Some(wal) = self.wal.as_mut() {
+            wal.reset()?;
+        }
+        self.wal_records = 0;
+        if snapshot != old {
+            let _ = std::fs::remove_dir_all(self.dir.join(old));
+        }
+        tracing::info!(gallery = %self.dir.display(), items = items.len(), %snapshot, "gallery compacted");
+        Ok(())
     }
 
     /// Refuses a recogniser other than the one that built the gallery.
@@ -151,18 +314,17 @@ impl Gallery {
             &self.dir,
             format!(
                 "built with recognition model {} (sha256 {}), but {} has sha256 {}. Features of different models cannot be compared; \
-                 rebuild the gallery with this model: shitud gallery build --rec-model {} --list LIST --image-root DIR --out {}",
+                 rebuild the gallery with this model: shitud gallery build --rec-model {} --list LIST --image-root DIR --out NEW_DIR",
                 self.manifest.model_file,
                 short(&self.manifest.model_sha256),
                 model_path.display(),
                 short(model_sha256),
                 model_path.display(),
-                self.dir.display()
             ),
         ))
     }
 
-    /// The manifest.
+    /// The manifest (of the snapshot, with the next id kept current).
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
@@ -182,24 +344,47 @@ impl Gallery {
         self.labels.values()
     }
 
-    /// Number of items.
+    /// Live items.
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.labels.len()
     }
 
-    /// Whether it holds no items.
+    /// Whether it holds no live items.
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.labels.is_empty()
     }
 
-    /// Searches the index.
+    /// Log records not yet folded into the snapshot.
+    pub fn logged_changes(&self) -> usize {
+        self.wal_records
+    }
+
+    /// Searches the live items.
     pub fn search(&mut self, features: &[f32], k: usize) -> Result<Vec<Vec<Neighbor>>> {
-        self.index.search(features, k)
+        if self.tombstones.is_empty() {
+            return self.index.search(features, k);
+        }
+        // Ask for enough extra to make up for removed items still in the index.
+        let mut hits = self.index.search(features, k + self.tombstones.len())?;
+        for h in &mut hits {
+            h.retain(|n| !self.tombstones.contains(&n.id));
+            h.truncate(k);
+        }
+        Ok(hits)
     }
 }
 
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
+}
+
+fn write_snapshot(dir: &Path, items: &[GalleryItem], index: &dyn Index) -> Result<()> {
+    let _ = std::fs::remove_dir_all(dir); // a leftover of a compaction that crashed
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tmp = dir.join(format!("{VECTORS}.tmp"));
+    index.save(&tmp)?;
+    sync_and_rename(&tmp, &dir.join(VECTORS))?;
+    write_json(&dir.join(LABELS), items)
 }
 
 fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
@@ -216,7 +401,7 @@ fn sync_and_rename(tmp: &Path, dest: &Path) -> Result<()> {
     std::fs::rename(tmp, dest).map_err(|e| Error::io(dest, e))?;
     if let Some(parent) = dest.parent() {
         // The rename is durable only once the directory entry is.
-        let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
+        std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(|e| Error::io(parent, e))?;
     }
     Ok(())
 }
@@ -231,7 +416,7 @@ mod tests {
     use super::*;
 
     fn items(n: usize) -> (Vec<GalleryItem>, Vec<f32>) {
-        let items = (0..n).map(|i| GalleryItem { id: i as i64, label: format!("item {i}"), source: format!("{i}.jpg") }).collect();
+        let items = (0..n).map(|i| GalleryItem { id: i as i64, label: format!("item {i}"), source: format!("{i}.jpg"), sha256: None, added_unix: None }).collect();
         let mut v = vec![0.0; n * 4];
         for i in 0..n {
             v[i * 4 + i % 4] = 1.0;
@@ -262,8 +447,38 @@ mod tests {
         assert!(err.contains("manifest.json is missing"), "{err}");
         let (it, v) = items(3);
         Gallery::create(dir.path(), Method::Flat, 4, "abc", "rec.onnx", it, &v).unwrap();
-        std::fs::write(dir.path().join(LABELS), "[]").unwrap();
+        std::fs::write(dir.path().join("snap-0").join(LABELS), "[]").unwrap();
         let err = Gallery::open(dir.path(), 1).unwrap_err().to_string();
         assert!(err.contains("3 vectors, labels.json 0 labels"), "{err}");
+    }
+
+    #[test]
+    fn adds_and_removes_survive_reopen_and_compaction_for_every_method() {
+        for method in [Method::Flat, Method::Hnsw32, Method::Ivf] {
+            let dir = tempfile::tempdir().unwrap();
+            let (it, v) = items(4);
+            Gallery::create(dir.path(), method, 4, "abc", "rec.onnx", it, &v).unwrap();
+            let mut g = Gallery::open_for_write(dir.path(), 8).unwrap();
+            let new = g.add("new one", "n.jpg", None, &[0.6, 0.8, 0.0, 0.0]).unwrap();
+            assert_eq!(new, 4, "ids continue after the largest");
+            g.remove(&[0]).unwrap();
+            let err = g.remove(&[1, 99]).unwrap_err().to_string();
+            assert!(err.contains("no item with id 99"), "{err}");
+            assert!(g.item(1).is_some(), "a refused remove changes nothing");
+            drop(g);
+            for round in 0..2 {
+                let mut g = Gallery::open_for_write(dir.path(), 8).unwrap();
+                assert_eq!(g.len(), 4, "{method:?} round {round}");
+                assert!(g.item(0).is_none() && g.item(4).is_some());
+                // Item 0 (the unit x vector) is gone: the best match for x is now the new item.
+                let hit = g.search(&[1.0, 0.0, 0.0, 0.0], 2).unwrap()[0].clone();
+                assert!(hit.iter().all(|n| n.id != 0), "{method:?}: {hit:?}");
+                assert_eq!(hit[0].id, 4, "{method:?}");
+                g.compact().unwrap();
+                assert_eq!(g.logged_changes(), 0);
+            }
+            let dirs: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("snap-")).collect();
+            assert_eq!(dirs, vec!["snap-2".to_string()], "old snapshots are deleted");
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod faiss_index;
 pub mod gallery;
 pub mod paddleclas_import;
 pub mod pickle;
+pub mod wal;
 
 pub use faiss_index::{FaissIndex, Method};
 pub use gallery::{Gallery, GalleryItem, Manifest};
@@ -36,6 +37,15 @@ pub trait Index: Send {
     }
     /// The `k` best neighbours of each of the `queries.len() / dim` queries, best first.
     fn search(&mut self, queries: &[f32], k: usize) -> Result<Vec<Vec<Neighbor>>>;
+    /// Adds vectors (`ids.len()` rows) under the given ids.
+    fn add(&mut self, vectors: &[f32], ids: &[i64]) -> Result<()>;
+    /// Removes ids; `Ok(false)` where the index kind cannot remove (HNSW), so
+    /// the caller filters them until the next rebuild.
+    fn remove(&mut self, ids: &[i64]) -> Result<bool>;
+    /// The stored vector of an id.
+    fn reconstruct(&self, id: i64) -> Result<Vec<f32>>;
+    /// Writes the index to a file.
+    fn save(&self, path: &std::path::Path) -> Result<()>;
     /// A short description for logs (`faiss IDMap2,Flat, 25 vectors`).
     fn describe(&self) -> String;
 }

@@ -64,7 +64,7 @@ pub fn import(from: &Path, out: &Path, model: &ModelStamp) -> Result<Gallery> {
             .split_once('\t')
             .or_else(|| line.split_once(char::is_whitespace))
             .ok_or_else(|| Error::gallery(&pkl, format!("id {id}: line {line:?} has no label after the path")))?;
-        items.push(GalleryItem { id, label: label.trim().to_string(), source: source.to_string() });
+        items.push(GalleryItem { id, label: label.trim().to_string(), source: source.to_string(), sha256: None, added_unix: None });
     }
 
     let name = out.file_name().map_or_else(|| "gallery".into(), |n| n.to_string_lossy().into_owned());
