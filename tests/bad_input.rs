@@ -201,3 +201,53 @@ fn missing_or_wrong_onnx_runtime_is_explained() {
         panic!("no C compiler to build the fake old runtime (build-essential is installed by scripts/setup.sh)");
     }
 }
+
+fn gallery_state(g: &Path) -> (String, Vec<u8>) {
+    let list = shitud(&["gallery", "list", "--index", g.to_str().unwrap()]);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    (text(&list.stdout), std::fs::read(g.join("wal.log")).unwrap_or_default())
+}
+
+#[test]
+fn add_with_an_unreadable_image_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gallery(tmp.path());
+    let before = gallery_state(&g);
+    let bad = tmp.path().join("broken.jpg");
+    std::fs::write(&bad, b"\xFF\xD8\xFF\xE0 not really").unwrap();
+    let good = data("images/gallery/apple.jpg");
+    let o = shitud(&["gallery", "add", "--index", g.to_str().unwrap(), "--label", "x", good.to_str().unwrap(), bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = text(&o.stderr);
+    assert!(e.contains("broken.jpg") && e.contains("nothing was added"), "{e}");
+    assert!(o.stdout.is_empty(), "nothing may be acknowledged");
+    assert_eq!(gallery_state(&g), before);
+}
+
+#[test]
+fn remove_of_an_unknown_id_or_label_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gallery(tmp.path());
+    let before = gallery_state(&g);
+    let o = shitud(&["gallery", "remove", "--index", g.to_str().unwrap(), "--id", "3", "--id", "4000"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("no item with id 4000; nothing was removed"), "{}", text(&o.stderr));
+    let o = shitud(&["gallery", "remove", "--index", g.to_str().unwrap(), "--label", "no such product"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("no item has label \"no such product\""), "{}", text(&o.stderr));
+    assert_eq!(gallery_state(&g), before);
+}
+
+#[test]
+fn truncated_snapshot_index_is_refused_on_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gallery(tmp.path());
+    let index = g.join("snap-0/vector.index");
+    let bytes = std::fs::read(&index).unwrap();
+    std::fs::write(&index, &bytes[..bytes.len() / 3]).unwrap();
+    let scene = data("images/scenes/scene_00001.jpg");
+    let o = shitud(&["recognize", "--index", g.to_str().unwrap(), scene.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = text(&o.stderr);
+    assert!(e.contains("vector.index") && e.contains("not a readable faiss index"), "{e}");
+}
