@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::input;
 use crate::pipeline::Pipeline;
 use crate::report::StageTimes;
+use crate::search::{FaissIndex, Index, Method};
 
 /// p50 and p99 of one measurement, in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
@@ -116,6 +117,138 @@ fn pass(pipeline: &mut Pipeline, images: &[PathBuf], batch: usize, limits: &Inpu
         }
     }
     Ok((times, latencies))
+}
+
+/// One index kind at one size, from [`bench_index`].
+#[derive(Debug, Clone, Serialize)]
+pub struct IndexBenchRow {
+    /// Index kind.
+    pub method: Method,
+    /// Vectors indexed.
+    pub n: usize,
+    /// Training and adding everything, seconds.
+    pub build_s: f64,
+    /// Vectors added per second (training included).
+    pub adds_per_s: f64,
+    /// One query, top-5, microseconds.
+    pub search_1_us: Percentiles,
+    /// A frame's worth of queries (6) in one call, microseconds per call.
+    pub search_6_us: Percentiles,
+    /// Share of queries whose best hit equals the exact (Flat) best hit.
+    pub recall_at_1: f64,
+    /// Resident memory the built index added, MiB.
+    pub rss_mib: f64,
+    /// Size of the saved index file, MiB.
+    pub file_mib: f64,
+    /// Reading the file back, milliseconds.
+    pub open_ms: f64,
+    /// Removing 1 % of the ids: faiss removal, or (HNSW) the rebuild compaction does, milliseconds.
+    pub remove_1pct_ms: f64,
+}
+
+/// Random unit vectors, reproducible from `seed`.
+pub fn random_unit_vectors(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut v: Vec<f32> = (0..n * dim)
+        .map(|_| {
+            // Box–Muller: Gaussian components make directions uniform on the sphere.
+            let (u1, u2) = (next().max(1e-12), next());
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+        })
+        .collect();
+    crate::embed::l2_normalize(&mut v, dim);
+    v
+}
+
+fn current_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Measures each index kind on `n` random 512-d unit vectors. Queries are
+/// noisy copies of stored vectors (cosine about 0.8), as a product seen
+/// again on the line would be.
+pub fn bench_index(n: usize, methods: &[Method], queries: usize, nprobe: usize, mut progress: impl FnMut(&str)) -> Result<Vec<IndexBenchRow>> {
+    let dim = 512;
+    let data = random_unit_vectors(n, dim, 7 + n as u64);
+    let noise = random_unit_vectors(queries, dim, 99);
+    let mut q = Vec::with_capacity(queries * dim);
+    for i in 0..queries {
+        let base = (i * 7919) % n;
+        q.extend((0..dim).map(|d| data[base * dim + d] + 0.68 * noise[i * dim + d]));
+    }
+    crate::embed::l2_normalize(&mut q, dim);
+    let ids: Vec<i64> = (0..n as i64).collect();
+    let mut exact = FaissIndex::build(Method::Flat, dim, &data, &ids)?;
+    let truth: Vec<i64> = exact.search(&q, 1)?.iter().map(|h| h.first().map_or(-1, |n| n.id)).collect();
+    drop(exact);
+    let tmp = std::env::temp_dir().join(format!("shitu-bench-index-{}", std::process::id()));
+    let mut rows = Vec::new();
+    for &method in methods {
+        progress(&format!("{method:?}, {n} vectors: building"));
+        let rss0 = current_rss_mib();
+        let t = Instant::now();
+        let mut index = FaissIndex::build(method, dim, &data, &ids)?;
+        let build_s = t.elapsed().as_secs_f64();
+        let rss_mib = current_rss_mib() - rss0;
+        if method == Method::Ivf {
+            index.set_nprobe(nprobe)?;
+        }
+        let mut one = Vec::with_capacity(queries);
+        let mut hits = 0;
+        for (i, query) in q.chunks(dim).enumerate() {
+            let t = Instant::now();
+            let h = index.search(query, 5)?;
+            one.push(t.elapsed().as_secs_f64() * 1e6);
+            hits += usize::from(h[0].first().map(|n| n.id) == Some(truth[i]));
+        }
+        let mut six = Vec::new();
+        for frame in q.chunks(dim * 6) {
+            let t = Instant::now();
+            index.search(frame, 5)?;
+            six.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        index.save(&tmp)?;
+        let file_mib = std::fs::metadata(&tmp).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64);
+        let t = Instant::now();
+        drop(FaissIndex::load(&tmp)?);
+        let open_ms = t.elapsed().as_secs_f64() * 1e3;
+        let gone: Vec<i64> = (0..n as i64).step_by(100).collect();
+        let t = Instant::now();
+        if !index.remove(&gone)? {
+            // What compaction does for HNSW: rebuild from the vectors that stay.
+            let keep: Vec<i64> = ids.iter().copied().filter(|i| i % 100 != 0).collect();
+            let mut v = Vec::with_capacity(keep.len() * dim);
+            for &i in &keep {
+                v.extend(index.reconstruct(i)?);
+            }
+            drop(FaissIndex::build(method, dim, &v, &keep)?);
+        }
+        let remove_1pct_ms = t.elapsed().as_secs_f64() * 1e3;
+        rows.push(IndexBenchRow {
+            method,
+            n,
+            build_s,
+            adds_per_s: n as f64 / build_s,
+            search_1_us: Percentiles::of(&mut one),
+            search_6_us: Percentiles::of(&mut six),
+            recall_at_1: hits as f64 / queries as f64,
+            rss_mib,
+            file_mib,
+            open_ms,
+            remove_1pct_ms,
+        });
+    }
+    let _ = std::fs::remove_file(&tmp);
+    Ok(rows)
 }
 
 /// The process's peak resident set size in MiB (Linux `VmHWM`).

@@ -65,3 +65,47 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Arguments of `shitud bench-index`.
+#[derive(Debug, Args)]
+pub struct IndexBenchArgs {
+    /// Gallery sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000", value_name = "N,...")]
+    sizes: Vec<usize>,
+    /// Index kinds, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "Flat,HNSW32,IVF", value_name = "METHOD,...")]
+    methods: Vec<crate::search::Method>,
+    /// Queries per measurement.
+    #[arg(long, default_value_t = 300, value_name = "N")]
+    queries: usize,
+    /// IVF lists probed.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    nprobe: usize,
+    /// Also write the rows as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+/// Runs `shitud bench-index`.
+pub fn run_index(args: &IndexBenchArgs) -> anyhow::Result<ExitCode> {
+    if args.queries < 6 {
+        anyhow::bail!("--queries must be at least 6");
+    }
+    let mut rows = Vec::new();
+    println!("| method | n | build s | adds/s | 1 query p50/p99 µs | 6 queries p50/p99 µs | recall@1 vs Flat | RSS MiB | file MiB | open ms | remove 1 % ms |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for &n in &args.sizes {
+        for r in bench::bench_index(n, &args.methods, args.queries, args.nprobe, |m| tracing::info!("{m}"))? {
+            println!(
+                "| {:?} | {} | {:.2} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.3} | {:.0} | {:.0} | {:.1} | {:.0} |",
+                r.method, r.n, r.build_s, r.adds_per_s, r.search_1_us.p50, r.search_1_us.p99, r.search_6_us.p50, r.search_6_us.p99,
+                r.recall_at_1, r.rss_mib, r.file_mib, r.open_ms, r.remove_1pct_ms
+            );
+            rows.push(r);
+        }
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -43,6 +43,8 @@ pub enum Command {
     Gallery(gallery_cmd::GalleryCommand),
     /// Measure throughput and per-stage latency on a set of images.
     Bench(bench_cmd::BenchArgs),
+    /// Measure the gallery index kinds on random vectors: build, search, recall, memory, open time.
+    BenchIndex(bench_cmd::IndexBenchArgs),
     /// Measure accuracy against labelled scenes (truth boxes and labels).
     Eval(eval_cmd::EvalArgs),
 }
@@ -116,6 +118,7 @@ pub fn main() -> ExitCode {
         Command::Gallery(cmd) => gallery_cmd::run(&cli, cmd),
         Command::Bench(args) => bench_cmd::run(&cli, args),
         Command::Eval(args) => eval_cmd::run(&cli, args),
+        Command::BenchIndex(args) => bench_cmd::run_index(args),
     };
     match result {
         Ok(code) => code,

@@ -161,10 +161,13 @@ impl Gallery {
         if !manifest_path.is_file() {
             return Err(Error::gallery(dir, format!("not a gallery: {MANIFEST} is missing. Build one with `shitud gallery build`")));
         }
-        let manifest: Manifest = read_json(&manifest_path)?;
-        if manifest.format != FORMAT {
-            return Err(Error::gallery(dir, format!("format {} is not supported (this build reads format {FORMAT}); rebuild it", manifest.format)));
+        // The version is checked before the fields, so an old gallery says so.
+        let raw: serde_json::Value = read_json(&manifest_path)?;
+        let format = raw.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
+        if format != FORMAT as u64 {
+            return Err(Error::gallery(dir, format!("format {format} is not supported (this build reads format {FORMAT}); rebuild it with `shitud gallery build`")));
         }
+        let manifest: Manifest = serde_json::from_value(raw).map_err(|e| Error::gallery(&manifest_path, format!("unreadable: {e}")))?;
         let snap = dir.join(&manifest.snapshot);
         let items: Vec<GalleryItem> = read_json(&snap.join(LABELS))?;
         let mut index = FaissIndex::load(&snap.join(VECTORS)).map_err(|e| Error::gallery(dir, e.to_string()))?;
