@@ -23,7 +23,8 @@ fi
 cargo build --release --locked
 shitud=target/release/shitud
 
-$shitud -q gallery build --list tests/data/images/gallery.txt --image-root tests/data/images --out "$OUT/gallery" || true
+rm -rf "$OUT/gallery"
+$shitud -q gallery build --list tests/data/images/gallery.txt --image-root tests/data/images --out "$OUT/gallery"
 # One process per batch size, so each peak RSS belongs to one configuration.
 for b in 1 4; do
   echo "compare: shitu-edge, batch $b ($ROUNDS rounds)" >&2

@@ -9,6 +9,7 @@ echo "building shitud (release; the first build compiles OpenCV bindings and fai
 cargo build --release --locked
 shitud=target/release/shitud
 
+rm -rf engines/demo/gallery  # rebuilt from the photos on every run
 $shitud gallery build \
   --rec-model engines/demo/rec.onnx \
   --list tests/data/images/gallery.txt --image-root tests/data/images \

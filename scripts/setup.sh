@@ -8,10 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ORT_VERSION="${ORT_VERSION:-1.31.1}"
-# libopenblas0-pthread takes over libblas.so.3 (Debian alternatives) from the
-# reference BLAS that static faiss links: IVF training 10.8x faster (10k
-# vectors, 400 lists: 15.8 s -> 1.47 s; docs/BENCHMARKS.md), pipeline unchanged.
-PACKAGES=(build-essential pkg-config clang libclang-dev libopencv-dev cmake libblas-dev liblapack-dev libopenblas0-pthread python3-pip)
+# libopenblas0-serial takes over libblas.so.3 (Debian alternatives) from the
+# reference BLAS that static faiss links: IVF training ~8x faster (10k
+# vectors, 400 lists: 15.8 s -> 2.0 s; docs/BENCHMARKS.md). The serial build,
+# not the pthread one: pthread OpenBLAS busy-waits after each call and starved
+# faiss's OpenMP threads (HNSW search 0.14 ms -> 8 ms).
+PACKAGES=(build-essential pkg-config clang libclang-dev libopencv-dev cmake libblas-dev liblapack-dev libopenblas0-serial python3-pip)
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 

@@ -119,11 +119,22 @@ fn pass(pipeline: &mut Pipeline, images: &[PathBuf], batch: usize, limits: &Inpu
     Ok((times, latencies))
 }
 
-/// One index kind at one size, from [`bench_index`].
+/// The search settings [`bench_index`] tries on each built index.
+#[derive(Debug, Clone)]
+pub struct IndexSweep {
+    /// IVF lists probed.
+    pub nprobe: Vec<usize>,
+    /// HNSW search breadths.
+    pub ef_search: Vec<usize>,
+}
+
+/// One index kind at one size and search setting, from [`bench_index`].
 #[derive(Debug, Clone, Serialize)]
 pub struct IndexBenchRow {
     /// Index kind.
     pub method: Method,
+    /// Its search setting.
+    pub param: String,
     /// Vectors indexed.
     pub n: usize,
     /// Training and adding everything, seconds.
@@ -136,8 +147,8 @@ pub struct IndexBenchRow {
     pub search_6_us: Percentiles,
     /// Share of queries whose best hit equals the exact (Flat) best hit.
     pub recall_at_1: f64,
-    /// Resident memory the built index added, MiB.
-    pub rss_mib: f64,
+    /// Heap the built index holds, MiB.
+    pub heap_mib: f64,
     /// Size of the saved index file, MiB.
     pub file_mib: f64,
     /// Reading the file back, milliseconds.
@@ -166,17 +177,18 @@ pub fn random_unit_vectors(n: usize, dim: usize, seed: u64) -> Vec<f32> {
     v
 }
 
-fn current_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
-        .map_or(0.0, |kib| kib / 1024.0)
+/// Heap bytes in use, in MiB. Unlike RSS it does not hide an allocation that
+/// reuses pages an earlier, freed one left behind.
+fn heap_in_use_mib() -> f64 {
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    let m = unsafe { libc::mallinfo2() };
+    (m.uordblks + m.hblkhd) as f64 / (1 << 20) as f64
 }
 
 /// Measures each index kind on `n` random 512-d unit vectors. Queries are
 /// noisy copies of stored vectors (cosine about 0.8), as a product seen
 /// again on the line would be.
-pub fn bench_index(n: usize, methods: &[Method], queries: usize, nprobe: usize, mut progress: impl FnMut(&str)) -> Result<Vec<IndexBenchRow>> {
+pub fn bench_index(n: usize, methods: &[Method], queries: usize, tuning: &IndexSweep, mut progress: impl FnMut(&str)) -> Result<Vec<IndexBenchRow>> {
     let dim = 512;
     let data = random_unit_vectors(n, dim, 7 + n as u64);
     let noise = random_unit_vectors(queries, dim, 99);
@@ -194,27 +206,58 @@ pub fn bench_index(n: usize, methods: &[Method], queries: usize, nprobe: usize, 
     let mut rows = Vec::new();
     for &method in methods {
         progress(&format!("{method:?}, {n} vectors: building"));
-        let rss0 = current_rss_mib();
+        let heap0 = heap_in_use_mib();
         let t = Instant::now();
         let mut index = FaissIndex::build(method, dim, &data, &ids)?;
         let build_s = t.elapsed().as_secs_f64();
-        let rss_mib = current_rss_mib() - rss0;
-        if method == Method::Ivf {
-            index.set_nprobe(nprobe)?;
-        }
-        let mut one = Vec::with_capacity(queries);
-        let mut hits = 0;
-        for (i, query) in q.chunks(dim).enumerate() {
-            let t = Instant::now();
-            let h = index.search(query, 5)?;
-            one.push(t.elapsed().as_secs_f64() * 1e6);
-            hits += usize::from(h[0].first().map(|n| n.id) == Some(truth[i]));
-        }
-        let mut six = Vec::new();
-        for frame in q.chunks(dim * 6) {
-            let t = Instant::now();
-            index.search(frame, 5)?;
-            six.push(t.elapsed().as_secs_f64() * 1e6);
+        let heap_mib = heap_in_use_mib() - heap0;
+        // One build, every search setting asked for.
+        let settings: Vec<usize> = match method {
+            Method::Ivf => tuning.nprobe.clone(),
+            Method::Hnsw32 => tuning.ef_search.clone(),
+            Method::Flat => vec![0],
+        };
+        let first = rows.len();
+        for &value in &settings {
+            let param = match method {
+                Method::Ivf => {
+                    index.set_nprobe(value)?;
+                    format!("nprobe {value}")
+                }
+                Method::Hnsw32 => {
+                    index.set_ef_search(value)?;
+                    format!("efSearch {value}")
+                }
+                Method::Flat => "exact".to_string(),
+            };
+            let mut one = Vec::with_capacity(queries);
+            let mut hits = 0;
+            for (i, query) in q.chunks(dim).enumerate() {
+                let t = Instant::now();
+                let h = index.search(query, 5)?;
+                one.push(t.elapsed().as_secs_f64() * 1e6);
+                hits += usize::from(h[0].first().map(|n| n.id) == Some(truth[i]));
+            }
+            let mut six = Vec::new();
+            for frame in q.chunks(dim * 6) {
+                let t = Instant::now();
+                index.search(frame, 5)?;
+                six.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            rows.push(IndexBenchRow {
+                method,
+                param,
+                n,
+                build_s,
+                adds_per_s: n as f64 / build_s,
+                search_1_us: Percentiles::of(&mut one),
+                search_6_us: Percentiles::of(&mut six),
+                recall_at_1: hits as f64 / queries as f64,
+                heap_mib,
+                file_mib: 0.0,
+                open_ms: 0.0,
+                remove_1pct_ms: 0.0,
+            });
         }
         index.save(&tmp)?;
         let file_mib = std::fs::metadata(&tmp).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64);
@@ -233,19 +276,11 @@ pub fn bench_index(n: usize, methods: &[Method], queries: usize, nprobe: usize, 
             drop(FaissIndex::build(method, dim, &v, &keep)?);
         }
         let remove_1pct_ms = t.elapsed().as_secs_f64() * 1e3;
-        rows.push(IndexBenchRow {
-            method,
-            n,
-            build_s,
-            adds_per_s: n as f64 / build_s,
-            search_1_us: Percentiles::of(&mut one),
-            search_6_us: Percentiles::of(&mut six),
-            recall_at_1: hits as f64 / queries as f64,
-            rss_mib,
-            file_mib,
-            open_ms,
-            remove_1pct_ms,
-        });
+        for r in &mut rows[first..] {
+            r.file_mib = file_mib;
+            r.open_ms = open_ms;
+            r.remove_1pct_ms = remove_1pct_ms;
+        }
     }
     let _ = std::fs::remove_file(&tmp);
     Ok(rows)

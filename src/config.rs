@@ -216,6 +216,10 @@ pub struct SearchSettings {
     /// IVF lists probed per query. PaddleClas leaves faiss's default of 1, which
     /// misses neighbours as soon as the gallery has several lists.
     pub nprobe: usize,
+    /// HNSW candidate list size at search time. faiss's default (16), which
+    /// PaddleClas keeps, found the true best match for 57 % of queries at
+    /// 100 k items (docs/BENCHMARKS.md).
+    pub ef_search: usize,
     /// Fold the gallery's change log into a new snapshot once it holds this many records.
     pub compact_after: usize,
 }
@@ -228,6 +232,7 @@ impl Default for SearchSettings {
             score_threshold: 0.5,
             rec_nms_threshold: 0.05,
             nprobe: 8,
+            ef_search: 128,
             compact_after: 1000,
         }
     }

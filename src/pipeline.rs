@@ -65,7 +65,7 @@ impl Pipeline {
     /// Loads both models and the gallery, and refuses a gallery built by another recogniser.
     pub fn open(settings: &Settings) -> Result<Pipeline> {
         settings.validate()?;
-        let gallery = Gallery::open(&settings.search.index, settings.search.nprobe)?;
+        let gallery = Gallery::open(&settings.search.index, (&settings.search).into())?;
         let embedder = Embedder::open(settings)?;
         gallery.check_model(embedder.model_sha256(), &settings.embedder.model)?;
         if gallery.manifest().dim != embedder.dim() {

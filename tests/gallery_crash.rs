@@ -48,7 +48,7 @@ fn acknowledged_adds_survive_sigkill_50_times() {
             acked.insert(id, label.clone());
         }
 
-        let g = Gallery::open_for_write(&dir, 8).unwrap_or_else(|e| panic!("round {round}: gallery does not open after SIGKILL: {e}"));
+        let g = Gallery::open_for_write(&dir, Default::default()).unwrap_or_else(|e| panic!("round {round}: gallery does not open after SIGKILL: {e}"));
         for (id, label) in &acked {
             let item = g.item(*id).unwrap_or_else(|| panic!("round {round}: acknowledged item {id} lost"));
             assert_eq!(&item.label, label);
@@ -60,7 +60,7 @@ fn acknowledged_adds_survive_sigkill_50_times() {
     assert!(acked.len() > 50, "too few adds were acknowledged to mean anything: {}", acked.len());
     assert!(compactions_seen > 0, "no compaction happened during the test");
     // And it still recognises.
-    let mut g = Gallery::open(&dir, 8).unwrap();
+    let mut g = Gallery::open(&dir, Default::default()).unwrap();
     let any = *acked.keys().next().unwrap();
     assert!(g.item(any).is_some() && g.search(&vec![0.0; 512], 1).is_ok());
     eprintln!("{} acknowledged adds over 50 kills, all present", acked.len());

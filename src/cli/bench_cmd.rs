@@ -78,9 +78,12 @@ pub struct IndexBenchArgs {
     /// Queries per measurement.
     #[arg(long, default_value_t = 300, value_name = "N")]
     queries: usize,
-    /// IVF lists probed.
-    #[arg(long, default_value_t = 8, value_name = "N")]
-    nprobe: usize,
+    /// IVF lists probed, comma-separated values to try.
+    #[arg(long, value_delimiter = ',', default_value = "8", value_name = "N,...")]
+    nprobe: Vec<usize>,
+    /// HNSW search breadths to try.
+    #[arg(long, value_delimiter = ',', default_value = "16,128", value_name = "N,...")]
+    ef_search: Vec<usize>,
     /// Also write the rows as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -92,14 +95,14 @@ pub fn run_index(args: &IndexBenchArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--queries must be at least 6");
     }
     let mut rows = Vec::new();
-    println!("| method | n | build s | adds/s | 1 query p50/p99 µs | 6 queries p50/p99 µs | recall@1 vs Flat | RSS MiB | file MiB | open ms | remove 1 % ms |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| method | search | n | build s | adds/s | 1 query p50/p99 µs | 6 queries p50/p99 µs | recall@1 vs Flat | heap MiB | file MiB | open ms | remove 1 % ms |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &args.sizes {
-        for r in bench::bench_index(n, &args.methods, args.queries, args.nprobe, |m| tracing::info!("{m}"))? {
+        for r in bench::bench_index(n, &args.methods, args.queries, &bench::IndexSweep { nprobe: args.nprobe.clone(), ef_search: args.ef_search.clone() }, |m| tracing::info!("{m}"))? {
             println!(
-                "| {:?} | {} | {:.2} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.3} | {:.0} | {:.0} | {:.1} | {:.0} |",
-                r.method, r.n, r.build_s, r.adds_per_s, r.search_1_us.p50, r.search_1_us.p99, r.search_6_us.p50, r.search_6_us.p99,
-                r.recall_at_1, r.rss_mib, r.file_mib, r.open_ms, r.remove_1pct_ms
+                "| {:?} | {} | {} | {:.2} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.3} | {:.0} | {:.0} | {:.1} | {:.0} |",
+                r.method, r.param, r.n, r.build_s, r.adds_per_s, r.search_1_us.p50, r.search_1_us.p99, r.search_6_us.p50, r.search_6_us.p99,
+                r.recall_at_1, r.heap_mib, r.file_mib, r.open_ms, r.remove_1pct_ms
             );
             rows.push(r);
         }

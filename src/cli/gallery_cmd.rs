@@ -135,7 +135,7 @@ pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         GalleryCommand::Info { index } => {
-            let g = Gallery::open_for_write(index, 1)?;
+            let g = Gallery::open_for_write(index, Default::default())?;
             let info = serde_json::json!({"manifest": g.manifest(), "items": g.len(), "logged_changes": g.logged_changes()});
             println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(ExitCode::SUCCESS)
@@ -143,7 +143,7 @@ pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
         GalleryCommand::Add(args) => add(cli, args),
         GalleryCommand::Remove { index, id, label } => {
             let settings = load_settings(cli)?;
-            let mut g = Gallery::open_for_write(index, settings.search.nprobe)?;
+            let mut g = Gallery::open_for_write(index, (&settings.search).into())?;
             let ids: Vec<i64> = match label {
                 Some(l) => g.items().filter(|i| &i.label == l).map(|i| i.id).collect(),
                 None => id.clone(),
@@ -157,7 +157,7 @@ pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         GalleryCommand::List { index, json } => {
-            let g = Gallery::open_for_write(index, 1)?;
+            let g = Gallery::open_for_write(index, Default::default())?;
             let mut items: Vec<_> = g.items().collect();
             items.sort_by_key(|i| i.id);
             for i in items {
@@ -171,7 +171,7 @@ pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         GalleryCommand::Compact { index } => {
-            let mut g = Gallery::open_for_write(index, 1)?;
+            let mut g = Gallery::open_for_write(index, Default::default())?;
             g.compact()?;
             eprintln!("compacted {}: {} items in {}", index.display(), g.len(), g.manifest().snapshot);
             Ok(ExitCode::SUCCESS)
@@ -192,7 +192,7 @@ fn add(cli: &Cli, args: &AddArgs) -> anyhow::Result<ExitCode> {
     if let Some(m) = &args.rec_model {
         settings.embedder.model = m.clone();
     }
-    let mut g = Gallery::open_for_write(&args.index, settings.search.nprobe)?;
+    let mut g = Gallery::open_for_write(&args.index, (&settings.search).into())?;
     let mut embedder = Embedder::open(&settings)?;
     g.check_model(embedder.model_sha256(), &settings.embedder.model)?;
     // Every image is decoded before anything is added: one bad file changes nothing.

@@ -136,6 +136,14 @@ impl FaissIndex {
             .map_err(|e| Error::Index(format!("cannot set nprobe on {}: {e}", self.factory)))
     }
 
+    /// Sets HNSW's search breadth. Only HNSW indexes have the parameter.
+    pub fn set_ef_search(&mut self, ef: usize) -> Result<()> {
+        let space = faiss::index::autotune::ParameterSpace::new().map_err(|e| Error::Index(e.to_string()))?;
+        space
+            .set_index_parameter(&self.inner, "efSearch", ef as f64)
+            .map_err(|e| Error::Index(format!("cannot set efSearch on {}: {e}", self.factory)))
+    }
+
     /// Writes the index with `faiss.write_index`'s format.
     pub fn save(&self, path: &Path) -> Result<()> {
         let name = path.to_str().ok_or_else(|| Error::Index(format!("{}: path is not UTF-8", path.display())))?;

@@ -37,6 +37,28 @@ pub const WAL: &str = "wal.log";
 /// The on-disk format this build reads and writes.
 pub const FORMAT: u32 = 2;
 
+/// Search-time knobs of the approximate index kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// IVF lists probed per query.
+    pub nprobe: usize,
+    /// HNSW candidate list size.
+    pub ef_search: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        let s = crate::config::SearchSettings::default();
+        Tuning { nprobe: s.nprobe, ef_search: s.ef_search }
+    }
+}
+
+impl From<&crate::config::SearchSettings> for Tuning {
+    fn from(s: &crate::config::SearchSettings) -> Self {
+        Tuning { nprobe: s.nprobe, ef_search: s.ef_search }
+    }
+}
+
 /// What made a gallery, so it is never searched with features of another model.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -144,19 +166,19 @@ impl Gallery {
         Ok(Gallery { dir: dir.to_path_buf(), manifest, labels, index: Box::new(index), tombstones: HashSet::new(), last_seq: 0, wal_records: 0, wal: None })
     }
 
-    /// Opens the gallery in `dir` to search it. `nprobe` applies to IVF galleries.
+    /// Opens the gallery in `dir` to search it.
     /// Changes logged since the snapshot are replayed; a torn last record is
     /// ignored (and cut off by the next [`Gallery::open_for_write`]).
-    pub fn open(dir: &Path, nprobe: usize) -> Result<Gallery> {
-        Gallery::load(dir, nprobe, false)
+    pub fn open(dir: &Path, tuning: Tuning) -> Result<Gallery> {
+        Gallery::load(dir, tuning, false)
     }
 
     /// Opens the gallery in `dir` to change it.
-    pub fn open_for_write(dir: &Path, nprobe: usize) -> Result<Gallery> {
-        Gallery::load(dir, nprobe, true)
+    pub fn open_for_write(dir: &Path, tuning: Tuning) -> Result<Gallery> {
+        Gallery::load(dir, tuning, true)
     }
 
-    fn load(dir: &Path, nprobe: usize, writable: bool) -> Result<Gallery> {
+    fn load(dir: &Path, tuning: Tuning, writable: bool) -> Result<Gallery> {
         let manifest_path = dir.join(MANIFEST);
         if !manifest_path.is_file() {
             return Err(Error::gallery(dir, format!("not a gallery: {MANIFEST} is missing. Build one with `shitud gallery build`")));
@@ -172,8 +194,10 @@ impl Gallery {
         let items: Vec<GalleryItem> = read_json(&snap.join(LABELS))?;
         let mut index = FaissIndex::load(&snap.join(VECTORS)).map_err(|e| Error::gallery(dir, e.to_string()))?;
         index.set_method(manifest.method);
-        if manifest.method == Method::Ivf {
-            index.set_nprobe(nprobe)?;
+        match manifest.method {
+            Method::Ivf => index.set_nprobe(tuning.nprobe)?,
+            Method::Hnsw32 => index.set_ef_search(tuning.ef_search)?,
+            Method::Flat => {}
         }
         if index.dim() != manifest.dim {
             return Err(Error::gallery(dir, format!("{VECTORS} has dimension {}, but the manifest says {}", index.dim(), manifest.dim)));
@@ -432,7 +456,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (it, v) = items(3);
         Gallery::create(dir.path(), Method::Flat, 4, "abc", "rec.onnx", it, &v).unwrap();
-        let mut g = Gallery::open(dir.path(), 1).unwrap();
+        let mut g = Gallery::open(dir.path(), Tuning::default()).unwrap();
         assert_eq!(g.len(), 3);
         let hit = g.search(&v[4..8], 1).unwrap()[0][0];
         assert_eq!(g.item(hit.id).unwrap().label, "item 1");
@@ -446,12 +470,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = Gallery::create(dir.path(), Method::Flat, 4, "abc", "rec.onnx", vec![], &[]).unwrap_err().to_string();
         assert!(err.contains("empty"), "{err}");
-        let err = Gallery::open(dir.path(), 1).unwrap_err().to_string();
+        let err = Gallery::open(dir.path(), Tuning::default()).unwrap_err().to_string();
         assert!(err.contains("manifest.json is missing"), "{err}");
         let (it, v) = items(3);
         Gallery::create(dir.path(), Method::Flat, 4, "abc", "rec.onnx", it, &v).unwrap();
         std::fs::write(dir.path().join("snap-0").join(LABELS), "[]").unwrap();
-        let err = Gallery::open(dir.path(), 1).unwrap_err().to_string();
+        let err = Gallery::open(dir.path(), Tuning::default()).unwrap_err().to_string();
         assert!(err.contains("3 vectors, labels.json 0 labels"), "{err}");
     }
 
@@ -461,7 +485,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let (it, v) = items(4);
             Gallery::create(dir.path(), method, 4, "abc", "rec.onnx", it, &v).unwrap();
-            let mut g = Gallery::open_for_write(dir.path(), 8).unwrap();
+            let mut g = Gallery::open_for_write(dir.path(), Tuning::default()).unwrap();
             let new = g.add("new one", "n.jpg", None, &[0.6, 0.8, 0.0, 0.0]).unwrap();
             assert_eq!(new, 4, "ids continue after the largest");
             g.remove(&[0]).unwrap();
@@ -470,7 +494,7 @@ mod tests {
             assert!(g.item(1).is_some(), "a refused remove changes nothing");
             drop(g);
             for round in 0..2 {
-                let mut g = Gallery::open_for_write(dir.path(), 8).unwrap();
+                let mut g = Gallery::open_for_write(dir.path(), Tuning::default()).unwrap();
                 assert_eq!(g.len(), 4, "{method:?} round {round}");
                 assert!(g.item(0).is_none() && g.item(4).is_some());
                 // Item 0 (the unit x vector) is gone: the best match for x is now the new item.

@@ -12,7 +12,7 @@ pub mod pickle;
 pub mod wal;
 
 pub use faiss_index::{FaissIndex, Method};
-pub use gallery::{Gallery, GalleryItem, Manifest};
+pub use gallery::{Gallery, GalleryItem, Manifest, Tuning};
 
 use crate::error::Result;
 

@@ -80,5 +80,5 @@ pub fn import(from: &Path, out: &Path, model: &ModelStamp) -> Result<Gallery> {
     }
     std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
     tracing::info!(from = %from.display(), out = %out.display(), ?method, "imported PaddleClas gallery");
-    Gallery::open(out, 8)
+    Gallery::open(out, Default::default())
 }
