@@ -66,6 +66,9 @@ impl Pipeline {
     pub fn open(settings: &Settings) -> Result<Pipeline> {
         settings.validate()?;
         let gallery = Gallery::open(&settings.search.index, (&settings.search).into())?;
+        if gallery.is_empty() {
+            return Err(crate::Error::gallery(gallery.dir(), "the gallery is empty: there is nothing to recognise against"));
+        }
         let embedder = Embedder::open(settings)?;
         gallery.check_model(embedder.model_sha256(), &settings.embedder.model)?;
         if gallery.manifest().dim != embedder.dim() {

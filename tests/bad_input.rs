@@ -251,3 +251,21 @@ fn truncated_snapshot_index_is_refused_on_open() {
     let e = text(&o.stderr);
     assert!(e.contains("vector.index") && e.contains("not a readable faiss index"), "{e}");
 }
+
+#[test]
+fn gallery_emptied_by_removals_is_refused_for_recognition() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gallery(tmp.path());
+    let ids: Vec<String> = (0..25).map(|i| i.to_string()).collect();
+    let mut args = vec!["gallery", "remove", "--index", g.to_str().unwrap()];
+    for id in &ids {
+        args.extend(["--id", id.as_str()]);
+    }
+    assert!(shitud(&args).status.success());
+    let list = shitud(&["gallery", "list", "--index", g.to_str().unwrap()]);
+    assert!(list.status.success() && list.stdout.is_empty(), "an empty gallery still lists");
+    let scene = data("images/scenes/scene_00001.jpg");
+    let o = shitud(&["recognize", "--index", g.to_str().unwrap(), scene.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("the gallery is empty"), "{}", text(&o.stderr));
+}

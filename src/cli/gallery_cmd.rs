@@ -135,7 +135,7 @@ pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         GalleryCommand::Info { index } => {
-            let g = Gallery::open_for_write(index, Default::default())?;
+            let g = Gallery::open(index, Default::default())?;
             let info = serde_json::json!({"manifest": g.manifest(), "items": g.len(), "logged_changes": g.logged_changes()});
             println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(ExitCode::SUCCESS)
@@ -157,7 +157,7 @@ pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         GalleryCommand::List { index, json } => {
-            let g = Gallery::open_for_write(index, Default::default())?;
+            let g = Gallery::open(index, Default::default())?;
             let mut items: Vec<_> = g.items().collect();
             items.sort_by_key(|i| i.id);
             for i in items {

@@ -166,14 +166,15 @@ impl Gallery {
         Ok(Gallery { dir: dir.to_path_buf(), manifest, labels, index: Box::new(index), tombstones: HashSet::new(), last_seq: 0, wal_records: 0, wal: None })
     }
 
-    /// Opens the gallery in `dir` to search it.
+    /// Opens the gallery in `dir` to search or read it; nothing on disk changes.
     /// Changes logged since the snapshot are replayed; a torn last record is
     /// ignored (and cut off by the next [`Gallery::open_for_write`]).
     pub fn open(dir: &Path, tuning: Tuning) -> Result<Gallery> {
         Gallery::load(dir, tuning, false)
     }
 
-    /// Opens the gallery in `dir` to change it.
+    /// Opens the gallery in `dir` to change it. One writer at a time: a
+    /// second is refused while the first holds the log's lock.
     pub fn open_for_write(dir: &Path, tuning: Tuning) -> Result<Gallery> {
         Gallery::load(dir, tuning, true)
     }
@@ -233,11 +234,7 @@ impl Gallery {
             g.wal = Some(Wal::open(&wal_path, good_len)?);
         }
         if g.labels.is_empty() {
-            if writable {
-                tracing::warn!(gallery = %dir.display(), "the gallery is empty");
-            } else {
-                return Err(Error::gallery(dir, "the gallery is empty: there is nothing to recognise against"));
-            }
+            tracing::warn!(gallery = %dir.display(), "the gallery is empty");
         }
         tracing::info!(gallery = %dir.display(), index = %g.index.describe(), items = g.labels.len(), logged = g.wal_records, "gallery opened");
         Ok(g)

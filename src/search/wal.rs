@@ -111,6 +111,12 @@ impl Wal {
     /// Opens the log for appending after its last good record, cutting off a torn tail.
     pub fn open(path: &Path, good_len: u64) -> Result<Wal> {
         let mut file = OpenOptions::new().create(true).read(true).write(true).open(path).map_err(|e| Error::io(path, e))?;
+        // Two writers appending would interleave frames; the lock goes with the process.
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(Error::gallery(path, "another process is changing this gallery; try again when it has finished"));
+        }
         file.set_len(good_len).map_err(|e| Error::io(path, e))?;
         file.seek(SeekFrom::Start(good_len)).map_err(|e| Error::io(path, e))?;
         file.sync_all().map_err(|e| Error::io(path, e))?;
@@ -175,5 +181,10 @@ mod tests {
         let (records, _, torn) = read(&path).unwrap();
         assert_eq!(records, vec![add(1), add(2), add(9)]);
         assert!(torn.is_none() && good > good2);
+        // A second writer is refused while the first is open.
+        let err = Wal::open(&path, 0).err().unwrap().to_string();
+        assert!(err.contains("another process"), "{err}");
+        drop(wal);
+        assert!(Wal::open(&path, std::fs::metadata(&path).unwrap().len()).is_ok());
     }
 }
