@@ -6,11 +6,14 @@
 
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
+
 use crate::config::InputSettings;
 use crate::embed::Embedder;
 use crate::error::{Error, Result};
 use crate::geometry::CropBox;
-use crate::input;
+use crate::input::{self, Frame};
+use crate::search::gallery::unix_now;
 use crate::search::{Gallery, GalleryItem, Method};
 
 /// One line of a list file.
@@ -41,6 +44,28 @@ pub fn parse_list(text: &str, list: &Path) -> Result<Vec<ListEntry>> {
         out.push(ListEntry { line: i + 1, path: path.to_string(), label: label.to_string() });
     }
     Ok(out)
+}
+
+/// A product photo to enrol: decoded, with the sha256 of its file.
+pub struct Photo {
+    /// The decoded photo.
+    pub frame: Frame,
+    /// sha256 of the file's bytes.
+    pub sha256: String,
+}
+
+impl Photo {
+    /// Reads the file once, for both the hash and the pixels.
+    pub fn read(path: &Path, limits: &InputSettings) -> Result<Photo> {
+        let bytes = input::read_bytes(path, limits)?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        Ok(Photo { frame: input::decode(path.display().to_string(), &bytes, limits)?, sha256 })
+    }
+
+    /// Its feature: gallery features come from the whole photo.
+    pub fn embed(&self, embedder: &mut Embedder) -> Result<Vec<f32>> {
+        embedder.embed(&[(&self.frame, CropBox::whole(self.frame.width, self.frame.height))])
+    }
 }
 
 /// What to do with list entries whose image is missing or unreadable.
@@ -92,19 +117,14 @@ pub fn build(embedder: &mut Embedder, rec_model: &Path, opts: &BuildOptions, mut
     let mut skipped = Vec::new();
     for (n, entry) in entries.iter().enumerate() {
         let path = opts.image_root.join(&entry.path);
-        let frame = input::read(&path, &opts.input).and_then(|f| {
-            let whole = CropBox::whole(f.width, f.height);
-            embedder.embed(&[(&f, whole)])
-        });
-        match frame {
-            Ok(feature) => {
-                let added = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        match Photo::read(&path, &opts.input).and_then(|p| Ok((p.embed(embedder)?, p.sha256))) {
+            Ok((feature, sha256)) => {
                 items.push(GalleryItem {
                     id: items.len() as i64,
                     label: entry.label.clone(),
                     source: entry.path.clone(),
-                    sha256: crate::embed::pplcnet::sha256_file(&path).ok(),
-                    added_unix: Some(added),
+                    sha256: Some(sha256),
+                    added_unix: Some(unix_now()),
                 });
                 vectors.extend(feature);
             }

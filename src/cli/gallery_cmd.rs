@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 
 use crate::cli::{load_settings, Cli};
 use crate::embed::Embedder;
-use crate::enroll::{self, BuildOptions, OnBadImage};
+use crate::enroll::{self, BuildOptions, OnBadImage, Photo};
 use crate::search::paddleclas_import::{self, ModelStamp};
 use crate::search::{Gallery, Method};
 
@@ -196,18 +196,15 @@ fn add(cli: &Cli, args: &AddArgs) -> anyhow::Result<ExitCode> {
     let mut embedder = Embedder::open(&settings)?;
     g.check_model(embedder.model_sha256(), &settings.embedder.model)?;
     // Every image is decoded before anything is added: one bad file changes nothing.
-    let mut frames = Vec::with_capacity(args.images.len());
+    let mut photos = Vec::with_capacity(args.images.len());
     for path in &args.images {
-        let frame = crate::input::read(path, &settings.input).map_err(|e| anyhow::anyhow!("{e}; nothing was added"))?;
-        let sha = crate::embed::pplcnet::sha256_file(path)?;
-        frames.push((path, frame, sha));
+        photos.push((path, Photo::read(path, &settings.input).map_err(|e| anyhow::anyhow!("{e}; nothing was added"))?));
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    for (path, frame, sha) in frames {
-        let whole = crate::geometry::CropBox::whole(frame.width, frame.height);
-        let feature = embedder.embed(&[(&frame, whole)])?;
-        let id = g.add(&args.label, &path.display().to_string(), Some(sha), &feature)?;
+    for (path, photo) in photos {
+        let feature = photo.embed(&mut embedder)?;
+        let id = g.add(&args.label, &path.display().to_string(), Some(photo.sha256), &feature)?;
         // Printed only once the record is on disk: a line here is a promise.
         writeln!(out, "added {id} {}", path.display())?;
         out.flush()?;

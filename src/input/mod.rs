@@ -41,6 +41,13 @@ impl std::fmt::Debug for Frame {
 
 /// Reads and decodes the image file at `path`.
 pub fn read(path: &Path, limits: &InputSettings) -> Result<Frame> {
+    let bytes = read_bytes(path, limits)?;
+    decode(path.display().to_string(), &bytes, limits)
+}
+
+/// Reads the encoded file at `path`, refusing one over `input.max_file_bytes`
+/// before reading it. For callers that need the bytes too (hashing).
+pub fn read_bytes(path: &Path, limits: &InputSettings) -> Result<Vec<u8>> {
     let name = path.display().to_string();
     let meta = std::fs::metadata(path).map_err(|e| Error::image(&name, format!("cannot read: {e}")))?;
     if meta.len() > limits.max_file_bytes {
@@ -49,8 +56,7 @@ pub fn read(path: &Path, limits: &InputSettings) -> Result<Frame> {
             format!("file is {} bytes, over the limit of {} (input.max_file_bytes)", meta.len(), limits.max_file_bytes),
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::image(&name, format!("cannot read: {e}")))?;
-    decode(name, &bytes, limits)
+    std::fs::read(path).map_err(|e| Error::image(&name, format!("cannot read: {e}")))
 }
 
 /// Decodes an encoded image (JPEG, PNG, BMP, …) held in memory.

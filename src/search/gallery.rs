@@ -122,7 +122,8 @@ impl std::fmt::Debug for Gallery {
     }
 }
 
-fn now() -> u64 {
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -155,7 +156,7 @@ impl Gallery {
             metric: "inner_product".into(),
             method,
             count: items.len(),
-            created_unix: now(),
+            created_unix: unix_now(),
             snapshot: "snap-0".into(),
             wal_seq: 0,
             next_id,
@@ -279,7 +280,7 @@ impl Gallery {
             return Err(Error::gallery(&self.dir, format!("a {}-d feature cannot go into a {}-d gallery", vector.len(), self.manifest.dim)));
         }
         let id = self.manifest.next_id;
-        let item = GalleryItem { id, label: label.to_string(), source: source.to_string(), sha256, added_unix: Some(now()) };
+        let item = GalleryItem { id, label: label.to_string(), source: source.to_string(), sha256, added_unix: Some(unix_now()) };
         self.log(Record::Add { seq: self.last_seq + 1, item, vector: vector.to_vec() })?;
         Ok(id)
     }
@@ -315,7 +316,7 @@ impl Gallery {
         if snapshot != old {
             write_snapshot(&self.dir.join(&snapshot), &items, self.index.as_ref())?;
         }
-        let manifest = Manifest { count: items.len(), created_unix: now(), snapshot: snapshot.clone(), wal_seq: self.last_seq, ..self.manifest.clone() };
+        let manifest = Manifest { count: items.len(), created_unix: unix_now(), snapshot: snapshot.clone(), wal_seq: self.last_seq, ..self.manifest.clone() };
         write_json(&self.dir.join(MANIFEST), &manifest)?;
         self.manifest = manifest;
         if let Some(wal) = self.wal.as_mut() {
