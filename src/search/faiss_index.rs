@@ -104,10 +104,9 @@ impl FaissIndex {
 
     /// Tells the index kind of a file read from disk by the parameters it accepts.
     pub fn detect_method(&mut self) -> Method {
-        let Ok(space) = faiss::index::autotune::ParameterSpace::new() else { return Method::Flat };
-        let method = if space.set_index_parameter(&self.inner, "nprobe", 1.0).is_ok() {
+        let method = if self.set_param("nprobe", 1).is_ok() {
             Method::Ivf
-        } else if space.set_index_parameter(&self.inner, "efSearch", 16.0).is_ok() {
+        } else if self.set_param("efSearch", 16).is_ok() {
             Method::Hnsw32
         } else {
             Method::Flat
@@ -130,18 +129,20 @@ impl FaissIndex {
 
     /// Sets the IVF lists probed per query. Only IVF indexes have the parameter.
     pub fn set_nprobe(&mut self, nprobe: usize) -> Result<()> {
-        let space = faiss::index::autotune::ParameterSpace::new().map_err(|e| Error::Index(e.to_string()))?;
-        space
-            .set_index_parameter(&self.inner, "nprobe", nprobe as f64)
-            .map_err(|e| Error::Index(format!("cannot set nprobe on {}: {e}", self.factory)))
+        self.set_param("nprobe", nprobe)
     }
 
     /// Sets HNSW's search breadth. Only HNSW indexes have the parameter.
     pub fn set_ef_search(&mut self, ef: usize) -> Result<()> {
+        self.set_param("efSearch", ef)
+    }
+
+    /// Sets a faiss search parameter; faiss refuses one the index kind does not have.
+    fn set_param(&mut self, name: &str, value: usize) -> Result<()> {
         let space = faiss::index::autotune::ParameterSpace::new().map_err(|e| Error::Index(e.to_string()))?;
         space
-            .set_index_parameter(&self.inner, "efSearch", ef as f64)
-            .map_err(|e| Error::Index(format!("cannot set efSearch on {}: {e}", self.factory)))
+            .set_index_parameter(&self.inner, name, value as f64)
+            .map_err(|e| Error::Index(format!("cannot set {name} on {}: {e}", self.factory)))
     }
 
     /// Writes the index with `faiss.write_index`'s format.

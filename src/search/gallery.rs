@@ -48,8 +48,7 @@ pub struct Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
-        let s = crate::config::SearchSettings::default();
-        Tuning { nprobe: s.nprobe, ef_search: s.ef_search }
+        (&crate::config::SearchSettings::default()).into()
     }
 }
 
