@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::geometry::CropBox;
 use crate::input::Frame;
 use crate::preprocess;
-use crate::report::{finalize, Match, Recognition, StageTimes};
+use crate::report::{finalize_indexed, Match, Recognition, StageTimes};
 use crate::search::Gallery;
 
 /// Everything the pipeline found in one frame.
@@ -32,8 +32,21 @@ pub struct Recognized {
     pub matches: Vec<Match>,
     /// The final answer.
     pub results: Vec<Recognition>,
+    /// For each result, the index of its crop in `crops`.
+    pub result_crops: Vec<usize>,
+    /// Each crop's best gallery matches, best first, as many as the query's `return_k`.
+    pub top_k: Vec<Vec<(String, f32)>>,
     /// This frame's share of each stage's time (`decode` is left to the caller).
     pub timings: StageTimes,
+}
+
+/// Per-frame overrides of the search settings (a daemon request's options).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Query {
+    /// Neighbours fetched and reported per crop; `search.return_k` if `None`.
+    pub return_k: Option<usize>,
+    /// Report a crop whose best match scores at least this; `search.score_threshold` if `None`.
+    pub score_threshold: Option<f32>,
 }
 
 /// Detector, embedder and gallery, loaded and checked against each other.
@@ -64,8 +77,23 @@ impl Embedder {
 impl Pipeline {
     /// Loads both models and the gallery, and refuses a gallery built by another recogniser.
     pub fn open(settings: &Settings) -> Result<Pipeline> {
+        Pipeline::open_with(settings, false)
+    }
+
+    /// [`Pipeline::open`], as the gallery's one writer (the daemon): takes
+    /// the gallery's lock, so [`Pipeline::enroll`] and [`Pipeline::remove`] work.
+    pub fn open_writable(settings: &Settings) -> Result<Pipeline> {
+        Pipeline::open_with(settings, true)
+    }
+
+    fn open_with(settings: &Settings, writable: bool) -> Result<Pipeline> {
         settings.validate()?;
-        let gallery = Gallery::open(&settings.search.index, (&settings.search).into())?;
+        let tuning = (&settings.search).into();
+        let gallery = if writable {
+            Gallery::open_for_write(&settings.search.index, tuning)?
+        } else {
+            Gallery::open(&settings.search.index, tuning)?
+        };
         if gallery.is_empty() {
             return Err(crate::Error::gallery(gallery.dir(), "the gallery is empty: there is nothing to recognise against"));
         }
@@ -99,6 +127,14 @@ impl Pipeline {
     /// Recognises every frame. Frames are independent: the answer for one does
     /// not depend on which others share its batch.
     pub fn recognize(&mut self, frames: &[Frame]) -> Result<Vec<Recognized>> {
+        self.recognize_with(frames, &vec![Query::default(); frames.len()])
+    }
+
+    /// [`Pipeline::recognize`] with per-frame search options; `queries` pairs with `frames`.
+    pub fn recognize_with(&mut self, frames: &[Frame], queries: &[Query]) -> Result<Vec<Recognized>> {
+        if queries.len() != frames.len() {
+            return Err(crate::Error::Config(format!("{} queries for {} frames", queries.len(), frames.len())));
+        }
         let refs: Vec<&Frame> = frames.iter().collect();
         let mut times = vec![StageTimes::default(); frames.len()];
 
@@ -160,7 +196,10 @@ impl Pipeline {
 
         // Search once for every crop, then build each frame's answer.
         let t = Instant::now();
-        let neighbours = self.gallery.search(&features, self.settings.search.return_k)?;
+        let s = &self.settings.search;
+        let k_of = |q: &Query| q.return_k.unwrap_or(s.return_k).max(1);
+        let k_max = queries.iter().map(k_of).max().unwrap_or(s.return_k);
+        let neighbours = self.gallery.search(&features, k_max)?;
         let mut out = Vec::with_capacity(frames.len());
         let mut next = 0;
         for (i, (dets, cs)) in detections.into_iter().zip(crops).enumerate() {
@@ -176,11 +215,21 @@ impl Pipeline {
                     }
                 })
                 .collect();
-            let s = &self.settings.search;
-            let results = finalize(&matches, s.score_threshold, s.rec_nms_threshold);
+            let threshold = queries[i].score_threshold.unwrap_or(s.score_threshold);
+            let (result_crops, results) = finalize_indexed(&matches, threshold, s.rec_nms_threshold).into_iter().unzip();
+            let k = k_of(&queries[i]);
+            let top_k = (0..cs.len())
+                .map(|j| {
+                    let hits = neighbours.get(next + j).map(Vec::as_slice).unwrap_or_default();
+                    hits.iter()
+                        .take(k)
+                        .filter_map(|n| self.gallery.item(n.id).map(|item| (item.label.clone(), n.score)))
+                        .collect()
+                })
+                .collect();
             let feats = features[next * dim..(next + cs.len()) * dim].to_vec();
             next += cs.len();
-            out.push(Recognized { detections: dets, crops: cs, features: feats, matches, results, timings: times[i] });
+            out.push(Recognized { detections: dets, crops: cs, features: feats, matches, results, result_crops, top_k, timings: times[i] });
         }
         let search = ms(t) / frames.len().max(1) as f64;
         for r in &mut out {
@@ -191,6 +240,21 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// Enrols a product photo under `label`: its whole-frame feature goes into
+    /// the gallery. Returns the new item's id once the change is durable.
+    pub fn enroll(&mut self, photo: &Frame, label: &str, source: &str, sha256: Option<String>) -> Result<i64> {
+        let feature = self.embedder.embed(&[(photo, CropBox::whole(photo.width, photo.height))])?;
+        let id = self.gallery.add(label, source, sha256, &feature)?;
+        self.gallery.compact_if_due(self.settings.search.compact_after)?;
+        Ok(id)
+    }
+
+    /// Removes gallery items, all or none.
+    pub fn remove(&mut self, ids: &[i64]) -> Result<()> {
+        self.gallery.remove(ids)?;
+        self.gallery.compact_if_due(self.settings.search.compact_after)
+    }
+
     /// The recogniser alone: embeds the given crops of `frame` and returns
     /// each crop's `k` best gallery labels with their scores, best first.
     pub fn rank_crops(&mut self, frame: &Frame, crops: &[CropBox], k: usize) -> Result<Vec<Vec<(String, f32)>>> {

@@ -145,7 +145,7 @@ pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
             let settings = load_settings(cli)?;
             let mut g = Gallery::open_for_write(index, (&settings.search).into())?;
             let ids: Vec<i64> = match label {
-                Some(l) => g.items().filter(|i| &i.label == l).map(|i| i.id).collect(),
+                Some(l) => g.ids_with_label(l),
                 None => id.clone(),
             };
             if ids.is_empty() {
@@ -153,7 +153,7 @@ pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
             }
             g.remove(&ids)?;
             eprintln!("removed {} item(s) from {}: {:?}", ids.len(), index.display(), ids);
-            maybe_compact(&mut g, settings.search.compact_after)?;
+            g.compact_if_due(settings.search.compact_after)?;
             Ok(ExitCode::SUCCESS)
         }
         GalleryCommand::List { index, json } => {
@@ -179,13 +179,6 @@ pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn maybe_compact(g: &mut Gallery, after: usize) -> anyhow::Result<()> {
-    if g.logged_changes() >= after.max(1) {
-        g.compact()?;
-    }
-    Ok(())
-}
-
 fn add(cli: &Cli, args: &AddArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let mut settings = load_settings(cli)?;
@@ -208,7 +201,7 @@ fn add(cli: &Cli, args: &AddArgs) -> anyhow::Result<ExitCode> {
         // Printed only once the record is on disk: a line here is a promise.
         writeln!(out, "added {id} {}", path.display())?;
         out.flush()?;
-        maybe_compact(&mut g, settings.search.compact_after)?;
+        g.compact_if_due(settings.search.compact_after)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -51,6 +51,11 @@ impl StageTimes {
 /// recognition score, with the +1 pixel area convention; a result is dropped
 /// when its IoU with a kept one exceeds `threshold`.
 pub fn rec_nms(results: Vec<Recognition>, threshold: f32) -> Vec<Recognition> {
+    rec_nms_keep(&results, threshold).into_iter().map(|i| results[i].clone()).collect()
+}
+
+/// [`rec_nms`] as the indices of the kept results, best first.
+fn rec_nms_keep(results: &[Recognition], threshold: f32) -> Vec<usize> {
     let mut order: Vec<usize> = (0..results.len()).collect();
     order.sort_by(|&a, &b| results[b].rec_scores.total_cmp(&results[a].rec_scores));
     let corners = |r: &Recognition| r.bbox.map(|v| v as f32);
@@ -69,7 +74,7 @@ pub fn rec_nms(results: Vec<Recognition>, threshold: f32) -> Vec<Recognition> {
             kept.push(i);
         }
     }
-    kept.into_iter().map(|i| results[i].clone()).collect()
+    kept
 }
 
 /// A crop's best match, before thresholding.
@@ -86,12 +91,21 @@ pub struct Match {
 /// The final answer from the crops' best matches: keep those scoring at least
 /// `score_threshold`, then [`rec_nms`].
 pub fn finalize(matches: &[Match], score_threshold: f32, nms_threshold: f32) -> Vec<Recognition> {
-    let kept = matches
+    finalize_indexed(matches, score_threshold, nms_threshold).into_iter().map(|(_, r)| r).collect()
+}
+
+/// [`finalize`], with each result's index into `matches`, so callers can
+/// attach what they know per crop (the daemon's top-k lists).
+pub fn finalize_indexed(matches: &[Match], score_threshold: f32, nms_threshold: f32) -> Vec<(usize, Recognition)> {
+    let (crops, kept): (Vec<usize>, Vec<Recognition>) = matches
         .iter()
-        .filter(|m| m.score >= score_threshold)
-        .filter_map(|m| m.label.as_ref().map(|l| Recognition { bbox: m.crop.to_array(), rec_docs: l.clone(), rec_scores: m.score }))
-        .collect();
-    rec_nms(kept, nms_threshold)
+        .enumerate()
+        .filter(|(_, m)| m.score >= score_threshold)
+        .filter_map(|(i, m)| {
+            m.label.as_ref().map(|l| (i, Recognition { bbox: m.crop.to_array(), rec_docs: l.clone(), rec_scores: m.score }))
+        })
+        .unzip();
+    rec_nms_keep(&kept, nms_threshold).into_iter().map(|k| (crops[k], kept[k].clone())).collect()
 }
 
 #[cfg(test)]

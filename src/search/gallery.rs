@@ -292,6 +292,28 @@ impl Gallery {
         self.log(Record::Remove { seq: self.last_seq + 1, ids: ids.to_vec() })
     }
 
+    /// Sequence number of the last change: it grows with every add and
+    /// remove, so it names the gallery's content in answers and status.
+    pub fn version(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Ids of the items carrying `label`.
+    pub fn ids_with_label(&self, label: &str) -> Vec<i64> {
+        let mut ids: Vec<i64> = self.items().filter(|i| i.label == label).map(|i| i.id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Compacts once the log holds `after` records (`search.compact_after`), so
+    /// that start-up replay stays short.
+    pub fn compact_if_due(&mut self, after: usize) -> Result<()> {
+        if self.logged_changes() >= after.max(1) {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
     /// Writes the current state as a new snapshot and empties the log.
     pub fn compact(&mut self) -> Result<()> {
         if self.wal.is_none() {
