@@ -23,6 +23,10 @@ pub struct Settings {
     pub embedder: EmbedderSettings,
     /// Gallery search and the final answer.
     pub search: SearchSettings,
+    /// The broker connection of `shitud run`.
+    pub mqtt: MqttSettings,
+    /// Request handling in `shitud run`: batching, queue, spool, allowed paths.
+    pub daemon: DaemonSettings,
 }
 
 /// The ONNX Runtime execution provider that runs a model.
@@ -238,6 +242,139 @@ impl Default for SearchSettings {
     }
 }
 
+/// The MQTT protocol version spoken to the broker.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// MQTT 5: response topics, correlation data, user properties.
+    #[default]
+    V5,
+    /// MQTT 3.1.1, for old brokers. Not implemented yet: refused at start-up.
+    V311,
+}
+
+/// Client-certificate and server-verification files for TLS.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Turn TLS on. The broker's certificate is checked against `ca_file`.
+    pub enabled: bool,
+    /// PEM file with the certificate authorities trusted for the broker.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain), for brokers that require one.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub client_key: Option<PathBuf>,
+}
+
+/// The broker connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttSettings {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port (1883 plain, 8883 TLS by convention).
+    pub port: u16,
+    /// Protocol version.
+    pub protocol: Protocol,
+    /// Topic prefix: topics are `<prefix>/<device_id>/…`.
+    pub prefix: String,
+    /// This box's name in the topics. Empty: the host name.
+    pub device_id: String,
+    /// MQTT client id. Empty: `shitud-<device_id>`. It must be stable across
+    /// restarts: the broker keeps the session (and the requests that arrive
+    /// while the daemon is down) under it.
+    pub client_id: String,
+    /// Username, if the broker wants one.
+    pub username: Option<String>,
+    /// Password. Prefer `password_file` so the secret stays out of the config.
+    pub password: Option<String>,
+    /// File whose first line is the password.
+    pub password_file: Option<PathBuf>,
+    /// TLS.
+    pub tls: TlsSettings,
+    /// Keep-alive interval, seconds.
+    pub keep_alive_s: u64,
+    /// How long the broker keeps the session while the daemon is away, seconds.
+    pub session_expiry_s: u32,
+    /// Subscribe to `$share/<group>/…` so that several boxes split one
+    /// request stream. Empty: a plain subscription.
+    pub shared_group: String,
+    /// Most unacknowledged requests the broker may push at once (MQTT 5
+    /// Receive Maximum). Beyond it the broker queues them.
+    pub receive_maximum: u16,
+    /// First reconnect delay, milliseconds; doubles up to `reconnect_max_ms`.
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay, milliseconds.
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        MqttSettings {
+            host: "localhost".into(),
+            port: 1883,
+            protocol: Protocol::V5,
+            prefix: "shitu".into(),
+            device_id: String::new(),
+            client_id: String::new(),
+            username: None,
+            password: None,
+            password_file: None,
+            tls: TlsSettings::default(),
+            keep_alive_s: 30,
+            session_expiry_s: 86_400,
+            shared_group: String::new(),
+            receive_maximum: 256,
+            reconnect_min_ms: 200,
+            reconnect_max_ms: 10_000,
+        }
+    }
+}
+
+/// How `shitud run` takes, batches and answers requests.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonSettings {
+    /// Most requests recognised together. 1 turns batching off.
+    pub max_batch: usize,
+    /// How long the first request of a batch waits for others, milliseconds.
+    pub max_wait_ms: u64,
+    /// Requests waiting for the pipeline beyond this get a `busy` answer at once.
+    pub queue_capacity: usize,
+    /// Largest request payload accepted, bytes (checked before any parsing).
+    pub max_payload_bytes: usize,
+    /// Folders a request may name an image in (`"path"` requests). Empty: path requests are refused.
+    pub allowed_dirs: Vec<PathBuf>,
+    /// Where answers wait while the broker is unreachable.
+    pub spool_dir: PathBuf,
+    /// Most answers kept in the spool; beyond it the oldest are dropped, loudly.
+    pub spool_max_messages: usize,
+    /// Most bytes kept in the spool.
+    pub spool_max_bytes: u64,
+    /// How many recent request ids are remembered to drop redelivered duplicates.
+    pub dedup_window: usize,
+    /// Seconds between `status` updates.
+    pub status_interval_s: u64,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        DaemonSettings {
+            max_batch: 4,
+            max_wait_ms: 5,
+            queue_capacity: 64,
+            max_payload_bytes: 16 << 20,
+            allowed_dirs: Vec::new(),
+            spool_dir: PathBuf::from("spool"),
+            spool_max_messages: 10_000,
+            spool_max_bytes: 256 << 20,
+            dedup_window: 65_536,
+            status_interval_s: 30,
+        }
+    }
+}
+
 impl Settings {
     /// Loads the defaults, then `file` if given, then `SHITU__…` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Settings> {
@@ -275,6 +412,15 @@ impl Settings {
         }
         if self.input.max_pixels == 0 {
             return bad("input.max_pixels must be positive");
+        }
+        if self.daemon.max_batch == 0 || self.daemon.queue_capacity == 0 {
+            return bad("daemon.max_batch and daemon.queue_capacity must be at least 1");
+        }
+        if self.mqtt.receive_maximum == 0 {
+            return bad("mqtt.receive_maximum must be at least 1");
+        }
+        if self.mqtt.prefix.is_empty() || self.mqtt.prefix.contains(['+', '#']) {
+            return bad("mqtt.prefix must be a non-empty topic level without wildcards");
         }
         Ok(())
     }

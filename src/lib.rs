@@ -6,13 +6,15 @@
 //! [`input`] → [`preprocess`] → [`engine`] → [`detect`] / [`embed`] → [`search`] → [`report`]
 //!
 //! [`pipeline::Pipeline`] runs them in order; [`enroll`] builds galleries;
-//! [`cli`] is the `shitud` command line.
+//! [`cli`] is the `shitud` command line, and [`daemon`] the MQTT service (`shitud run`).
 
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod bench_mqtt;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod detect;
 pub mod embed;
 pub mod engine;

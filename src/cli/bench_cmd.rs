@@ -112,3 +112,64 @@ pub fn run_index(args: &IndexBenchArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Arguments of `shitud bench-mqtt`.
+#[derive(Debug, Args)]
+pub struct MqttBenchArgs {
+    /// Broker host.
+    #[arg(long, default_value = "localhost", value_name = "HOST")]
+    host: String,
+    /// Broker port.
+    #[arg(long, default_value_t = 1883, value_name = "PORT")]
+    port: u16,
+    /// The daemon's topic prefix.
+    #[arg(long, default_value = "shitu", value_name = "PREFIX")]
+    prefix: String,
+    /// The daemon's device id.
+    #[arg(long, value_name = "NAME")]
+    device_id: String,
+    /// Outstanding requests, comma-separated levels.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16", value_name = "N,...")]
+    concurrency: Vec<usize>,
+    /// Measured requests per level.
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    requests: usize,
+    /// Unmeasured requests first, per level.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    warmup: usize,
+    /// A name for the rows, e.g. "batch 4".
+    #[arg(long, default_value = "shitud", value_name = "TEXT")]
+    label: String,
+    /// Also write the rows as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Images, or directories of images, sent in turn.
+    #[arg(required = true, value_name = "IMAGE|DIR")]
+    inputs: Vec<PathBuf>,
+}
+
+/// Runs `shitud bench-mqtt`.
+pub fn run_mqtt(args: &MqttBenchArgs) -> anyhow::Result<ExitCode> {
+    let files = expand_inputs(&args.inputs)?;
+    let images = files.iter().map(|f| std::fs::read(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))).collect::<anyhow::Result<Vec<_>>>()?;
+    let plan = crate::bench_mqtt::LoadPlan {
+        host: args.host.clone(),
+        port: args.port,
+        topic_base: format!("{}/{}", args.prefix, args.device_id),
+        concurrency: args.concurrency.clone(),
+        requests: args.requests,
+        warmup: args.warmup,
+        images,
+        label: args.label.clone(),
+    };
+    let rows = crate::bench_mqtt::run(&plan, |m| tracing::info!("{m}"))?;
+    println!("| daemon | concurrency | requests/s | p50 ms | p99 ms | mean batch | errors |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!("| {} | {} | {:.2} | {:.1} | {:.1} | {:.2} | {} |", r.label, r.concurrency, r.requests_per_s, r.latency_ms.p50, r.latency_ms.p99, r.mean_batch, r.errors);
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

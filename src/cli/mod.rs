@@ -5,6 +5,7 @@ mod bench_cmd;
 mod eval_cmd;
 mod gallery_cmd;
 mod recognize_cmd;
+mod run_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,6 +37,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve recognition over MQTT until SIGTERM (the daemon; see docs/MQTT.md).
+    Run(run_cmd::RunArgs),
     /// Recognise products in images; prints one JSON line per image.
     Recognize(recognize_cmd::RecognizeArgs),
     /// Build and inspect galleries.
@@ -45,6 +48,8 @@ pub enum Command {
     Bench(bench_cmd::BenchArgs),
     /// Measure the gallery index kinds on random vectors: build, search, recall, memory, open time.
     BenchIndex(bench_cmd::IndexBenchArgs),
+    /// Load a running `shitud run` through the broker: requests/s and end-to-end latency.
+    BenchMqtt(bench_cmd::MqttBenchArgs),
     /// Measure accuracy against labelled scenes (truth boxes and labels).
     Eval(eval_cmd::EvalArgs),
 }
@@ -114,11 +119,13 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let result = match &cli.command {
+        Command::Run(args) => run_cmd::run(&cli, args),
         Command::Recognize(args) => recognize_cmd::run(&cli, args),
         Command::Gallery(cmd) => gallery_cmd::run(&cli, cmd),
         Command::Bench(args) => bench_cmd::run(&cli, args),
         Command::Eval(args) => eval_cmd::run(&cli, args),
         Command::BenchIndex(args) => bench_cmd::run_index(args),
+        Command::BenchMqtt(args) => bench_cmd::run_mqtt(args),
     };
     match result {
         Ok(code) => code,

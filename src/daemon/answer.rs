@@ -1,0 +1,180 @@
+//! Answer payloads. Field names are an interface (docs/MQTT.md has the JSON
+//! Schemas); a change here is a change for every line controller.
+
+use serde::Serialize;
+
+use crate::pipeline::Recognized;
+use crate::report::StageTimes;
+
+/// Why a request could not be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request itself is wrong: malformed JSON, bad base64, bad options, a refused path.
+    BadRequest,
+    /// The image could not be decoded.
+    DecodeFailed,
+    /// The payload or the image is over a configured limit.
+    TooLarge,
+    /// The queue is full; try again later.
+    Busy,
+    /// Something failed inside the daemon; the log has details.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as written in answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::DecodeFailed => "decode_failed",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// Which models and gallery produced an answer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Versions {
+    /// shitud's version.
+    pub shitud: String,
+    /// First 16 hex digits of the detector model's sha256.
+    pub detector: String,
+    /// First 16 hex digits of the recogniser model's sha256.
+    pub recognizer: String,
+    /// The gallery's change sequence number (grows with every add and remove).
+    pub gallery_seq: u64,
+    /// Items in the gallery.
+    pub gallery_items: usize,
+}
+
+/// One gallery candidate.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Candidate {
+    /// Product label.
+    pub label: String,
+    /// Cosine similarity.
+    pub score: f32,
+}
+
+/// One recognised object.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Object {
+    /// `[x1, y1, x2, y2]`, integer pixels.
+    pub bbox: [i32; 4],
+    /// Best label.
+    pub rec_docs: String,
+    /// Its score.
+    pub rec_scores: f32,
+    /// The crop's best gallery matches, best first (`return_k` of them).
+    pub top_k: Vec<Candidate>,
+}
+
+/// Milliseconds per stage, plus the time spent waiting in the queue.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Timings {
+    /// From arrival to the start of its batch.
+    pub queue: f64,
+    /// Pipeline stages (this request's share of its batch).
+    #[serde(flatten)]
+    pub stages: StageTimes,
+    /// From arrival to the answer being handed to the broker connection.
+    pub total: f64,
+    /// Requests in the batch this one ran in.
+    pub batch: usize,
+}
+
+/// A successful recognise answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecognizeAnswer<'a> {
+    /// The request's id.
+    pub request_id: &'a str,
+    /// Always `true` here.
+    pub ok: bool,
+    /// Recognised objects, best first.
+    pub results: Vec<Object>,
+    /// Stage times.
+    pub timings_ms: Timings,
+    /// Models and gallery.
+    pub versions: &'a Versions,
+}
+
+/// Builds the answer's objects from the pipeline's result for one frame.
+pub fn objects(r: &Recognized) -> Vec<Object> {
+    r.results
+        .iter()
+        .zip(&r.result_crops)
+        .map(|(res, &crop)| Object {
+            bbox: res.bbox,
+            rec_docs: res.rec_docs.clone(),
+            rec_scores: res.rec_scores,
+            top_k: r.top_k.get(crop).map_or_else(Vec::new, |hits| {
+                hits.iter().map(|(label, score)| Candidate { label: label.clone(), score: *score }).collect()
+            }),
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: ErrorCode,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct ErrorAnswer<'a> {
+    request_id: &'a str,
+    ok: bool,
+    error: ErrorBody<'a>,
+}
+
+/// The payload of an error answer.
+pub fn error_payload(request_id: &str, code: ErrorCode, message: &str) -> Vec<u8> {
+    to_vec(&ErrorAnswer { request_id, ok: false, error: ErrorBody { code, message } })
+}
+
+/// A gallery command's acknowledgement.
+#[derive(Debug, Clone, Serialize)]
+pub struct GalleryAnswer<'a> {
+    /// The command's id.
+    pub request_id: &'a str,
+    /// Always `true` here.
+    pub ok: bool,
+    /// Ids added (gallery/add).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<i64>,
+    /// Ids removed (gallery/remove).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<i64>,
+    /// The gallery after the change.
+    pub versions: &'a Versions,
+}
+
+/// Serialises an answer. Answers are plain data, so this cannot fail; the
+/// fallback keeps the caller total anyway.
+pub fn to_vec<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":{{\"code\":\"internal\",\"message\":\"{e}\"}}}}").into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_answers_have_code_and_message() {
+        let v: serde_json::Value = serde_json::from_slice(&error_payload("r\"1", ErrorCode::TooLarge, "big")).unwrap();
+        assert_eq!(v["request_id"], "r\"1");
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["error"]["code"], "too_large");
+        assert_eq!(v["error"]["message"], "big");
+    }
+
+    #[test]
+    fn codes_serialise_as_documented() {
+        for c in [ErrorCode::BadRequest, ErrorCode::DecodeFailed, ErrorCode::TooLarge, ErrorCode::Busy, ErrorCode::Internal] {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+    }
+}

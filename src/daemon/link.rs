@@ -1,0 +1,177 @@
+//! The broker connection's options: identity, session, limits, credentials
+//! and TLS, all from [`MqttSettings`], and the topic names.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rumqttc::v5::mqttbytes::v5::LastWill;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::MqttOptions;
+use rumqttc::{TlsConfiguration, Transport};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{MqttSettings, Protocol};
+
+/// Topic names for one device.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// `P/recognize`.
+    pub recognize: String,
+    /// `P/result`: answers to requests without a response topic.
+    pub result: String,
+    /// `P/status`, retained.
+    pub status: String,
+    /// `P/gallery/add`.
+    pub gallery_add: String,
+    /// `P/gallery/remove`.
+    pub gallery_remove: String,
+    /// `P/gallery/result`: gallery answers without a response topic.
+    pub gallery_result: String,
+    /// The filter subscribed for requests (`$share/<group>/P/recognize` when shared).
+    pub recognize_filter: String,
+}
+
+impl Topics {
+    /// Topics under `<prefix>/<device_id>`.
+    pub fn new(m: &MqttSettings, device_id: &str) -> Topics {
+        let p = format!("{}/{}", m.prefix, device_id);
+        let recognize = format!("{p}/recognize");
+        // Gallery commands are never shared: every box must apply every change.
+        let recognize_filter =
+            if m.shared_group.is_empty() { recognize.clone() } else { format!("$share/{}/{recognize}", m.shared_group) };
+        Topics {
+            recognize,
+            result: format!("{p}/result"),
+            status: format!("{p}/status"),
+            gallery_add: format!("{p}/gallery/add"),
+            gallery_remove: format!("{p}/gallery/remove"),
+            gallery_result: format!("{p}/gallery/result"),
+            recognize_filter,
+        }
+    }
+}
+
+/// This box's name: `mqtt.device_id`, else the host name.
+pub fn device_id(m: &MqttSettings) -> String {
+    if !m.device_id.is_empty() {
+        return m.device_id.clone();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "shitu".to_string())
+}
+
+/// Largest packet the broker may send us. Above `max_payload_bytes`, up to
+/// this, requests get a `too_large` answer; beyond it MQTT 5 brokers drop
+/// them without delivery (they cannot be answered), hence the headroom.
+pub fn max_packet(max_payload_bytes: usize) -> u32 {
+    (max_payload_bytes as u64).saturating_mul(4).clamp(1 << 20, 256 << 20) as u32
+}
+
+/// Connection options for the daemon's persistent session.
+pub fn options(m: &MqttSettings, client_id: &str, status_topic: &str, offline: Vec<u8>, max_payload_bytes: usize) -> anyhow::Result<MqttOptions> {
+    if m.protocol == Protocol::V311 {
+        bail!("mqtt.protocol = \"v311\" is not implemented yet; use \"v5\" (mosquitto, EMQX, HiveMQ and VerneMQ all speak it)");
+    }
+    let mut o = MqttOptions::new(client_id, m.host.clone(), m.port);
+    o.set_keep_alive(Duration::from_secs(m.keep_alive_s.max(5)))
+        // The session (and the requests queued in it) must outlive restarts.
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(m.session_expiry_s))
+        .set_receive_maximum(Some(m.receive_maximum))
+        .set_max_packet_size(Some(max_packet(max_payload_bytes)))
+        // Requests are acknowledged only once their answer is with the broker.
+        .set_manual_acks(true)
+        .set_request_channel_capacity(4096)
+        .set_connection_timeout(5)
+        .set_last_will(LastWill::new(status_topic, offline, QoS::AtLeastOnce, true, None));
+    let password = match (&m.password, &m.password_file) {
+        (_, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("mqtt.password_file {}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        (Some(p), None) => Some(p.clone()),
+        (None, None) => None,
+    };
+    match (&m.username, password) {
+        (Some(u), p) => {
+            o.set_credentials(u.clone(), p.unwrap_or_default());
+        }
+        (None, Some(_)) => bail!("mqtt: a password is set but no username"),
+        (None, None) => {}
+    }
+    if m.tls.enabled {
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(m)?))));
+    }
+    Ok(o)
+}
+
+fn tls_config(m: &MqttSettings) -> anyhow::Result<rustls::ClientConfig> {
+    let t = &m.tls;
+    let ca = t.ca_file.as_ref().context("mqtt.tls.enabled needs mqtt.tls.ca_file (the CA that signed the broker's certificate)")?;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca).with_context(|| format!("mqtt.tls.ca_file {}", ca.display()))?;
+    for c in certs {
+        roots.add(c.with_context(|| format!("mqtt.tls.ca_file {}", ca.display()))?).with_context(|| format!("mqtt.tls.ca_file {}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("mqtt.tls.ca_file {}: no certificate in it", ca.display());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots);
+    Ok(match (&t.client_cert, &t.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .with_context(|| format!("mqtt.tls.client_cert {}", cert.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("mqtt.tls.client_cert {}", cert.display()))?;
+            let key_der = PrivateKeyDer::from_pem_file(key).with_context(|| format!("mqtt.tls.client_key {}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .with_context(|| format!("mqtt.tls: client certificate {} with key {} is not usable", cert.display(), key.display()))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => bail!("mqtt.tls: client_cert and client_key go together"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_and_shared_subscriptions() {
+        let mut m = MqttSettings::default();
+        let t = Topics::new(&m, "box1");
+        assert_eq!(t.recognize, "shitu/box1/recognize");
+        assert_eq!(t.recognize_filter, t.recognize);
+        m.shared_group = "line7".into();
+        let t = Topics::new(&m, "box1");
+        assert_eq!(t.recognize_filter, "$share/line7/shitu/box1/recognize");
+        assert_eq!(t.gallery_add, "shitu/box1/gallery/add");
+    }
+
+    #[test]
+    fn tls_errors_name_the_setting() {
+        let mut m = MqttSettings::default();
+        m.tls.enabled = true;
+        let e = options(&m, "c", "s", vec![], 1000).unwrap_err().to_string();
+        assert!(e.contains("ca_file"), "{e}");
+        m.tls.ca_file = Some("/nonexistent/ca.pem".into());
+        let e = format!("{:#}", options(&m, "c", "s", vec![], 1000).unwrap_err());
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        m.protocol = Protocol::V311;
+        assert!(options(&m, "c", "s", vec![], 1000).unwrap_err().to_string().contains("v311"));
+    }
+}

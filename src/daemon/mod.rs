@@ -1,0 +1,435 @@
+//! `shitud run`: the recognition service on MQTT.
+//!
+//! ```text
+//! broker ──▶ event loop ──parse──▶ bounded queue ──▶ pipeline thread (batches)
+//!              │   ▲                  │ full: `busy`            │
+//!              │   └──── outbox ◀─────┴─────────────────────────┘ answers
+//!              └─ acks a request once the broker has its answer
+//! ```
+//!
+//! Topics and payloads are documented in `docs/MQTT.md`.
+
+pub mod answer;
+mod ledger;
+pub mod link;
+pub mod outbox;
+pub mod request;
+pub mod spool;
+pub mod status;
+pub mod worker;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
+use rumqttc::Outgoing;
+
+use crate::config::Settings;
+use crate::embed::pplcnet::sha256_file;
+use crate::pipeline::Pipeline;
+use answer::{error_payload, ErrorCode, Versions};
+use ledger::{Admit, Ledger};
+use link::Topics;
+use outbox::{Message, Outbox};
+use request::Envelope;
+use status::Counters;
+use worker::{Job, ReplyTo};
+
+/// How long a stop waits for queued work and unacknowledged answers.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// State shared by the event loop, the pipeline thread and the status timer.
+pub struct Shared {
+    settings: Settings,
+    topics: Topics,
+    outbox: Outbox,
+    ledger: Mutex<Ledger>,
+    counters: Arc<Counters>,
+    versions: Mutex<Versions>,
+    detector_sha: String,
+    queued: AtomicUsize,
+    jobs: Mutex<Option<SyncSender<Job>>>,
+    stopping: AtomicBool,
+    started: Instant,
+}
+
+impl Shared {
+    /// Sends an answer; the request's delivery (and any duplicates held) are
+    /// acknowledged once the broker has it.
+    pub fn reply(&self, reply: ReplyTo, payload: Vec<u8>) {
+        // Lock order everywhere: ledger, then outbox.
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let mut acks: Vec<Publish> = reply.delivery.into_iter().collect();
+        acks.extend(ledger.finish(&reply.request_id));
+        self.outbox.submit(Message {
+            topic: reply.topic,
+            payload: Bytes::from(payload),
+            correlation: reply.correlation,
+            retain: false,
+            durable: true,
+            request_id: Some(reply.request_id),
+            acks,
+        });
+    }
+
+    /// Sends an error answer, and logs it.
+    pub fn reply_error(&self, reply: ReplyTo, code: ErrorCode, message: &str) {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        if code == ErrorCode::Busy {
+            self.counters.busy.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(request_id = %reply.request_id, "busy: {message}");
+        } else {
+            tracing::warn!(request_id = %reply.request_id, code = code.as_str(), "request refused: {message}");
+        }
+        let payload = error_payload(&reply.request_id, code, message);
+        self.reply(reply, payload);
+    }
+
+    fn versions(&self) -> Versions {
+        self.versions.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_versions(&self, v: Versions) {
+        *self.versions.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+
+    fn publish_status(&self) {
+        let payload = status::online(self.started, &self.versions(), &self.counters, self.queued.load(Ordering::Relaxed));
+        self.outbox.submit(Message {
+            topic: self.topics.status.clone(),
+            payload: Bytes::from(payload),
+            correlation: None,
+            retain: true,
+            durable: false,
+            request_id: None,
+            acks: Vec::new(),
+        });
+    }
+
+    /// Admits a delivery of `id`; false when it is a duplicate (handled here).
+    fn admit(&self, id: &str, delivery: &Publish) -> bool {
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        match ledger.admit(id, Some(delivery.clone())) {
+            Admit::New => true,
+            Admit::Held => {
+                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Admit::Answered => {
+                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                self.outbox.ack_with(id, delivery.clone());
+                false
+            }
+        }
+    }
+
+    fn enqueue(&self, job: Job) {
+        let sender = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(sender) = sender else { return };
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        match sender.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                let cap = self.settings.daemon.queue_capacity;
+                self.reply_error(reply_of(job), ErrorCode::Busy, &format!("{cap} requests are already waiting (daemon.queue_capacity); retry later"));
+            }
+            Err(TrySendError::Disconnected(job)) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                self.reply_error(reply_of(job), ErrorCode::Internal, "the pipeline thread has stopped; see the daemon log");
+            }
+        }
+    }
+
+    /// Handles one request delivery. Never blocks: parsing is cheap, and the
+    /// pipeline work goes to the queue.
+    fn on_request(&self, p: Publish) {
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        if self.stopping.load(Ordering::Relaxed) {
+            // Not acknowledged: the broker keeps it in the session for the next start.
+            return;
+        }
+        let Ok(topic) = std::str::from_utf8(&p.topic).map(str::to_string) else {
+            self.outbox.ack(&p);
+            return;
+        };
+        let props = p.properties.as_ref();
+        let env = Envelope {
+            user_properties: props.map(|x| x.user_properties.as_slice()).unwrap_or_default(),
+            correlation_data: props.and_then(|x| x.correlation_data.as_deref()),
+        };
+        let max = self.settings.daemon.max_payload_bytes;
+        let response_topic = props.and_then(|x| x.response_topic.clone()).filter(|t| !t.is_empty() && !t.contains(['+', '#']));
+        let reply = |request_id: String, default: &str| ReplyTo {
+            topic: response_topic.clone().unwrap_or_else(|| default.to_string()),
+            correlation: props.and_then(|x| x.correlation_data.clone()),
+            request_id,
+            delivery: Some(p.clone()),
+            arrived: Instant::now(),
+        };
+        if topic == self.topics.recognize {
+            match request::parse_recognize(&p.payload, &env, max) {
+                Ok(r) => {
+                    if !self.admit(&r.request_id, &p) {
+                        return;
+                    }
+                    if !r.ignored.is_empty() {
+                        tracing::warn!(request_id = %r.request_id, fields = ?r.ignored, "unknown request fields ignored");
+                    }
+                    self.enqueue(Job::Recognize { reply: reply(r.request_id, &self.topics.result), image: r.image, query: r.query });
+                }
+                Err(rej) => {
+                    if self.admit(&rej.request_id, &p) {
+                        self.reply_error(reply(rej.request_id, &self.topics.result), rej.code, &rej.message);
+                    }
+                }
+            }
+        } else if topic == self.topics.gallery_add || topic == self.topics.gallery_remove {
+            let add = topic == self.topics.gallery_add;
+            match request::parse_gallery(&p.payload, &env, max, add) {
+                Ok(command) => {
+                    if self.admit(command.request_id(), &p) {
+                        let r = reply(command.request_id().to_string(), &self.topics.gallery_result);
+                        self.enqueue(Job::Gallery { reply: r, command });
+                    }
+                }
+                Err(rej) => {
+                    if self.admit(&rej.request_id, &p) {
+                        self.reply_error(reply(rej.request_id, &self.topics.gallery_result), rej.code, &rej.message);
+                    }
+                }
+            }
+        } else {
+            tracing::warn!(topic, "message on a topic the daemon does not serve; acknowledged and dropped");
+            self.outbox.ack(&p);
+        }
+    }
+}
+
+fn reply_of(job: Job) -> ReplyTo {
+    match job {
+        Job::Recognize { reply, .. } | Job::Gallery { reply, .. } => reply,
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; returns after a clean stop.
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // The pipeline has its own thread and ORT its own pool; the network needs little.
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("shitud-net")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let device = link::device_id(&settings.mqtt);
+    let topics = Topics::new(&settings.mqtt, &device);
+    let client_id = if settings.mqtt.client_id.is_empty() { format!("shitud-{device}") } else { settings.mqtt.client_id.clone() };
+    let options = link::options(&settings.mqtt, &client_id, &topics.status, status::offline(), settings.daemon.max_payload_bytes)?;
+
+    tracing::info!(gallery = %settings.search.index.display(), "loading models and gallery");
+    let pipeline = Pipeline::open_writable(&settings).context("loading the pipeline")?;
+    let detector_sha = sha256_file(&settings.detector.model)?;
+    let versions = worker::versions(&pipeline, &detector_sha);
+
+    let counters = Arc::new(Counters::default());
+    let (spool, leftovers) = spool::Spool::open(&settings.daemon.spool_dir, settings.daemon.spool_max_messages, settings.daemon.spool_max_bytes)
+        .with_context(|| format!("opening the answer spool {}", settings.daemon.spool_dir.display()))?;
+    if !leftovers.is_empty() {
+        tracing::info!(answers = leftovers.len(), "answers spooled by the previous run will be sent after connecting");
+    }
+    let (client, eventloop) = AsyncClient::new(options, 4096);
+    let outbox = Outbox::new(client.clone(), spool, leftovers, counters.clone());
+    let mut ledger = Ledger::new(settings.daemon.dedup_window);
+    let saved = settings.daemon.spool_dir.join(ANSWERED_FILE);
+    if let Ok(text) = std::fs::read_to_string(&saved) {
+        for id in text.lines().filter(|l| !l.is_empty()) {
+            ledger.finish(id);
+        }
+        let _ = std::fs::remove_file(&saved);
+    }
+    for id in outbox.request_ids() {
+        ledger.finish(&id);
+    }
+    let (tx, rx) = mpsc::sync_channel(settings.daemon.queue_capacity);
+    let shared = Arc::new(Shared {
+        settings: settings.clone(),
+        topics: topics.clone(),
+        outbox,
+        ledger: Mutex::new(ledger),
+        counters: counters.clone(),
+        versions: Mutex::new(versions),
+        detector_sha,
+        queued: AtomicUsize::new(0),
+        jobs: Mutex::new(Some(tx)),
+        stopping: AtomicBool::new(false),
+        started,
+    });
+
+    let worker = {
+        let shared = shared.clone();
+        std::thread::Builder::new().name("shitud-pipeline".into()).spawn(move || worker::run(pipeline, rx, &shared))?
+    };
+
+    tracing::info!(
+        broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port),
+        client_id,
+        requests = %topics.recognize_filter,
+        max_batch = settings.daemon.max_batch,
+        "shitud serving"
+    );
+    let net = tokio::spawn(event_loop(eventloop, client.clone(), shared.clone()));
+    let status_timer = {
+        let shared = shared.clone();
+        let every = Duration::from_secs(settings.daemon.status_interval_s.max(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                shared.publish_status();
+            }
+        })
+    };
+
+    wait_for_stop_signal().await?;
+    tracing::info!(queued = shared.queued.load(Ordering::Relaxed), "stopping: no new requests; finishing the queue");
+    shared.stopping.store(true, Ordering::Relaxed);
+    status_timer.abort();
+    // Dropping the sender lets the pipeline thread drain the queue and end.
+    shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let joined = tokio::task::spawn_blocking(move || worker.join()).await;
+    if !matches!(joined, Ok(Ok(()))) {
+        tracing::error!("the pipeline thread ended abnormally");
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while shared.outbox.unacknowledged() > shared.outbox.spooled() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shared.outbox.spool_all();
+    let left = shared.outbox.spooled();
+    save_answered(&shared);
+    shared.outbox.submit(Message {
+        topic: topics.status.clone(),
+        payload: Bytes::from(status::offline()),
+        correlation: None,
+        retain: true,
+        durable: false,
+        request_id: None,
+        acks: Vec::new(),
+    });
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while shared.outbox.unacknowledged() > shared.outbox.spooled() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = client.try_disconnect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    net.abort();
+    let c = counters.values();
+    tracing::info!(counters = ?c, spooled = left, "stopped");
+    Ok(())
+}
+
+/// Where a clean stop leaves the ids it answered.
+const ANSWERED_FILE: &str = "answered.ids";
+
+/// A request is acknowledged to the broker only after its answer is; a stop
+/// (or a broker failure) between the two makes the broker redeliver a request
+/// that was answered. The next run reads these ids and does not answer again.
+fn save_answered(shared: &Shared) {
+    let ledger = shared.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    let mut text = ledger.answered().join("\n");
+    text.push('\n');
+    let path = shared.settings.daemon.spool_dir.join(ANSWERED_FILE);
+    let tmp = path.with_extension("tmp");
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
+        tracing::warn!(file = %path.display(), "cannot save answered request ids: {e}; redelivered requests may be answered twice");
+    }
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+/// Polls the connection forever: reconnects with backoff, re-subscribes,
+/// and routes packets to the outbox and the request handler.
+async fn event_loop(mut eventloop: EventLoop, client: AsyncClient, shared: Arc<Shared>) {
+    let m = &shared.settings.mqtt;
+    let min = Duration::from_millis(m.reconnect_min_ms.max(10));
+    let max = Duration::from_millis(m.reconnect_max_ms.max(m.reconnect_min_ms));
+    let mut backoff = min;
+    let mut connected_once = false;
+    let mut outage_logged = false;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                shared.counters.connects.fetch_add(1, Ordering::Relaxed);
+                backoff = min;
+                outage_logged = false;
+                if connected_once && !ack.session_present {
+                    tracing::warn!("the broker did not keep this client's session (restarted without persistence, or the session expired): requests sent meanwhile are lost at the broker");
+                }
+                tracing::info!(session_present = ack.session_present, spooled = shared.outbox.spooled(), "connected to the broker");
+                connected_once = true;
+                let t = &shared.topics;
+                for filter in [&t.recognize_filter, &t.gallery_add, &t.gallery_remove] {
+                    if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                        tracing::error!(filter = %filter, "cannot subscribe: {e}");
+                    }
+                }
+                shared.outbox.on_connected();
+                shared.publish_status();
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => shared.on_request(p),
+            Ok(Event::Incoming(Packet::PubAck(a))) => shared.outbox.on_puback(a.pkid),
+            Ok(Event::Incoming(Packet::SubAck(s))) => {
+                use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode;
+                if s.return_codes.iter().any(|c| !matches!(c, SubscribeReasonCode::Success(_))) {
+                    tracing::error!(codes = ?s.return_codes, "the broker refused a subscription (check its ACL for this client)");
+                }
+            }
+            Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                tracing::warn!(reason = ?d.reason_code, "the broker closed the connection");
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => shared.outbox.on_sent(pkid),
+            Ok(_) => {}
+            Err(e) => {
+                shared.outbox.on_disconnect(&mut eventloop);
+                if shared.stopping.load(Ordering::Relaxed) && shared.outbox.unacknowledged() == shared.outbox.spooled() {
+                    // Nothing left to send; the stop sequence will finish.
+                    tokio::time::sleep(min).await;
+                    continue;
+                }
+                if outage_logged {
+                    tracing::debug!("broker still unreachable: {e}; retrying in {backoff:?}");
+                } else {
+                    tracing::warn!(
+                        broker = %format!("{}:{}", m.host, m.port),
+                        "broker unreachable: {e}; answers are spooled to {} and requests wait at the broker; retrying in {backoff:?}",
+                        shared.settings.daemon.spool_dir.display()
+                    );
+                    outage_logged = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(max);
+            }
+        }
+    }
+}

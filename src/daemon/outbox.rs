@@ -1,0 +1,275 @@
+//! Everything the daemon publishes goes through the [`Outbox`], which knows
+//! at each moment which answers the broker has acknowledged.
+//!
+//! Why not let the MQTT client retransmit on its own: its retransmit queue
+//! lives in memory, so a daemon restart during a broker outage would lose
+//! every answer in it. Instead, on each disconnect the outbox takes back the
+//! unacknowledged publishes, spools them to disk, and sends them again after
+//! the next CONNACK. A request's delivery is acknowledged to the broker only
+//! once its answer has been acknowledged by the broker, so a request whose
+//! answer is lost is redelivered rather than forgotten.
+//!
+//! Bookkeeping relies on the client emitting one `Outgoing::Publish(pkid)`
+//! per publish, in the order they were handed to it (rumqttc does, including
+//! under packet-id collisions), and on the outbox being the only publisher.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, EventLoop, Request};
+
+use super::spool::{Spool, Spooled};
+use super::status::Counters;
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// Correlation data to copy back to the requester.
+    pub correlation: Option<Bytes>,
+    /// Retained (status only).
+    pub retain: bool,
+    /// Kept in the spool across outages (answers). Status messages are not:
+    /// a fresh one is published after every reconnect.
+    pub durable: bool,
+    /// The request this answers, if any.
+    pub request_id: Option<String>,
+    /// Deliveries to acknowledge to the broker once this is acknowledged.
+    pub acks: Vec<Publish>,
+}
+
+struct Pending {
+    seq: u64,
+    msg: Message,
+}
+
+struct State {
+    connected: bool,
+    next_seq: u64,
+    /// Handed to the client, waiting for their packet id.
+    handed: VecDeque<Pending>,
+    /// Sent, waiting for PUBACK, by packet id.
+    inflight: HashMap<u16, Pending>,
+    /// Waiting for a connection (on disk if durable).
+    waiting: VecDeque<Pending>,
+    spool: Spool,
+}
+
+/// The single publisher; see the module docs.
+pub struct Outbox {
+    state: Mutex<State>,
+    client: AsyncClient,
+    counters: Arc<Counters>,
+}
+
+impl Outbox {
+    /// An outbox over `client`, with the answers a previous run spooled
+    /// queued for the first connection.
+    pub fn new(client: AsyncClient, spool: Spool, leftovers: Vec<Spooled>, counters: Arc<Counters>) -> Outbox {
+        let next_seq = spool.last_seq().map_or(1, |s| s + 1);
+        let waiting = leftovers
+            .into_iter()
+            .map(|s| Pending {
+                seq: s.seq,
+                msg: Message {
+                    topic: s.topic,
+                    payload: Bytes::from(s.payload),
+                    correlation: s.correlation_hex.and_then(|h| hex::decode(h).ok()).map(Bytes::from),
+                    retain: false,
+                    durable: true,
+                    request_id: Some(s.request_id),
+                    acks: Vec::new(),
+                },
+            })
+            .collect();
+        let state = State { connected: false, next_seq, handed: VecDeque::new(), inflight: HashMap::new(), waiting, spool };
+        Outbox { state: Mutex::new(state), client, counters }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain bookkeeping behind; carry on with it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes `msg` now, or keeps it (spooled if durable) until the next connection.
+    pub fn submit(&self, msg: Message) {
+        let mut st = self.lock();
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let p = Pending { seq, msg };
+        if st.connected {
+            match self.hand(&p.msg) {
+                Ok(()) => {
+                    st.handed.push_back(p);
+                    return;
+                }
+                Err(e) => tracing::warn!(topic = %p.msg.topic, "broker connection not taking messages ({e}); spooling"),
+            }
+        }
+        self.park(&mut st, p);
+    }
+
+    /// Acknowledges `delivery` together with the answer to `request_id` if that
+    /// answer is still unacknowledged, else at once.
+    pub fn ack_with(&self, request_id: &str, delivery: Publish) {
+        let mut st = self.lock();
+        let State { handed, inflight, waiting, .. } = &mut *st;
+        let target = handed
+            .iter_mut()
+            .chain(inflight.values_mut())
+            .chain(waiting.iter_mut())
+            .find(|p| p.msg.request_id.as_deref() == Some(request_id));
+        match target {
+            Some(p) => p.msg.acks.push(delivery),
+            None => self.ack(&delivery),
+        }
+    }
+
+    /// Acknowledges a delivery now (a request that will get no answer of its own).
+    pub fn ack(&self, delivery: &Publish) {
+        if let Err(e) = self.client.try_ack(delivery) {
+            tracing::debug!("ack not sent ({e}); the broker will redeliver and the duplicate filter will catch it");
+        }
+    }
+
+    /// The client emitted a publish with packet id `pkid`.
+    pub fn on_sent(&self, pkid: u16) {
+        let mut st = self.lock();
+        match st.handed.pop_front() {
+            Some(p) if pkid == 0 => self.complete(&mut st, p),
+            Some(p) => {
+                st.inflight.insert(pkid, p);
+            }
+            None => tracing::warn!(pkid, "publish sent that the outbox did not hand over"),
+        }
+    }
+
+    /// The broker acknowledged packet `pkid`.
+    pub fn on_puback(&self, pkid: u16) {
+        let mut st = self.lock();
+        if let Some(p) = st.inflight.remove(&pkid) {
+            self.complete(&mut st, p);
+        }
+    }
+
+    /// The connection dropped: take back everything unacknowledged.
+    pub fn on_disconnect(&self, eventloop: &mut EventLoop) {
+        let mut st = self.lock();
+        st.connected = false;
+        // The client moved its in-flight and queued publishes into `pending`.
+        // A second clean() also takes what was queued after the first one;
+        // holding the lock, nothing new can be queued now.
+        eventloop.clean();
+        eventloop.pending.retain(|r| !matches!(r, Request::Publish(_) | Request::PubAck(_)));
+        let mut back: Vec<Pending> = st.inflight.drain().map(|(_, p)| p).collect();
+        back.extend(st.handed.drain(..));
+        back.sort_by_key(|p| p.seq);
+        for p in back {
+            self.park(&mut st, p);
+        }
+        // Acks belong to the session's deliveries; the broker redelivers those
+        // and the duplicate filter re-attaches them.
+        for p in st.waiting.iter_mut() {
+            p.msg.acks.clear();
+        }
+        st.waiting.make_contiguous().sort_by_key(|p| p.seq);
+    }
+
+    /// Connected (again): send what waited, oldest first.
+    pub fn on_connected(&self) {
+        let mut st = self.lock();
+        st.connected = true;
+        let mut left = VecDeque::new();
+        while let Some(p) = st.waiting.pop_front() {
+            match self.hand(&p.msg) {
+                Ok(()) => st.handed.push_back(p),
+                Err(_) => left.push_back(p),
+            }
+        }
+        st.waiting = left;
+    }
+
+    /// Messages not yet acknowledged by the broker.
+    pub fn unacknowledged(&self) -> usize {
+        let st = self.lock();
+        st.handed.len() + st.inflight.len() + st.waiting.len()
+    }
+
+    /// Answers in the spool on disk.
+    pub fn spooled(&self) -> usize {
+        self.lock().spool.len()
+    }
+
+    /// Request ids of answers not yet acknowledged (for the duplicate filter at start-up).
+    pub fn request_ids(&self) -> Vec<String> {
+        let st = self.lock();
+        st.waiting.iter().filter_map(|p| p.msg.request_id.clone()).collect()
+    }
+
+    /// Spools every durable message still unacknowledged (last step of a stop).
+    pub fn spool_all(&self) {
+        let mut st = self.lock();
+        let mut back: Vec<Pending> = st.inflight.drain().map(|(_, p)| p).collect();
+        back.extend(st.handed.drain(..));
+        for p in back {
+            self.park(&mut st, p);
+        }
+    }
+
+    fn hand(&self, msg: &Message) -> Result<(), rumqttc::v5::ClientError> {
+        let props = PublishProperties {
+            correlation_data: msg.correlation.clone(),
+            content_type: Some("application/json".into()),
+            payload_format_indicator: Some(1),
+            ..Default::default()
+        };
+        self.client.try_publish_with_properties(msg.topic.clone(), QoS::AtLeastOnce, msg.retain, msg.payload.clone(), props)
+    }
+
+    fn park(&self, st: &mut State, p: Pending) {
+        if !p.msg.durable {
+            return;
+        }
+        if !st.spool.contains(p.seq) {
+            let s = Spooled {
+                seq: p.seq,
+                topic: p.msg.topic.clone(),
+                request_id: p.msg.request_id.clone().unwrap_or_default(),
+                correlation_hex: p.msg.correlation.as_ref().map(hex::encode),
+                payload: p.msg.payload.to_vec(),
+            };
+            match st.spool.put(&s) {
+                Ok(dropped) => {
+                    self.counters.spooled.fetch_add(1, Ordering::Relaxed);
+                    for seq in dropped {
+                        if let Some(i) = st.waiting.iter().position(|w| w.seq == seq) {
+                            let lost = st.waiting.remove(i);
+                            let id = lost.and_then(|l| l.msg.request_id).unwrap_or_default();
+                            tracing::error!(request_id = %id, "spool full (daemon.spool_max_messages / spool_max_bytes): oldest answer dropped");
+                        }
+                        self.counters.spool_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => tracing::error!(topic = %p.msg.topic, "cannot spool answer, keeping it in memory only: {e}"),
+            }
+        }
+        st.waiting.push_back(p);
+    }
+
+    fn complete(&self, st: &mut State, p: Pending) {
+        st.spool.remove(p.seq);
+        for d in &p.msg.acks {
+            self.ack(d);
+        }
+        if p.msg.durable {
+            self.counters.published.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Counters and the retained `status` message.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::answer::Versions;
+
+/// What the daemon has done since it started.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Deliveries received on the request topics (duplicates included).
+    pub received: AtomicU64,
+    /// Deliveries dropped as duplicates of a request already taken.
+    pub duplicates: AtomicU64,
+    /// Requests answered with results.
+    pub answered: AtomicU64,
+    /// Requests answered with an error (busy included).
+    pub errors: AtomicU64,
+    /// Of those, `busy`.
+    pub busy: AtomicU64,
+    /// Answers acknowledged by the broker.
+    pub published: AtomicU64,
+    /// Answers written to the spool.
+    pub spooled: AtomicU64,
+    /// Answers dropped because the spool was full.
+    pub spool_dropped: AtomicU64,
+    /// Batches run.
+    pub batches: AtomicU64,
+    /// Connections made to the broker.
+    pub connects: AtomicU64,
+}
+
+/// The `status` payload.
+#[derive(Debug, Serialize)]
+pub struct Status<'a> {
+    /// `online` or `offline`.
+    pub state: &'a str,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Models and gallery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub versions: Option<&'a Versions>,
+    /// Counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<CounterValues>,
+    /// Requests waiting for the pipeline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued: Option<usize>,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Debug, Serialize)]
+pub struct CounterValues {
+    received: u64,
+    duplicates: u64,
+    answered: u64,
+    errors: u64,
+    busy: u64,
+    published: u64,
+    spooled: u64,
+    spool_dropped: u64,
+    batches: u64,
+    connects: u64,
+}
+
+impl Counters {
+    /// Reads every counter.
+    pub fn values(&self) -> CounterValues {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CounterValues {
+            received: r(&self.received),
+            duplicates: r(&self.duplicates),
+            answered: r(&self.answered),
+            errors: r(&self.errors),
+            busy: r(&self.busy),
+            published: r(&self.published),
+            spooled: r(&self.spooled),
+            spool_dropped: r(&self.spool_dropped),
+            batches: r(&self.batches),
+            connects: r(&self.connects),
+        }
+    }
+}
+
+/// The payload of an `online` status.
+pub fn online(started: Instant, versions: &Versions, counters: &Counters, queued: usize) -> Vec<u8> {
+    super::answer::to_vec(&Status {
+        state: "online",
+        uptime_s: started.elapsed().as_secs(),
+        versions: Some(versions),
+        counters: Some(counters.values()),
+        queued: Some(queued),
+    })
+}
+
+/// The payload of an `offline` status (the Last Will, and the last word of a clean stop).
+pub fn offline() -> Vec<u8> {
+    super::answer::to_vec(&Status { state: "offline", uptime_s: 0, versions: None, counters: None, queued: None })
+}
