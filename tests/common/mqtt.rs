@@ -1,0 +1,293 @@
+//! A real mosquitto, the real `shitud run`, and a line-controller client,
+//! for the daemon's integration tests.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio::sync::mpsc;
+
+/// A mosquitto broker on a free loopback port, with persistence in a temp dir.
+pub struct Broker {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn wait_for_port(port: u16, up: bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() == up {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("port {port} did not become {}", if up { "reachable" } else { "free" });
+}
+
+impl Broker {
+    /// Starts mosquitto. It must be installed (scripts/setup.sh does it):
+    /// without it this test fails instead of passing vacuously.
+    pub fn start(dir: &Path) -> Broker {
+        let mut b = Broker::prepare(dir);
+        b.spawn();
+        b
+    }
+
+    /// Writes the config and picks the port, without starting the broker.
+    pub fn prepare(dir: &Path) -> Broker {
+        let b = Broker { port: free_port(), dir: dir.to_path_buf(), child: None };
+        let conf = dir.join("mosquitto.conf");
+        // Started as root, mosquitto drops to user `mosquitto`, which cannot
+        // write the persistence file in our temp dir: sessions would not survive a restart.
+        // SAFETY: geteuid has no preconditions.
+        let user = if unsafe { libc::geteuid() } == 0 { "user root\n" } else { "" };
+        std::fs::write(
+            &conf,
+            format!(
+                "{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\n\
+                 autosave_interval 1\nmax_queued_messages 100000\nmax_inflight_messages 1000\nlog_dest file {dir}/mosquitto.log\n",
+                port = b.port,
+                dir = dir.display()
+            ),
+        )
+        .unwrap();
+        b
+    }
+
+    /// Appends lines to the broker's config (extra listeners, TLS).
+    pub fn add_config(&self, text: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(self.dir.join("mosquitto.conf")).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Starts (or starts again) the broker process.
+    pub fn spawn(&mut self) {
+        let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("mosquitto");
+        let child = Command::new(exe)
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (apt-get install mosquitto; scripts/setup.sh does it)");
+        self.child = Some(child);
+        wait_for_port(self.port, true);
+    }
+
+    /// Stops the broker the way `systemctl restart mosquitto` does (SIGTERM:
+    /// it saves its persistence file), then starts it again after `down`.
+    pub fn restart(&mut self, down: Duration) {
+        self.stop();
+        std::thread::sleep(down);
+        self.spawn();
+    }
+
+    /// Stops the broker.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, libc::SIGTERM);
+            let _ = c.wait();
+            wait_for_port(self.port, false);
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sends `sig` to a child process.
+pub fn signal(c: &Child, sig: i32) {
+    // SAFETY: kill(2) on a pid we own; no memory is involved.
+    unsafe {
+        libc::kill(c.id() as i32, sig);
+    }
+}
+
+/// A running `shitud run`.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `shitud run --config <config>`, logging to `log`.
+    pub fn start(config: &Path, log: &Path) -> Daemon {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_shitud"))
+            .args(["run", "--config"])
+            .arg(config)
+            .current_dir(super::root())
+            .env("RUST_LOG", "info")
+            .env_remove("SHITU_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("shitud starts");
+        Daemon { child, log: log.to_path_buf() }
+    }
+
+    /// SIGTERM, then the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        signal(&self.child, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            assert!(Instant::now() < deadline, "shitud did not stop within 60 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a daemon config for `broker` and `gallery` into `dir`; `extra` is appended.
+pub fn daemon_config(dir: &Path, port: u16, gallery: &Path, extra: &str) -> PathBuf {
+    let root = super::root();
+    let conf = dir.join("shitud.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[detector]\nmodel = \"{det}\"\n[embedder]\nmodel = \"{rec}\"\n[search]\nindex = \"{g}\"\n\
+             [mqtt]\nport = {port}\ndevice_id = \"test\"\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n\
+             [daemon]\nspool_dir = \"{spool}\"\nstatus_interval_s = 1\n{extra}\n",
+            det = root.join("engines/demo/det_prenms.onnx").display(),
+            rec = root.join("engines/demo/rec.onnx").display(),
+            g = gallery.display(),
+            spool = dir.join("spool").display(),
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// One message received by the test client.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub topic: String,
+    pub json: serde_json::Value,
+    pub correlation: Option<Bytes>,
+    pub retain: bool,
+}
+
+/// A line controller: publishes requests with a response topic and
+/// correlation data, and collects what comes back.
+pub struct Controller {
+    pub client: AsyncClient,
+    pub rx: mpsc::UnboundedReceiver<Received>,
+    pub reply_topic: String,
+}
+
+impl Controller {
+    /// Connects with a persistent session and subscribes to its reply topic and `extra` filters.
+    pub async fn connect(port: u16, name: &str, extra: &[&str]) -> Controller {
+        let mut o = MqttOptions::new(name, "127.0.0.1", port);
+        o.set_clean_start(false)
+            .set_session_expiry_interval(Some(3600))
+            .set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(Some(64 << 20))
+            .set_request_channel_capacity(20_000);
+        let (client, mut eventloop) = AsyncClient::new(o, 20_000);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let json = serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null);
+                        let topic = String::from_utf8_lossy(&p.topic).to_string();
+                        let correlation = p.properties.and_then(|x| x.correlation_data);
+                        if tx.send(Received { topic, json, correlation, retain: p.retain }).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        let reply_topic = format!("test/replies/{name}");
+        client.subscribe(reply_topic.clone(), QoS::AtLeastOnce).await.unwrap();
+        for f in extra {
+            client.subscribe(f.to_string(), QoS::AtLeastOnce).await.unwrap();
+        }
+        Controller { client, rx, reply_topic }
+    }
+
+    /// Publishes `payload` to `topic` with this controller's response topic.
+    pub async fn request(&self, topic: &str, payload: Vec<u8>, correlation: &str, user: Vec<(String, String)>) {
+        let props = PublishProperties {
+            response_topic: Some(self.reply_topic.clone()),
+            correlation_data: Some(Bytes::from(correlation.to_string())),
+            user_properties: user,
+            ..Default::default()
+        };
+        self.client.publish_with_properties(topic, QoS::AtLeastOnce, false, payload, props).await.unwrap();
+    }
+
+    /// Next message, or `None` after `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Option<Received> {
+        tokio::time::timeout(wait, self.rx.recv()).await.ok().flatten()
+    }
+
+    /// Waits for a message on `topic` whose JSON satisfies `pred`.
+    pub async fn wait_for(&mut self, topic: &str, wait: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> Option<Received> {
+        let deadline = Instant::now() + wait;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.next(left).await {
+                Some(m) if m.topic == topic && pred(&m.json) => return Some(m),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+        None
+    }
+}
+
+/// A recognise request with the image inline, as base64.
+pub fn json_request(id: &str, image: &[u8]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "request_id": id,
+        "image": base64::engine::general_purpose::STANDARD.encode(image),
+    }))
+    .unwrap()
+}
+
+/// Count of each request id in a list of answers.
+pub fn tally(ids: impl IntoIterator<Item = String>) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for id in ids {
+        *m.entry(id).or_insert(0) += 1;
+    }
+    m
+}
