@@ -84,6 +84,19 @@ pub fn run(plan: &LoadPlan, progress: impl Fn(&str)) -> anyhow::Result<Vec<LoadR
         });
         let reply = format!("bench/replies/{client_id}");
         client.subscribe(reply.clone(), QoS::AtLeastOnce).await?;
+        // Requests published before the daemon has subscribed would go nowhere:
+        // wait for its retained `online` status first.
+        let status = format!("{}/status", plan.topic_base);
+        client.subscribe(status.clone(), QoS::AtLeastOnce).await?;
+        let wait = Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = wait.checked_duration_since(Instant::now()).context("the daemon did not report online within 120 s")?;
+            let (_, json) = tokio::time::timeout(left, rx.recv()).await.context("the daemon did not report online within 120 s")?.context("bench client stopped")?;
+            if json["state"] == "online" {
+                break;
+            }
+        }
+        client.unsubscribe(status).await?;
         let request_topic = format!("{}/recognize", plan.topic_base);
         let mut rows = Vec::new();
         let mut seq = 0u64;
