@@ -406,3 +406,48 @@ async fn tls_with_a_client_certificate() {
     assert_eq!(a.json["ok"], true, "{}", a.json);
     assert_eq!(daemon.stop(), Some(0));
 }
+
+/// kill -9 in the middle of a stream: every request is still answered, since
+/// a request is acknowledged only after its answer. Repeats are possible
+/// (QoS 1) and the controller drops them by request_id; they are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_daemon_loses_no_request() {
+    const N: usize = 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gallery(tmp.path());
+    let jpeg = std::fs::read(data("images/scenes/scene_00003.jpg")).unwrap();
+    let bdir = tmp.path().join("broker");
+    std::fs::create_dir_all(&bdir).unwrap();
+    let broker = Broker::start(&bdir);
+    let conf = daemon_config(tmp.path(), broker.port, &g, "");
+    let log = tmp.path().join("daemon.log");
+    let mut daemon = Daemon::start(&conf, &log);
+    let mut ctl = Controller::connect(broker.port, "ctl-kill", &[STATUS]).await;
+    assert!(ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online").await.is_some(), "{}", daemon.log_text());
+    for i in 0..N {
+        let id = format!("k{i:02}");
+        ctl.request(REQ, json_request(&id, &jpeg), &id, vec![]).await;
+    }
+    let mut answers: Vec<String> = Vec::new();
+    let mut killed = false;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while tally(answers.clone()).len() < N {
+        assert!(Instant::now() < deadline, "answered: {:?}\n{}", tally(answers.clone()), daemon.log_text());
+        let Some(m) = ctl.next(Duration::from_secs(120)).await else { continue };
+        if m.topic != ctl.reply_topic {
+            continue;
+        }
+        assert_eq!(m.json["ok"], true, "{}", m.json);
+        answers.push(m.json["request_id"].as_str().unwrap().to_string());
+        if !killed && answers.len() >= 3 {
+            killed = true;
+            signal(&daemon.child, libc::SIGKILL);
+            let _ = daemon.child.wait();
+            daemon = Daemon::start(&conf, &log);
+        }
+    }
+    let repeats = answers.len() - N;
+    eprintln!("kill -9 after 3 answers: all {N} requests answered, {repeats} repeated answer(s) dropped by request_id");
+    assert!(killed);
+    assert_eq!(daemon.stop(), Some(0));
+}
