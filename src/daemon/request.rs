@@ -175,19 +175,21 @@ fn reject(id: &str, code: ErrorCode, message: impl Into<String>) -> Rejection {
 /// Longest request id accepted: ids are echoed in answers and kept for dedup.
 const MAX_ID_LEN: usize = 256;
 
-fn check_id(id: String, fallback: &str) -> Result<String, Rejection> {
+fn check_id(id: String, fallback: impl FnOnce() -> String) -> Result<String, Rejection> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
-        return Err(reject(fallback, ErrorCode::BadRequest, format!("request_id must be 1 to {MAX_ID_LEN} characters")));
+        return Err(reject(&fallback(), ErrorCode::BadRequest, format!("request_id must be 1 to {MAX_ID_LEN} characters")));
     }
     Ok(id)
 }
 
 /// Parses a recognise request. `max_bytes` is checked before anything else.
 pub fn parse_recognize(payload: &[u8], env: &Envelope<'_>, max_bytes: usize) -> Result<Recognize, Rejection> {
-    let derived = derived_id(payload, env);
+    // Hashing a large payload costs milliseconds on the network thread, so
+    // the derived id is computed only for requests that need it.
+    let derived = || derived_id(payload, env);
     if payload.len() > max_bytes {
         // The id may be inside the oversized JSON; it is not parsed to find out.
-        let id = property(env, "request_id").map(str::to_string).unwrap_or(derived);
+        let id = property(env, "request_id").map_or_else(derived, str::to_string);
         return Err(reject(
             &id,
             ErrorCode::TooLarge,
@@ -198,10 +200,10 @@ pub fn parse_recognize(payload: &[u8], env: &Envelope<'_>, max_bytes: usize) -> 
         return parse_raw(payload, env, derived);
     }
     let json: RecognizeJson = serde_json::from_slice(payload)
-        .map_err(|e| reject(&derived, ErrorCode::BadRequest, format!("malformed JSON: {e}")))?;
+        .map_err(|e| reject(&derived(), ErrorCode::BadRequest, format!("malformed JSON: {e}")))?;
     let request_id = match json.request_id {
-        Some(v) => check_id(v.into_string(), &derived)?,
-        None => derived,
+        Some(v) => check_id(v.into_string(), derived)?,
+        None => derived(),
     };
     let id = request_id.as_str();
     let image = image_source(json.image, json.path, id)?;
@@ -214,10 +216,10 @@ pub fn parse_recognize(payload: &[u8], env: &Envelope<'_>, max_bytes: usize) -> 
 }
 
 /// A raw image payload: options come from user properties.
-fn parse_raw(payload: &[u8], env: &Envelope<'_>, derived: String) -> Result<Recognize, Rejection> {
+fn parse_raw(payload: &[u8], env: &Envelope<'_>, derived: impl Fn() -> String) -> Result<Recognize, Rejection> {
     let request_id = match property(env, "request_id") {
         Some(v) => check_id(v.to_string(), &derived)?,
-        None => derived,
+        None => derived(),
     };
     let id = request_id.as_str();
     if payload.is_empty() {
@@ -239,15 +241,15 @@ fn parse_raw(payload: &[u8], env: &Envelope<'_>, derived: String) -> Result<Reco
 
 /// Parses a `gallery/add` (`add == true`) or `gallery/remove` command (JSON only).
 pub fn parse_gallery(payload: &[u8], env: &Envelope<'_>, max_bytes: usize, add: bool) -> Result<GalleryCommand, Rejection> {
-    let derived = derived_id(payload, env);
+    let derived = || derived_id(payload, env);
     if payload.len() > max_bytes {
-        return Err(reject(&derived, ErrorCode::TooLarge, format!("payload is {} bytes, over the limit of {max_bytes}", payload.len())));
+        return Err(reject(&derived(), ErrorCode::TooLarge, format!("payload is {} bytes, over the limit of {max_bytes}", payload.len())));
     }
     let json: GalleryJson = serde_json::from_slice(payload)
-        .map_err(|e| reject(&derived, ErrorCode::BadRequest, format!("malformed JSON: {e}")))?;
+        .map_err(|e| reject(&derived(), ErrorCode::BadRequest, format!("malformed JSON: {e}")))?;
     let request_id = match json.request_id {
-        Some(v) => check_id(v.into_string(), &derived)?,
-        None => derived,
+        Some(v) => check_id(v.into_string(), derived)?,
+        None => derived(),
     };
     let id = request_id.as_str();
     if !json.rest.is_empty() {

@@ -107,12 +107,12 @@ pub fn versions(pipeline: &Pipeline, detector_sha: &str) -> Versions {
 
 fn recognize_batch(pipeline: &mut Pipeline, batch: Vec<(ReplyTo, ImageSource, Query)>, shared: &Shared) {
     let started = Instant::now();
-    let limits = &pipeline.settings().input.clone();
+    let limits = pipeline.settings().input.clone();
     let mut frames = Vec::with_capacity(batch.len());
     let mut accepted = Vec::with_capacity(batch.len());
     for (reply, image, query) in batch {
         let t = Instant::now();
-        match load(&image, &reply.request_id, limits, &shared.settings.daemon.allowed_dirs) {
+        match load(&image, &reply.request_id, &limits, &shared.settings.daemon.allowed_dirs) {
             Ok((frame, _)) => {
                 frames.push(frame);
                 accepted.push((reply, query, t.elapsed().as_secs_f64() * 1e3));
