@@ -182,6 +182,20 @@ fn check_id(id: String, fallback: impl FnOnce() -> String) -> Result<String, Rej
     Ok(id)
 }
 
+/// Parses a JSON body; a rejection is filed under the derived id, since the
+/// caller's id cannot be read from malformed JSON.
+fn parse_json<T: serde::de::DeserializeOwned>(payload: &[u8], derived: &impl Fn() -> String) -> Result<T, Rejection> {
+    serde_json::from_slice(payload).map_err(|e| reject(&derived(), ErrorCode::BadRequest, format!("malformed JSON: {e}")))
+}
+
+/// The caller's id if given (and valid), else the derived one.
+fn resolve_id(given: Option<IdValue>, derived: &impl Fn() -> String) -> Result<String, Rejection> {
+    match given {
+        Some(v) => check_id(v.into_string(), derived),
+        None => Ok(derived()),
+    }
+}
+
 /// Parses a recognise request. `max_bytes` is checked before anything else.
 pub fn parse_recognize(payload: &[u8], env: &Envelope<'_>, max_bytes: usize) -> Result<Recognize, Rejection> {
     // Hashing a large payload costs milliseconds on the network thread, so
@@ -199,12 +213,8 @@ pub fn parse_recognize(payload: &[u8], env: &Envelope<'_>, max_bytes: usize) -> 
     if !looks_like_json(payload) {
         return parse_raw(payload, env, derived);
     }
-    let json: RecognizeJson = serde_json::from_slice(payload)
-        .map_err(|e| reject(&derived(), ErrorCode::BadRequest, format!("malformed JSON: {e}")))?;
-    let request_id = match json.request_id {
-        Some(v) => check_id(v.into_string(), derived)?,
-        None => derived(),
-    };
+    let json: RecognizeJson = parse_json(payload, &derived)?;
+    let request_id = resolve_id(json.request_id, &derived)?;
     let id = request_id.as_str();
     let image = image_source(json.image, json.path, id)?;
     let query = Query {
@@ -245,12 +255,8 @@ pub fn parse_gallery(payload: &[u8], env: &Envelope<'_>, max_bytes: usize, add: 
     if payload.len() > max_bytes {
         return Err(reject(&derived(), ErrorCode::TooLarge, format!("payload is {} bytes, over the limit of {max_bytes}", payload.len())));
     }
-    let json: GalleryJson = serde_json::from_slice(payload)
-        .map_err(|e| reject(&derived(), ErrorCode::BadRequest, format!("malformed JSON: {e}")))?;
-    let request_id = match json.request_id {
-        Some(v) => check_id(v.into_string(), derived)?,
-        None => derived(),
-    };
+    let json: GalleryJson = parse_json(payload, &derived)?;
+    let request_id = resolve_id(json.request_id, &derived)?;
     let id = request_id.as_str();
     if !json.rest.is_empty() {
         tracing::warn!(request_id = id, fields = ?json.rest.keys().collect::<Vec<_>>(), "unknown gallery command fields ignored");
