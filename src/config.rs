@@ -249,7 +249,9 @@ pub enum Protocol {
     /// MQTT 5: response topics, correlation data, user properties.
     #[default]
     V5,
-    /// MQTT 3.1.1, for old brokers. Not implemented yet: refused at start-up.
+    /// MQTT 3.1.1, for old brokers: JSON requests, answers on `P/result`
+    /// with their `request_id` (no response topic, correlation data or user
+    /// properties in that protocol).
     V311,
 }
 

@@ -451,3 +451,93 @@ async fn a_killed_daemon_loses_no_request() {
     assert!(killed);
     assert_eq!(daemon.stop(), Some(0));
 }
+
+/// MQTT 3.1.1 end to end: a 3.1.1 controller, the daemon on `protocol =
+/// "v311"`, a broker restart in the middle. JSON requests are answered on
+/// `P/result` by request_id; a raw image gets the derived id; a broken one an
+/// error answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_311_serves_with_answers_on_the_result_topic() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    const RESULT: &str = "shitu/test/result";
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gallery(tmp.path());
+    let scenes = scenes_with_expected(&g);
+    let bdir = tmp.path().join("broker");
+    std::fs::create_dir_all(&bdir).unwrap();
+    let mut broker = Broker::start(&bdir);
+    let conf = daemon_config(tmp.path(), broker.port, &g, "");
+    let text = std::fs::read_to_string(&conf).unwrap().replace("[mqtt]\n", "[mqtt]\nprotocol = \"v311\"\n");
+    std::fs::write(&conf, text).unwrap();
+    let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
+
+    let mut o = MqttOptions::new("ctl-311", "127.0.0.1", broker.port);
+    o.set_clean_session(false).set_keep_alive(Duration::from_secs(5)).set_max_packet_size(64 << 20, 64 << 20);
+    let (client, mut eventloop) = AsyncClient::new(o, 1000);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, serde_json::Value)>();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let json = serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null);
+                    if tx.send((p.topic.clone(), json)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    client.subscribe(RESULT, QoS::AtLeastOnce).await.unwrap();
+    client.subscribe(STATUS, QoS::AtLeastOnce).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "no online status over 3.1.1\n{}", daemon.log_text());
+        if let Ok(Some((t, j))) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            if t == STATUS && j["state"] == "online" {
+                break;
+            }
+        }
+    }
+
+    let mut expected: HashMap<String, usize> = HashMap::new();
+    for i in 0..8 {
+        let id = format!("v311-{i}");
+        client.publish(REQ, QoS::AtLeastOnce, false, json_request(&id, &scenes[i % scenes.len()].0)).await.unwrap();
+        expected.insert(id, i % scenes.len());
+    }
+    client.publish(REQ, QoS::AtLeastOnce, false, scenes[1].0.clone()).await.unwrap();
+    client.publish(REQ, QoS::AtLeastOnce, false, b"{\"request_id\": \"broken\", \"image\": 7}".to_vec()).await.unwrap();
+    // Whatever the daemon has not taken yet waits in its 3.1.1 session at the broker.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.restart(Duration::from_millis(500));
+
+    let mut answered: HashMap<String, serde_json::Value> = HashMap::new();
+    let mut repeats = 0;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while answered.len() < expected.len() + 2 {
+        assert!(Instant::now() < deadline, "answered {:?}\n{}", answered.keys().collect::<Vec<_>>(), daemon.log_text());
+        let Ok(Some((t, j))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await else { continue };
+        if t != RESULT {
+            continue;
+        }
+        let id = j["request_id"].as_str().expect("every answer names its request").to_string();
+        if answered.insert(id, j).is_some() {
+            repeats += 1;
+        }
+    }
+    for (id, scene) in &expected {
+        check_answer(&answered[id], &scenes[*scene].1);
+    }
+    let raw: Vec<&serde_json::Value> = answered.iter().filter(|(id, _)| id.starts_with("sha256:")).map(|(_, j)| j).collect();
+    assert_eq!(raw.len(), 1, "the raw image is answered under its derived id: {:?}", answered.keys().collect::<Vec<_>>());
+    check_answer(raw[0], &scenes[1].1);
+    assert_eq!(answered["broken"]["ok"], false);
+    assert_eq!(answered["broken"]["error"]["code"], "bad_request", "{}", answered["broken"]);
+    eprintln!("MQTT 3.1.1: {} requests answered across a broker restart, {repeats} QoS 1 repeat(s)", answered.len());
+    let broker_log = std::fs::read_to_string(bdir.join("mosquitto.log")).unwrap_or_default();
+    // mosquitto logs the protocol of each client: p2 is 3.1.1, p5 is MQTT 5.
+    assert!(broker_log.contains("as shitud-test (p2"), "the daemon did not connect with 3.1.1:\n{broker_log}");
+    assert_eq!(daemon.stop(), Some(0));
+}

@@ -5,11 +5,11 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use rumqttc::v5::mqttbytes::v5::Publish;
+use super::mqtt::Delivery;
 
 enum Seen {
     /// Being worked on; deliveries that arrived meanwhile wait for the answer.
-    Working(Vec<Publish>),
+    Working(Vec<Delivery>),
     /// Answered (possibly not yet acknowledged by the broker).
     Answered,
 }
@@ -39,7 +39,7 @@ impl Ledger {
     }
 
     /// Records a delivery of `id`.
-    pub fn admit(&mut self, id: &str, delivery: Option<Publish>) -> Admit {
+    pub fn admit(&mut self, id: &str, delivery: Option<Delivery>) -> Admit {
         match self.seen.get_mut(id) {
             Some(Seen::Working(held)) => {
                 held.extend(delivery);
@@ -56,7 +56,7 @@ impl Ledger {
     }
 
     /// Marks `id` answered; returns the duplicate deliveries held for it.
-    pub fn finish(&mut self, id: &str) -> Vec<Publish> {
+    pub fn finish(&mut self, id: &str) -> Vec<Delivery> {
         match self.seen.insert(id.to_string(), Seen::Answered) {
             Some(Seen::Working(held)) => held,
             Some(Seen::Answered) => Vec::new(),
@@ -102,7 +102,7 @@ mod tests {
     fn each_id_is_served_once() {
         let mut l = Ledger::new(16);
         assert_eq!(l.admit("a", None), Admit::New);
-        assert_eq!(l.admit("a", Some(Publish::new("t", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, "x", None))), Admit::Held);
+        assert_eq!(l.admit("a", Some(Delivery::V311(rumqttc::Publish::new("t", rumqttc::QoS::AtLeastOnce, "x")))), Admit::Held);
         assert_eq!(l.finish("a").len(), 1);
         assert_eq!(l.admit("a", None), Admit::Answered);
     }

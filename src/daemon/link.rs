@@ -5,13 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rumqttc::v5::mqttbytes::v5::LastWill;
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::MqttOptions;
 use rumqttc::{TlsConfiguration, Transport};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::mqtt::{Options, MQTT_MAX_PACKET};
 use crate::config::{MqttSettings, Protocol};
 
 /// Topic names for one device.
@@ -72,23 +70,60 @@ pub fn max_packet(max_payload_bytes: usize) -> u32 {
     (max_payload_bytes as u64).saturating_mul(4).clamp(1 << 20, 256 << 20) as u32
 }
 
-/// Connection options for the daemon's persistent session.
-pub fn options(m: &MqttSettings, client_id: &str, status_topic: &str, offline: Vec<u8>, max_payload_bytes: usize) -> anyhow::Result<MqttOptions> {
-    if m.protocol == Protocol::V311 {
-        bail!("mqtt.protocol = \"v311\" is not implemented yet; use \"v5\" (mosquitto, EMQX, HiveMQ and VerneMQ all speak it)");
-    }
-    let mut o = MqttOptions::new(client_id, m.host.clone(), m.port);
-    o.set_keep_alive(Duration::from_secs(m.keep_alive_s.max(5)))
-        // The session (and the requests queued in it) must outlive restarts.
-        .set_clean_start(false)
-        .set_session_expiry_interval(Some(m.session_expiry_s))
-        .set_receive_maximum(Some(m.receive_maximum))
-        .set_max_packet_size(Some(max_packet(max_payload_bytes)))
-        // Requests are acknowledged only once their answer is with the broker.
-        .set_manual_acks(true)
-        .set_request_channel_capacity(4096)
-        .set_connection_timeout(5)
-        .set_last_will(LastWill::new(status_topic, offline, QoS::AtLeastOnce, true, None));
+/// Connection options for the daemon's persistent session, in the protocol
+/// `mqtt.protocol` names.
+pub fn options(m: &MqttSettings, client_id: &str, status_topic: &str, offline: Vec<u8>, max_payload_bytes: usize) -> anyhow::Result<Options> {
+    let keep_alive = Duration::from_secs(m.keep_alive_s.max(5));
+    let credentials = credentials(m)?;
+    let transport = if m.tls.enabled { Some(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(m)?)))) } else { None };
+    Ok(match m.protocol {
+        Protocol::V5 => {
+            use rumqttc::v5::mqttbytes::{v5::LastWill, QoS};
+            let mut o = rumqttc::v5::MqttOptions::new(client_id, m.host.clone(), m.port);
+            o.set_keep_alive(keep_alive)
+                // The session (and the requests queued in it) must outlive restarts.
+                .set_clean_start(false)
+                .set_session_expiry_interval(Some(m.session_expiry_s))
+                .set_receive_maximum(Some(m.receive_maximum))
+                .set_max_packet_size(Some(max_packet(max_payload_bytes)))
+                // Requests are acknowledged only once their answer is with the broker.
+                .set_manual_acks(true)
+                .set_request_channel_capacity(4096)
+                .set_connection_timeout(5)
+                .set_last_will(LastWill::new(status_topic, offline, QoS::AtLeastOnce, true, None));
+            if let Some((u, p)) = credentials {
+                o.set_credentials(u, p);
+            }
+            if let Some(t) = transport {
+                o.set_transport(t);
+            }
+            Options::V5(Box::new(o))
+        }
+        Protocol::V311 => {
+            use rumqttc::{LastWill, QoS};
+            let mut o = rumqttc::MqttOptions::new(client_id, m.host.clone(), m.port);
+            o.set_keep_alive(keep_alive)
+                .set_clean_session(false)
+                // See `mqtt`: 3.1.1 cannot tell the broker our limit.
+                .set_max_packet_size(MQTT_MAX_PACKET, max_packet(max_payload_bytes) as usize)
+                .set_inflight(m.receive_maximum.max(1))
+                .set_manual_acks(true)
+                .set_request_channel_capacity(4096)
+                .set_last_will(LastWill::new(status_topic, offline, QoS::AtLeastOnce, true));
+            // The connection timeout is already 5 s, as for v5 above.
+            if let Some((u, p)) = credentials {
+                o.set_credentials(u, p);
+            }
+            if let Some(t) = transport {
+                o.set_transport(t);
+            }
+            Options::V311(Box::new(o))
+        }
+    })
+}
+
+/// User name and password, the password read from `password_file` when set.
+fn credentials(m: &MqttSettings) -> anyhow::Result<Option<(String, String)>> {
     let password = match (&m.password, &m.password_file) {
         (_, Some(f)) => Some(
             std::fs::read_to_string(f)
@@ -102,16 +137,10 @@ pub fn options(m: &MqttSettings, client_id: &str, status_topic: &str, offline: V
         (None, None) => None,
     };
     match (&m.username, password) {
-        (Some(u), p) => {
-            o.set_credentials(u.clone(), p.unwrap_or_default());
-        }
+        (Some(u), p) => Ok(Some((u.clone(), p.unwrap_or_default()))),
         (None, Some(_)) => bail!("mqtt: a password is set but no username"),
-        (None, None) => {}
+        (None, None) => Ok(None),
     }
-    if m.tls.enabled {
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(m)?))));
-    }
-    Ok(o)
 }
 
 fn tls_config(m: &MqttSettings) -> anyhow::Result<rustls::ClientConfig> {
@@ -172,6 +201,28 @@ mod tests {
         let e = format!("{:#}", options(&m, "c", "s", vec![], 1000).unwrap_err());
         assert!(e.contains("/nonexistent/ca.pem"), "{e}");
         m.protocol = Protocol::V311;
-        assert!(options(&m, "c", "s", vec![], 1000).unwrap_err().to_string().contains("v311"));
+        let e = format!("{:#}", options(&m, "c", "s", vec![], 1000).unwrap_err());
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn both_protocols_keep_a_persistent_session() {
+        let mut m = MqttSettings::default();
+        match options(&m, "c", "s", vec![], 1 << 20).unwrap() {
+            Options::V5(o) => {
+                assert!(!o.clean_start());
+                assert!(o.manual_acks());
+            }
+            Options::V311(_) => panic!("v5 is the default"),
+        }
+        m.protocol = Protocol::V311;
+        match options(&m, "c", "s", vec![], 1 << 20).unwrap() {
+            Options::V311(o) => {
+                assert!(!o.clean_session());
+                assert!(o.manual_acks());
+                assert_eq!(o.max_packet_size(), MQTT_MAX_PACKET);
+            }
+            Options::V5(_) => panic!("v311 asked for"),
+        }
     }
 }

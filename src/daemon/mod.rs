@@ -12,6 +12,7 @@
 pub mod answer;
 mod ledger;
 pub mod link;
+pub mod mqtt;
 pub mod outbox;
 pub mod request;
 pub mod spool;
@@ -25,10 +26,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop};
-use rumqttc::Outgoing;
 
 use crate::config::Settings;
 use crate::embed::pplcnet::sha256_file;
@@ -36,6 +33,7 @@ use crate::pipeline::Pipeline;
 use answer::{error_payload, ErrorCode, Versions};
 use ledger::{Admit, Ledger};
 use link::Topics;
+use mqtt::{Client, Connection, Delivery, Event, Inbound};
 use outbox::{Message, Outbox};
 use request::Envelope;
 use status::Counters;
@@ -65,7 +63,7 @@ impl Shared {
     pub fn reply(&self, reply: ReplyTo, payload: Vec<u8>) {
         // Lock order everywhere: ledger, then outbox.
         let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        let mut acks: Vec<Publish> = reply.delivery.into_iter().collect();
+        let mut acks: Vec<Delivery> = reply.delivery.into_iter().collect();
         acks.extend(ledger.finish(&reply.request_id));
         self.outbox.submit(Message {
             topic: reply.topic,
@@ -113,7 +111,7 @@ impl Shared {
     }
 
     /// Admits a delivery of `id`; false when it is a duplicate (handled here).
-    fn admit(&self, id: &str, delivery: &Publish) -> bool {
+    fn admit(&self, id: &str, delivery: &Delivery) -> bool {
         let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         match ledger.admit(id, Some(delivery.clone())) {
             Admit::New => true,
@@ -149,34 +147,31 @@ impl Shared {
 
     /// Handles one request delivery. Never blocks: parsing is cheap, and the
     /// pipeline work goes to the queue.
-    fn on_request(&self, p: Publish) {
+    fn on_request(&self, m: Box<Inbound>) {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         if self.stopping.load(Ordering::Relaxed) {
             // Not acknowledged: the broker keeps it in the session for the next start.
             return;
         }
-        let Ok(topic) = std::str::from_utf8(&p.topic).map(str::to_string) else {
-            self.outbox.ack(&p);
+        let p = &m.delivery;
+        let Some(topic) = m.topic.clone() else {
+            self.outbox.ack(p);
             return;
         };
-        let props = p.properties.as_ref();
-        let env = Envelope {
-            user_properties: props.map(|x| x.user_properties.as_slice()).unwrap_or_default(),
-            correlation_data: props.and_then(|x| x.correlation_data.as_deref()),
-        };
+        let env = Envelope { user_properties: &m.user_properties, correlation_data: m.correlation.as_deref() };
         let max = self.settings.daemon.max_payload_bytes;
-        let response_topic = props.and_then(|x| x.response_topic.clone()).filter(|t| !t.is_empty() && !t.contains(['+', '#']));
+        let response_topic = m.response_topic.clone().filter(|t| !t.is_empty() && !t.contains(['+', '#']));
         let reply = |request_id: String, default: &str| ReplyTo {
             topic: response_topic.clone().unwrap_or_else(|| default.to_string()),
-            correlation: props.and_then(|x| x.correlation_data.clone()),
+            correlation: m.correlation.clone(),
             request_id,
             delivery: Some(p.clone()),
             arrived: Instant::now(),
         };
         if topic == self.topics.recognize {
-            match request::parse_recognize(&p.payload, &env, max) {
+            match request::parse_recognize(&m.payload, &env, max) {
                 Ok(r) => {
-                    if !self.admit(&r.request_id, &p) {
+                    if !self.admit(&r.request_id, p) {
                         return;
                     }
                     if !r.ignored.is_empty() {
@@ -185,29 +180,29 @@ impl Shared {
                     self.enqueue(Job::Recognize { reply: reply(r.request_id, &self.topics.result), image: r.image, query: r.query });
                 }
                 Err(rej) => {
-                    if self.admit(&rej.request_id, &p) {
+                    if self.admit(&rej.request_id, p) {
                         self.reply_error(reply(rej.request_id, &self.topics.result), rej.code, &rej.message);
                     }
                 }
             }
         } else if topic == self.topics.gallery_add || topic == self.topics.gallery_remove {
             let add = topic == self.topics.gallery_add;
-            match request::parse_gallery(&p.payload, &env, max, add) {
+            match request::parse_gallery(&m.payload, &env, max, add) {
                 Ok(command) => {
-                    if self.admit(command.request_id(), &p) {
+                    if self.admit(command.request_id(), p) {
                         let r = reply(command.request_id().to_string(), &self.topics.gallery_result);
                         self.enqueue(Job::Gallery { reply: r, command });
                     }
                 }
                 Err(rej) => {
-                    if self.admit(&rej.request_id, &p) {
+                    if self.admit(&rej.request_id, p) {
                         self.reply_error(reply(rej.request_id, &self.topics.gallery_result), rej.code, &rej.message);
                     }
                 }
             }
         } else {
             tracing::warn!(topic, "message on a topic the daemon does not serve; acknowledged and dropped");
-            self.outbox.ack(&p);
+            self.outbox.ack(p);
         }
     }
 }
@@ -248,7 +243,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if !leftovers.is_empty() {
         tracing::info!(answers = leftovers.len(), "answers spooled by the previous run will be sent after connecting");
     }
-    let (client, eventloop) = AsyncClient::new(options, 4096);
+    let (client, connection) = mqtt::connect(options, 4096);
     let outbox = Outbox::new(client.clone(), spool, leftovers, counters.clone());
     let mut ledger = Ledger::new(settings.daemon.dedup_window);
     let saved = settings.daemon.spool_dir.join(ANSWERED_FILE);
@@ -284,11 +279,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(
         broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port),
         client_id,
+        protocol = ?settings.mqtt.protocol,
         requests = %topics.recognize_filter,
         max_batch = settings.daemon.max_batch,
         "shitud serving"
     );
-    let net = tokio::spawn(event_loop(eventloop, client.clone(), shared.clone()));
+    let net = tokio::spawn(event_loop(connection, client.clone(), shared.clone()));
     let status_timer = {
         let shared = shared.clone();
         let every = Duration::from_secs(settings.daemon.status_interval_s.max(1));
@@ -370,7 +366,7 @@ async fn wait_for_stop_signal() -> anyhow::Result<()> {
 
 /// Polls the connection forever: reconnects with backoff, re-subscribes,
 /// and routes packets to the outbox and the request handler.
-async fn event_loop(mut eventloop: EventLoop, client: AsyncClient, shared: Arc<Shared>) {
+async fn event_loop(mut connection: Connection, client: Client, shared: Arc<Shared>) {
     let m = &shared.settings.mqtt;
     let min = Duration::from_millis(m.reconnect_min_ms.max(10));
     let max = Duration::from_millis(m.reconnect_max_ms.max(m.reconnect_min_ms));
@@ -378,40 +374,35 @@ async fn event_loop(mut eventloop: EventLoop, client: AsyncClient, shared: Arc<S
     let mut connected_once = false;
     let mut outage_logged = false;
     loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+        match connection.poll().await {
+            Ok(Event::Connected { session_present }) => {
                 shared.counters.connects.fetch_add(1, Ordering::Relaxed);
                 backoff = min;
                 outage_logged = false;
-                if connected_once && !ack.session_present {
+                if connected_once && !session_present {
                     tracing::warn!("the broker did not keep this client's session (restarted without persistence, or the session expired): requests sent meanwhile are lost at the broker");
                 }
-                tracing::info!(session_present = ack.session_present, spooled = shared.outbox.spooled(), "connected to the broker");
+                tracing::info!(session_present, spooled = shared.outbox.spooled(), "connected to the broker");
                 connected_once = true;
                 let t = &shared.topics;
                 for filter in [&t.recognize_filter, &t.gallery_add, &t.gallery_remove] {
-                    if let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                    if let Err(e) = client.try_subscribe(filter) {
                         tracing::error!(filter = %filter, "cannot subscribe: {e}");
                     }
                 }
                 shared.outbox.on_connected();
                 shared.publish_status();
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => shared.on_request(p),
-            Ok(Event::Incoming(Packet::PubAck(a))) => shared.outbox.on_puback(a.pkid),
-            Ok(Event::Incoming(Packet::SubAck(s))) => {
-                use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode;
-                if s.return_codes.iter().any(|c| !matches!(c, SubscribeReasonCode::Success(_))) {
-                    tracing::error!(codes = ?s.return_codes, "the broker refused a subscription (check its ACL for this client)");
-                }
+            Ok(Event::Received(m)) => shared.on_request(m),
+            Ok(Event::Acknowledged(pkid)) => shared.outbox.on_puback(pkid),
+            Ok(Event::SubscriptionRefused(codes)) => {
+                tracing::error!(codes, "the broker refused a subscription (check its ACL for this client)");
             }
-            Ok(Event::Incoming(Packet::Disconnect(d))) => {
-                tracing::warn!(reason = ?d.reason_code, "the broker closed the connection");
-            }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => shared.outbox.on_sent(pkid),
-            Ok(_) => {}
+            Ok(Event::BrokerDisconnect(reason)) => tracing::warn!(reason, "the broker closed the connection"),
+            Ok(Event::Sent(pkid)) => shared.outbox.on_sent(pkid),
+            Ok(Event::Other) => {}
             Err(e) => {
-                shared.outbox.on_disconnect(&mut eventloop);
+                shared.outbox.on_disconnect(&mut connection);
                 if shared.stopping.load(Ordering::Relaxed) && shared.outbox.unacknowledged() == shared.outbox.spooled() {
                     // Nothing left to send; the stop sequence will finish.
                     tokio::time::sleep(min).await;

@@ -18,9 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, EventLoop, Request};
+use super::mqtt::{Client, Connection, Delivery};
 
 use super::spool::{Spool, Spooled};
 use super::status::Counters;
@@ -42,7 +40,7 @@ pub struct Message {
     /// The request this answers, if any.
     pub request_id: Option<String>,
     /// Deliveries to acknowledge to the broker once this is acknowledged.
-    pub acks: Vec<Publish>,
+    pub acks: Vec<Delivery>,
 }
 
 struct Pending {
@@ -65,14 +63,14 @@ struct State {
 /// The single publisher; see the module docs.
 pub struct Outbox {
     state: Mutex<State>,
-    client: AsyncClient,
+    client: Client,
     counters: Arc<Counters>,
 }
 
 impl Outbox {
     /// An outbox over `client`, with the answers a previous run spooled
     /// queued for the first connection.
-    pub fn new(client: AsyncClient, spool: Spool, leftovers: Vec<Spooled>, counters: Arc<Counters>) -> Outbox {
+    pub fn new(client: Client, spool: Spool, leftovers: Vec<Spooled>, counters: Arc<Counters>) -> Outbox {
         let next_seq = spool.last_seq().map_or(1, |s| s + 1);
         let waiting = leftovers
             .into_iter()
@@ -118,7 +116,7 @@ impl Outbox {
 
     /// Acknowledges `delivery` together with the answer to `request_id` if that
     /// answer is still unacknowledged, else at once.
-    pub fn ack_with(&self, request_id: &str, delivery: Publish) {
+    pub fn ack_with(&self, request_id: &str, delivery: Delivery) {
         let mut st = self.lock();
         let State { handed, inflight, waiting, .. } = &mut *st;
         let target = handed
@@ -133,7 +131,7 @@ impl Outbox {
     }
 
     /// Acknowledges a delivery now (a request that will get no answer of its own).
-    pub fn ack(&self, delivery: &Publish) {
+    pub fn ack(&self, delivery: &Delivery) {
         if let Err(e) = self.client.try_ack(delivery) {
             tracing::debug!("ack not sent ({e}); the broker will redeliver and the duplicate filter will catch it");
         }
@@ -160,14 +158,11 @@ impl Outbox {
     }
 
     /// The connection dropped: take back everything unacknowledged.
-    pub fn on_disconnect(&self, eventloop: &mut EventLoop) {
+    pub fn on_disconnect(&self, connection: &mut Connection) {
         let mut st = self.lock();
         st.connected = false;
-        // The client moved its in-flight and queued publishes into `pending`.
-        // A second clean() also takes what was queued after the first one;
-        // holding the lock, nothing new can be queued now.
-        eventloop.clean();
-        eventloop.pending.retain(|r| !matches!(r, Request::Publish(_) | Request::PubAck(_)));
+        // Holding the lock, nothing new can be handed to the client meanwhile.
+        connection.take_back_publishes();
         let mut back: Vec<Pending> = st.inflight.drain().map(|(_, p)| p).collect();
         back.extend(st.handed.drain(..));
         back.sort_by_key(|p| p.seq);
@@ -223,14 +218,8 @@ impl Outbox {
         }
     }
 
-    fn hand(&self, msg: &Message) -> Result<(), rumqttc::v5::ClientError> {
-        let props = PublishProperties {
-            correlation_data: msg.correlation.clone(),
-            content_type: Some("application/json".into()),
-            payload_format_indicator: Some(1),
-            ..Default::default()
-        };
-        self.client.try_publish_with_properties(msg.topic.clone(), QoS::AtLeastOnce, msg.retain, msg.payload.clone(), props)
+    fn hand(&self, msg: &Message) -> Result<(), String> {
+        self.client.try_publish(&msg.topic, msg.retain, msg.payload.clone(), msg.correlation.clone())
     }
 
     fn park(&self, st: &mut State, p: Pending) {

@@ -182,10 +182,25 @@ fn check_id(id: String, fallback: impl FnOnce() -> String) -> Result<String, Rej
     Ok(id)
 }
 
-/// Parses a JSON body; a rejection is filed under the derived id, since the
-/// caller's id cannot be read from malformed JSON.
+/// Parses a JSON body. A rejection is filed under the caller's id when the
+/// JSON is well formed and names a valid one (a wrong field type, say), so
+/// that the caller can match it; MQTT 3.1.1 callers have nothing else to
+/// match by. Otherwise it is filed under the derived id.
 fn parse_json<T: serde::de::DeserializeOwned>(payload: &[u8], derived: &impl Fn() -> String) -> Result<T, Rejection> {
-    serde_json::from_slice(payload).map_err(|e| reject(&derived(), ErrorCode::BadRequest, format!("malformed JSON: {e}")))
+    #[derive(Deserialize)]
+    struct IdOnly {
+        #[serde(default)]
+        request_id: Option<IdValue>,
+    }
+    serde_json::from_slice(payload).map_err(|e| {
+        if e.is_data() {
+            let named = serde_json::from_slice::<IdOnly>(payload).ok().and_then(|j| j.request_id).map(IdValue::into_string);
+            let id = named.filter(|id| !id.is_empty() && id.len() <= MAX_ID_LEN).unwrap_or_else(derived);
+            reject(&id, ErrorCode::BadRequest, format!("invalid request: {e}"))
+        } else {
+            reject(&derived(), ErrorCode::BadRequest, format!("malformed JSON: {e}"))
+        }
+    })
 }
 
 /// The caller's id if given (and valid), else the derived one.
@@ -269,7 +284,7 @@ pub fn parse_gallery(payload: &[u8], env: &Envelope<'_>, max_bytes: usize, add: 
         Ok(GalleryCommand::Add { request_id, label, image, source })
     } else {
         let ids = json.ids.unwrap_or_default();
-        if label.is_some() == !ids.is_empty() {
+        if label.is_some() != ids.is_empty() {
             return Err(reject(id, ErrorCode::BadRequest, "gallery/remove needs either \"label\" or a non-empty \"ids\" list"));
         }
         Ok(GalleryCommand::Remove { request_id, label, ids })
@@ -381,6 +396,17 @@ mod tests {
 
     #[test]
     fn rejections_keep_the_request_id() {
+        // A field of the wrong type: the JSON is well formed, so the id is read.
+        let e = parse_recognize(br#"{"request_id":"x8","image":7}"#, &env(), MAX).unwrap_err();
+        assert_eq!((e.request_id.as_str(), e.code), ("x8", ErrorCode::BadRequest));
+        assert!(e.message.starts_with("invalid request"), "{}", e.message);
+        let e = parse_gallery(br#"{"request_id":"g8","ids":"all"}"#, &env(), MAX, false).unwrap_err();
+        assert_eq!(e.request_id, "g8");
+        // Broken JSON, or an unusable id: the derived id.
+        let e = parse_recognize(br#"{"request_id":"x9","image":"#, &env(), MAX).unwrap_err();
+        assert!(e.request_id.starts_with("sha256:") && e.message.starts_with("malformed JSON"), "{e:?}");
+        let e = parse_recognize(br#"{"request_id":"","image":7}"#, &env(), MAX).unwrap_err();
+        assert!(e.request_id.starts_with("sha256:"), "{e:?}");
         let e = parse_recognize(br#"{"request_id":"x7","image":"%%"}"#, &env(), MAX).unwrap_err();
         assert_eq!(e.request_id, "x7");
         assert!(e.message.contains("base64"), "{}", e.message);

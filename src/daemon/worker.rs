@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::Publish;
+use super::mqtt::Delivery;
 use sha2::{Digest, Sha256};
 
 use super::answer::{self, ErrorCode, GalleryAnswer, RecognizeAnswer, Timings, Versions};
@@ -33,7 +33,7 @@ pub struct ReplyTo {
     /// The request's id.
     pub request_id: String,
     /// The delivery to acknowledge once the answer is with the broker.
-    pub delivery: Option<Publish>,
+    pub delivery: Option<Delivery>,
     /// When the request arrived.
     pub arrived: Instant,
 }
