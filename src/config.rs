@@ -356,6 +356,8 @@ pub struct DaemonSettings {
     pub spool_max_bytes: u64,
     /// How many recent request ids are remembered to drop redelivered duplicates.
     pub dedup_window: usize,
+    /// Bytes of recent answers kept to answer a repeated request again.
+    pub answer_cache_bytes: usize,
     /// Seconds between `status` updates.
     pub status_interval_s: u64,
 }
@@ -372,6 +374,7 @@ impl Default for DaemonSettings {
             spool_max_messages: 10_000,
             spool_max_bytes: 256 << 20,
             dedup_window: 65_536,
+            answer_cache_bytes: 16 << 20,
             status_interval_s: 30,
         }
     }

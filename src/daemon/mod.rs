@@ -61,13 +61,19 @@ impl Shared {
     /// Sends an answer; the request's delivery (and any duplicates held) are
     /// acknowledged once the broker has it.
     pub fn reply(&self, reply: ReplyTo, payload: Vec<u8>) {
+        self.answer(reply, Bytes::from(payload), true);
+    }
+
+    /// Sends an answer. `remember`: a repeat of the request gets this answer
+    /// again; otherwise (an answer that says "try again") it is served anew.
+    fn answer(&self, reply: ReplyTo, payload: Bytes, remember: bool) {
         // Lock order everywhere: ledger, then outbox.
         let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let mut acks: Vec<Delivery> = reply.delivery.into_iter().collect();
-        acks.extend(ledger.finish(&reply.request_id));
+        acks.extend(if remember { ledger.finish(&reply.request_id, Some(payload.clone())) } else { ledger.forget(&reply.request_id) });
         self.outbox.submit(Message {
             topic: reply.topic,
-            payload: Bytes::from(payload),
+            payload,
             correlation: reply.correlation,
             retain: false,
             durable: true,
@@ -86,7 +92,7 @@ impl Shared {
             tracing::warn!(request_id = %reply.request_id, code = code.as_str(), "request refused: {message}");
         }
         let payload = error_payload(&reply.request_id, code, message);
-        self.reply(reply, payload);
+        self.answer(reply, Bytes::from(payload), !matches!(code, ErrorCode::Busy | ErrorCode::Internal));
     }
 
     fn versions(&self) -> Versions {
@@ -110,21 +116,44 @@ impl Shared {
         });
     }
 
-    /// Admits a delivery of `id`; false when it is a duplicate (handled here).
-    fn admit(&self, id: &str, delivery: &Delivery) -> bool {
+    /// Admits a delivery of `id`, to be answered to `reply`; false when it
+    /// repeats a request already taken (handled here).
+    fn admit(&self, id: &str, reply: ReplyTo) -> bool {
         let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        match ledger.admit(id, Some(delivery.clone())) {
-            Admit::New => true,
+        let cached = match ledger.admit(id, reply.delivery.clone()) {
+            Admit::New => return true,
             Admit::Held => {
                 self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                false
+                return false;
             }
-            Admit::Answered => {
-                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                self.outbox.ack_with(id, delivery.clone());
-                false
+            Admit::Answered(cached) => cached,
+        };
+        self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+        let Some(delivery) = reply.delivery else { return false };
+        // The first answer is still on its way: this delivery is acknowledged with it.
+        let Some(delivery) = self.outbox.attach(id, delivery) else { return false };
+        match cached {
+            Some(payload) => {
+                // The first answer was acknowledged, yet the request came again:
+                // the answer may have been lost after that (a broker crash), so send it again.
+                self.counters.resent.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(request_id = id, "repeated request: its answer is sent again from the cache");
+                self.outbox.submit(Message {
+                    topic: reply.topic,
+                    payload,
+                    correlation: reply.correlation,
+                    retain: false,
+                    durable: true,
+                    request_id: Some(id.to_string()),
+                    acks: vec![delivery],
+                });
+            }
+            None => {
+                tracing::debug!(request_id = id, "repeated request answered long ago (answer no longer cached): acknowledged only");
+                self.outbox.ack(&delivery);
             }
         }
+        false
     }
 
     fn enqueue(&self, job: Job) {
@@ -171,7 +200,7 @@ impl Shared {
         if topic == self.topics.recognize {
             match request::parse_recognize(&m.payload, &env, max) {
                 Ok(r) => {
-                    if !self.admit(&r.request_id, p) {
+                    if !self.admit(&r.request_id, reply(r.request_id.clone(), &self.topics.result)) {
                         return;
                     }
                     if !r.ignored.is_empty() {
@@ -180,7 +209,7 @@ impl Shared {
                     self.enqueue(Job::Recognize { reply: reply(r.request_id, &self.topics.result), image: r.image, query: r.query });
                 }
                 Err(rej) => {
-                    if self.admit(&rej.request_id, p) {
+                    if self.admit(&rej.request_id, reply(rej.request_id.clone(), &self.topics.result)) {
                         self.reply_error(reply(rej.request_id, &self.topics.result), rej.code, &rej.message);
                     }
                 }
@@ -189,13 +218,13 @@ impl Shared {
             let add = topic == self.topics.gallery_add;
             match request::parse_gallery(&m.payload, &env, max, add) {
                 Ok(command) => {
-                    if self.admit(command.request_id(), p) {
+                    if self.admit(command.request_id(), reply(command.request_id().to_string(), &self.topics.gallery_result)) {
                         let r = reply(command.request_id().to_string(), &self.topics.gallery_result);
                         self.enqueue(Job::Gallery { reply: r, command });
                     }
                 }
                 Err(rej) => {
-                    if self.admit(&rej.request_id, p) {
+                    if self.admit(&rej.request_id, reply(rej.request_id.clone(), &self.topics.gallery_result)) {
                         self.reply_error(reply(rej.request_id, &self.topics.gallery_result), rej.code, &rej.message);
                     }
                 }
@@ -245,16 +274,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let (client, connection) = mqtt::connect(options, 4096);
     let outbox = Outbox::new(client.clone(), spool, leftovers, counters.clone());
-    let mut ledger = Ledger::new(settings.daemon.dedup_window);
+    let mut ledger = Ledger::new(settings.daemon.dedup_window, settings.daemon.answer_cache_bytes);
     let saved = settings.daemon.spool_dir.join(ANSWERED_FILE);
     if let Ok(text) = std::fs::read_to_string(&saved) {
         for id in text.lines().filter(|l| !l.is_empty()) {
-            ledger.finish(id);
+            ledger.finish(id, None);
         }
         let _ = std::fs::remove_file(&saved);
     }
     for id in outbox.request_ids() {
-        ledger.finish(&id);
+        ledger.finish(&id, None);
     }
     let (tx, rx) = mpsc::sync_channel(settings.daemon.queue_capacity);
     let shared = Arc::new(Shared {

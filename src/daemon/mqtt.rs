@@ -239,10 +239,12 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let mut props = p5::PublishProperties::default();
-        props.response_topic = Some("me/answers".into());
-        props.correlation_data = Some(Bytes::from_static(b"c1"));
-        props.user_properties = vec![("request_id".into(), "r1".into())];
+        let props = p5::PublishProperties {
+            response_topic: Some("me/answers".into()),
+            correlation_data: Some(Bytes::from_static(b"c1")),
+            user_properties: vec![("request_id".into(), "r1".into())],
+            ..Default::default()
+        };
         let p = p5::Publish::new("shitu/a/recognize", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, b"{}".to_vec(), Some(props));
         match event_v5(rumqttc::v5::Event::Incoming(p5::Packet::Publish(p))) {
             Event::Received(i) => {

@@ -114,9 +114,9 @@ impl Outbox {
         self.park(&mut st, p);
     }
 
-    /// Acknowledges `delivery` together with the answer to `request_id` if that
-    /// answer is still unacknowledged, else at once.
-    pub fn ack_with(&self, request_id: &str, delivery: Delivery) {
+    /// Attaches `delivery` to the answer to `request_id`, to be acknowledged
+    /// with it, if that answer is still unacknowledged; else gives it back.
+    pub fn attach(&self, request_id: &str, delivery: Delivery) -> Option<Delivery> {
         let mut st = self.lock();
         let State { handed, inflight, waiting, .. } = &mut *st;
         let target = handed
@@ -125,8 +125,11 @@ impl Outbox {
             .chain(waiting.iter_mut())
             .find(|p| p.msg.request_id.as_deref() == Some(request_id));
         match target {
-            Some(p) => p.msg.acks.push(delivery),
-            None => self.ack(&delivery),
+            Some(p) => {
+                p.msg.acks.push(delivery);
+                None
+            }
+            None => Some(delivery),
         }
     }
 

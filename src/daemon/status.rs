@@ -14,6 +14,9 @@ pub struct Counters {
     pub received: AtomicU64,
     /// Deliveries dropped as duplicates of a request already taken.
     pub duplicates: AtomicU64,
+    /// Of those, answered again from the answer cache (the first answer was
+    /// acknowledged, yet the request came again).
+    pub resent: AtomicU64,
     /// Requests answered with results.
     pub answered: AtomicU64,
     /// Requests answered with an error (busy included).
@@ -55,6 +58,7 @@ pub struct Status<'a> {
 pub struct CounterValues {
     received: u64,
     duplicates: u64,
+    resent: u64,
     answered: u64,
     errors: u64,
     busy: u64,
@@ -72,6 +76,7 @@ impl Counters {
         CounterValues {
             received: r(&self.received),
             duplicates: r(&self.duplicates),
+            resent: r(&self.resent),
             answered: r(&self.answered),
             errors: r(&self.errors),
             busy: r(&self.busy),

@@ -96,6 +96,18 @@ impl Broker {
         self.spawn();
     }
 
+    /// A crash: SIGKILL, so whatever the broker had not saved yet (up to
+    /// `autosave_interval`, 1 s here) is lost; started again after `down`.
+    pub fn crash_and_restart(&mut self, down: Duration) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, libc::SIGKILL);
+            let _ = c.wait();
+            wait_for_port(self.port, false);
+        }
+        std::thread::sleep(down);
+        self.spawn();
+    }
+
     /// Stops the broker.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
