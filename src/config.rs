@@ -358,6 +358,10 @@ pub struct DaemonSettings {
     pub dedup_window: usize,
     /// Bytes of recent answers kept to answer a repeated request again.
     pub answer_cache_bytes: usize,
+    /// Seconds to wait for the broker before telling systemd "ready, degraded".
+    pub ready_timeout_s: u64,
+    /// A batch running longer than this counts as hung: watchdog pings stop.
+    pub stall_after_s: u64,
     /// Seconds between `status` updates.
     pub status_interval_s: u64,
 }
@@ -375,6 +379,8 @@ impl Default for DaemonSettings {
             spool_max_bytes: 256 << 20,
             dedup_window: 65_536,
             answer_cache_bytes: 16 << 20,
+            ready_timeout_s: 30,
+            stall_after_s: 60,
             status_interval_s: 30,
         }
     }

@@ -10,11 +10,13 @@
 //! Topics and payloads are documented in `docs/MQTT.md`.
 
 pub mod answer;
+pub mod health;
 mod ledger;
 pub mod link;
 pub mod mqtt;
 pub mod outbox;
 pub mod request;
+pub mod service;
 pub mod spool;
 pub mod status;
 pub mod worker;
@@ -31,6 +33,8 @@ use crate::config::Settings;
 use crate::embed::pplcnet::sha256_file;
 use crate::pipeline::Pipeline;
 use answer::{error_payload, ErrorCode, Versions};
+use health::Health;
+use service::Service;
 use ledger::{Admit, Ledger};
 use link::Topics;
 use mqtt::{Client, Connection, Delivery, Event, Inbound};
@@ -55,6 +59,8 @@ pub struct Shared {
     jobs: Mutex<Option<SyncSender<Job>>>,
     stopping: AtomicBool,
     started: Instant,
+    health: Arc<Health>,
+    service: Arc<Service>,
 }
 
 impl Shared {
@@ -101,6 +107,23 @@ impl Shared {
 
     fn set_versions(&self, v: Versions) {
         *self.versions.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+
+    /// One line for `systemctl status`.
+    fn service_summary(&self) -> String {
+        let c = &self.counters;
+        let n = |x: &std::sync::atomic::AtomicU64| x.load(Ordering::Relaxed);
+        format!(
+            "serving {} on {}:{}: {} answered, {} errors ({} busy), {} queued, {} answers spooled",
+            self.topics.recognize,
+            self.settings.mqtt.host,
+            self.settings.mqtt.port,
+            n(&c.answered),
+            n(&c.errors),
+            n(&c.busy),
+            self.queued.load(Ordering::Relaxed),
+            self.outbox.spooled()
+        )
     }
 
     fn publish_status(&self) {
@@ -261,8 +284,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let client_id = if settings.mqtt.client_id.is_empty() { format!("shitud-{device}") } else { settings.mqtt.client_id.clone() };
     let options = link::options(&settings.mqtt, &client_id, &topics.status, status::offline(), settings.daemon.max_payload_bytes)?;
 
+    let service = Arc::new(Service::default());
+    let health = Arc::new(Health::new(Duration::from_secs(settings.daemon.stall_after_s.max(1))));
+    // Pinging starts now: loading (a first TensorRT engine build) is bounded by TimeoutStartSec instead.
+    let watchdog = tokio::spawn(service::watchdog(service.clone(), health.clone()));
+    service.status("loading models and gallery");
     tracing::info!(gallery = %settings.search.index.display(), "loading models and gallery");
     let pipeline = Pipeline::open_writable(&settings).context("loading the pipeline")?;
+    let broker = format!("{}:{}", settings.mqtt.host, settings.mqtt.port);
+    service.status(&format!("models loaded; connecting to the broker {broker}"));
     let detector_sha = sha256_file(&settings.detector.model)?;
     let versions = worker::versions(&pipeline, &detector_sha);
 
@@ -298,6 +328,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         jobs: Mutex::new(Some(tx)),
         stopping: AtomicBool::new(false),
         started,
+        health: health.clone(),
+        service: service.clone(),
     });
 
     let worker = {
@@ -314,6 +346,20 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         "shitud serving"
     );
     let net = tokio::spawn(event_loop(connection, client.clone(), shared.clone()));
+    let ready_timer = {
+        let shared = shared.clone();
+        let wait = Duration::from_secs(settings.daemon.ready_timeout_s);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            if !shared.service.is_ready() {
+                tracing::warn!("no broker after {wait:?} (daemon.ready_timeout_s): reporting ready, degraded; still retrying");
+                shared.service.ready(&format!(
+                    "degraded: broker {} unreachable; requests wait at the broker, answers are spooled",
+                    shared.settings.mqtt.host
+                ));
+            }
+        })
+    };
     let status_timer = {
         let shared = shared.clone();
         let every = Duration::from_secs(settings.daemon.status_interval_s.max(1));
@@ -323,6 +369,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 shared.publish_status();
+                if shared.service.is_ready() && !shared.service.is_stalled() && shared.outbox.is_connected() {
+                    shared.service.status(&shared.service_summary());
+                }
             }
         })
     };
@@ -330,7 +379,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     wait_for_stop_signal().await?;
     tracing::info!(queued = shared.queued.load(Ordering::Relaxed), "stopping: no new requests; finishing the queue");
     shared.stopping.store(true, Ordering::Relaxed);
+    shared.service.stopping(&format!("stopping: finishing {} queued requests", shared.queued.load(Ordering::Relaxed)));
     status_timer.abort();
+    ready_timer.abort();
     // Dropping the sender lets the pipeline thread drain the queue and end.
     shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
     let joined = tokio::task::spawn_blocking(move || worker.join()).await;
@@ -360,6 +411,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let _ = client.try_disconnect();
     tokio::time::sleep(Duration::from_millis(100)).await;
     net.abort();
+    watchdog.abort();
     let c = counters.values();
     tracing::info!(counters = ?c, spooled = left, "stopped");
     Ok(())
@@ -421,6 +473,7 @@ async fn event_loop(mut connection: Connection, client: Client, shared: Arc<Shar
                 }
                 shared.outbox.on_connected();
                 shared.publish_status();
+                shared.service.ready(&shared.service_summary());
             }
             Ok(Event::Received(m)) => shared.on_request(m),
             Ok(Event::Acknowledged(pkid)) => shared.outbox.on_puback(pkid),
@@ -440,6 +493,9 @@ async fn event_loop(mut connection: Connection, client: Client, shared: Arc<Shar
                 if outage_logged {
                     tracing::debug!("broker still unreachable: {e}; retrying in {backoff:?}");
                 } else {
+                    if shared.service.is_ready() {
+                        shared.service.status(&format!("degraded: broker {}:{} unreachable ({e}); answers are spooled", m.host, m.port));
+                    }
                     tracing::warn!(
                         broker = %format!("{}:{}", m.host, m.port),
                         "broker unreachable: {e}; answers are spooled to {} and requests wait at the broker; retrying in {backoff:?}",

@@ -194,6 +194,11 @@ impl Outbox {
         st.waiting = left;
     }
 
+    /// Whether the broker connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.lock().connected
+    }
+
     /// Messages not yet acknowledged by the broker.
     pub fn unacknowledged(&self) -> usize {
         let st = self.lock();

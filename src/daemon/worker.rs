@@ -59,11 +59,30 @@ pub enum Job {
     },
 }
 
+/// Fault injection for the watchdog test: with this variable set to `1`, the
+/// first batch hangs forever, as a stuck driver call would.
+pub const STALL_FAULT_ENV: &str = "SHITU_FAULT_STALL_PIPELINE";
+
 /// Runs until every sender of `jobs` is gone and the queue is empty.
-pub fn run(mut pipeline: Pipeline, jobs: Receiver<Job>, shared: &Shared) {
+pub fn run(pipeline: Pipeline, jobs: Receiver<Job>, shared: &Shared) {
+    serve_jobs(pipeline, jobs, shared);
+    shared.health.exited();
+}
+
+fn serve_jobs(mut pipeline: Pipeline, jobs: Receiver<Job>, shared: &Shared) {
     let max_batch = shared.settings.daemon.max_batch;
     let max_wait = Duration::from_millis(shared.settings.daemon.max_wait_ms);
+    let stall = std::env::var(STALL_FAULT_ENV).is_ok_and(|v| v == "1");
+    if stall {
+        tracing::warn!("{STALL_FAULT_ENV}=1: the first batch will hang (fault injection)");
+    }
     while let Ok(first) = jobs.recv() {
+        shared.health.begin();
+        if stall {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         let mut batch = Vec::with_capacity(max_batch);
         let mut gallery = None;
         match first {
@@ -89,6 +108,7 @@ pub fn run(mut pipeline: Pipeline, jobs: Receiver<Job>, shared: &Shared) {
         if let Some((reply, command)) = gallery {
             change_gallery(&mut pipeline, reply, command, shared);
         }
+        shared.health.end();
     }
     tracing::info!("pipeline thread: queue drained");
 }

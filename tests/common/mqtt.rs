@@ -144,6 +144,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `shitud run --config <config>`, logging to `log`.
     pub fn start(config: &Path, log: &Path) -> Daemon {
+        Daemon::start_with_env(config, log, &[])
+    }
+
+    /// Starts it with extra environment variables.
+    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_shitud"))
             .args(["run", "--config"])
@@ -151,6 +156,10 @@ impl Daemon {
             .current_dir(super::root())
             .env("RUST_LOG", "info")
             .env_remove("SHITU_CONFIG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
