@@ -13,7 +13,7 @@ ORT_VERSION="${ORT_VERSION:-1.31.1}"
 # vectors, 400 lists: 15.8 s -> 2.0 s; docs/BENCHMARKS.md). The serial build,
 # not the pthread one: pthread OpenBLAS busy-waits after each call and starved
 # faiss's OpenMP threads (HNSW search 0.14 ms -> 8 ms).
-PACKAGES=(build-essential pkg-config clang libclang-dev libopencv-dev cmake libblas-dev liblapack-dev libopenblas0-serial python3-pip mosquitto mosquitto-clients)
+PACKAGES=(build-essential pkg-config clang libclang-dev libopencv-dev cmake libblas-dev liblapack-dev libopenblas0-serial python3-pip mosquitto mosquitto-clients systemd)
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 
