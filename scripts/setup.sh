@@ -3,6 +3,7 @@
 # nothing that is already there. Safe to run again.
 #   - Debian packages: OpenCV, clang (opencv bindings), cmake + BLAS/LAPACK (static faiss),
 #     mosquitto (integration tests), systemd (unit checks)
+#   - oelint-adv (PyPI) in .deps/oelint/, for the Yocto layer check
 #   - ONNX Runtime from the PyPI wheel, copied to .deps/onnxruntime/lib/
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ ORT_VERSION="${ORT_VERSION:-1.31.1}"
 # vectors, 400 lists: 15.8 s -> 2.0 s; docs/BENCHMARKS.md). The serial build,
 # not the pthread one: pthread OpenBLAS busy-waits after each call and starved
 # faiss's OpenMP threads (HNSW search 0.14 ms -> 8 ms).
-PACKAGES=(build-essential pkg-config clang libclang-dev libopencv-dev cmake libblas-dev liblapack-dev libopenblas0-serial python3-pip mosquitto mosquitto-clients systemd)
+PACKAGES=(build-essential pkg-config clang libclang-dev libopencv-dev cmake libblas-dev liblapack-dev libopenblas0-serial python3-pip mosquitto mosquitto-clients systemd python3-venv)
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 
@@ -42,5 +43,12 @@ if [ ! -f "$lib" ] || [ "$(cat .deps/onnxruntime/VERSION 2>/dev/null)" != "$ORT_
   cp .deps/onnxruntime-pkg/onnxruntime/capi/libonnxruntime.so.* "$lib"
   echo "$ORT_VERSION" > .deps/onnxruntime/VERSION
   rm -rf .deps/onnxruntime-pkg
+fi
+OELINT_VERSION="${OELINT_VERSION:-9.11.2}"
+if [ "$(.deps/oelint/bin/oelint-adv --version 2>/dev/null)" != "oelint-adv $OELINT_VERSION" ]; then
+  say "installing oelint-adv $OELINT_VERSION (PyPI) into .deps/oelint"
+  rm -rf .deps/oelint
+  python3 -m venv .deps/oelint
+  .deps/oelint/bin/pip install -q --disable-pip-version-check "oelint-adv==$OELINT_VERSION"
 fi
 say "ready (ONNX Runtime: $lib)"
