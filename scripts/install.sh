@@ -53,5 +53,5 @@ else
   install -D -m 0644 systemd/config.toml "$d/etc/shitu-edge/config.toml"
 fi
 install -D -m 0644 docs/MQTT.md "$d/usr/share/doc/shitu-edge/MQTT.md"
-install -D -m 0644 config/shitu.toml "$d/usr/share/doc/shitu-edge/shitu.toml"
+install -D -m 0644 config/shitu-edge.toml "$d/usr/share/doc/shitu-edge/shitu-edge.toml"
 say "installed under ${DESTDIR:-/}"

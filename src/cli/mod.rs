@@ -2,8 +2,10 @@
 //! done by [`crate::pipeline`], [`crate::enroll`] and [`crate::bench`].
 
 mod bench_cmd;
+mod config_cmd;
 mod eval_cmd;
 mod gallery_cmd;
+mod logging;
 mod recognize_cmd;
 mod run_cmd;
 
@@ -18,9 +20,9 @@ use crate::config::{Provider, Settings, WholeImage};
 /// (PicoDet mainbody), computes their features (PPLCNetV2) and looks them up
 /// in a gallery of known products (faiss).
 #[derive(Debug, Parser)]
-#[command(name = "shitud", version, about, long_about = None, after_help = "Settings come from built-in defaults, then --config FILE (TOML), then SHITU__SECTION__KEY environment variables, then flags.\nExample: shitud recognize --index engines/demo/gallery tests/data/scenes/")]
+#[command(name = "shitud", version, about, long_about = None, after_help = "Settings come from built-in defaults, then /etc/shitu-edge/config.toml or --config FILE (TOML), then conf.d/*.toml beside it, then SHITU__SECTION__KEY environment variables, then flags (`shitud config show` prints the result).\nExample: shitud recognize --index engines/demo/gallery tests/data/scenes/")]
 pub struct Cli {
-    /// TOML settings file (see config/shitu.toml for every key).
+    /// TOML settings file (see config/shitu-edge.toml for every key).
     #[arg(long, short = 'c', global = true, env = "SHITU_CONFIG")]
     pub config: Option<PathBuf>,
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
@@ -29,6 +31,9 @@ pub struct Cli {
     /// Only warnings and errors in the log.
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
+    /// Log line format: auto (journal under systemd, else text), text, json, journal [default: log.format].
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<crate::config::LogFormat>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -52,6 +57,9 @@ pub enum Command {
     BenchMqtt(bench_cmd::MqttBenchArgs),
     /// Measure accuracy against labelled scenes (truth boxes and labels).
     Eval(eval_cmd::EvalArgs),
+    /// Check or show the layered configuration.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
 }
 
 /// Model and runtime flags shared by the commands that run models.
@@ -117,7 +125,10 @@ impl ModelArgs {
 /// Runs `shitud` with the process's arguments.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    // The format may come from the settings; a broken configuration still
+    // gets readable logs, and its error comes from the command itself.
+    let format = cli.log_format.unwrap_or_else(|| Settings::load(cli.config.as_deref()).map(|s| s.log.format).unwrap_or_default());
+    logging::init(format, cli.verbose, cli.quiet);
     let result = match &cli.command {
         Command::Run(args) => run_cmd::run(&cli, args),
         Command::Recognize(args) => recognize_cmd::run(&cli, args),
@@ -126,6 +137,7 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => eval_cmd::run(&cli, args),
         Command::BenchIndex(args) => bench_cmd::run_index(args),
         Command::BenchMqtt(args) => bench_cmd::run_mqtt(args),
+        Command::Config(cmd) => config_cmd::run(&cli, cmd),
     };
     match result {
         Ok(code) => code,
@@ -134,18 +146,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn init_logging(verbose: u8, quiet: bool) {
-    let default = match (quiet, verbose) {
-        (true, _) => "warn",
-        (_, 0) => "info",
-        (_, 1) => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},ort=warn")));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 /// Loads settings from `--config` (if any) and the environment.

@@ -50,7 +50,7 @@ do_install:append() {
     sed -i -e 's#^ort_library = .*#ort_library = "${libdir}/libonnxruntime.so"#' \
         ${D}${sysconfdir}/shitu-edge/config.toml
     install -m 0644 ${S}/engines/demo/det_prenms.onnx ${S}/engines/demo/rec.onnx ${D}${datadir}/shitu-edge/engines/
-    install -m 0644 ${S}/docs/MQTT.md ${S}/config/shitu.toml ${D}${docdir}/${PN}/
+    install -m 0644 ${S}/docs/MQTT.md ${S}/config/shitu-edge.toml ${D}${docdir}/${PN}/
 }
 
 FILES:${PN} += "${systemd_system_unitdir}/shitu-edge.service \

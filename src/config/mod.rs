@@ -1,6 +1,8 @@
-//! Settings for the whole pipeline, layered: built-in defaults, then a TOML
-//! file, then `SHITU__SECTION__KEY` environment variables. Command-line flags
-//! are applied on top by the CLI. The defaults are PaddleClas's
+//! Settings for the whole pipeline, layered: built-in defaults, then
+//! `/etc/shitu-edge/config.toml` (or `--config FILE`), then the `conf.d/*.toml`
+//! beside it in name order, then `SHITU__SECTION__KEY` environment variables.
+//! Command-line flags are applied on top by the CLI. [`layers`] says where
+//! each value came from. The defaults are PaddleClas's
 //! `inference_general.yaml`, so an empty file reproduces the reference.
 
 use std::path::{Path, PathBuf};
@@ -8,6 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+pub mod layers;
 
 /// Every setting of the pipeline.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -27,6 +31,31 @@ pub struct Settings {
     pub mqtt: MqttSettings,
     /// Request handling in `shitud run`: batching, queue, spool, allowed paths.
     pub daemon: DaemonSettings,
+    /// Log output.
+    pub log: LogSettings,
+}
+
+/// How log lines are written (always to stderr).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `journal` when stderr is the systemd journal (`JOURNAL_STREAM`), else `text`.
+    #[default]
+    Auto,
+    /// Human-readable lines with time and level, coloured on a terminal.
+    Text,
+    /// One JSON object per line (for Loki, Elasticsearch, Vector).
+    Json,
+    /// The journal's stdout format: a `<priority>` prefix, no time (journald adds it).
+    Journal,
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// Line format.
+    pub format: LogFormat,
 }
 
 /// The ONNX Runtime execution provider that runs a model.
@@ -387,53 +416,89 @@ impl Default for DaemonSettings {
 }
 
 impl Settings {
-    /// Loads the defaults, then `file` if given, then `SHITU__…` environment variables.
+    /// Loads the layers: built-in defaults, the main file (`file`, else
+    /// [`layers::SYSTEM_CONFIG`] when it exists), the `conf.d/*.toml` beside
+    /// it in name order, then `SHITU__SECTION__KEY` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Settings> {
-        let mut builder = config::Config::builder()
-            .add_source(config::Config::try_from(&Settings::default()).map_err(|e| Error::Config(e.to_string()))?);
         if let Some(file) = file {
             if !file.exists() {
                 return Err(Error::Config(format!("config file {} does not exist", file.display())));
             }
-            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+        }
+        let files = layers::files(file);
+        let mut builder = config::Config::builder()
+            .add_source(config::Config::try_from(&Settings::default()).map_err(|e| Error::Config(e.to_string()))?);
+        for f in &files {
+            builder = builder.add_source(config::File::from(f.as_path()).format(config::FileFormat::Toml));
         }
         builder = builder.add_source(config::Environment::with_prefix("SHITU").prefix_separator("__").separator("__"));
-        let settings: Settings = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| Error::Config(match file {
-                Some(f) => format!("{}: {e}", f.display()),
-                None => e.to_string(),
-            }))?;
+        let settings: Settings = builder.build().and_then(|c| c.try_deserialize()).map_err(|e| {
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            Error::Config(if names.is_empty() { e.to_string() } else { format!("{}: {e} (`shitud config check` names the file and line)", names.join(", ")) })
+        })?;
         settings.validate()?;
         Ok(settings)
     }
 
-    /// Checks ranges that serde cannot.
+    /// Checks ranges that serde cannot; the first problem, if any.
     pub fn validate(&self) -> Result<()> {
-        let bad = |what: &str| Err(Error::Config(what.to_string()));
-        if self.detector.max_batch == 0 || self.embedder.max_batch == 0 {
-            return bad("detector.max_batch and embedder.max_batch must be at least 1");
+        match self.problems().into_iter().next() {
+            Some((key, message)) => Err(Error::Config(format!("{key} {message}"))),
+            None => Ok(()),
         }
-        if self.search.return_k == 0 {
-            return bad("search.return_k must be at least 1");
+    }
+
+    /// Every range or consistency problem, as (setting, what is wrong).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut need = |ok: bool, key: &'static str, what: &str| {
+            if !ok {
+                out.push((key, what.to_string()));
+            }
+        };
+        need(self.detector.max_batch > 0, "detector.max_batch", "must be at least 1");
+        need(self.embedder.max_batch > 0, "embedder.max_batch", "must be at least 1");
+        need(self.search.return_k > 0, "search.return_k", "must be at least 1");
+        need((0.0..=1.0).contains(&self.detector.threshold), "detector.threshold", "must be within 0..1");
+        need(self.input.max_pixels > 0, "input.max_pixels", "must be positive");
+        need(self.daemon.max_batch > 0, "daemon.max_batch", "must be at least 1");
+        need(self.daemon.queue_capacity > 0, "daemon.queue_capacity", "must be at least 1");
+        need(self.daemon.stall_after_s > 0, "daemon.stall_after_s", "must be at least 1");
+        need(self.mqtt.receive_maximum > 0, "mqtt.receive_maximum", "must be at least 1");
+        need(!self.mqtt.prefix.is_empty() && !self.mqtt.prefix.contains(['+', '#']), "mqtt.prefix", "must be a non-empty topic level without wildcards");
+        need(!self.mqtt.device_id.contains(['+', '#', '/']), "mqtt.device_id", "must be one topic level, without wildcards or /");
+        need(self.mqtt.reconnect_min_ms <= self.mqtt.reconnect_max_ms, "mqtt.reconnect_min_ms", "must not exceed mqtt.reconnect_max_ms");
+        need(!(self.mqtt.password.is_some() && self.mqtt.password_file.is_some()), "mqtt.password", "and mqtt.password_file are mutually exclusive");
+        need(self.mqtt.username.is_some() || (self.mqtt.password.is_none() && self.mqtt.password_file.is_none()), "mqtt.username", "is needed with a password");
+        need(self.mqtt.tls.client_cert.is_some() == self.mqtt.tls.client_key.is_some(), "mqtt.tls.client_cert", "and mqtt.tls.client_key go together");
+        need(!self.mqtt.tls.enabled || self.mqtt.tls.ca_file.is_some(), "mqtt.tls.ca_file", "is needed when mqtt.tls.enabled");
+        out
+    }
+
+    /// Files the settings name that must exist, as (setting, what is wrong).
+    /// Not part of [`Settings::validate`]: commands that build a gallery or
+    /// run a benchmark need no gallery yet.
+    pub fn missing_files(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut must = |path: Option<&Path>, key: &'static str, dir: bool| {
+            if let Some(p) = path {
+                let ok = if dir { p.is_dir() } else { p.is_file() };
+                if !ok {
+                    out.push((key, format!("{}: no such {}", p.display(), if dir { "directory" } else { "file" })));
+                }
+            }
+        };
+        must(Some(&self.detector.model), "detector.model", false);
+        must(Some(&self.embedder.model), "embedder.model", false);
+        must(Some(&self.search.index), "search.index", true);
+        must(self.engine.ort_library.as_deref(), "engine.ort_library", false);
+        must(self.mqtt.password_file.as_deref(), "mqtt.password_file", false);
+        if self.mqtt.tls.enabled {
+            must(self.mqtt.tls.ca_file.as_deref(), "mqtt.tls.ca_file", false);
+            must(self.mqtt.tls.client_cert.as_deref(), "mqtt.tls.client_cert", false);
+            must(self.mqtt.tls.client_key.as_deref(), "mqtt.tls.client_key", false);
         }
-        if !(0.0..=1.0).contains(&self.detector.threshold) {
-            return bad("detector.threshold must be within 0..1");
-        }
-        if self.input.max_pixels == 0 {
-            return bad("input.max_pixels must be positive");
-        }
-        if self.daemon.max_batch == 0 || self.daemon.queue_capacity == 0 {
-            return bad("daemon.max_batch and daemon.queue_capacity must be at least 1");
-        }
-        if self.mqtt.receive_maximum == 0 {
-            return bad("mqtt.receive_maximum must be at least 1");
-        }
-        if self.mqtt.prefix.is_empty() || self.mqtt.prefix.contains(['+', '#']) {
-            return bad("mqtt.prefix must be a non-empty topic level without wildcards");
-        }
-        Ok(())
+        out
     }
 }
 
@@ -469,7 +534,7 @@ mod tests {
 
     #[test]
     fn shipped_config_file_states_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/shitu.toml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/shitu-edge.toml");
         assert_eq!(Settings::load(Some(&path)).unwrap(), Settings::default());
     }
 
