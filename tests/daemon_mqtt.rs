@@ -577,3 +577,72 @@ async fn mqtt_311_serves_with_answers_on_the_result_topic() {
     assert!(broker_log.contains("as shitud-test (p2"), "the daemon did not connect with 3.1.1:\n{broker_log}");
     assert_eq!(daemon.stop(), Some(0));
 }
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// `/metrics` counts what happened, with stage-latency and batch-size
+/// histograms; `/healthz` turns 503 when the broker goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_endpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = gallery(tmp.path());
+    let jpeg = std::fs::read(data("images/scenes/scene_00002.jpg")).unwrap();
+    let bdir = tmp.path().join("broker");
+    std::fs::create_dir_all(&bdir).unwrap();
+    let mut broker = Broker::start(&bdir);
+    let port = free_port();
+    let conf = daemon_config(tmp.path(), broker.port, &g, &format!("metrics_port = {port}\n"));
+    let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
+    let mut ctl = Controller::connect(broker.port, "ctl-metrics", &[STATUS]).await;
+    assert!(ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online").await.is_some(), "{}", daemon.log_text());
+    let (code, body) = tokio::task::spawn_blocking(move || http_get(port, "/healthz")).await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    for i in 0..3 {
+        let id = format!("m{i}");
+        ctl.request(REQ, json_request(&id, &jpeg), &id, vec![]).await;
+    }
+    ctl.request(REQ, b"{\"image\": 5}".to_vec(), "bad", vec![]).await;
+    let mut got = 0;
+    while got < 4 {
+        let m = ctl.next(Duration::from_secs(60)).await.unwrap_or_else(|| panic!("{}", daemon.log_text()));
+        got += usize::from(m.topic == ctl.reply_topic);
+    }
+    let (code, metrics) = tokio::task::spawn_blocking(move || http_get(port, "/metrics")).await.unwrap();
+    assert_eq!(code, 200);
+    for line in [
+        "shitu_requests_answered_total 3",
+        "shitu_requests_failed_total 1",
+        "shitu_broker_connected 1",
+        "shitu_pipeline_healthy 1",
+        "shitu_stage_seconds_count{stage=\"total\"} 3",
+        "shitu_stage_seconds_count{stage=\"detect\"} 3",
+        "# TYPE shitu_batch_size histogram",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line:?} missing:\n{metrics}");
+    }
+    let batches: u64 = metrics.lines().find_map(|l| l.strip_prefix("shitu_batch_size_count ")).and_then(|v| v.parse().ok()).unwrap();
+    assert!((1..=3).contains(&batches), "{metrics}");
+    assert_eq!(tokio::task::spawn_blocking(move || http_get(port, "/nope")).await.unwrap().0, 404);
+
+    broker.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = tokio::task::spawn_blocking(move || http_get(port, "/healthz")).await.unwrap();
+        if code == 503 {
+            assert!(body.contains("broker"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "healthz still {code} with the broker gone");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(daemon.stop(), Some(0));
+}

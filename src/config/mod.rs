@@ -391,6 +391,8 @@ pub struct DaemonSettings {
     pub ready_timeout_s: u64,
     /// A batch running longer than this counts as hung: watchdog pings stop.
     pub stall_after_s: u64,
+    /// Port on 127.0.0.1 for Prometheus `/metrics` and `/healthz`; 0 = off.
+    pub metrics_port: u16,
     /// Seconds between `status` updates.
     pub status_interval_s: u64,
 }
@@ -410,6 +412,7 @@ impl Default for DaemonSettings {
             answer_cache_bytes: 16 << 20,
             ready_timeout_s: 30,
             stall_after_s: 60,
+            metrics_port: 0,
             status_interval_s: 30,
         }
     }

@@ -13,6 +13,7 @@ pub mod answer;
 pub mod health;
 mod ledger;
 pub mod link;
+pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
 pub mod request;
@@ -61,6 +62,7 @@ pub struct Shared {
     started: Instant,
     health: Arc<Health>,
     service: Arc<Service>,
+    histograms: metrics::Histograms,
 }
 
 impl Shared {
@@ -330,7 +332,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         started,
         health: health.clone(),
         service: service.clone(),
+        histograms: metrics::Histograms::default(),
     });
+    let metrics_server = match settings.daemon.metrics_port {
+        0 => None,
+        port => {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .with_context(|| format!("daemon.metrics_port: cannot listen on 127.0.0.1:{port}"))?;
+            tracing::info!("metrics on http://127.0.0.1:{port}/metrics, health on /healthz");
+            Some(tokio::spawn(metrics::serve(listener, shared.clone())))
+        }
+    };
 
     let worker = {
         let shared = shared.clone();
@@ -412,6 +425,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     net.abort();
     watchdog.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     let c = counters.values();
     tracing::info!(counters = ?c, spooled = left, "stopped");
     Ok(())

@@ -145,6 +145,7 @@ fn recognize_batch(pipeline: &mut Pipeline, batch: Vec<(ReplyTo, ImageSource, Qu
     }
     let queries: Vec<Query> = accepted.iter().map(|(_, q, _)| *q).collect();
     shared.counters.batches.fetch_add(1, Ordering::Relaxed);
+    shared.histograms.observe_batch(frames.len());
     // A panic in native code must cost this batch, not the daemon.
     let outcome = catch_unwind(AssertUnwindSafe(|| pipeline.recognize_with(&frames, &queries)));
     let n = frames.len();
@@ -160,6 +161,7 @@ fn recognize_batch(pipeline: &mut Pipeline, batch: Vec<(ReplyTo, ImageSource, Qu
                     total: reply.arrived.elapsed().as_secs_f64() * 1e3,
                     batch: n,
                 };
+                shared.histograms.observe(&timings);
                 let payload = answer::to_vec(&RecognizeAnswer {
                     request_id: &reply.request_id,
                     ok: true,

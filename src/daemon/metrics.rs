@@ -1,0 +1,195 @@
+//! Prometheus metrics and a health check over HTTP, on a loopback port
+//! (`daemon.metrics_port`, 0 = off): `GET /metrics` in the text exposition
+//! format, `GET /healthz` 200 when the pipeline is healthy and the broker
+//! connected, 503 with the reason otherwise.
+//!
+//! Two endpoints on loopback do not justify an HTTP framework: the server
+//! reads one request line, answers, and closes.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::answer::Timings;
+use super::Shared;
+
+/// A histogram with fixed upper bounds (cumulative buckets, Prometheus style).
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    state: Mutex<(Vec<u64>, f64, u64)>,
+}
+
+impl Histogram {
+    /// Buckets with these upper bounds (sorted), plus `+Inf`.
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram { bounds, state: Mutex::new((vec![0; bounds.len()], 0.0, 0)) }
+    }
+
+    /// Records one value.
+    pub fn observe(&self, v: f64) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, b) in self.bounds.iter().enumerate() {
+            if v <= *b {
+                s.0[i] += 1;
+            }
+        }
+        s.1 += v;
+        s.2 += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (b, n) in self.bounds.iter().zip(&s.0) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {n}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", s.2);
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {}", s.1);
+        let _ = writeln!(out, "{name}_count{braces} {}", s.2);
+    }
+}
+
+/// Seconds, from 1 ms (a Jetson stage) to 30 s (a flooded CPU queue).
+const SECONDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+/// Reads one stage's milliseconds out of [`Timings`].
+type StageOf = fn(&Timings) -> f64;
+
+/// The stages reported, as (label, field).
+const STAGES: [(&str, StageOf); 7] = [
+    ("queue", |t| t.queue),
+    ("decode", |t| t.stages.decode),
+    ("detect", |t| t.stages.det_pre + t.stages.det_infer + t.stages.det_post),
+    ("embed", |t| t.stages.rec_pre + t.stages.rec_infer),
+    ("search", |t| t.stages.search),
+    ("pipeline", |t| t.stages.total()),
+    ("total", |t| t.total),
+];
+
+/// Latency and batch-size histograms of answered requests.
+#[derive(Debug)]
+pub struct Histograms {
+    stages: Vec<Histogram>,
+    batch: Histogram,
+}
+
+impl Default for Histograms {
+    fn default() -> Histograms {
+        Histograms { stages: STAGES.iter().map(|_| Histogram::new(SECONDS)).collect(), batch: Histogram::new(BATCH) }
+    }
+}
+
+impl Histograms {
+    /// Records one answered request.
+    pub fn observe(&self, t: &Timings) {
+        for (h, (_, field)) in self.stages.iter().zip(STAGES) {
+            h.observe(field(t) / 1e3);
+        }
+    }
+
+    /// Records one batch run.
+    pub fn observe_batch(&self, size: usize) {
+        self.batch.observe(size as f64);
+    }
+}
+
+/// The exposition text.
+pub fn render(shared: &Shared) -> String {
+    let mut out = String::new();
+    let c = &shared.counters;
+    let n = |x: &std::sync::atomic::AtomicU64| x.load(Ordering::Relaxed);
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(out, "# HELP shitu_{name} {help}\n# TYPE shitu_{name} counter\nshitu_{name} {v}");
+    };
+    counter("requests_received_total", "Request deliveries received, repeats included.", n(&c.received));
+    counter("requests_repeated_total", "Deliveries of a request already taken (QoS 1 redelivery or a controller's retry).", n(&c.duplicates));
+    counter("answers_resent_total", "Repeated requests answered again from the answer cache.", n(&c.resent));
+    counter("requests_answered_total", "Requests answered with results.", n(&c.answered));
+    counter("requests_failed_total", "Requests answered with an error, busy included.", n(&c.errors));
+    counter("requests_busy_total", "Requests refused because the queue was full.", n(&c.busy));
+    counter("answers_published_total", "Answers acknowledged by the broker.", n(&c.published));
+    counter("answers_spooled_total", "Answers written to the disk spool during outages.", n(&c.spooled));
+    counter("answers_dropped_total", "Answers dropped because the spool was full.", n(&c.spool_dropped));
+    counter("batches_total", "Pipeline batches run.", n(&c.batches));
+    counter("broker_connects_total", "Connections made to the broker.", n(&c.connects));
+    let versions = shared.versions();
+    let mut gauge = |name: &str, help: &str, v: f64| {
+        let _ = writeln!(out, "# HELP shitu_{name} {help}\n# TYPE shitu_{name} gauge\nshitu_{name} {v}");
+    };
+    gauge("queue_depth", "Requests waiting for the pipeline.", shared.queued.load(Ordering::Relaxed) as f64);
+    gauge("spool_messages", "Answers in the disk spool.", shared.outbox.spooled() as f64);
+    gauge("broker_connected", "1 while connected to the broker.", f64::from(u8::from(shared.outbox.is_connected())));
+    gauge("pipeline_healthy", "1 while no batch is stalled.", f64::from(u8::from(shared.health.check().is_ok())));
+    gauge("gallery_items", "Items in the gallery.", versions.gallery_items as f64);
+    gauge("uptime_seconds", "Seconds since the daemon started.", shared.started.elapsed().as_secs_f64());
+    let h = &shared.histograms;
+    let _ = writeln!(out, "# HELP shitu_stage_seconds Time per answered request, by stage.\n# TYPE shitu_stage_seconds histogram");
+    for (hist, (stage, _)) in h.stages.iter().zip(STAGES) {
+        hist.render(&mut out, "shitu_stage_seconds", &format!("stage=\"{stage}\""));
+    }
+    let _ = writeln!(out, "# HELP shitu_batch_size Requests per pipeline batch.\n# TYPE shitu_batch_size histogram");
+    h.batch.render(&mut out, "shitu_batch_size", "");
+    out
+}
+
+/// Why the daemon is not healthy, if it is not.
+fn unhealthy(shared: &Shared) -> Option<String> {
+    if let Err(why) = shared.health.check() {
+        return Some(format!("pipeline: {why}"));
+    }
+    if !shared.outbox.is_connected() {
+        return Some(format!("broker {}:{} not connected", shared.settings.mqtt.host, shared.settings.mqtt.port));
+    }
+    None
+}
+
+/// Serves `/metrics` and `/healthz` on 127.0.0.1:`port` until the task is aborted.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            // A client that sends nothing must not hold a task forever.
+            let Ok(Ok(len)) = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await else { return };
+            let head = String::from_utf8_lossy(&buf[..len]);
+            let path = head.lines().next().and_then(|l| l.strip_prefix("GET ")).and_then(|l| l.split_whitespace().next()).unwrap_or("");
+            let (status, ctype, body) = match path {
+                "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(&shared)),
+                "/healthz" => match unhealthy(&shared) {
+                    None => ("200 OK", "text/plain", "ok\n".to_string()),
+                    Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+                },
+                _ => ("404 Not Found", "text/plain", "GET /metrics or /healthz\n".to_string()),
+            };
+            let reply = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = conn.write_all(reply.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new(&[1.0, 2.0]);
+        for v in [0.5, 1.5, 3.0] {
+            h.observe(v);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "");
+        assert!(out.contains("x_bucket{le=\"1\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"2\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_sum 5\n") && out.contains("x_count 3\n"), "{out}");
+    }
+}
