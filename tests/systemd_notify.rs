@@ -69,11 +69,22 @@ impl Manager {
     }
 }
 
-fn gallery(tmp: &Path) -> std::path::PathBuf {
+/// A gallery, a broker (unless `broker` is false: then a port nobody
+/// listens on), the manager's socket and the daemon started with `extra`
+/// daemon settings and `env` (NOTIFY_SOCKET is added).
+fn start(tmp: &Path, broker: bool, extra: &str, env: &[(&str, &str)]) -> (Option<Broker>, Manager, Daemon) {
     let mut s = settings("det_prenms.onnx");
     let g = tmp.join("gallery");
     build_gallery(&mut s, &g, Method::Flat);
-    g
+    let bdir = tmp.join("broker");
+    std::fs::create_dir_all(&bdir).unwrap();
+    let broker = broker.then(|| Broker::start(&bdir));
+    let conf = daemon_config(tmp, broker.as_ref().map_or_else(free_port, |b| b.port), &g, extra);
+    let mgr = Manager::listen(tmp);
+    let mut all = vec![("NOTIFY_SOCKET", mgr.path.as_str())];
+    all.extend_from_slice(env);
+    let daemon = Daemon::start_with_env(&conf, &tmp.join("daemon.log"), &all);
+    (broker, mgr, daemon)
 }
 
 /// READY=1 only after the models are loaded and the broker answered, STATUS=
@@ -81,13 +92,7 @@ fn gallery(tmp: &Path) -> std::path::PathBuf {
 #[test]
 fn ready_status_watchdog_and_stopping() {
     let tmp = tempfile::tempdir().unwrap();
-    let g = gallery(tmp.path());
-    let bdir = tmp.path().join("broker");
-    std::fs::create_dir_all(&bdir).unwrap();
-    let _broker = Broker::start(&bdir);
-    let conf = daemon_config(tmp.path(), _broker.port, &g, "");
-    let mut mgr = Manager::listen(tmp.path());
-    let daemon = Daemon::start_with_env(&conf, &tmp.path().join("daemon.log"), &[("NOTIFY_SOCKET", &mgr.path), ("WATCHDOG_USEC", "1000000")]);
+    let (_broker, mut mgr, daemon) = start(tmp.path(), true, "", &[("WATCHDOG_USEC", "1000000")]);
     mgr.wait_for(Duration::from_secs(120), |l| l == "READY=1").unwrap_or_else(|| panic!("no READY=1: {:?}\n{}", mgr.lines(), daemon.log_text()));
     let lines = mgr.lines();
     let ready_at = lines.iter().position(|l| *l == "READY=1").unwrap();
@@ -112,17 +117,7 @@ fn ready_status_watchdog_and_stopping() {
 #[test]
 fn a_hung_pipeline_stops_the_watchdog_pings() {
     let tmp = tempfile::tempdir().unwrap();
-    let g = gallery(tmp.path());
-    let bdir = tmp.path().join("broker");
-    std::fs::create_dir_all(&bdir).unwrap();
-    let broker = Broker::start(&bdir);
-    let conf = daemon_config(tmp.path(), broker.port, &g, "stall_after_s = 2\n");
-    let mut mgr = Manager::listen(tmp.path());
-    let daemon = Daemon::start_with_env(
-        &conf,
-        &tmp.path().join("daemon.log"),
-        &[("NOTIFY_SOCKET", &mgr.path), ("WATCHDOG_USEC", "1000000"), ("SHITU_FAULT_STALL_PIPELINE", "1")],
-    );
+    let (broker, mut mgr, daemon) = start(tmp.path(), true, "stall_after_s = 2\n", &[("WATCHDOG_USEC", "1000000"), ("SHITU_FAULT_STALL_PIPELINE", "1")]);
     mgr.wait_for(Duration::from_secs(120), |l| l == "READY=1").unwrap_or_else(|| panic!("no READY=1: {:?}\n{}", mgr.lines(), daemon.log_text()));
     let t = Instant::now();
     mgr.read_for(Duration::from_secs(2));
@@ -132,7 +127,7 @@ fn a_hung_pipeline_stops_the_watchdog_pings() {
     let jpeg = std::fs::read(data("images/scenes/scene_00000.jpg")).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let ctl = Controller::connect(broker.port, "ctl-stall", &[]).await;
+        let ctl = Controller::connect(broker.as_ref().map_or(0, |b| b.port), "ctl-stall", &[]).await;
         ctl.request("shitu/test/recognize", json_request("stall-1", &jpeg), "stall-1", vec![]).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     });
@@ -151,10 +146,7 @@ fn a_hung_pipeline_stops_the_watchdog_pings() {
 #[test]
 fn without_a_broker_ready_comes_degraded() {
     let tmp = tempfile::tempdir().unwrap();
-    let g = gallery(tmp.path());
-    let conf = daemon_config(tmp.path(), free_port(), &g, "ready_timeout_s = 2\n");
-    let mut mgr = Manager::listen(tmp.path());
-    let daemon = Daemon::start_with_env(&conf, &tmp.path().join("daemon.log"), &[("NOTIFY_SOCKET", &mgr.path)]);
+    let (_, mut mgr, daemon) = start(tmp.path(), false, "ready_timeout_s = 2\n", &[]);
     mgr.wait_for(Duration::from_secs(120), |l| l == "READY=1").unwrap_or_else(|| panic!("no READY=1: {:?}\n{}", mgr.lines(), daemon.log_text()));
     mgr.read_for(Duration::from_millis(300));
     let lines = mgr.lines();

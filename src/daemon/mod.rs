@@ -79,15 +79,7 @@ impl Shared {
         let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let mut acks: Vec<Delivery> = reply.delivery.into_iter().collect();
         acks.extend(if remember { ledger.finish(&reply.request_id, Some(payload.clone())) } else { ledger.forget(&reply.request_id) });
-        self.outbox.submit(Message {
-            topic: reply.topic,
-            payload,
-            correlation: reply.correlation,
-            retain: false,
-            durable: true,
-            request_id: Some(reply.request_id),
-            acks,
-        });
+        self.outbox.submit(Message::answer(reply.topic, payload, reply.correlation, reply.request_id, acks));
     }
 
     /// Sends an error answer, and logs it.
@@ -130,15 +122,7 @@ impl Shared {
 
     fn publish_status(&self) {
         let payload = status::online(self.started, &self.versions(), &self.counters, self.queued.load(Ordering::Relaxed));
-        self.outbox.submit(Message {
-            topic: self.topics.status.clone(),
-            payload: Bytes::from(payload),
-            correlation: None,
-            retain: true,
-            durable: false,
-            request_id: None,
-            acks: Vec::new(),
-        });
+        self.outbox.submit(Message::status(self.topics.status.clone(), payload));
     }
 
     /// Admits a delivery of `id`, to be answered to `reply`; false when it
@@ -163,15 +147,7 @@ impl Shared {
                 // the answer may have been lost after that (a broker crash), so send it again.
                 self.counters.resent.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(request_id = id, "repeated request: its answer is sent again from the cache");
-                self.outbox.submit(Message {
-                    topic: reply.topic,
-                    payload,
-                    correlation: reply.correlation,
-                    retain: false,
-                    durable: true,
-                    request_id: Some(id.to_string()),
-                    acks: vec![delivery],
-                });
+                self.outbox.submit(Message::answer(reply.topic, payload, reply.correlation, id.to_string(), vec![delivery]));
             }
             None => {
                 tracing::debug!(request_id = id, "repeated request answered long ago (answer no longer cached): acknowledged only");
@@ -408,15 +384,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     shared.outbox.spool_all();
     let left = shared.outbox.spooled();
     save_answered(&shared);
-    shared.outbox.submit(Message {
-        topic: topics.status.clone(),
-        payload: Bytes::from(status::offline()),
-        correlation: None,
-        retain: true,
-        durable: false,
-        request_id: None,
-        acks: Vec::new(),
-    });
+    shared.outbox.submit(Message::status(topics.status.clone(), status::offline()));
     let deadline = Instant::now() + Duration::from_secs(2);
     while shared.outbox.unacknowledged() > shared.outbox.spooled() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -43,6 +43,18 @@ pub struct Message {
     pub acks: Vec<Delivery>,
 }
 
+impl Message {
+    /// An answer to `request_id`: durable, and acknowledging `acks` once the broker has it.
+    pub fn answer(topic: String, payload: Bytes, correlation: Option<Bytes>, request_id: String, acks: Vec<Delivery>) -> Message {
+        Message { topic, payload, correlation, retain: false, durable: true, request_id: Some(request_id), acks }
+    }
+
+    /// A retained status message: not spooled, since a fresh one follows every reconnect.
+    pub fn status(topic: String, payload: Vec<u8>) -> Message {
+        Message { topic, payload: Bytes::from(payload), correlation: None, retain: true, durable: false, request_id: None, acks: Vec::new() }
+    }
+}
+
 struct Pending {
     seq: u64,
     msg: Message,
