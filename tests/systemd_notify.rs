@@ -30,16 +30,7 @@ impl Manager {
 
     /// Reads for `d`, recording every line of every datagram.
     fn read_for(&mut self, d: Duration) {
-        let end = Instant::now() + d;
-        let mut buf = vec![0u8; 64 * 1024];
-        while Instant::now() < end {
-            if let Ok(n) = self.sock.recv(&mut buf) {
-                let at = Instant::now();
-                for line in String::from_utf8_lossy(&buf[..n]).lines() {
-                    self.seen.push((at, line.to_string()));
-                }
-            }
-        }
+        self.wait_for(d, |_| false);
     }
 
     /// Reads until a line satisfies `pred`, for at most `d`.
