@@ -82,7 +82,6 @@ async fn broker_restarts_lose_nothing_and_answer_each_request_once() {
     let g = gallery(tmp.path());
     let scenes = scenes_with_expected(&g);
     let bdir = tmp.path().join("broker");
-    std::fs::create_dir_all(&bdir).unwrap();
     let mut broker = Broker::start(&bdir);
     let conf = daemon_config(tmp.path(), broker.port, &g, "max_batch = 4\nmax_wait_ms = 5\n");
     let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
@@ -308,7 +307,6 @@ async fn restarts_of_the_daemon_lose_nothing() {
     let g = gallery(tmp.path());
     let jpeg = std::fs::read(data("images/scenes/scene_00001.jpg")).unwrap();
     let bdir = tmp.path().join("broker");
-    std::fs::create_dir_all(&bdir).unwrap();
     let mut broker = Broker::prepare(&bdir);
     let conf = daemon_config(tmp.path(), broker.port, &g, "");
     let log = tmp.path().join("daemon.log");
@@ -418,7 +416,6 @@ async fn tls_with_a_client_certificate() {
     }
     let g = gallery(d);
     let bdir = d.join("broker");
-    std::fs::create_dir_all(&bdir).unwrap();
     let mut broker = Broker::prepare(&bdir);
     let tls_port = free_port();
     broker.add_config(&format!(
@@ -453,7 +450,6 @@ async fn a_killed_daemon_loses_no_request() {
     let g = gallery(tmp.path());
     let jpeg = std::fs::read(data("images/scenes/scene_00003.jpg")).unwrap();
     let bdir = tmp.path().join("broker");
-    std::fs::create_dir_all(&bdir).unwrap();
     let broker = Broker::start(&bdir);
     let conf = daemon_config(tmp.path(), broker.port, &g, "");
     let log = tmp.path().join("daemon.log");
@@ -500,7 +496,6 @@ async fn mqtt_311_serves_with_answers_on_the_result_topic() {
     let g = gallery(tmp.path());
     let scenes = scenes_with_expected(&g);
     let bdir = tmp.path().join("broker");
-    std::fs::create_dir_all(&bdir).unwrap();
     let mut broker = Broker::start(&bdir);
     let conf = daemon_config(tmp.path(), broker.port, &g, "");
     let text = std::fs::read_to_string(&conf).unwrap().replace("[mqtt]\n", "[mqtt]\nprotocol = \"v311\"\n");
@@ -597,7 +592,6 @@ async fn metrics_and_health_endpoints() {
     let g = gallery(tmp.path());
     let jpeg = std::fs::read(data("images/scenes/scene_00002.jpg")).unwrap();
     let bdir = tmp.path().join("broker");
-    std::fs::create_dir_all(&bdir).unwrap();
     let mut broker = Broker::start(&bdir);
     let port = free_port();
     let conf = daemon_config(tmp.path(), broker.port, &g, &format!("metrics_port = {port}\n"));

@@ -68,7 +68,6 @@ fn start(tmp: &Path, broker: bool, extra: &str, env: &[(&str, &str)]) -> (Option
     let g = tmp.join("gallery");
     build_gallery(&mut s, &g, Method::Flat);
     let bdir = tmp.join("broker");
-    std::fs::create_dir_all(&bdir).unwrap();
     let broker = broker.then(|| Broker::start(&bdir));
     let conf = daemon_config(tmp, broker.as_ref().map_or_else(free_port, |b| b.port), &g, extra);
     let mgr = Manager::listen(tmp);

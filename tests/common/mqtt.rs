@@ -46,8 +46,9 @@ impl Broker {
         b
     }
 
-    /// Writes the config and picks the port, without starting the broker.
+    /// Writes the config (in `dir`, created if needed) and picks the port, without starting the broker.
     pub fn prepare(dir: &Path) -> Broker {
+        std::fs::create_dir_all(dir).unwrap();
         let b = Broker { port: free_port(), dir: dir.to_path_buf(), child: None };
         let conf = dir.join("mosquitto.conf");
         // Started as root, mosquitto drops to user `mosquitto`, which cannot
