@@ -125,22 +125,23 @@ impl Shared {
         self.outbox.submit(Message::status(self.topics.status.clone(), payload));
     }
 
-    /// Admits a delivery of `id`, to be answered to `reply`; false when it
-    /// repeats a request already taken (handled here).
-    fn admit(&self, id: &str, reply: ReplyTo) -> bool {
+    /// Admits a delivery of `id`, to be answered to `reply`: gives `reply`
+    /// back when the request is new, `None` when it repeats one already
+    /// taken (handled here).
+    fn admit(&self, id: &str, reply: ReplyTo) -> Option<ReplyTo> {
         let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let cached = match ledger.admit(id, reply.delivery.clone()) {
-            Admit::New => return true,
+            Admit::New => return Some(reply),
             Admit::Held => {
                 self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                return false;
+                return None;
             }
             Admit::Answered(cached) => cached,
         };
         self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-        let Some(delivery) = reply.delivery else { return false };
+        let delivery = reply.delivery?;
         // The first answer is still on its way: this delivery is acknowledged with it.
-        let Some(delivery) = self.outbox.attach(id, delivery) else { return false };
+        let delivery = self.outbox.attach(id, delivery)?;
         match cached {
             Some(payload) => {
                 // The first answer was acknowledged, yet the request came again:
@@ -154,7 +155,7 @@ impl Shared {
                 self.outbox.ack(&delivery);
             }
         }
-        false
+        None
     }
 
     fn enqueue(&self, job: Job) {
@@ -201,17 +202,15 @@ impl Shared {
         if topic == self.topics.recognize {
             match request::parse_recognize(&m.payload, &env, max) {
                 Ok(r) => {
-                    if !self.admit(&r.request_id, reply(r.request_id.clone(), &self.topics.result)) {
-                        return;
-                    }
+                    let Some(to) = self.admit(&r.request_id, reply(r.request_id.clone(), &self.topics.result)) else { return };
                     if !r.ignored.is_empty() {
                         tracing::warn!(request_id = %r.request_id, fields = ?r.ignored, "unknown request fields ignored");
                     }
-                    self.enqueue(Job::Recognize { reply: reply(r.request_id, &self.topics.result), image: r.image, query: r.query });
+                    self.enqueue(Job::Recognize { reply: to, image: r.image, query: r.query });
                 }
                 Err(rej) => {
-                    if self.admit(&rej.request_id, reply(rej.request_id.clone(), &self.topics.result)) {
-                        self.reply_error(reply(rej.request_id, &self.topics.result), rej.code, &rej.message);
+                    if let Some(to) = self.admit(&rej.request_id, reply(rej.request_id.clone(), &self.topics.result)) {
+                        self.reply_error(to, rej.code, &rej.message);
                     }
                 }
             }
@@ -219,14 +218,13 @@ impl Shared {
             let add = topic == self.topics.gallery_add;
             match request::parse_gallery(&m.payload, &env, max, add) {
                 Ok(command) => {
-                    if self.admit(command.request_id(), reply(command.request_id().to_string(), &self.topics.gallery_result)) {
-                        let r = reply(command.request_id().to_string(), &self.topics.gallery_result);
-                        self.enqueue(Job::Gallery { reply: r, command });
+                    if let Some(to) = self.admit(command.request_id(), reply(command.request_id().to_string(), &self.topics.gallery_result)) {
+                        self.enqueue(Job::Gallery { reply: to, command });
                     }
                 }
                 Err(rej) => {
-                    if self.admit(&rej.request_id, reply(rej.request_id.clone(), &self.topics.gallery_result)) {
-                        self.reply_error(reply(rej.request_id, &self.topics.gallery_result), rej.code, &rej.message);
+                    if let Some(to) = self.admit(&rej.request_id, reply(rej.request_id.clone(), &self.topics.gallery_result)) {
+                        self.reply_error(to, rej.code, &rej.message);
                     }
                 }
             }
@@ -327,7 +325,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
 
     tracing::info!(
-        broker = %format!("{}:{}", settings.mqtt.host, settings.mqtt.port),
+        broker = %broker,
         client_id,
         protocol = ?settings.mqtt.protocol,
         requests = %topics.recognize_filter,
