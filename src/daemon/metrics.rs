@@ -4,7 +4,7 @@
 //! connected, 503 with the reason otherwise.
 //!
 //! Two endpoints on loopback do not justify an HTTP framework: the server
-//! reads one request line, answers, and closes.
+//! reads one request head, answers, and closes.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -152,15 +152,10 @@ fn unhealthy(shared: &Shared) -> Option<String> {
 /// Serves `/metrics` and `/healthz` on 127.0.0.1:`port` until the task is aborted.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else { continue };
+        let Ok((conn, _)) = listener.accept().await else { continue };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            // A client that sends nothing must not hold a task forever.
-            let Ok(Ok(len)) = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await else { return };
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let path = head.lines().next().and_then(|l| l.strip_prefix("GET ")).and_then(|l| l.split_whitespace().next()).unwrap_or("");
-            let (status, ctype, body) = match path {
+            let route = |path: &str| match path {
                 "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(&shared)),
                 "/healthz" => match unhealthy(&shared) {
                     None => ("200 OK", "text/plain", "ok\n".to_string()),
@@ -168,11 +163,43 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 },
                 _ => ("404 Not Found", "text/plain", "GET /metrics or /healthz\n".to_string()),
             };
-            let reply = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-            let _ = conn.write_all(reply.as_bytes()).await;
-            let _ = conn.shutdown().await;
+            answer(conn, route).await;
         });
     }
+}
+
+/// Largest request head read; scrapers send a few hundred bytes.
+const MAX_HEAD: usize = 8192;
+
+/// Reads one request head and writes the routed reply. A client may send
+/// its request in several segments (a plain `write!` does), so the head is
+/// read until its blank line, not from the first read alone.
+async fn answer<S, R>(mut conn: S, route: R)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    R: FnOnce(&str) -> (&'static str, &'static str, String),
+{
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    // A client that sends nothing, or never finishes its head, must not hold a task forever.
+    let read_head = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    };
+    if !matches!(tokio::time::timeout(Duration::from_secs(5), read_head).await, Ok(true)) {
+        return;
+    }
+    let head = String::from_utf8_lossy(&head);
+    let path = head.lines().next().and_then(|l| l.strip_prefix("GET ")).and_then(|l| l.split_whitespace().next()).unwrap_or("");
+    let (status, ctype, body) = route(path);
+    let reply = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let _ = conn.write_all(reply.as_bytes()).await;
+    let _ = conn.shutdown().await;
 }
 
 #[cfg(test)]
@@ -191,5 +218,45 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"2\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_sum 5\n") && out.contains("x_count 3\n"), "{out}");
+    }
+
+    fn route(path: &str) -> (&'static str, &'static str, String) {
+        match path {
+            "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
+            _ => ("404 Not Found", "text/plain", String::new()),
+        }
+    }
+
+    async fn exchange(pieces: &[&str]) -> String {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let task = tokio::spawn(answer(server, route));
+        for piece in pieces {
+            client.write_all(piece.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut reply = String::new();
+        client.read_to_string(&mut reply).await.unwrap();
+        task.await.unwrap();
+        reply
+    }
+
+    /// The request arrives in pieces, as from `write!` on an unbuffered
+    /// socket; the server answered the first piece alone ("GET ") with 404.
+    #[tokio::test]
+    async fn request_split_across_reads_is_routed_whole() {
+        let reply = exchange(&["GET ", "/healthz", " HTTP/1.1\r\nHost: x\r\n", "\r\n"]).await;
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with("\r\n\r\nok\n"), "{reply}");
+        let reply = exchange(&["GET /nope HTTP/1.1\r\n\r\n"]).await;
+        assert!(reply.starts_with("HTTP/1.1 404 "), "{reply}");
+    }
+
+    /// A client that stops halfway through its head gets no answer and the task ends.
+    #[tokio::test]
+    async fn unfinished_head_is_dropped() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let task = tokio::spawn(answer(server, route));
+        client.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(1), task).await.unwrap().unwrap();
     }
 }
