@@ -51,6 +51,15 @@ pub enum Error {
     #[error("vector index: {0}")]
     Index(String),
 
+    /// The TensorRT engine cache folder cannot be used.
+    #[error("engine cache {path}: {reason}")]
+    EngineCache {
+        /// The cache folder or its manifest.
+        path: PathBuf,
+        /// What is wrong, and what to do about it.
+        reason: String,
+    },
+
     /// A setting is missing or out of range.
     #[error("config: {0}")]
     Config(String),
@@ -83,6 +92,11 @@ impl Error {
     /// An [`Error::Model`] for the model at `path`.
     pub fn model(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::Model { path: path.into(), reason: reason.into() }
+    }
+
+    /// An [`Error::EngineCache`] for the cache at `path`.
+    pub fn engine_cache(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::EngineCache { path: path.into(), reason: reason.into() }
     }
 
     /// An [`Error::Gallery`] for the gallery at `path`.

@@ -8,10 +8,10 @@
 
 use std::time::Instant;
 
-use crate::config::{Settings, WholeImage};
+use crate::config::{Provider, Settings, WholeImage};
 use crate::detect::{Detection, PicoDet};
 use crate::embed::Embedder;
-use crate::engine::Engine;
+use crate::engine::{BatchProfile, Engine};
 use crate::error::Result;
 use crate::geometry::CropBox;
 use crate::input::Frame;
@@ -61,7 +61,8 @@ pub struct Pipeline {
 impl PicoDet {
     /// Loads the detector the settings name.
     pub fn open(settings: &Settings) -> Result<PicoDet> {
-        let engine = Engine::open(&settings.detector.model, &settings.engine, settings.detector.max_batch)?;
+        let d = &settings.detector;
+        let engine = Engine::open("detector", &d.model, &settings.engine, BatchProfile { min: 1, opt: d.opt_batch, max: d.max_batch })?;
         PicoDet::new(engine, &settings.detector)
     }
 }
@@ -69,7 +70,8 @@ impl PicoDet {
 impl Embedder {
     /// Loads the recogniser the settings name.
     pub fn open(settings: &Settings) -> Result<Embedder> {
-        let engine = Engine::open(&settings.embedder.model, &settings.engine, settings.embedder.max_batch)?;
+        let e = &settings.embedder;
+        let engine = Engine::open("embedder", &e.model, &settings.engine, BatchProfile { min: 1, opt: e.opt_batch, max: e.max_batch })?;
         Embedder::new(engine, settings.embedder.max_batch)
     }
 }
@@ -117,6 +119,11 @@ impl Pipeline {
     /// The detector.
     pub fn detector(&self) -> &PicoDet {
         &self.detector
+    }
+
+    /// The execution providers that run the detector and the embedder, after any fallback.
+    pub fn providers(&self) -> (Provider, Provider) {
+        (self.detector.engine().provider(), self.embedder.engine().provider())
     }
 
     /// The gallery.

@@ -50,6 +50,7 @@ fn check_answer(a: &serde_json::Value, expected: &[(String, [i32; 4], f32)]) {
         assert!(a["timings_ms"][key].is_number(), "{key} missing in {a}");
     }
     assert_eq!(a["versions"]["recognizer"].as_str().map(str::len), Some(16), "{a}");
+    assert_eq!(a["versions"]["provider"], "cpu", "{a}");
 }
 
 fn gallery(tmp: &Path) -> std::path::PathBuf {

@@ -75,7 +75,7 @@ fn sysusers_and_tmpfiles_apply_to_a_fresh_root() {
 
     let (ok, text) = run(Command::new("systemd-tmpfiles").arg(format!("--root={}", root.display())).args(["--create", "shitu-edge.conf"]));
     assert!(ok, "systemd-tmpfiles:\n{text}");
-    for d in ["var/lib/shitu-edge/spool", "var/cache/shitu-edge/engines"] {
+    for d in ["var/lib/shitu-edge/spool", "var/lib/shitu-edge/engines"] {
         assert!(root.join(d).is_dir(), "{d} not created");
     }
 }

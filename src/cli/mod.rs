@@ -3,6 +3,7 @@
 
 mod bench_cmd;
 mod config_cmd;
+mod engines_cmd;
 mod eval_cmd;
 mod gallery_cmd;
 mod logging;
@@ -60,6 +61,9 @@ pub enum Command {
     /// Check or show the layered configuration.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Build, list and prune the TensorRT engine cache.
+    #[command(subcommand)]
+    Engines(engines_cmd::EnginesCommand),
 }
 
 /// Model and runtime flags shared by the commands that run models.
@@ -138,6 +142,7 @@ pub fn main() -> ExitCode {
         Command::BenchIndex(args) => bench_cmd::run_index(args),
         Command::BenchMqtt(args) => bench_cmd::run_mqtt(args),
         Command::Config(cmd) => config_cmd::run(&cli, cmd),
+        Command::Engines(cmd) => engines_cmd::run(&cli, cmd),
     };
     match result {
         Ok(code) => code,

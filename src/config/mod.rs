@@ -83,6 +83,16 @@ impl std::str::FromStr for Provider {
     }
 }
 
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+            Provider::Tensorrt => "tensorrt",
+        })
+    }
+}
+
 /// Runtime settings shared by both models.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -95,6 +105,11 @@ pub struct EngineSettings {
     pub intra_threads: usize,
     /// GPU ordinal for the CUDA and TensorRT providers.
     pub device_id: i32,
+    /// When the chosen provider cannot start (no GPU, no GPU build of ONNX
+    /// Runtime, no TensorRT), try the next one down (tensorrt → cuda → cpu)
+    /// instead of refusing to start. Each step down is logged as an error
+    /// and shows in the status message.
+    pub fallback: bool,
     /// Build TensorRT engines in FP16.
     pub fp16: bool,
     /// Where TensorRT engines and timing caches are kept between runs.
@@ -115,6 +130,7 @@ impl Default for EngineSettings {
             ort_library: None,
             intra_threads: 0,
             device_id: 0,
+            fallback: true,
             fp16: true,
             engine_cache_dir: PathBuf::from("engines/cache"),
             cpu_arena: true,
@@ -181,6 +197,9 @@ pub struct DetectorSettings {
     /// one at a time). 1 on CPU: batching did not raise throughput there but
     /// doubled peak memory per extra frame (docs/BENCHMARKS.md); raise it on GPUs.
     pub max_batch: usize,
+    /// The batch TensorRT tunes the detector's kernels for (its optimisation
+    /// profile covers 1 to `max_batch`).
+    pub opt_batch: usize,
     /// Host-side NMS for the pre-NMS export; defaults equal the graph's `multiclass_nms3`.
     pub nms: NmsSettings,
 }
@@ -193,6 +212,7 @@ impl Default for DetectorSettings {
             max_results: 5,
             whole_image: WholeImage::Always,
             max_batch: 1,
+            opt_batch: 1,
             nms: NmsSettings::default(),
         }
     }
@@ -226,11 +246,14 @@ pub struct EmbedderSettings {
     pub model: PathBuf,
     /// Most crops per embedder call. Crops of all frames in a request share batches.
     pub max_batch: usize,
+    /// The batch TensorRT tunes the embedder's kernels for: a frame gives
+    /// up to `detector.max_results` boxes plus the whole image.
+    pub opt_batch: usize,
 }
 
 impl Default for EmbedderSettings {
     fn default() -> Self {
-        EmbedderSettings { model: PathBuf::from("engines/demo/rec.onnx"), max_batch: 16 }
+        EmbedderSettings { model: PathBuf::from("engines/demo/rec.onnx"), max_batch: 16, opt_batch: 6 }
     }
 }
 
@@ -461,6 +484,8 @@ impl Settings {
         };
         need(self.detector.max_batch > 0, "detector.max_batch", "must be at least 1");
         need(self.embedder.max_batch > 0, "embedder.max_batch", "must be at least 1");
+        need((1..=self.detector.max_batch).contains(&self.detector.opt_batch), "detector.opt_batch", "must be within 1..detector.max_batch");
+        need((1..=self.embedder.max_batch).contains(&self.embedder.opt_batch), "embedder.opt_batch", "must be within 1..embedder.max_batch");
         need(self.search.return_k > 0, "search.return_k", "must be at least 1");
         need((0.0..=1.0).contains(&self.detector.threshold), "detector.threshold", "must be within 0..1");
         need(self.input.max_pixels > 0, "input.max_pixels", "must be positive");

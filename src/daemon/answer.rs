@@ -48,6 +48,9 @@ pub struct Versions {
     pub gallery_seq: u64,
     /// Items in the gallery.
     pub gallery_items: usize,
+    /// The execution provider running the models (`cpu`, `cuda`, `tensorrt`);
+    /// says so when it is not the configured one (`engine.fallback`).
+    pub provider: String,
 }
 
 /// One gallery candidate.

@@ -31,7 +31,7 @@ use anyhow::Context;
 use bytes::Bytes;
 
 use crate::config::Settings;
-use crate::embed::pplcnet::sha256_file;
+use crate::engine::sha256_file;
 use crate::pipeline::Pipeline;
 use answer::{error_payload, ErrorCode, Versions};
 use health::Health;

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use super::answer::{self, ErrorCode, GalleryAnswer, RecognizeAnswer, Timings, Versions};
 use super::request::{resolve_path, GalleryCommand, ImageSource};
 use super::Shared;
-use crate::config::InputSettings;
+use crate::config::{InputSettings, Provider};
 use crate::input::{self, Frame};
 use crate::pipeline::{Pipeline, Query};
 use crate::Error;
@@ -122,6 +122,17 @@ pub fn versions(pipeline: &Pipeline, detector_sha: &str) -> Versions {
         recognizer: g.manifest().model_sha256.chars().take(16).collect(),
         gallery_seq: g.version(),
         gallery_items: g.len(),
+        provider: provider_text(pipeline.providers(), pipeline.settings().engine.provider),
+    }
+}
+
+/// `cuda`, or `detector cpu, embedder cpu (configured tensorrt)` after a fallback.
+fn provider_text((det, emb): (Provider, Provider), configured: Provider) -> String {
+    let running = if det == emb { det.to_string() } else { format!("detector {det}, embedder {emb}") };
+    if det == configured && emb == configured {
+        running
+    } else {
+        format!("{running} (configured {configured})")
     }
 }
 

@@ -1,13 +1,9 @@
 //! PPLCNetV2_base_ShiTu + BNNeck: `[N, 3, 224, 224]` → `[N, D]` features.
 
-use std::io::Read;
-use std::path::Path;
-
 use ndarray::Array4;
-use sha2::{Digest, Sha256};
 
 use crate::embed::l2_normalize;
-use crate::engine::{describe, Engine};
+use crate::engine::{describe, sha256_file, Engine};
 use crate::error::{Error, Result};
 use crate::geometry::CropBox;
 use crate::input::Frame;
@@ -102,19 +98,4 @@ impl Embedder {
         }
         Ok(all)
     }
-}
-
-/// Hex sha256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }

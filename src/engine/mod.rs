@@ -5,13 +5,21 @@
 //! checks the model against them when it is opened, so a wrong model fails
 //! at start-up with both shapes in the message, not at the first frame.
 
+pub mod engine_cache;
+pub mod gpu;
 pub mod runtime;
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use ndarray::ArrayViewD;
 use ort::session::Session;
 use ort::value::TensorRef;
+use sha2::{Digest, Sha256};
+
+use std::time::Duration;
+
+pub use engine_cache::BatchProfile;
 
 use crate::config::{EngineSettings, Provider};
 use crate::error::{Error, Result};
@@ -48,11 +56,25 @@ pub struct Output {
     pub data: Vec<f32>,
 }
 
+/// Where a TensorRT engine came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheUse {
+    /// The cache entry ([`engine_cache::CacheKey::id`]).
+    pub id: String,
+    /// Its folder.
+    pub dir: PathBuf,
+    /// Built by this open (`false`: reused from an earlier one).
+    pub built: bool,
+    /// How long its build took, now or then.
+    pub build_seconds: f64,
+}
+
 /// One ONNX model loaded on one execution provider.
 pub struct Engine {
     session: Session,
     path: PathBuf,
     provider: Provider,
+    cache_use: Option<CacheUse>,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
 }
@@ -64,26 +86,49 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Loads the model at `path`. `max_batch` sizes TensorRT's optimisation profile.
-    pub fn open(path: &Path, settings: &EngineSettings, max_batch: usize) -> Result<Engine> {
+    /// Loads the model at `path` for `role` ("detector", "embedder") on the
+    /// configured provider; `profile` is the batch range TensorRT builds for.
+    ///
+    /// With `engine.fallback`, a provider that cannot start hands over to the
+    /// next one down (tensorrt → cuda → cpu), with an error in the log that
+    /// says why; without it, the first failure is the error.
+    pub fn open(role: &'static str, path: &Path, settings: &EngineSettings, profile: BatchProfile) -> Result<Engine> {
         if !path.is_file() {
             return Err(Error::model(path, "file not found"));
         }
-        let (env, _) = runtime::environment(settings.ort_library.as_deref())?;
-        let eps = match settings.provider {
-            Provider::Cpu => Vec::new(),
-            // TensorRT's optimisation profile needs the input shapes before the
-            // session exists; a CPU session reads them (once, at start-up).
-            Provider::Tensorrt => {
-                let (inputs, _) = specs(&session(path, env, settings, Vec::new())?);
-                providers(settings, max_batch, &inputs)?
+        let (env, library) = runtime::environment(settings.ort_library.as_deref())?;
+        let chain = fallback_chain(settings.provider, settings.fallback);
+        let mut failures = Vec::new();
+        for (i, &provider) in chain.iter().enumerate() {
+            let opened = match provider {
+                Provider::Cpu => session(path, env, settings, Vec::new()).map(|s| (s, None)),
+                Provider::Cuda => cuda_session(path, env, library, settings).map(|s| (s, None)),
+                Provider::Tensorrt => tensorrt_session(role, path, env, library, settings, profile).map(|(s, c)| (s, Some(c))),
+            };
+            match opened {
+                Ok((session, cache_use)) => {
+                    if i > 0 {
+                        tracing::error!(model = role, "running on {provider}, NOT the configured {} (engine.fallback = true)", settings.provider);
+                    }
+                    let (inputs, outputs) = specs(&session);
+                    tracing::debug!(model = %path.display(), ?provider, inputs = %describe(&inputs), "model loaded");
+                    return Ok(Engine { session, path: path.to_path_buf(), provider, cache_use, inputs, outputs });
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    if let Some(next) = chain.get(i + 1) {
+                        tracing::error!(model = role, "{provider} cannot run the {role}: {why}; falling back to {next}");
+                    }
+                    failures.push(format!("{provider}: {why}"));
+                }
             }
-            Provider::Cuda => providers(settings, max_batch, &[])?,
+        }
+        let hint = if settings.fallback || settings.provider == Provider::Cpu {
+            ""
+        } else {
+            " (engine.fallback = true would run it on the next provider down instead)"
         };
-        let session = session(path, env, settings, eps)?;
-        let (inputs, outputs) = specs(&session);
-        tracing::debug!(model = %path.display(), provider = ?settings.provider, inputs = %describe(&inputs), "model loaded");
-        Ok(Engine { session, path: path.to_path_buf(), provider: settings.provider, inputs, outputs })
+        Err(Error::model(path, format!("no execution provider could load it{hint}: {}", failures.join("; "))))
     }
 
     /// The model file.
@@ -91,9 +136,14 @@ impl Engine {
         &self.path
     }
 
-    /// The execution provider in use.
+    /// The execution provider that actually runs the model (after any fallback).
     pub fn provider(&self) -> Provider {
         self.provider
+    }
+
+    /// The TensorRT engine cache entry in use (TensorRT only).
+    pub fn cache_use(&self) -> Option<&CacheUse> {
+        self.cache_use.as_ref()
     }
 
     /// The graph's inputs.
@@ -170,35 +220,113 @@ fn specs(session: &Session) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
     (session.inputs().iter().map(spec).collect(), session.outputs().iter().map(spec).collect())
 }
 
-fn providers(settings: &EngineSettings, max_batch: usize, inputs: &[TensorSpec]) -> Result<Vec<ort::ep::ExecutionProviderDispatch>> {
-    use ort::ep;
-    let cuda = || ep::CUDA::default().with_device_id(settings.device_id).build().error_on_failure();
-    Ok(match settings.provider {
-        Provider::Cpu => Vec::new(),
-        Provider::Cuda => vec![cuda()],
-        Provider::Tensorrt => {
-            let cache = &settings.engine_cache_dir;
-            std::fs::create_dir_all(cache).map_err(|e| Error::io(cache, e))?;
-            let cache = cache.display().to_string();
-            let mut trt = ep::TensorRT::default()
-                .with_device_id(settings.device_id)
-                .with_fp16(settings.fp16)
-                .with_engine_cache(true)
-                .with_engine_cache_path(&cache)
-                .with_timing_cache(true)
-                .with_timing_cache_path(&cache);
-            if let Some((min, opt, max)) = profile_shapes(inputs, max_batch) {
-                trt = trt.with_profile_min_shapes(min).with_profile_opt_shapes(opt).with_profile_max_shapes(max);
-            }
-            // CUDA after TensorRT takes the nodes TensorRT cannot.
-            vec![trt.build().error_on_failure(), cuda()]
-        }
-    })
+/// The providers tried, in order: the configured one, then (with
+/// `fallback`) each one below it.
+pub fn fallback_chain(provider: Provider, fallback: bool) -> Vec<Provider> {
+    match (provider, fallback) {
+        (Provider::Tensorrt, true) => vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu],
+        (Provider::Cuda, true) => vec![Provider::Cuda, Provider::Cpu],
+        (p, _) => vec![p],
+    }
 }
 
-/// TensorRT profile strings (`image:1x3x640x640,...`) covering batch 1 to
-/// `max_batch` for every input whose only dynamic dimension is the batch.
-pub fn profile_shapes(inputs: &[TensorSpec], max_batch: usize) -> Option<(String, String, String)> {
+/// Explains, in terms of what to install, why a GPU provider is missing
+/// from the loaded ONNX Runtime.
+fn require_provider<P: ort::ep::ExecutionProvider>(library: &Path, name: &str) -> Result<()> {
+    match P::is_available() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::Runtime(format!(
+            "{} is a build of ONNX Runtime without the {name} execution provider. Install one with it: on x86_64 \
+             the onnxruntime-gpu wheel (onnxruntime/capi/libonnxruntime.so*), on Jetson the JetPack build \
+             (README, \"Jetson\"); then set engine.ort_library or ORT_DYLIB_PATH to it",
+            library.display()
+        ))),
+        Err(e) => Err(Error::Runtime(format!("cannot list the execution providers of {}: {e}", library.display()))),
+    }
+}
+
+fn cuda_ep(settings: &EngineSettings) -> ort::ep::ExecutionProviderDispatch {
+    ort::ep::CUDA::default().with_device_id(settings.device_id).build().error_on_failure()
+}
+
+fn cuda_session(path: &Path, env: &ort::environment::Environment, library: &Path, settings: &EngineSettings) -> Result<Session> {
+    require_provider::<ort::ep::CUDA>(library, "CUDA")?;
+    gpu::probe(settings.device_id).map_err(|e| Error::Runtime(e.0))?;
+    session(path, env, settings, vec![cuda_ep(settings)])
+}
+
+/// A TensorRT session whose engine comes from (or goes into) the engine cache.
+fn tensorrt_session(
+    role: &'static str,
+    path: &Path,
+    env: &ort::environment::Environment,
+    library: &Path,
+    settings: &EngineSettings,
+    profile: BatchProfile,
+) -> Result<(Session, CacheUse)> {
+    use engine_cache::{CacheKey, EngineCache, Lookup};
+    require_provider::<ort::ep::TensorRT>(library, "TensorRT")?;
+    let platform = gpu::probe(settings.device_id).map_err(|e| Error::Runtime(e.0))?;
+    if platform.tensorrt.is_none() {
+        return Err(Error::Runtime(
+            "TensorRT is not installed (libnvinfer.so.10 / .so.8 not found): install it (JetPack ships it; on x86_64 the tensorrt-libs wheel or NVIDIA's packages)".into(),
+        ));
+    }
+    let cache = EngineCache::open(&settings.engine_cache_dir)?;
+    let key = CacheKey::new(&sha256_file(path)?, settings.fp16, profile, &platform);
+    // TensorRT's optimisation profile needs the input names and shapes before
+    // the session exists; a CPU session reads them (once, at start-up).
+    let (inputs, _) = specs(&session(path, env, settings, Vec::new())?);
+    let dir = cache.entry_dir(&key);
+    let trt = |dir: &Path| -> Result<ort::ep::ExecutionProviderDispatch> {
+        let timing = cache.timing_dir(&key)?;
+        let mut trt = ort::ep::TensorRT::default()
+            .with_device_id(settings.device_id)
+            .with_fp16(settings.fp16)
+            .with_engine_cache(true)
+            .with_engine_cache_path(dir.display().to_string())
+            .with_timing_cache(true)
+            .with_timing_cache_path(timing.display().to_string());
+        if let Some((min, opt, max)) = profile_shapes(&inputs, profile) {
+            trt = trt.with_profile_min_shapes(min).with_profile_opt_shapes(opt).with_profile_max_shapes(max);
+        }
+        Ok(trt.build().error_on_failure())
+    };
+    match cache.lookup(&key) {
+        Lookup::Ready(entry) => {
+            tracing::info!(model = role, engine = %dir.display(), built_s = entry.build_seconds, "using the cached TensorRT engine");
+            // CUDA after TensorRT takes the nodes TensorRT cannot.
+            let session = session(path, env, settings, vec![trt(&dir)?, cuda_ep(settings)])?;
+            if let Err(e) = cache.touch(&key) {
+                tracing::warn!("engine cache: {e}");
+            }
+            Ok((session, CacheUse { id: entry.id, dir, built: false, build_seconds: entry.build_seconds }))
+        }
+        Lookup::Missing => {
+            let dir = cache.begin(&key, role, path)?;
+            tracing::warn!(
+                model = role,
+                engine = %dir.display(),
+                "building the TensorRT engine for the {role} model ({}, batch {}, {platform}); this takes minutes once, later starts reuse it",
+                key.precision,
+                key.profile,
+            );
+            let started = std::time::Instant::now();
+            let what = format!("building TensorRT engine for {role} model");
+            let tick = move |so_far| tracing::info!("{what}, {} so far", engine_cache::elapsed(so_far));
+            let eps = vec![trt(&dir)?, cuda_ep(settings)];
+            let session = engine_cache::with_progress(Duration::from_secs(10), tick, || session(path, env, settings, eps))?;
+            let took = started.elapsed();
+            cache.finish(&key, took)?;
+            tracing::info!(model = role, "TensorRT engine built in {}", engine_cache::elapsed(took));
+            Ok((session, CacheUse { id: key.id(), dir, built: true, build_seconds: took.as_secs_f64() }))
+        }
+    }
+}
+
+/// TensorRT profile strings (`image:1x3x640x640,...`) covering the batch
+/// range of `profile` for every input whose only dynamic dimension is the batch.
+pub fn profile_shapes(inputs: &[TensorSpec], profile: BatchProfile) -> Option<(String, String, String)> {
     let batched: Vec<&TensorSpec> =
         inputs.iter().filter(|s| s.shape.first() == Some(&-1) && s.shape[1..].iter().all(|&d| d > 0)).collect();
     if batched.is_empty() {
@@ -214,7 +342,22 @@ pub fn profile_shapes(inputs: &[TensorSpec], max_batch: usize) -> Option<(String
             .collect::<Vec<_>>()
             .join(",")
     };
-    Some((at(1), at(max_batch), at(max_batch)))
+    Some((at(profile.min), at(profile.opt), at(profile.max)))
+}
+
+/// Hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]
@@ -222,13 +365,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fallback_steps_down_one_provider_at_a_time() {
+        use Provider::*;
+        assert_eq!(fallback_chain(Tensorrt, true), [Tensorrt, Cuda, Cpu]);
+        assert_eq!(fallback_chain(Cuda, true), [Cuda, Cpu]);
+        assert_eq!(fallback_chain(Cpu, true), [Cpu]);
+        assert_eq!(fallback_chain(Tensorrt, false), [Tensorrt]);
+        assert_eq!(fallback_chain(Cuda, false), [Cuda]);
+    }
+
+    #[test]
     fn profiles_cover_the_dynamic_batch_only() {
         let spec = |name: &str, shape: Vec<i64>| TensorSpec { name: name.into(), shape, dtype: "float32".into() };
         let inputs = [spec("image", vec![-1, 3, 640, 640]), spec("scale_factor", vec![-1, 2]), spec("odd", vec![-1, 3, -1, -1])];
-        let (min, opt, max) = profile_shapes(&inputs, 8).unwrap();
+        let profile = BatchProfile { min: 1, opt: 4, max: 8 };
+        let (min, opt, max) = profile_shapes(&inputs, profile).unwrap();
         assert_eq!(min, "image:1x3x640x640,scale_factor:1x2");
-        assert_eq!(opt, "image:8x3x640x640,scale_factor:8x2");
-        assert_eq!(opt, max);
-        assert!(profile_shapes(&[spec("x", vec![1, 3, 224, 224])], 8).is_none());
+        assert_eq!(opt, "image:4x3x640x640,scale_factor:4x2");
+        assert_eq!(max, "image:8x3x640x640,scale_factor:8x2");
+        assert!(profile_shapes(&[spec("x", vec![1, 3, 224, 224])], profile).is_none());
     }
 }

@@ -1,0 +1,120 @@
+//! What GPU and TensorRT this box has, read at run time.
+//!
+//! A TensorRT engine is only valid for the GPU model and TensorRT release
+//! that built it, so both are part of the engine cache key. Both are probed
+//! through `dlopen` (CUDA driver via `cudarc`'s dynamic loading, TensorRT's
+//! `libnvinfer`), so the same binary runs on boxes without either.
+
+use std::fmt;
+
+/// The GPU and TensorRT release an engine is built for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    /// The driver's device name, e.g. "Orin (nvgpu)" or "NVIDIA H100 80GB HBM3".
+    pub gpu: String,
+    /// Compute capability, major and minor.
+    pub compute_capability: (i32, i32),
+    /// TensorRT release, e.g. "10.3.0"; `None` where libnvinfer is not installed.
+    pub tensorrt: Option<String>,
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (maj, min) = self.compute_capability;
+        write!(f, "{} (sm_{maj}{min}), TensorRT {}", self.gpu, self.tensorrt.as_deref().unwrap_or("not installed"))
+    }
+}
+
+/// Why no GPU could be probed; said to the user as is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoGpu(pub String);
+
+impl fmt::Display for NoGpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether the CUDA driver library can be opened at all. `cudarc` panics on
+/// first use when it cannot, so every entry into CUDA checks this first.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the driver library by name.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Probes GPU `ordinal` and the installed TensorRT.
+pub fn probe(ordinal: i32) -> Result<Platform, NoGpu> {
+    use cudarc::driver::result::{self, device};
+    use cudarc::driver::sys::CUdevice_attribute as A;
+
+    if !driver_present() {
+        return Err(NoGpu("no CUDA driver (libcuda.so not found): this box has no NVIDIA GPU, or its driver is not installed".into()));
+    }
+    result::init().map_err(|e| NoGpu(format!("the CUDA driver did not initialise: {e}")))?;
+    let count = device::get_count().map_err(|e| NoGpu(format!("cannot count CUDA devices: {e}")))?;
+    if ordinal < 0 || ordinal >= count {
+        return Err(NoGpu(format!("engine.device_id = {ordinal}, but this box has {count} CUDA device(s)")));
+    }
+    let dev = device::get(ordinal).map_err(|e| NoGpu(format!("CUDA device {ordinal}: {e}")))?;
+    let gpu = device::get_name(dev).map_err(|e| NoGpu(format!("CUDA device {ordinal}: {e}")))?;
+    // SAFETY: `dev` came from cuDeviceGet above.
+    let cc = unsafe {
+        (device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR), device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR))
+    };
+    let compute_capability = match cc {
+        (Ok(maj), Ok(min)) => (maj, min),
+        (Err(e), _) | (_, Err(e)) => return Err(NoGpu(format!("CUDA device {ordinal}: compute capability: {e}"))),
+    };
+    Ok(Platform { gpu, compute_capability, tensorrt: tensorrt_version() })
+}
+
+/// The TensorRT release `libnvinfer` reports, if it can be opened.
+pub fn tensorrt_version() -> Option<String> {
+    // TensorRT 8 (JetPack 5), 10 (JetPack 6, x86_64), then an unversioned dev link.
+    for name in ["libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"] {
+        // SAFETY: libnvinfer's initialisers only register its plugins; the
+        // symbol is the documented `int32_t getInferLibVersion()`.
+        let version = unsafe {
+            let Ok(lib) = libloading::Library::new(name) else { continue };
+            let Ok(get) = lib.get::<unsafe extern "C" fn() -> i32>(b"getInferLibVersion\0") else { continue };
+            get()
+        };
+        return Some(decode_trt_version(version));
+    }
+    None
+}
+
+/// `getInferLibVersion` packs the release as MAJOR*1000+MINOR*100+PATCH up
+/// to TensorRT 9 and as MAJOR*10000+MINOR*100+PATCH from TensorRT 10 on.
+fn decode_trt_version(v: i32) -> String {
+    if v >= 100_000 {
+        format!("{}.{}.{}", v / 10_000, (v / 100) % 100, v % 100)
+    } else {
+        format!("{}.{}.{}", v / 1000, (v / 100) % 10, v % 100)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensorrt_versions_decode_in_both_packings() {
+        assert_eq!(decode_trt_version(8601), "8.6.1");
+        assert_eq!(decode_trt_version(8502), "8.5.2");
+        assert_eq!(decode_trt_version(100300), "10.3.0");
+        assert_eq!(decode_trt_version(101300), "10.13.0");
+    }
+
+    #[test]
+    fn probing_never_panics() {
+        // Without a GPU this must be a clean error, not cudarc's panic.
+        match probe(0) {
+            Ok(p) => assert!(!p.gpu.is_empty()),
+            Err(NoGpu(why)) => {
+                assert!(!why.is_empty());
+                eprintln!("skipped: no CUDA device ({why})");
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Execution providers and the TensorRT engine cache on a box without a GPU
+//! build of ONNX Runtime (CI): the failure names what to install, fallback
+//! runs the same pipeline on the CPU and says so, and `shitud engines`
+//! lists and prunes a real cache folder. On a GPU box with a GPU build of
+//! ONNX Runtime, the no-provider checks print why they were skipped.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use ort::ep::ExecutionProvider as _;
+use shitu_edge::config::Provider;
+use shitu_edge::engine::engine_cache::{BatchProfile, CacheKey, EngineCache};
+use shitu_edge::engine::gpu::Platform;
+use shitu_edge::engine::sha256_file;
+use shitu_edge::input;
+use shitu_edge::search::Method;
+use shitu_edge::Pipeline;
+
+fn runtime_has(provider: Provider) -> bool {
+    // Loading the runtime first: `is_available` asks the loaded library.
+    shitu_edge::engine::runtime::environment(None).expect("ONNX Runtime loads");
+    match provider {
+        Provider::Cuda => ort::ep::CUDA::is_available().unwrap_or(false),
+        Provider::Tensorrt => ort::ep::TensorRT::is_available().unwrap_or(false),
+        Provider::Cpu => true,
+    }
+}
+
+fn shitud(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shitud")).args(args).current_dir(root()).env("RUST_LOG", "warn").output().expect("shitud runs")
+}
+
+#[test]
+fn a_runtime_without_the_provider_is_named_with_what_to_install() {
+    if runtime_has(Provider::Tensorrt) {
+        eprintln!("skipped: this ONNX Runtime has the TensorRT provider");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = settings("det_prenms.onnx");
+    build_gallery(&mut s, &tmp.path().join("g"), Method::Flat);
+    for provider in [Provider::Tensorrt, Provider::Cuda] {
+        s.engine.provider = provider;
+        s.engine.fallback = false;
+        s.engine.engine_cache_dir = tmp.path().join("engines");
+        let msg = Pipeline::open(&s).expect_err("no GPU provider here").to_string();
+        let name = if provider == Provider::Tensorrt { "TensorRT" } else { "CUDA" };
+        for needle in [
+            "engines/demo/",
+            &format!("without the {name} execution provider"),
+            "onnxruntime-gpu",
+            "engine.ort_library",
+            "engine.fallback = true would run it",
+        ] {
+            assert!(msg.contains(needle), "{needle:?} missing from: {msg}");
+        }
+    }
+}
+
+#[test]
+fn fallback_runs_the_same_pipeline_on_the_cpu_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cpu = settings("det_prenms.onnx");
+    build_gallery(&mut cpu, &tmp.path().join("g"), Method::Flat);
+    let mut gpu = cpu.clone();
+    gpu.engine.provider = Provider::Tensorrt;
+    gpu.engine.fallback = true;
+    gpu.engine.engine_cache_dir = tmp.path().join("engines");
+    let mut fell_back = Pipeline::open(&gpu).expect("fallback opens the pipeline");
+    let has_gpu = shitu_edge::engine::gpu::probe(0).is_ok();
+    if runtime_has(Provider::Cuda) && has_gpu {
+        eprintln!("skipped the CPU-fallback check: this box runs CUDA (providers {:?})", fell_back.providers());
+        return;
+    }
+    assert_eq!(fell_back.providers(), (Provider::Cpu, Provider::Cpu));
+    let mut plain = Pipeline::open(&cpu).unwrap();
+    let frame = input::read(&data("images/scenes/scene_00002.jpg"), &cpu.input).unwrap();
+    let a = plain.recognize(std::slice::from_ref(&frame)).unwrap();
+    let b = fell_back.recognize(std::slice::from_ref(&frame)).unwrap();
+    assert_eq!(format!("{:?}", a[0].results), format!("{:?}", b[0].results));
+    assert!(!a[0].results.is_empty());
+
+    // The command line says it loudly: an ERROR line naming both providers.
+    let o = shitud(&[
+        "recognize", "--provider", "cuda", "--index", cpu.search.index.to_str().unwrap(),
+        data("images/scenes/scene_00002.jpg").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("ERROR") && err.contains("running on cpu, NOT the configured cuda (engine.fallback = true)"), "{err}");
+}
+
+fn fake_build(cache: &EngineCache, key: &CacheKey, role: &str, model: &Path) {
+    let dir = cache.begin(key, role, model).unwrap();
+    std::fs::write(dir.join("model.engine"), vec![7u8; 4096]).unwrap();
+    cache.finish(key, Duration::from_secs(95)).unwrap();
+}
+
+/// `engines list` and `engines prune` on a cache folder holding entries for
+/// the configured models and for a model an update replaced. Engine files are
+/// placeholders: no TensorRT here, and these commands never open them.
+#[test]
+fn engines_list_and_prune_judge_the_cache_against_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("engines");
+    let cache = EngineCache::open(&dir).unwrap();
+    let orin = Platform { gpu: "Orin (nvgpu)".into(), compute_capability: (8, 7), tensorrt: Some("10.3.0".into()) };
+    let profile = BatchProfile { min: 1, opt: 1, max: 1 };
+    let det = root().join("engines/demo/det_prenms.onnx");
+    let rec = root().join("engines/demo/rec.onnx");
+    let current_det = CacheKey::new(&sha256_file(&det).unwrap(), true, profile, &orin);
+    let current_rec = CacheKey::new(&sha256_file(&rec).unwrap(), true, BatchProfile { min: 1, opt: 6, max: 16 }, &orin);
+    let replaced = CacheKey::new(&"0".repeat(64), true, profile, &orin);
+    fake_build(&cache, &current_det, "detector", &det);
+    fake_build(&cache, &current_rec, "embedder", &rec);
+    fake_build(&cache, &replaced, "embedder", Path::new("/old/rec.onnx"));
+    std::fs::create_dir(dir.join("leftover")).unwrap();
+
+    let conf = tmp.path().join("conf.toml");
+    std::fs::write(&conf, format!("[engine]\nengine_cache_dir = {:?}\n", dir.to_str().unwrap())).unwrap();
+    let c = conf.to_str().unwrap();
+
+    let o = shitud(&["-c", c, "engines", "list"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (id, status) in [(current_det.id(), "current"), (current_rec.id(), "current"), (replaced.id(), "stale: model no longer configured")] {
+        let line = text.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("{id} not listed:\n{text}"));
+        assert!(line.ends_with(status) && line.contains("Orin (nvgpu) (8.7)") && line.contains("10.3.0") && line.contains("1m35s"), "{line}");
+    }
+    assert!(text.lines().any(|l| l.starts_with("leftover") && l.ends_with("stale: not in the manifest")), "{text}");
+    assert!(text.contains("2 stale"), "{text}");
+
+    let o = shitud(&["-c", c, "engines", "list", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("list --json is JSON");
+    let rows = json["engines"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.iter().filter(|r| r["stale"] == true).count(), 2);
+    let rec_row = rows.iter().find(|r| r["id"] == current_rec.id().as_str()).unwrap();
+    assert_eq!(rec_row["entry"]["key"]["profile"]["opt"], 6);
+    assert_eq!(rec_row["entry"]["bytes"], 4096);
+
+    let o = shitud(&["-c", c, "engines", "prune", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("would remove 2 engine(s)"));
+    assert!(dir.join(replaced.id()).exists());
+
+    let o = shitud(&["-c", c, "engines", "prune"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && text.contains("removed 2 engine(s)"), "{text}");
+    assert!(!dir.join(replaced.id()).exists() && !dir.join("leftover").exists());
+    assert!(dir.join(current_det.id()).join("model.engine").exists());
+    assert_eq!(cache.manifest().entries.len(), 2);
+}
+
+#[test]
+fn engines_build_checks_the_models_on_the_cpu_and_refuses_to_fall_back() {
+    let o = shitud(&["engines", "build"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("detector: engines/demo/det_prenms.onnx loads on cpu") && out.contains("embedder: engines/demo/rec.onnx loads on cpu"), "{out}");
+    if runtime_has(Provider::Tensorrt) {
+        eprintln!("skipped the refusal check: this ONNX Runtime has the TensorRT provider");
+        return;
+    }
+    let o = shitud(&["engines", "build", "--provider", "tensorrt"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("never falls back") && err.contains("without the TensorRT execution provider"), "{err}");
+}
