@@ -126,6 +126,8 @@ pub struct IndexSweep {
     pub nprobe: Vec<usize>,
     /// HNSW search breadths.
     pub ef_search: Vec<usize>,
+    /// Also measure the CUDA flat search on this GPU.
+    pub gpu: Option<usize>,
 }
 
 /// One index kind at one size and search setting, from [`bench_index`].
@@ -230,29 +232,16 @@ pub fn bench_index(n: usize, methods: &[Method], queries: usize, tuning: &IndexS
                 }
                 Method::Flat => "exact".to_string(),
             };
-            let mut one = Vec::with_capacity(queries);
-            let mut hits = 0;
-            for (i, query) in q.chunks(dim).enumerate() {
-                let t = Instant::now();
-                let h = index.search(query, 5)?;
-                one.push(t.elapsed().as_secs_f64() * 1e6);
-                hits += usize::from(h[0].first().map(|n| n.id) == Some(truth[i]));
-            }
-            let mut six = Vec::new();
-            for frame in q.chunks(dim * 6) {
-                let t = Instant::now();
-                index.search(frame, 5)?;
-                six.push(t.elapsed().as_secs_f64() * 1e6);
-            }
+            let (search_1_us, search_6_us, recall_at_1) = measure_search(&mut index, &q, &truth, dim)?;
             rows.push(IndexBenchRow {
                 method,
                 param,
                 n,
                 build_s,
                 adds_per_s: n as f64 / build_s,
-                search_1_us: Percentiles::of(&mut one),
-                search_6_us: Percentiles::of(&mut six),
-                recall_at_1: hits as f64 / queries as f64,
+                search_1_us,
+                search_6_us,
+                recall_at_1,
                 heap_mib,
                 file_mib: 0.0,
                 open_ms: 0.0,
@@ -283,7 +272,55 @@ pub fn bench_index(n: usize, methods: &[Method], queries: usize, tuning: &IndexS
         }
     }
     let _ = std::fs::remove_file(&tmp);
+    if let Some(ordinal) = tuning.gpu {
+        progress(&format!("CUDA flat, {n} vectors: uploading"));
+        let t = Instant::now();
+        let mut gpu = crate::search::cuda_flat::CudaFlat::new(ordinal, dim)?;
+        gpu.add(&data, &ids)?;
+        let build_s = t.elapsed().as_secs_f64();
+        // Unmeasured: the first search compiles nothing, but it allocates and warms the caches.
+        gpu.search(&q[..6 * dim], 5)?;
+        let (search_1_us, search_6_us, recall_at_1) = measure_search(&mut gpu, &q, &truth, dim)?;
+        let gone: Vec<i64> = (0..n as i64).step_by(100).collect();
+        let t = Instant::now();
+        gpu.remove(&gone)?;
+        let remove_1pct_ms = t.elapsed().as_secs_f64() * 1e3;
+        rows.push(IndexBenchRow {
+            method: Method::Flat,
+            param: format!("GPU: {}", gpu.describe()),
+            n,
+            build_s,
+            adds_per_s: n as f64 / build_s,
+            search_1_us,
+            search_6_us,
+            recall_at_1,
+            heap_mib: 0.0,
+            file_mib: 0.0,
+            open_ms: 0.0,
+            remove_1pct_ms,
+        });
+    }
     Ok(rows)
+}
+
+/// Latency of single queries and of batches of 6 (a frame's crops), and how
+/// often the best hit is the exact best.
+fn measure_search(index: &mut dyn crate::search::Index, q: &[f32], truth: &[i64], dim: usize) -> Result<(Percentiles, Percentiles, f64)> {
+    let mut one = Vec::with_capacity(truth.len());
+    let mut hits = 0;
+    for (i, query) in q.chunks(dim).enumerate() {
+        let t = Instant::now();
+        let h = index.search(query, 5)?;
+        one.push(t.elapsed().as_secs_f64() * 1e6);
+        hits += usize::from(h[0].first().map(|n| n.id) == Some(truth[i]));
+    }
+    let mut six = Vec::new();
+    for frame in q.chunks_exact(dim * 6) {
+        let t = Instant::now();
+        index.search(frame, 5)?;
+        six.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok((Percentiles::of(&mut one), Percentiles::of(&mut six), hits as f64 / truth.len() as f64))
 }
 
 /// The process's peak resident set size in MiB (Linux `VmHWM`).

@@ -20,6 +20,15 @@ use shitu_edge::input;
 use shitu_edge::search::Method;
 use shitu_edge::Pipeline;
 
+/// Says why a test did not run, past the test harness's output capture
+/// (it only captures `print!`/`eprint!`), so `cargo test` shows it.
+macro_rules! skip {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn runtime_has(provider: Provider) -> bool {
     // Loading the runtime first: `is_available` asks the loaded library.
     shitu_edge::engine::runtime::environment(None).expect("ONNX Runtime loads");
@@ -37,7 +46,7 @@ fn shitud(args: &[&str]) -> Output {
 #[test]
 fn a_runtime_without_the_provider_is_named_with_what_to_install() {
     if runtime_has(Provider::Tensorrt) {
-        eprintln!("skipped: this ONNX Runtime has the TensorRT provider");
+        skip!("skipped: this ONNX Runtime has the TensorRT provider");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -73,7 +82,7 @@ fn fallback_runs_the_same_pipeline_on_the_cpu_and_says_so() {
     let mut fell_back = Pipeline::open(&gpu).expect("fallback opens the pipeline");
     let has_gpu = shitu_edge::engine::gpu::probe(0).is_ok();
     if runtime_has(Provider::Cuda) && has_gpu {
-        eprintln!("skipped the CPU-fallback check: this box runs CUDA (providers {:?})", fell_back.providers());
+        skip!("skipped the CPU-fallback check: this box runs CUDA (providers {:?})", fell_back.providers());
         return;
     }
     assert_eq!(fell_back.providers(), (Provider::Cpu, Provider::Cpu));
@@ -92,6 +101,34 @@ fn fallback_runs_the_same_pipeline_on_the_cpu_and_says_so() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("ERROR") && err.contains("running on cpu, NOT the configured cuda (engine.fallback = true)"), "{err}");
+}
+
+/// `search.device = "cuda"` gives the CPU's answers: on a GPU box from GPU
+/// memory, here from faiss after an error in the log.
+#[test]
+fn gallery_search_on_cuda_answers_like_the_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cpu = settings("det_prenms.onnx");
+    build_gallery(&mut cpu, &tmp.path().join("g"), Method::Flat);
+    let mut cuda = cpu.clone();
+    cuda.search.device = shitu_edge::config::SearchDevice::Cuda;
+    let frames: Vec<_> = ["scene_00001.jpg", "scene_00002.jpg", "scene_00007.jpg"]
+        .iter()
+        .map(|n| input::read(&data("images/scenes").join(n), &cpu.input).unwrap())
+        .collect();
+    let a = Pipeline::open(&cpu).unwrap().recognize(&frames).unwrap();
+    let mut on_cuda = Pipeline::open(&cuda).expect("a GPU that cannot be used falls back");
+    if !on_cuda.gallery().searcher().contains("CUDA") {
+        skip!("searched on the CPU: no CUDA device here ({})", on_cuda.gallery().searcher());
+    }
+    let b = on_cuda.recognize(&frames).unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.results.len(), y.results.len());
+        for (r, s) in x.results.iter().zip(&y.results) {
+            assert_eq!((&r.rec_docs, r.bbox), (&s.rec_docs, s.bbox));
+            assert!((r.rec_scores - s.rec_scores).abs() < 1e-4, "{r:?} vs {s:?}");
+        }
+    }
 }
 
 fn fake_build(cache: &EngineCache, key: &CacheKey, role: &str, model: &Path) {
@@ -162,7 +199,7 @@ fn engines_build_checks_the_models_on_the_cpu_and_refuses_to_fall_back() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.contains("detector: engines/demo/det_prenms.onnx loads on cpu") && out.contains("embedder: engines/demo/rec.onnx loads on cpu"), "{out}");
     if runtime_has(Provider::Tensorrt) {
-        eprintln!("skipped the refusal check: this ONNX Runtime has the TensorRT provider");
+        skip!("skipped the refusal check: this ONNX Runtime has the TensorRT provider");
         return;
     }
     let o = shitud(&["engines", "build", "--provider", "tensorrt"]);

@@ -81,6 +81,10 @@ pub struct IndexBenchArgs {
     /// IVF lists probed, comma-separated values to try.
     #[arg(long, value_delimiter = ',', default_value = "8", value_name = "N,...")]
     nprobe: Vec<usize>,
+    /// Also measure the CUDA flat search on this GPU (in the same run, for
+    /// side-by-side figures with faiss's Flat on the CPU).
+    #[arg(long, value_name = "ORDINAL")]
+    pub gpu: Option<usize>,
     /// HNSW search breadths to try.
     #[arg(long, value_delimiter = ',', default_value = "16,128", value_name = "N,...")]
     ef_search: Vec<usize>,
@@ -98,7 +102,7 @@ pub fn run_index(args: &IndexBenchArgs) -> anyhow::Result<ExitCode> {
     println!("| method | search | n | build s | adds/s | 1 query p50/p99 µs | 6 queries p50/p99 µs | recall@1 vs Flat | heap MiB | file MiB | open ms | remove 1 % ms |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &args.sizes {
-        for r in bench::bench_index(n, &args.methods, args.queries, &bench::IndexSweep { nprobe: args.nprobe.clone(), ef_search: args.ef_search.clone() }, |m| tracing::info!("{m}"))? {
+        for r in bench::bench_index(n, &args.methods, args.queries, &bench::IndexSweep { nprobe: args.nprobe.clone(), ef_search: args.ef_search.clone(), gpu: args.gpu }, |m| tracing::info!("{m}"))? {
             println!(
                 "| {:?} | {} | {} | {:.2} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.3} | {:.0} | {:.0} | {:.1} | {:.0} |",
                 r.method, r.param, r.n, r.build_s, r.adds_per_s, r.search_1_us.p50, r.search_1_us.p99, r.search_6_us.p50, r.search_6_us.p99,

@@ -278,6 +278,23 @@ pub struct SearchSettings {
     pub ef_search: usize,
     /// Fold the gallery's change log into a new snapshot once it holds this many records.
     pub compact_after: usize,
+    /// Where the gallery is searched: `cpu` (faiss, the gallery's own index
+    /// kind) or `cuda` (exact search in GPU memory, any index kind; falls back
+    /// to the CPU, with an error in the log, where no GPU can be used).
+    pub device: SearchDevice,
+    /// GPU ordinal for `device = "cuda"`.
+    pub device_id: usize,
+}
+
+/// Where the gallery is searched.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchDevice {
+    /// faiss on the CPU.
+    #[default]
+    Cpu,
+    /// Exact inner-product search in GPU memory (cuBLAS + a top-k kernel).
+    Cuda,
 }
 
 impl Default for SearchSettings {
@@ -290,6 +307,8 @@ impl Default for SearchSettings {
             nprobe: 8,
             ef_search: 128,
             compact_after: 1000,
+            device: SearchDevice::Cpu,
+            device_id: 0,
         }
     }
 }

@@ -150,6 +150,8 @@ pub struct Manifest {
 
 /// What the cache holds for a key.
 #[derive(Debug, Clone, PartialEq)]
+// One lookup per model at start-up: the size of the variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Lookup {
     /// A finished engine; use it as it is.
     Ready(Entry),

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::search::wal::{self, Record, Wal};
+use crate::search::cuda_flat::CudaFlat;
 use crate::search::{FaissIndex, Index, Method, Neighbor};
 
 /// The manifest's file name.
@@ -44,6 +45,10 @@ pub struct Tuning {
     pub nprobe: usize,
     /// HNSW candidate list size.
     pub ef_search: usize,
+    /// Search in GPU memory instead of faiss.
+    pub device: crate::config::SearchDevice,
+    /// The GPU for [`Tuning::device`].
+    pub device_id: usize,
 }
 
 impl Default for Tuning {
@@ -54,7 +59,7 @@ impl Default for Tuning {
 
 impl From<&crate::config::SearchSettings> for Tuning {
     fn from(s: &crate::config::SearchSettings) -> Self {
-        Tuning { nprobe: s.nprobe, ef_search: s.ef_search }
+        Tuning { nprobe: s.nprobe, ef_search: s.ef_search, device: s.device, device_id: s.device_id }
     }
 }
 
@@ -209,12 +214,13 @@ impl Gallery {
                 format!("{VECTORS} holds {} vectors, {LABELS} {} labels, the manifest says {}", index.len(), items.len(), manifest.count),
             ));
         }
+        let index = on_device(index, &items, &manifest, tuning);
         let mut g = Gallery {
             dir: dir.to_path_buf(),
             last_seq: manifest.wal_seq,
             labels: items.into_iter().map(|i| (i.id, i)).collect(),
             manifest,
-            index: Box::new(index),
+            index,
             tombstones: HashSet::new(),
             wal_records: 0,
             wal: None,
@@ -375,6 +381,11 @@ impl Gallery {
         &self.manifest
     }
 
+    /// What searches the gallery, for logs (`faiss IDMap2,Flat, 25 vectors`, `CUDA flat on …`).
+    pub fn searcher(&self) -> String {
+        self.index.describe()
+    }
+
     /// The directory it lives in.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -422,6 +433,26 @@ impl Gallery {
 
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
+}
+
+/// The loaded faiss index, or (with `search.device = "cuda"`) a copy of
+/// its vectors in GPU memory. A GPU that cannot be used is an error in the
+/// log and a CPU search, not a gallery that fails to open.
+fn on_device(index: FaissIndex, items: &[GalleryItem], manifest: &Manifest, tuning: Tuning) -> Box<dyn Index> {
+    if tuning.device == crate::config::SearchDevice::Cpu {
+        return Box::new(index);
+    }
+    let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
+    match CudaFlat::from_index(tuning.device_id, &index, &ids, manifest.method) {
+        Ok(gpu) => {
+            tracing::info!("gallery search on the GPU: {} (exact; the {:?} index is kept for the files)", gpu.describe(), manifest.method);
+            Box::new(gpu)
+        }
+        Err(e) => {
+            tracing::error!("search.device = \"cuda\" cannot be used ({e}); searching on the CPU");
+            Box::new(index)
+        }
+    }
 }
 
 fn write_snapshot(dir: &Path, items: &[GalleryItem], index: &dyn Index) -> Result<()> {

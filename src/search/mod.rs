@@ -1,10 +1,11 @@
 //! The fifth stage: which known product is it? Nearest-neighbour search of
 //! features in the gallery.
 //!
-//! [`Index`] is the one search abstraction; [`FaissIndex`] implements it on
-//! the CPU. The pipeline only ever sees `dyn Index`, so a GPU flat search can
-//! take its place without touching the stages around it.
+//! [`Index`] is the one search abstraction: [`FaissIndex`] implements it on
+//! the CPU, [`cuda_flat::CudaFlat`] in GPU memory (`search.device`). The
+//! pipeline only ever sees `dyn Index`.
 
+pub mod cuda_flat;
 pub mod faiss_index;
 pub mod gallery;
 pub mod paddleclas_import;

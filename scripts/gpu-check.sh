@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# GPU checks, from binaries built on another machine.
+#
+#   scripts/gpu-check.sh --pack DIR [--cuda 12|13]   # build machine: build the GPU test binaries into DIR
+#   scripts/gpu-check.sh DIR                         # GPU machine (no Rust needed): run them
+#
+# On the GPU machine a test that reports "skipped: no CUDA device" is a
+# failure: the point of running here is that the device exists.
+set -euo pipefail
+
+if [[ "${1:-}" == "--pack" ]]; then
+  out=${2:?usage: gpu-check.sh --pack DIR [--cuda 12|13]}
+  cuda=12
+  [[ "${3:-}" == "--cuda" ]] && cuda=${4:?--cuda 12 or 13}
+  cd "$(dirname "$0")/.."
+  mkdir -p "$out"
+  features=(--no-default-features --features "cuda-$cuda")
+  echo "building GPU test binaries (CUDA $cuda) into $out" >&2
+  cargo test --release --locked "${features[@]}" --test gpu_search --no-run --message-format=json \
+    | python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu_search":
+        shutil.copy(m["executable"], sys.argv[1] + "/gpu_search")
+' "$out"
+  test -x "$out/gpu_search"
+  # The GPU machine has no BLAS/LAPACK (faiss links them): carry them along.
+  mkdir -p "$out/lib"
+  ldd "$out/gpu_search" | awk '/=> \//{print $3}' \
+    | grep -E 'lib(blas|lapack|openblas|gfortran|quadmath|gomp)' | xargs -r -I{} cp -L {} "$out/lib/"
+  du -sh "$out" >&2
+  exit 0
+fi
+
+dir=${1:?usage: gpu-check.sh DIR (made by gpu-check.sh --pack DIR)}
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+else
+  echo "gpu-check: nvidia-smi not found; this does not look like a GPU machine" >&2
+fi
+export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+status=0
+for t in "$dir"/gpu_search; do
+  name=$(basename "$t")
+  echo "== $name"
+  log=$(mktemp)
+  if ! "$t" --nocapture --test-threads 1 2>&1 | tee "$log"; then
+    echo "gpu-check: $name FAILED" >&2
+    status=1
+  elif grep -q "skipped: no CUDA device" "$log"; then
+    echo "gpu-check: $name skipped its GPU tests on a GPU machine: that is a failure here" >&2
+    status=1
+  fi
+  rm -f "$log"
+done
+if [[ $status == 0 ]]; then
+  echo "== GPU search benchmark (CUDA flat vs faiss Flat on this machine's CPU)"
+  "$dir/gpu_search" --ignored --exact gpu_search_benchmark --nocapture --test-threads 1 || status=1
+fi
+if [[ $status == 0 ]]; then echo "gpu-check: all GPU checks passed"; fi
+exit $status

@@ -1,0 +1,348 @@
+//! Exact inner-product search on an NVIDIA GPU, for boxes where faiss-gpu
+//! does not exist (Jetson).
+//!
+//! The gallery matrix stays on the device. A batch of queries is one cuBLAS
+//! GEMM (every score at once, the work is bound by reading the matrix), then
+//! a two-pass top-k: blocks each keep the best `k` of a slice of the rows,
+//! and one block per query merges those. Adding appends rows (the buffer
+//! grows by doubling); removing moves the last row into the hole, so neither
+//! uploads the gallery again.
+//!
+//! Everything CUDA is opened at run time; [`CudaFlat::new`] says plainly why
+//! it cannot start on a box without a GPU.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+
+use super::{FaissIndex, Index, Method, Neighbor};
+use crate::engine::gpu;
+use crate::error::{Error, Result};
+
+/// Most neighbours one search returns: each thread keeps its best `k` in
+/// registers and a block merges them in shared memory.
+pub const MAX_K: usize = 32;
+const THREADS: u32 = 128;
+/// Rows one block of the first pass scans.
+const ROWS_PER_BLOCK: usize = 4096;
+
+const KERNELS: &str = r#"
+#define MAX_K 32
+
+// Sorted (descending) insertion of (v, i) into a list of k.
+__device__ __forceinline__ void push(float* s, int* ix, int k, float v, int i) {
+    if (!(v > s[k - 1])) return;
+    int j = k - 1;
+    while (j > 0 && s[j - 1] < v) { s[j] = s[j - 1]; ix[j] = ix[j - 1]; --j; }
+    s[j] = v; ix[j] = i;
+}
+
+// Each thread holds a sorted list in shared memory; halve the lists until
+// thread 0 holds the block's best k, then write it to out_s/out_i.
+__device__ void merge_block(float* sh_s, int* sh_i, int k, float* out_s, int* out_i) {
+    unsigned t = threadIdx.x;
+    for (unsigned stride = 1; stride < blockDim.x; stride *= 2) {
+        __syncthreads();
+        if (t % (2 * stride) == 0 && t + stride < blockDim.x) {
+            float* a = sh_s + t * k; int* ai = sh_i + t * k;
+            float* b = sh_s + (t + stride) * k; int* bi = sh_i + (t + stride) * k;
+            float ms[MAX_K]; int mi[MAX_K];
+            int x = 0, y = 0;
+            for (int j = 0; j < k; ++j) {
+                if (y >= k || (x < k && a[x] >= b[y])) { ms[j] = a[x]; mi[j] = ai[x]; ++x; }
+                else { ms[j] = b[y]; mi[j] = bi[y]; ++y; }
+            }
+            for (int j = 0; j < k; ++j) { a[j] = ms[j]; ai[j] = mi[j]; }
+        }
+    }
+    __syncthreads();
+    if (t == 0) for (int j = 0; j < k; ++j) { out_s[j] = sh_s[j]; out_i[j] = sh_i[j]; }
+}
+
+// Pass 1. grid (parts, queries): the best k of rows [part*chunk, +chunk) of
+// each query's score row.
+extern "C" __global__ void topk_rows(const float* scores, int rows, int chunk, int k,
+                                     float* part_s, int* part_i) {
+    extern __shared__ unsigned char smem[];
+    float* sh_s = (float*)smem;
+    int* sh_i = (int*)(sh_s + blockDim.x * k);
+    int q = blockIdx.y, part = blockIdx.x, parts = gridDim.x;
+    const float* s = scores + (size_t)q * rows;
+    float bs[MAX_K]; int bi[MAX_K];
+    for (int j = 0; j < k; ++j) { bs[j] = -INFINITY; bi[j] = -1; }
+    int end = min(rows, (part + 1) * chunk);
+    for (int r = part * chunk + threadIdx.x; r < end; r += blockDim.x) push(bs, bi, k, s[r], r);
+    for (int j = 0; j < k; ++j) { sh_s[threadIdx.x * k + j] = bs[j]; sh_i[threadIdx.x * k + j] = bi[j]; }
+    size_t o = ((size_t)q * parts + part) * k;
+    merge_block(sh_s, sh_i, k, part_s + o, part_i + o);
+}
+
+// Pass 2. grid (queries): the best k of the parts' candidates.
+extern "C" __global__ void topk_merge(const float* part_s, const int* part_i, int n, int k,
+                                      float* out_s, int* out_i) {
+    extern __shared__ unsigned char smem[];
+    float* sh_s = (float*)smem;
+    int* sh_i = (int*)(sh_s + blockDim.x * k);
+    int q = blockIdx.x;
+    const float* s = part_s + (size_t)q * n;
+    const int* ix = part_i + (size_t)q * n;
+    float bs[MAX_K]; int bi[MAX_K];
+    for (int j = 0; j < k; ++j) { bs[j] = -INFINITY; bi[j] = -1; }
+    for (int r = threadIdx.x; r < n; r += blockDim.x) if (ix[r] >= 0) push(bs, bi, k, s[r], ix[r]);
+    for (int j = 0; j < k; ++j) { sh_s[threadIdx.x * k + j] = bs[j]; sh_i[threadIdx.x * k + j] = bi[j]; }
+    merge_block(sh_s, sh_i, k, out_s + (size_t)q * k, out_i + (size_t)q * k);
+}
+"#;
+
+/// A flat (exact) inner-product index in GPU memory.
+pub struct CudaFlat {
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    topk_rows: CudaFunction,
+    topk_merge: CudaFunction,
+    dim: usize,
+    rows: usize,
+    /// `capacity × dim`, row-major; rows past `rows` are unused.
+    matrix: CudaSlice<f32>,
+    capacity: usize,
+    ids: Vec<i64>,
+    row_of: HashMap<i64, usize>,
+    device: String,
+    /// The faiss index kind [`Index::save`] writes, so a gallery's files keep their kind.
+    saved_as: Method,
+}
+
+impl std::fmt::Debug for CudaFlat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+fn cuda_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| Error::Index(format!("GPU search: {what}: {e}"))
+}
+
+impl CudaFlat {
+    /// An empty index of `dim`-long vectors on GPU `ordinal`. Fails with the
+    /// reason (no driver, no device, no NVRTC or cuBLAS) on boxes that cannot run it.
+    pub fn new(ordinal: usize, dim: usize) -> Result<CudaFlat> {
+        gpu::probe(ordinal as i32).map_err(|e| Error::Index(format!("GPU search: {e}")))?;
+        // SAFETY: these only try to dlopen the libraries by name.
+        let (nvrtc, cublas) = unsafe { (cudarc::nvrtc::sys::is_culib_present(), cudarc::cublas::sys::is_culib_present()) };
+        if !nvrtc || !cublas {
+            return Err(Error::Index(format!(
+                "GPU search needs the CUDA toolkit's runtime libraries: {}{}not found",
+                if nvrtc { "" } else { "libnvrtc " },
+                if cublas { "" } else { "libcublas " }
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(cuda_err("opening the device"))?;
+        let device = ctx.name().unwrap_or_else(|_| format!("GPU {ordinal}"));
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::Index(format!("GPU search: cuBLAS: {e}")))?;
+        let ptx = cudarc::nvrtc::compile_ptx(KERNELS).map_err(|e| Error::Index(format!("GPU search: compiling the top-k kernels: {e}")))?;
+        let module = ctx.load_module(ptx).map_err(cuda_err("loading the top-k kernels"))?;
+        let topk_rows = module.load_function("topk_rows").map_err(cuda_err("topk_rows"))?;
+        let topk_merge = module.load_function("topk_merge").map_err(cuda_err("topk_merge"))?;
+        let capacity = 1024;
+        let matrix = stream.alloc_zeros::<f32>(capacity * dim).map_err(cuda_err("allocating the gallery"))?;
+        Ok(CudaFlat {
+            stream,
+            blas,
+            topk_rows,
+            topk_merge,
+            dim,
+            rows: 0,
+            matrix,
+            capacity,
+            ids: Vec::new(),
+            row_of: HashMap::new(),
+            device,
+            saved_as: Method::Flat,
+        })
+    }
+
+    /// Copies the vectors `ids` of `index` onto GPU `ordinal`; saving writes
+    /// a faiss index of kind `saved_as`.
+    pub fn from_index(ordinal: usize, index: &dyn Index, ids: &[i64], saved_as: Method) -> Result<CudaFlat> {
+        let mut flat = CudaFlat::new(ordinal, index.dim())?;
+        flat.saved_as = saved_as;
+        let mut vectors = Vec::with_capacity(ids.len() * index.dim());
+        for &id in ids {
+            vectors.extend(index.reconstruct(id)?);
+        }
+        flat.add(&vectors, ids)?;
+        Ok(flat)
+    }
+
+    fn reserve(&mut self, rows: usize) -> Result<()> {
+        if rows <= self.capacity {
+            return Ok(());
+        }
+        let capacity = rows.next_power_of_two();
+        let mut bigger = self.stream.alloc_zeros::<f32>(capacity * self.dim).map_err(cuda_err("growing the gallery"))?;
+        if self.rows > 0 {
+            let used = self.matrix.slice(..self.rows * self.dim);
+            self.stream.memcpy_dtod(&used, &mut bigger.slice_mut(..self.rows * self.dim)).map_err(cuda_err("growing the gallery"))?;
+        }
+        self.matrix = bigger;
+        self.capacity = capacity;
+        Ok(())
+    }
+}
+
+impl Index for CudaFlat {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn len(&self) -> usize {
+        self.rows
+    }
+
+    fn search(&mut self, queries: &[f32], k: usize) -> Result<Vec<Vec<Neighbor>>> {
+        let d = self.dim;
+        if !queries.len().is_multiple_of(d) {
+            return Err(Error::Index(format!("GPU search: {} query floats is not a multiple of the dimension {d}", queries.len())));
+        }
+        if k > MAX_K {
+            return Err(Error::Index(format!("GPU search returns at most {MAX_K} neighbours; {k} were asked for")));
+        }
+        let nq = queries.len() / d;
+        let k = k.min(self.rows);
+        if nq == 0 || k == 0 {
+            return Ok(vec![Vec::new(); nq]);
+        }
+        let rows = self.rows;
+        let err = cuda_err("search");
+        let q_dev = self.stream.clone_htod(queries).map_err(&err)?;
+        let mut scores = self.stream.alloc_zeros::<f32>(nq * rows).map_err(&err)?;
+        // Column-major view: the gallery is dim×rows (lda = dim), the queries
+        // dim×nq; scores = galleryᵀ·queries is rows×nq, i.e. nq row-major rows of `rows`.
+        let cfg = GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_T,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: rows as i32,
+            n: nq as i32,
+            k: d as i32,
+            alpha: 1.0f32,
+            lda: d as i32,
+            ldb: d as i32,
+            beta: 0.0f32,
+            ldc: rows as i32,
+        };
+        let gallery = self.matrix.slice(..rows * d);
+        // SAFETY: the shapes above match the buffers: gallery rows·d, queries nq·d, scores nq·rows.
+        unsafe { self.blas.gemm(cfg, &gallery, &q_dev, &mut scores) }.map_err(|e| Error::Index(format!("GPU search: cuBLAS: {e}")))?;
+
+        let parts = rows.div_ceil(ROWS_PER_BLOCK);
+        let mut part_s = self.stream.alloc_zeros::<f32>(nq * parts * k).map_err(&err)?;
+        let mut part_i = self.stream.alloc_zeros::<i32>(nq * parts * k).map_err(&err)?;
+        let shared = THREADS * k as u32 * 8;
+        let (rows_i, chunk_i, k_i) = (rows as i32, ROWS_PER_BLOCK as i32, k as i32);
+        let first = LaunchConfig { grid_dim: (parts as u32, nq as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: shared };
+        // SAFETY: the kernel reads nq·rows scores and writes nq·parts·k candidates, as allocated.
+        unsafe {
+            self.stream
+                .launch_builder(&self.topk_rows)
+                .arg(&scores)
+                .arg(&rows_i)
+                .arg(&chunk_i)
+                .arg(&k_i)
+                .arg(&mut part_s)
+                .arg(&mut part_i)
+                .launch(first)
+        }
+        .map_err(&err)?;
+        let mut out_s = self.stream.alloc_zeros::<f32>(nq * k).map_err(&err)?;
+        let mut out_i = self.stream.alloc_zeros::<i32>(nq * k).map_err(&err)?;
+        let n_i = (parts * k) as i32;
+        let second = LaunchConfig { grid_dim: (nq as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: shared };
+        // SAFETY: reads nq·parts·k candidates, writes nq·k results, as allocated.
+        unsafe {
+            self.stream
+                .launch_builder(&self.topk_merge)
+                .arg(&part_s)
+                .arg(&part_i)
+                .arg(&n_i)
+                .arg(&k_i)
+                .arg(&mut out_s)
+                .arg(&mut out_i)
+                .launch(second)
+        }
+        .map_err(&err)?;
+        let s = self.stream.clone_dtoh(&out_s).map_err(&err)?;
+        let ix = self.stream.clone_dtoh(&out_i).map_err(&err)?;
+        self.stream.synchronize().map_err(&err)?;
+        Ok((0..nq)
+            .map(|q| {
+                (0..k)
+                    .filter_map(|j| {
+                        let row = ix[q * k + j];
+                        (row >= 0).then(|| Neighbor { id: self.ids[row as usize], score: s[q * k + j] })
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    fn add(&mut self, vectors: &[f32], ids: &[i64]) -> Result<()> {
+        let d = self.dim;
+        if vectors.len() != ids.len() * d {
+            return Err(Error::Index(format!("GPU search: {} floats for {} ids of dimension {d}", vectors.len(), ids.len())));
+        }
+        if let Some(dup) = ids.iter().find(|id| self.row_of.contains_key(id)) {
+            return Err(Error::Index(format!("GPU search: id {dup} is already in the index")));
+        }
+        self.reserve(self.rows + ids.len())?;
+        let range = self.rows * d..(self.rows + ids.len()) * d;
+        self.stream.memcpy_htod(vectors, &mut self.matrix.slice_mut(range)).map_err(cuda_err("adding"))?;
+        for &id in ids {
+            self.row_of.insert(id, self.rows);
+            self.ids.push(id);
+            self.rows += 1;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, ids: &[i64]) -> Result<bool> {
+        let d = self.dim;
+        for id in ids {
+            let Some(row) = self.row_of.remove(id) else { continue };
+            let last = self.rows - 1;
+            if row != last {
+                // The last row fills the hole: one row copied, on the device.
+                let (mut head, tail) = self.matrix.split_at_mut(last * d);
+                let mut hole = head.slice_mut(row * d..(row + 1) * d);
+                self.stream.memcpy_dtod(&tail.slice(..d), &mut hole).map_err(cuda_err("removing"))?;
+                let moved = self.ids[last];
+                self.ids[row] = moved;
+                self.row_of.insert(moved, row);
+            }
+            self.ids.pop();
+            self.rows -= 1;
+        }
+        Ok(true)
+    }
+
+    fn reconstruct(&self, id: i64) -> Result<Vec<f32>> {
+        let row = *self.row_of.get(&id).ok_or_else(|| Error::Index(format!("GPU search: no id {id}")))?;
+        let v = self.stream.clone_dtoh(&self.matrix.slice(row * self.dim..(row + 1) * self.dim)).map_err(cuda_err("reading a vector"))?;
+        self.stream.synchronize().map_err(cuda_err("reading a vector"))?;
+        Ok(v)
+    }
+
+    /// Saved as a faiss index of the gallery's kind, so the files on disk
+    /// stay one format whichever device searches them.
+    fn save(&self, path: &std::path::Path) -> Result<()> {
+        let all = self.stream.clone_dtoh(&self.matrix.slice(..self.rows * self.dim)).map_err(cuda_err("saving"))?;
+        self.stream.synchronize().map_err(cuda_err("saving"))?;
+        FaissIndex::build(self.saved_as, self.dim, &all, &self.ids)?.save(path)
+    }
+
+    fn describe(&self) -> String {
+        format!("CUDA flat on {}, {} vectors", self.device, self.rows)
+    }
+}

@@ -1,0 +1,147 @@
+//! The CUDA flat index against faiss's exact Flat index on random unit
+//! vectors: same neighbours (ties aside), after adds and removes, and saved
+//! as a faiss file. Without a CUDA device this prints why it skipped;
+//! `scripts/gpu-check.sh` runs it where there is one.
+
+use shitu_edge::search::cuda_flat::{CudaFlat, MAX_K};
+use shitu_edge::search::{FaissIndex, Index, Method, Neighbor};
+
+/// Says why a test did not run, past the test harness's output capture
+/// (it only captures `print!`/`eprint!`), so `cargo test` shows it.
+macro_rules! skip {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+const DIM: usize = 512;
+
+/// Deterministic unit vectors (xorshift), so a failure reproduces.
+fn unit_vectors(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(n * DIM);
+    for _ in 0..n {
+        let row: Vec<f32> = (0..DIM)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        out.extend(row.iter().map(|v| v / norm));
+    }
+    out
+}
+
+fn gpu_or_skip(dim: usize) -> Option<CudaFlat> {
+    match CudaFlat::new(0, dim) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            skip!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// Same ids in the same order, except where neighbouring scores tie within
+/// float rounding (then the order between them is free).
+fn assert_same(gpu: &[Vec<Neighbor>], cpu: &[Vec<Neighbor>], what: &str) {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: query count");
+    for (q, (g, c)) in gpu.iter().zip(cpu).enumerate() {
+        assert_eq!(g.len(), c.len(), "{what}: query {q}");
+        for (j, (a, b)) in g.iter().zip(c).enumerate() {
+            assert!((a.score - b.score).abs() < 1e-4, "{what}: query {q} rank {j}: {a:?} vs {b:?}");
+            let tied = c.iter().any(|o| o.id != b.id && (o.score - b.score).abs() < 1e-5);
+            assert!(a.id == b.id || tied, "{what}: query {q} rank {j}: {a:?} vs {b:?}");
+        }
+    }
+}
+
+#[test]
+fn gpu_flat_search_matches_faiss_flat() {
+    let Some(mut gpu) = gpu_or_skip(DIM) else { return };
+    let n = 20_000;
+    let vectors = unit_vectors(n, 7);
+    let ids: Vec<i64> = (0..n as i64).map(|i| i * 3 + 11).collect();
+    gpu.add(&vectors, &ids).unwrap();
+    let mut cpu = FaissIndex::build(Method::Flat, DIM, &vectors, &ids).unwrap();
+    assert_eq!(gpu.len(), n);
+
+    for (nq, k) in [(1, 1), (1, 5), (6, 5), (16, MAX_K)] {
+        let queries = unit_vectors(nq, 1000 + nq as u64);
+        assert_same(&gpu.search(&queries, k).unwrap(), &cpu.search(&queries, k).unwrap(), &format!("{nq} queries, k {k}"));
+    }
+    // A stored vector finds itself first.
+    let own = gpu.search(&vectors[5 * DIM..6 * DIM], 1).unwrap();
+    assert_eq!(own[0][0].id, ids[5]);
+    assert_eq!(gpu.reconstruct(ids[5]).unwrap(), vectors[5 * DIM..6 * DIM].to_vec());
+
+    // Remove 1 % (the last row among them), add new ones: still the same answers.
+    let gone: Vec<i64> = ids.iter().copied().step_by(100).chain([ids[n - 1]]).collect();
+    gpu.remove(&gone).unwrap();
+    cpu.remove(&gone).unwrap();
+    let more = unit_vectors(3000, 99);
+    let more_ids: Vec<i64> = (0..3000).map(|i| 1_000_000 + i).collect();
+    gpu.add(&more, &more_ids).unwrap();
+    cpu.add(&more, &more_ids).unwrap();
+    assert_eq!(gpu.len(), cpu.len());
+    let queries = unit_vectors(6, 4242);
+    assert_same(&gpu.search(&queries, 5).unwrap(), &cpu.search(&queries, 5).unwrap(), "after remove + add");
+    for id in &gone {
+        assert!(gpu.reconstruct(*id).is_err(), "removed id {id} still there");
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("vector.index");
+    gpu.save(&path).unwrap();
+    let (mut loaded, _) = FaissIndex::load(&path).unwrap().into_ids().unwrap();
+    assert_same(&loaded.search(&queries, 5).unwrap(), &cpu.search(&queries, 5).unwrap(), "saved as faiss");
+}
+
+#[test]
+fn gpu_flat_refuses_bad_shapes_and_large_k() {
+    let Some(mut gpu) = gpu_or_skip(4) else { return };
+    gpu.add(&[1.0, 0.0, 0.0, 0.0], &[1]).unwrap();
+    assert!(gpu.add(&[1.0, 0.0, 0.0], &[2]).is_err());
+    assert!(gpu.add(&[1.0, 0.0, 0.0, 0.0], &[1]).is_err(), "duplicate id");
+    assert!(gpu.search(&[1.0, 0.0, 0.0], 1).is_err());
+    assert!(gpu.search(&[1.0, 0.0, 0.0, 0.0], MAX_K + 1).unwrap_err().to_string().contains("at most"));
+    // Fewer vectors than k: every vector, no padding.
+    assert_eq!(gpu.search(&[1.0, 0.0, 0.0, 0.0], 5).unwrap()[0], vec![Neighbor { id: 1, score: 1.0 }]);
+}
+
+/// GPU search against faiss Flat on the CPU, same run, same vectors: 100 k
+/// and 1 M × 512, single queries and batches of 6. Run by
+/// `scripts/gpu-check.sh` (`--ignored`); prints a markdown table.
+#[test]
+#[ignore = "a benchmark: scripts/gpu-check.sh runs it on a GPU machine"]
+fn gpu_search_benchmark() {
+    use shitu_edge::bench::{bench_index, IndexSweep};
+    if gpu_or_skip(DIM).is_none() {
+        return;
+    }
+    let sweep = IndexSweep { nprobe: vec![], ef_search: vec![], gpu: Some(0) };
+    println!("| index | n | upload/build s | 1 query p50/p99 µs | 6 queries p50/p99 µs | queries/s (batch 1 / 6) | recall@1 | remove 1 % ms |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for n in [100_000, 1_000_000] {
+        for r in bench_index(n, &[Method::Flat], 120, &sweep, |m| eprintln!("{m}")).unwrap() {
+            println!(
+                "| {} | {} | {:.2} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.3} | {:.1} |",
+                if r.param == "exact" { "faiss Flat (CPU)".to_string() } else { r.param.clone() },
+                r.n,
+                r.build_s,
+                r.search_1_us.p50,
+                r.search_1_us.p99,
+                r.search_6_us.p50,
+                r.search_6_us.p99,
+                1e6 / r.search_1_us.p50,
+                6e6 / r.search_6_us.p50,
+                r.recall_at_1,
+                r.remove_1pct_ms
+            );
+        }
+    }
+}
