@@ -51,6 +51,16 @@ pub enum Error {
     #[error("vector index: {0}")]
     Index(String),
 
+    /// An update bundle is malformed, unsigned, untrusted, tampered with,
+    /// truncated, or not for this box.
+    #[error("bundle {path}: {reason}")]
+    Bundle {
+        /// The bundle file (or key file).
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The TensorRT engine cache folder cannot be used.
     #[error("engine cache {path}: {reason}")]
     EngineCache {

@@ -23,6 +23,7 @@ pub mod error;
 pub mod eval;
 pub mod geometry;
 pub mod input;
+pub mod ota;
 pub mod pipeline;
 pub mod preprocess;
 pub mod report;

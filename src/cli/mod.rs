@@ -2,6 +2,7 @@
 //! done by [`crate::pipeline`], [`crate::enroll`] and [`crate::bench`].
 
 mod bench_cmd;
+mod bundle_cmd;
 mod config_cmd;
 mod engines_cmd;
 mod eval_cmd;
@@ -64,6 +65,9 @@ pub enum Command {
     /// Build, list and prune the TensorRT engine cache.
     #[command(subcommand)]
     Engines(engines_cmd::EnginesCommand),
+    /// Make, sign and check over-the-air update bundles.
+    #[command(subcommand)]
+    Bundle(bundle_cmd::BundleCommand),
 }
 
 /// Model and runtime flags shared by the commands that run models.
@@ -143,6 +147,7 @@ pub fn main() -> ExitCode {
         Command::BenchMqtt(args) => bench_cmd::run_mqtt(args),
         Command::Config(cmd) => config_cmd::run(&cli, cmd),
         Command::Engines(cmd) => engines_cmd::run(&cli, cmd),
+        Command::Bundle(cmd) => bundle_cmd::run(&cli, cmd),
     };
     match result {
         Ok(code) => code,

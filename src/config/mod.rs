@@ -33,6 +33,17 @@ pub struct Settings {
     pub daemon: DaemonSettings,
     /// Log output.
     pub log: LogSettings,
+    /// Over-the-air updates.
+    pub ota: OtaSettings,
+}
+
+/// Over-the-air update settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtaSettings {
+    /// Public keys whose signatures make a bundle acceptable: base64 (as in
+    /// `KEY.pub` from `shitud bundle keygen`) or the path of such a file.
+    pub trusted_keys: Vec<String>,
 }
 
 /// How log lines are written (always to stderr).
@@ -502,6 +513,11 @@ impl Settings {
             }
         };
         need(self.detector.max_batch > 0, "detector.max_batch", "must be at least 1");
+        for key in &self.ota.trusted_keys {
+            if let Err(e) = crate::ota::keys::read_public(key) {
+                need(false, "ota.trusted_keys", &e.to_string());
+            }
+        }
         need(self.embedder.max_batch > 0, "embedder.max_batch", "must be at least 1");
         need((1..=self.detector.max_batch).contains(&self.detector.opt_batch), "detector.opt_batch", "must be within 1..detector.max_batch");
         need((1..=self.embedder.max_batch).contains(&self.embedder.opt_batch), "embedder.opt_batch", "must be within 1..embedder.max_batch");
