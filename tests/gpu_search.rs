@@ -17,23 +17,9 @@ macro_rules! skip {
 
 const DIM: usize = 512;
 
-/// Deterministic unit vectors (xorshift), so a failure reproduces.
+/// Reproducible random unit vectors (the benchmark's), so a failure reproduces.
 fn unit_vectors(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(n * DIM);
-    for _ in 0..n {
-        let row: Vec<f32> = (0..DIM)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect();
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        out.extend(row.iter().map(|v| v / norm));
-    }
-    out
+    shitu_edge::bench::random_unit_vectors(n, DIM, seed)
 }
 
 fn gpu_or_skip(dim: usize) -> Option<CudaFlat> {
