@@ -31,7 +31,6 @@ use anyhow::Context;
 use bytes::Bytes;
 
 use crate::config::Settings;
-use crate::engine::sha256_file;
 use crate::pipeline::Pipeline;
 use answer::{error_payload, ErrorCode, Versions};
 use health::Health;
@@ -269,7 +268,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let pipeline = Pipeline::open_writable(&settings).context("loading the pipeline")?;
     let broker = format!("{}:{}", settings.mqtt.host, settings.mqtt.port);
     service.status(&format!("models loaded; connecting to the broker {broker}"));
-    let detector_sha = sha256_file(&settings.detector.model)?;
+    let detector_sha = pipeline.detector().engine().model_sha256().to_string();
     let versions = worker::versions(&pipeline, &detector_sha);
 
     let counters = Arc::new(Counters::default());

@@ -3,7 +3,7 @@
 use ndarray::Array4;
 
 use crate::embed::l2_normalize;
-use crate::engine::{describe, sha256_file, Engine};
+use crate::engine::{describe, Engine};
 use crate::error::{Error, Result};
 use crate::geometry::CropBox;
 use crate::input::Frame;
@@ -16,7 +16,6 @@ pub struct Embedder {
     input: String,
     dim: usize,
     max_batch: usize,
-    model_sha256: String,
 }
 
 impl Embedder {
@@ -40,9 +39,8 @@ impl Embedder {
             _ => return Err(bad(format!("output {output} is not [N,D] features with a fixed D"))),
         };
         let max_batch = if input.shape[0] == 1 { 1 } else { max_batch };
-        let model_sha256 = sha256_file(&path)?;
         tracing::info!(model = %path.display(), dim, max_batch, "embedder ready");
-        Ok(Embedder { input: input.name.clone(), engine, dim, max_batch, model_sha256 })
+        Ok(Embedder { input: input.name.clone(), engine, dim, max_batch })
     }
 
     /// Feature length.
@@ -57,7 +55,7 @@ impl Embedder {
 
     /// sha256 of the model file, recorded in galleries built with it.
     pub fn model_sha256(&self) -> &str {
-        &self.model_sha256
+        self.engine.model_sha256()
     }
 
     /// The underlying engine.

@@ -74,6 +74,7 @@ pub struct Engine {
     session: Session,
     path: PathBuf,
     provider: Provider,
+    model_sha256: String,
     cache_use: Option<CacheUse>,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
@@ -97,13 +98,16 @@ impl Engine {
             return Err(Error::model(path, "file not found"));
         }
         let (env, library) = runtime::environment(settings.ort_library.as_deref())?;
+        // Hashed once here: the engine cache key, the gallery's model guard and
+        // the daemon's versions all need it.
+        let model_sha256 = sha256_file(path)?;
         let chain = fallback_chain(settings.provider, settings.fallback);
         let mut failures = Vec::new();
         for (i, &provider) in chain.iter().enumerate() {
             let opened = match provider {
                 Provider::Cpu => session(path, env, settings, Vec::new()).map(|s| (s, None)),
                 Provider::Cuda => cuda_session(path, env, library, settings).map(|s| (s, None)),
-                Provider::Tensorrt => tensorrt_session(role, path, env, library, settings, profile).map(|(s, c)| (s, Some(c))),
+                Provider::Tensorrt => tensorrt_session(role, path, &model_sha256, env, library, settings, profile).map(|(s, c)| (s, Some(c))),
             };
             match opened {
                 Ok((session, cache_use)) => {
@@ -112,7 +116,7 @@ impl Engine {
                     }
                     let (inputs, outputs) = specs(&session);
                     tracing::debug!(model = %path.display(), ?provider, inputs = %describe(&inputs), "model loaded");
-                    return Ok(Engine { session, path: path.to_path_buf(), provider, cache_use, inputs, outputs });
+                    return Ok(Engine { session, path: path.to_path_buf(), provider, model_sha256, cache_use, inputs, outputs });
                 }
                 Err(e) => {
                     let why = e.to_string();
@@ -139,6 +143,11 @@ impl Engine {
     /// The execution provider that actually runs the model (after any fallback).
     pub fn provider(&self) -> Provider {
         self.provider
+    }
+
+    /// Hex sha256 of the model file.
+    pub fn model_sha256(&self) -> &str {
+        &self.model_sha256
     }
 
     /// The TensorRT engine cache entry in use (TensorRT only).
@@ -259,6 +268,7 @@ fn cuda_session(path: &Path, env: &ort::environment::Environment, library: &Path
 fn tensorrt_session(
     role: &'static str,
     path: &Path,
+    model_sha256: &str,
     env: &ort::environment::Environment,
     library: &Path,
     settings: &EngineSettings,
@@ -273,7 +283,7 @@ fn tensorrt_session(
         ));
     }
     let cache = EngineCache::open(&settings.engine_cache_dir)?;
-    let key = CacheKey::new(&sha256_file(path)?, settings.fp16, profile, &platform);
+    let key = CacheKey::new(model_sha256, settings.fp16, profile, &platform);
     // TensorRT's optimisation profile needs the input names and shapes before
     // the session exists; a CPU session reads them (once, at start-up).
     let (inputs, _) = specs(&session(path, env, settings, Vec::new())?);
