@@ -197,12 +197,11 @@ async fn bad_requests_get_error_answers_and_a_flood_gets_busy() {
         ctl.request(REQ, payload.clone(), corr, user.clone()).await;
     }
     let mut got: HashMap<String, serde_json::Value> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
     while got.len() < cases.len() {
-        let m = ctl.next(Duration::from_secs(120)).await.unwrap_or_else(|| panic!("missing answers; got {got:?}\n{}", daemon.log_text()));
-        if m.topic == ctl.reply_topic {
-            let corr = String::from_utf8(m.correlation.unwrap().to_vec()).unwrap();
-            got.insert(corr, m.json);
-        }
+        let m = ctl.reply_before(deadline).await.unwrap_or_else(|| panic!("missing answers; got {got:?}\n{}", daemon.log_text()));
+        let corr = String::from_utf8(m.correlation.unwrap().to_vec()).unwrap();
+        got.insert(corr, m.json);
     }
     for (corr, _, _, want) in &cases {
         let a = &got[*corr];
@@ -253,8 +252,12 @@ async fn bad_requests_get_error_answers_and_a_flood_gets_busy() {
     let mut seen: HashSet<String> = HashSet::new();
     let (mut ok, mut busy) = (0, 0);
     let mut a_busy_id = None;
+    // One deadline for the whole flood: status messages arrive every second,
+    // so a per-message timeout alone would never fire on a stalled daemon.
+    let deadline = Instant::now() + Duration::from_secs(300);
     while seen.len() < FLOOD {
-        let m = ctl.next(Duration::from_secs(120)).await.unwrap_or_else(|| panic!("flood: {} of {FLOOD} answered\n{}", seen.len(), daemon.log_text()));
+        let left = deadline.checked_duration_since(Instant::now()).unwrap_or_default();
+        let m = ctl.next(left).await.unwrap_or_else(|| panic!("flood: {} of {FLOOD} answered in 300 s\n{}", seen.len(), daemon.log_text()));
         let Some(id) = m.json["request_id"].as_str().filter(|id| id.starts_with('f')) else { continue };
         if !seen.insert(id.to_string()) {
             continue;
@@ -334,12 +337,11 @@ async fn restarts_of_the_daemon_lose_nothing() {
     }
     let daemon = Daemon::start(&conf, &log);
     let mut got = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
     while got.len() < 5 {
-        let m = ctl.next(Duration::from_secs(120)).await.unwrap_or_else(|| panic!("requests sent while down: got {got:?}\n{}", daemon.log_text()));
-        if m.topic == ctl.reply_topic {
-            assert_eq!(m.json["ok"], true, "{}", m.json);
-            got.insert(m.json["request_id"].as_str().unwrap().to_string());
-        }
+        let m = ctl.reply_before(deadline).await.unwrap_or_else(|| panic!("requests sent while down: got {got:?}\n{}", daemon.log_text()));
+        assert_eq!(m.json["ok"], true, "{}", m.json);
+        got.insert(m.json["request_id"].as_str().unwrap().to_string());
     }
 
     // Broker outage with work in flight, then a daemon restart during it.
@@ -363,13 +365,12 @@ async fn restarts_of_the_daemon_lose_nothing() {
     assert_eq!(spooled(), on_disk, "a stop during an outage keeps the spool");
     tokio::task::block_in_place(|| broker.spawn());
     let daemon = Daemon::start(&conf, &log);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while spool_answers.len() < N {
-        let m = ctl.next(Duration::from_secs(120)).await.unwrap_or_else(|| panic!("spooled answers: got {spool_answers:?}\n{}", daemon.log_text()));
-        if m.topic == ctl.reply_topic {
-            if let Some(id) = m.json["request_id"].as_str().filter(|s| s.starts_with("spool")) {
-                assert_eq!(m.json["ok"], true, "{}", m.json);
-                spool_answers.insert(id.to_string());
-            }
+        let m = ctl.reply_before(deadline).await.unwrap_or_else(|| panic!("spooled answers: got {spool_answers:?}\n{}", daemon.log_text()));
+        if let Some(id) = m.json["request_id"].as_str().filter(|s| s.starts_with("spool")) {
+            assert_eq!(m.json["ok"], true, "{}", m.json);
+            spool_answers.insert(id.to_string());
         }
     }
     // The latest status, after the daemon has had time to (wrongly) recompute anything.
@@ -606,10 +607,9 @@ async fn metrics_and_health_endpoints() {
         ctl.request(REQ, json_request(&id, &jpeg), &id, vec![]).await;
     }
     ctl.request(REQ, b"{\"image\": 5}".to_vec(), "bad", vec![]).await;
-    let mut got = 0;
-    while got < 4 {
-        let m = ctl.next(Duration::from_secs(60)).await.unwrap_or_else(|| panic!("{}", daemon.log_text()));
-        got += usize::from(m.topic == ctl.reply_topic);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for _ in 0..4 {
+        ctl.reply_before(deadline).await.unwrap_or_else(|| panic!("{}", daemon.log_text()));
     }
     let (code, metrics) = tokio::task::spawn_blocking(move || http_get(port, "/metrics")).await.unwrap();
     assert_eq!(code, 200);

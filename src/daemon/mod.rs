@@ -463,7 +463,7 @@ async fn event_loop(mut connection: Connection, client: Client, shared: Arc<Shar
             }
             Ok(Event::BrokerDisconnect(reason)) => tracing::warn!(reason, "the broker closed the connection"),
             Ok(Event::Sent(pkid)) => shared.outbox.on_sent(pkid),
-            Ok(Event::Other) => {}
+            Ok(Event::Other) => shared.outbox.on_progress(),
             Err(e) => {
                 shared.outbox.on_disconnect(&mut connection);
                 if shared.stopping.load(Ordering::Relaxed) && shared.outbox.unacknowledged() == shared.outbox.spooled() {

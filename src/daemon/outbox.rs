@@ -9,6 +9,15 @@
 //! once its answer has been acknowledged by the broker, so a request whose
 //! answer is lost is redelivered rather than forgotten.
 //!
+//! The client's request channel is bounded. When it is full (a flood of
+//! requests answered `busy` faster than the broker takes answers), messages
+//! wait in memory and are handed over again as soon as the client reports
+//! progress; acknowledgements the channel refused are retried the same way.
+//! Without that retry a refused answer or ack would wait for the next
+//! reconnect, and with it the broker's in-flight window for this client
+//! would stay full: the daemon would stop receiving requests on a healthy
+//! connection.
+//!
 //! Bookkeeping relies on the client emitting one `Outgoing::Publish(pkid)`
 //! per publish, in the order they were handed to it (rumqttc does, including
 //! under packet-id collisions), and on the outbox being the only publisher.
@@ -67,8 +76,14 @@ struct State {
     handed: VecDeque<Pending>,
     /// Sent, waiting for PUBACK, by packet id.
     inflight: HashMap<u16, Pending>,
-    /// Waiting for a connection (on disk if durable).
+    /// Waiting for a connection, or for room in the client's channel.
+    /// Spooled to disk while disconnected; in memory only while connected,
+    /// since their requests are unacknowledged and would be redelivered.
     waiting: VecDeque<Pending>,
+    /// Acknowledgements the client's channel refused, sent before anything else.
+    acks_due: VecDeque<Delivery>,
+    /// Whether the channel refused something that has not been handed over yet (for the log).
+    backlogged: bool,
     spool: Spool,
 }
 
@@ -99,7 +114,16 @@ impl Outbox {
                 },
             })
             .collect();
-        let state = State { connected: false, next_seq, handed: VecDeque::new(), inflight: HashMap::new(), waiting, spool };
+        let state = State {
+            connected: false,
+            next_seq,
+            handed: VecDeque::new(),
+            inflight: HashMap::new(),
+            waiting,
+            acks_due: VecDeque::new(),
+            backlogged: false,
+            spool,
+        };
         Outbox { state: Mutex::new(state), client, counters }
     }
 
@@ -108,19 +132,21 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publishes `msg` now, or keeps it (spooled if durable) until the next connection.
+    /// Publishes `msg` now, or keeps it until the client has room or the
+    /// next connection (spooled if durable and disconnected).
     pub fn submit(&self, msg: Message) {
         let mut st = self.lock();
         let seq = st.next_seq;
         st.next_seq += 1;
         let p = Pending { seq, msg };
-        if st.connected {
+        // Behind anything already waiting, so answers leave in the order they were made.
+        if st.connected && st.waiting.is_empty() {
             match self.hand(&p.msg) {
                 Ok(()) => {
                     st.handed.push_back(p);
                     return;
                 }
-                Err(e) => tracing::warn!(topic = %p.msg.topic, "broker connection not taking messages ({e}); spooling"),
+                Err(e) => self.note_backlog(&mut st, &e),
             }
         }
         self.park(&mut st, p);
@@ -147,9 +173,61 @@ impl Outbox {
 
     /// Acknowledges a delivery now (a request that will get no answer of its own).
     pub fn ack(&self, delivery: &Delivery) {
-        if let Err(e) = self.client.try_ack(delivery) {
-            tracing::debug!("ack not sent ({e}); the broker will redeliver and the duplicate filter will catch it");
+        let mut st = self.lock();
+        self.ack_locked(&mut st, delivery.clone());
+    }
+
+    fn ack_locked(&self, st: &mut State, delivery: Delivery) {
+        if !st.connected {
+            // The broker redelivers unacknowledged requests on the next session
+            // and the duplicate filter answers them from the cache.
+            return;
         }
+        if !st.acks_due.is_empty() {
+            st.acks_due.push_back(delivery);
+            return;
+        }
+        if let Err(e) = self.client.try_ack(&delivery) {
+            self.note_backlog(st, &e);
+            st.acks_due.push_back(delivery);
+        }
+    }
+
+    fn note_backlog(&self, st: &mut State, why: &str) {
+        if !st.backlogged {
+            st.backlogged = true;
+            tracing::warn!("broker connection not taking messages as fast as they are made ({why}); holding them until it does");
+        }
+    }
+
+    /// Hands over what the client's channel refused earlier, oldest first,
+    /// for as long as it takes them.
+    fn pump(&self, st: &mut State) {
+        if !st.connected || !st.backlogged {
+            return;
+        }
+        while let Some(d) = st.acks_due.pop_front() {
+            if self.client.try_ack(&d).is_err() {
+                st.acks_due.push_front(d);
+                return;
+            }
+        }
+        while let Some(p) = st.waiting.pop_front() {
+            if self.hand(&p.msg).is_err() {
+                st.waiting.push_front(p);
+                return;
+            }
+            st.handed.push_back(p);
+        }
+        st.backlogged = false;
+        tracing::info!("broker connection caught up with the backlog");
+    }
+
+    /// The client made progress on the connection (any event): room may have
+    /// opened in its channel.
+    pub fn on_progress(&self) {
+        let mut st = self.lock();
+        self.pump(&mut st);
     }
 
     /// The client emitted a publish with packet id `pkid`.
@@ -162,6 +240,7 @@ impl Outbox {
             }
             None => tracing::warn!(pkid, "publish sent that the outbox did not hand over"),
         }
+        self.pump(&mut st);
     }
 
     /// The broker acknowledged packet `pkid`.
@@ -170,6 +249,7 @@ impl Outbox {
         if let Some(p) = st.inflight.remove(&pkid) {
             self.complete(&mut st, p);
         }
+        self.pump(&mut st);
     }
 
     /// The connection dropped: take back everything unacknowledged.
@@ -180,30 +260,24 @@ impl Outbox {
         connection.take_back_publishes();
         let mut back: Vec<Pending> = st.inflight.drain().map(|(_, p)| p).collect();
         back.extend(st.handed.drain(..));
-        back.sort_by_key(|p| p.seq);
-        for p in back {
-            self.park(&mut st, p);
-        }
+        st.waiting.extend(back.into_iter().filter(|p| p.msg.durable));
+        st.waiting.make_contiguous().sort_by_key(|p| p.seq);
         // Acks belong to the session's deliveries; the broker redelivers those
         // and the duplicate filter re-attaches them.
+        st.acks_due.clear();
+        st.backlogged = false;
         for p in st.waiting.iter_mut() {
             p.msg.acks.clear();
         }
-        st.waiting.make_contiguous().sort_by_key(|p| p.seq);
+        self.spool_waiting(&mut st);
     }
 
     /// Connected (again): send what waited, oldest first.
     pub fn on_connected(&self) {
         let mut st = self.lock();
         st.connected = true;
-        let mut left = VecDeque::new();
-        while let Some(p) = st.waiting.pop_front() {
-            match self.hand(&p.msg) {
-                Ok(()) => st.handed.push_back(p),
-                Err(_) => left.push_back(p),
-            }
-        }
-        st.waiting = left;
+        st.backlogged = !st.waiting.is_empty();
+        self.pump(&mut st);
     }
 
     /// Whether the broker connection is up.
@@ -233,9 +307,8 @@ impl Outbox {
         let mut st = self.lock();
         let mut back: Vec<Pending> = st.inflight.drain().map(|(_, p)| p).collect();
         back.extend(st.handed.drain(..));
-        for p in back {
-            self.park(&mut st, p);
-        }
+        st.waiting.extend(back.into_iter().filter(|p| p.msg.durable));
+        self.spool_waiting(&mut st);
     }
 
     fn hand(&self, msg: &Message) -> Result<(), String> {
@@ -246,14 +319,27 @@ impl Outbox {
         if !p.msg.durable {
             return;
         }
-        if !st.spool.contains(p.seq) {
-            let s = Spooled {
+        st.waiting.push_back(p);
+        if !st.connected {
+            self.spool_waiting(st);
+        }
+    }
+
+    /// Writes each waiting answer that is not on disk yet to the spool.
+    fn spool_waiting(&self, st: &mut State) {
+        let missing: Vec<Spooled> = st
+            .waiting
+            .iter()
+            .filter(|p| !st.spool.contains(p.seq))
+            .map(|p| Spooled {
                 seq: p.seq,
                 topic: p.msg.topic.clone(),
                 request_id: p.msg.request_id.clone().unwrap_or_default(),
                 correlation_hex: p.msg.correlation.as_ref().map(hex::encode),
                 payload: p.msg.payload.to_vec(),
-            };
+            })
+            .collect();
+        for s in missing {
             match st.spool.put(&s) {
                 Ok(dropped) => {
                     self.counters.spooled.fetch_add(1, Ordering::Relaxed);
@@ -266,18 +352,18 @@ impl Outbox {
                         self.counters.spool_dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Err(e) => tracing::error!(topic = %p.msg.topic, "cannot spool answer, keeping it in memory only: {e}"),
+                Err(e) => tracing::error!(topic = %s.topic, "cannot spool answer, keeping it in memory only: {e}"),
             }
         }
-        st.waiting.push_back(p);
     }
 
     fn complete(&self, st: &mut State, p: Pending) {
         st.spool.remove(p.seq);
-        for d in &p.msg.acks {
-            self.ack(d);
+        let durable = p.msg.durable;
+        for d in p.msg.acks {
+            self.ack_locked(st, d);
         }
-        if p.msg.durable {
+        if durable {
             self.counters.published.fetch_add(1, Ordering::Relaxed);
         }
     }

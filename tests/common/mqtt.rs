@@ -282,6 +282,20 @@ impl Controller {
         tokio::time::timeout(wait, self.rx.recv()).await.ok().flatten()
     }
 
+    /// The next message on this controller's reply topic, or `None` at
+    /// `deadline`. Other topics are skipped: with status messages every
+    /// second, a per-message timeout would never fire on a stalled daemon.
+    pub async fn reply_before(&mut self, deadline: Instant) -> Option<Received> {
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.next(left).await {
+                Some(m) if m.topic == self.reply_topic => return Some(m),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+        None
+    }
+
     /// Waits for a message on `topic` whose JSON satisfies `pred`.
     pub async fn wait_for(&mut self, topic: &str, wait: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> Option<Received> {
         let deadline = Instant::now() + wait;
