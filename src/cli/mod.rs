@@ -3,6 +3,7 @@
 
 mod bench_cmd;
 mod bundle_cmd;
+mod ota_cmd;
 mod config_cmd;
 mod engines_cmd;
 mod eval_cmd;
@@ -68,6 +69,9 @@ pub enum Command {
     /// Make, sign and check over-the-air update bundles.
     #[command(subcommand)]
     Bundle(bundle_cmd::BundleCommand),
+    /// Apply, roll back and list update versions under ota.root (daemon stopped).
+    #[command(subcommand)]
+    Ota(ota_cmd::OtaCommand),
 }
 
 /// Model and runtime flags shared by the commands that run models.
@@ -148,6 +152,7 @@ pub fn main() -> ExitCode {
         Command::Config(cmd) => config_cmd::run(&cli, cmd),
         Command::Engines(cmd) => engines_cmd::run(&cli, cmd),
         Command::Bundle(cmd) => bundle_cmd::run(&cli, cmd),
+        Command::Ota(cmd) => ota_cmd::run(&cli, cmd),
     };
     match result {
         Ok(code) => code,

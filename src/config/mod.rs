@@ -38,12 +38,39 @@ pub struct Settings {
 }
 
 /// Over-the-air update settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct OtaSettings {
     /// Public keys whose signatures make a bundle acceptable: base64 (as in
     /// `KEY.pub` from `shitud bundle keygen`) or the path of such a file.
     pub trusted_keys: Vec<String>,
+    /// Where versions live (`versions/`, the `current` link); empty turns
+    /// updates off. When a version is current, its models and gallery
+    /// replace `detector.model`, `embedder.model` and `search.index`.
+    pub root: PathBuf,
+    /// A folder watched for bundles (`*.tar`) dropped by RAUC, SWUpdate,
+    /// Mender or scp; empty = not watched.
+    pub watch_dir: PathBuf,
+    /// Versions kept on disk, current and previous included.
+    pub keep_versions: usize,
+    /// Largest bundle downloaded, bytes.
+    pub max_download_bytes: u64,
+    /// A new version that dies within this many seconds of the switch is
+    /// rolled back at the next start.
+    pub trial_s: u64,
+}
+
+impl Default for OtaSettings {
+    fn default() -> Self {
+        OtaSettings {
+            trusted_keys: Vec::new(),
+            root: PathBuf::new(),
+            watch_dir: PathBuf::new(),
+            keep_versions: 3,
+            max_download_bytes: 2 << 30,
+            trial_s: 600,
+        }
+    }
 }
 
 /// How log lines are written (always to stderr).
@@ -513,6 +540,9 @@ impl Settings {
             }
         };
         need(self.detector.max_batch > 0, "detector.max_batch", "must be at least 1");
+        need(self.ota.keep_versions >= 2, "ota.keep_versions", "must be at least 2 (the current version and the one a rollback goes to)");
+        need(self.ota.root.as_os_str().is_empty() || !self.ota.trusted_keys.is_empty(), "ota.trusted_keys", "ota.root is set but no key is trusted: no bundle could be applied");
+        need(self.ota.watch_dir.as_os_str().is_empty() || !self.ota.root.as_os_str().is_empty(), "ota.watch_dir", "needs ota.root");
         for key in &self.ota.trusted_keys {
             if let Err(e) = crate::ota::keys::read_public(key) {
                 need(false, "ota.trusted_keys", &e.to_string());

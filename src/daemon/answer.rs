@@ -20,6 +20,9 @@ pub enum ErrorCode {
     Busy,
     /// Something failed inside the daemon; the log has details.
     Internal,
+    /// An update bundle was refused (signature, hashes, target, download,
+    /// health check); the current version keeps serving.
+    Refused,
 }
 
 impl ErrorCode {
@@ -31,6 +34,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Busy => "busy",
             ErrorCode::Internal => "internal",
+            ErrorCode::Refused => "refused",
         }
     }
 }
@@ -51,6 +55,8 @@ pub struct Versions {
     /// The execution provider running the models (`cpu`, `cuda`, `tensorrt`);
     /// says so when it is not the configured one (`engine.fallback`).
     pub provider: String,
+    /// The OTA version serving (`null`: the config's own models and gallery).
+    pub bundle: Option<String>,
 }
 
 /// One gallery candidate.
@@ -176,7 +182,7 @@ mod tests {
 
     #[test]
     fn codes_serialise_as_documented() {
-        for c in [ErrorCode::BadRequest, ErrorCode::DecodeFailed, ErrorCode::TooLarge, ErrorCode::Busy, ErrorCode::Internal] {
+        for c in [ErrorCode::BadRequest, ErrorCode::DecodeFailed, ErrorCode::TooLarge, ErrorCode::Busy, ErrorCode::Internal, ErrorCode::Refused] {
             assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
         }
     }

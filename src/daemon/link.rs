@@ -29,6 +29,14 @@ pub struct Topics {
     pub gallery_result: String,
     /// The filter subscribed for requests (`$share/<group>/P/recognize` when shared).
     pub recognize_filter: String,
+    /// `P/ota/apply`: apply a bundle (URL or path).
+    pub ota_apply: String,
+    /// `P/ota/rollback`: go back to the previous version.
+    pub ota_rollback: String,
+    /// `P/ota/status`, retained: the update in progress or the last outcome.
+    pub ota_status: String,
+    /// `P/ota/result`: OTA answers without a response topic.
+    pub ota_result: String,
 }
 
 impl Topics {
@@ -47,6 +55,10 @@ impl Topics {
             gallery_remove: format!("{p}/gallery/remove"),
             gallery_result: format!("{p}/gallery/result"),
             recognize_filter,
+            ota_apply: format!("{p}/ota/apply"),
+            ota_rollback: format!("{p}/ota/rollback"),
+            ota_status: format!("{p}/ota/status"),
+            ota_result: format!("{p}/ota/result"),
         }
     }
 }

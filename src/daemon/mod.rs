@@ -20,6 +20,7 @@ pub mod request;
 pub mod service;
 pub mod spool;
 pub mod status;
+pub mod updater;
 pub mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -54,7 +55,7 @@ pub struct Shared {
     ledger: Mutex<Ledger>,
     counters: Arc<Counters>,
     versions: Mutex<Versions>,
-    detector_sha: String,
+    updater: Option<Arc<updater::Updater>>,
     queued: AtomicUsize,
     jobs: Mutex<Option<SyncSender<Job>>>,
     stopping: AtomicBool,
@@ -177,7 +178,7 @@ impl Shared {
 
     /// Handles one request delivery. Never blocks: parsing is cheap, and the
     /// pipeline work goes to the queue.
-    fn on_request(&self, m: Box<Inbound>) {
+    fn on_request(self: &Arc<Self>, m: Box<Inbound>) {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         if self.stopping.load(Ordering::Relaxed) {
             // Not acknowledged: the broker keeps it in the session for the next start.
@@ -218,13 +219,36 @@ impl Shared {
             match request::parse_gallery(&m.payload, &env, max, add) {
                 Ok(command) => {
                     if let Some(to) = self.admit(command.request_id(), reply(command.request_id().to_string(), &self.topics.gallery_result)) {
-                        self.enqueue(Job::Gallery { reply: to, command });
+                        if self.updater.as_ref().is_some_and(|u| u.is_busy()) {
+                            // The new version's gallery was copied when the update began; a change now would be lost at the swap.
+                            self.reply_error(to, ErrorCode::Busy, "an update is being applied; retry when P/ota/status says it is done");
+                        } else {
+                            self.enqueue(Job::Gallery { reply: to, command });
+                        }
                     }
                 }
                 Err(rej) => {
                     if let Some(to) = self.admit(&rej.request_id, reply(rej.request_id.clone(), &self.topics.gallery_result)) {
                         self.reply_error(to, rej.code, &rej.message);
                     }
+                }
+            }
+        } else if topic == self.topics.ota_apply || topic == self.topics.ota_rollback {
+            // Acknowledged now: an update takes minutes, and a redelivery after a
+            // crash must not start it again (the crash may have been the update's).
+            self.outbox.ack(p);
+            let mut to = reply(String::new(), &self.topics.ota_result);
+            to.delivery = None;
+            match request::parse_ota(&m.payload, &env, topic == self.topics.ota_apply) {
+                Ok((id, command)) => {
+                    to.request_id = id;
+                    tracing::info!(request_id = %to.request_id, "OTA command received");
+                    self.start_ota(command, Some(to), None);
+                }
+                Err(rej) => {
+                    to.request_id = rej.request_id;
+                    tracing::warn!(request_id = %to.request_id, "OTA command refused: {}", rej.message);
+                    self.ota_answer(to, Err((rej.code, rej.message)));
                 }
             }
         } else {
@@ -265,11 +289,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let watchdog = tokio::spawn(service::watchdog(service.clone(), health.clone()));
     service.status("loading models and gallery");
     tracing::info!(gallery = %settings.search.index.display(), "loading models and gallery");
-    let pipeline = Pipeline::open_writable(&settings).context("loading the pipeline")?;
+    let startup = updater::Updater::start(&settings)?;
+    let (pipeline, bundle) = match &startup {
+        Some(s) => open_version(&s.updater, &s.settings, s.version.clone())?,
+        None => (Pipeline::open_writable(&settings).context("loading the pipeline")?, None),
+    };
+    let updater = startup.map(|s| Arc::new(s.updater));
     let broker = format!("{}:{}", settings.mqtt.host, settings.mqtt.port);
     service.status(&format!("models loaded; connecting to the broker {broker}"));
-    let detector_sha = pipeline.detector().engine().model_sha256().to_string();
-    let versions = worker::versions(&pipeline, &detector_sha);
+    let versions = worker::versions(&pipeline, bundle);
 
     let counters = Arc::new(Counters::default());
     let (spool, leftovers) = spool::Spool::open(&settings.daemon.spool_dir, settings.daemon.spool_max_messages, settings.daemon.spool_max_bytes)
@@ -298,7 +326,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ledger: Mutex::new(ledger),
         counters: counters.clone(),
         versions: Mutex::new(versions),
-        detector_sha,
+        updater: updater.clone(),
         queued: AtomicUsize::new(0),
         jobs: Mutex::new(Some(tx)),
         stopping: AtomicBool::new(false),
@@ -323,6 +351,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         std::thread::Builder::new().name("shitud-pipeline".into()).spawn(move || worker::run(pipeline, rx, &shared))?
     };
 
+    if let Some(u) = &updater {
+        u.watch_trial(settings.ota.trial_s);
+        if !settings.ota.watch_dir.as_os_str().is_empty() {
+            let (shared, dir) = (shared.clone(), settings.ota.watch_dir.clone());
+            std::thread::Builder::new().name("shitud-watch".into()).spawn(move || updater::watch_folder(shared, dir))?;
+        }
+    }
     tracing::info!(
         broker = %broker,
         client_id,
@@ -393,6 +428,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if let Some(m) = metrics_server {
         m.abort();
     }
+    if let Some(u) = &updater {
+        u.clean_stop();
+    }
     let c = counters.values();
     tracing::info!(counters = ?c, spooled = left, "stopped");
     Ok(())
@@ -447,13 +485,14 @@ async fn event_loop(mut connection: Connection, client: Client, shared: Arc<Shar
                 tracing::info!(session_present, spooled = shared.outbox.spooled(), "connected to the broker");
                 connected_once = true;
                 let t = &shared.topics;
-                for filter in [&t.recognize_filter, &t.gallery_add, &t.gallery_remove] {
+                for filter in [&t.recognize_filter, &t.gallery_add, &t.gallery_remove, &t.ota_apply, &t.ota_rollback] {
                     if let Err(e) = client.try_subscribe(filter) {
                         tracing::error!(filter = %filter, "cannot subscribe: {e}");
                     }
                 }
                 shared.outbox.on_connected();
                 shared.publish_status();
+                shared.republish_ota_status();
                 shared.service.ready(&shared.service_summary());
             }
             Ok(Event::Received(m)) => shared.on_request(m),
@@ -488,5 +527,21 @@ async fn event_loop(mut connection: Connection, client: Client, shared: Arc<Shar
                 backoff = (backoff * 2).min(max);
             }
         }
+    }
+}
+
+/// Opens the current OTA version; if it does not open and a previous version
+/// exists, goes back to that one (logged), so a bad version on disk cannot keep
+/// the daemon from starting.
+fn open_version(u: &updater::Updater, settings: &Settings, version: Option<String>) -> anyhow::Result<(Pipeline, Option<String>)> {
+    match Pipeline::open_writable(settings) {
+        Ok(p) => Ok((p, version)),
+        Err(e) if version.is_some() => {
+            tracing::error!(version = version.as_deref().unwrap_or_default(), "the current version does not open: {e}; going back");
+            let (settings, back) = u.fall_back().with_context(|| format!("the current version does not open ({e}) and cannot be left"))?;
+            tracing::warn!(version = back.as_deref().unwrap_or("(config's own files)"), "serving after falling back");
+            Ok((Pipeline::open_writable(&settings).context("loading the pipeline we fell back to")?, back))
+        }
+        Err(e) => Err(e).context("loading the pipeline"),
     }
 }

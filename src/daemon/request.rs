@@ -291,6 +291,54 @@ pub fn parse_gallery(payload: &[u8], env: &Envelope<'_>, max_bytes: usize, add: 
     }
 }
 
+/// An OTA command (`P/ota/apply`, `P/ota/rollback`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum OtaCommand {
+    /// Apply the bundle at this URL or absolute path.
+    Apply(crate::ota::fetch::Source),
+    /// Go back to the previous version.
+    Rollback,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OtaJson {
+    #[serde(default)]
+    request_id: Option<IdValue>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+/// Parses `P/ota/apply` (`apply`: `{"url": …}` or `{"path": …}`) or
+/// `P/ota/rollback` (`{}` or an empty payload), with an optional `request_id`.
+pub fn parse_ota(payload: &[u8], env: &Envelope<'_>, apply: bool) -> Result<(String, OtaCommand), Rejection> {
+    let derived = || derived_id(payload, env);
+    let json: OtaJson = if payload.iter().all(u8::is_ascii_whitespace) && !apply {
+        OtaJson { request_id: None, url: None, path: None }
+    } else {
+        parse_json(payload, &derived)?
+    };
+    let request_id = resolve_id(json.request_id, &derived)?;
+    let id = request_id.as_str();
+    if !apply {
+        if json.url.is_some() || json.path.is_some() {
+            return Err(reject(id, ErrorCode::BadRequest, "ota/rollback takes no \"url\" or \"path\""));
+        }
+        return Ok((request_id, OtaCommand::Rollback));
+    }
+    let source = match (json.url, json.path) {
+        (Some(u), None) if u.starts_with("http://") || u.starts_with("https://") => crate::ota::fetch::Source::Url(u),
+        (Some(u), None) => return Err(reject(id, ErrorCode::BadRequest, format!("\"url\" must start with http:// or https://, got {u:?}"))),
+        (None, Some(p)) if Path::new(&p).is_absolute() => crate::ota::fetch::Source::Path(PathBuf::from(p)),
+        (None, Some(p)) => return Err(reject(id, ErrorCode::BadRequest, format!("\"path\" must be absolute, got {p:?}"))),
+        (Some(_), Some(_)) => return Err(reject(id, ErrorCode::BadRequest, "give either \"url\" or \"path\", not both")),
+        (None, None) => return Err(reject(id, ErrorCode::BadRequest, "ota/apply needs \"url\" (http/https) or \"path\" (absolute) of a bundle")),
+    };
+    Ok((request_id, OtaCommand::Apply(source)))
+}
+
 fn image_source(image: Option<String>, path: Option<String>, id: &str) -> Result<ImageSource, Rejection> {
     match (image, path) {
         (Some(b64), None) => base64::engine::general_purpose::STANDARD
@@ -410,6 +458,28 @@ mod tests {
         let e = parse_recognize(br#"{"request_id":"x7","image":"%%"}"#, &env(), MAX).unwrap_err();
         assert_eq!(e.request_id, "x7");
         assert!(e.message.contains("base64"), "{}", e.message);
+    }
+
+    #[test]
+    fn ota_commands() {
+        let env = Envelope::default();
+        let (id, c) = parse_ota(br#"{"request_id":"u1","url":"http://fleet/b.tar"}"#, &env, true).unwrap();
+        assert_eq!((id.as_str(), c), ("u1", OtaCommand::Apply(crate::ota::fetch::Source::Url("http://fleet/b.tar".into()))));
+        let (_, c) = parse_ota(br#"{"path":"/srv/b.tar"}"#, &env, true).unwrap();
+        assert_eq!(c, OtaCommand::Apply(crate::ota::fetch::Source::Path("/srv/b.tar".into())));
+        assert_eq!(parse_ota(b"", &env, false).unwrap().1, OtaCommand::Rollback);
+        for (bad, why) in [
+            (&br#"{"url":"ftp://x"}"#[..], "http"),
+            (br#"{"path":"b.tar"}"#, "absolute"),
+            (br#"{}"#, "needs"),
+            (br#"{"url":"http://a","path":"/b"}"#, "either"),
+            (br#"{"uri":"http://a"}"#, "unknown field"),
+        ] {
+            let e = parse_ota(bad, &env, true).unwrap_err();
+            assert!(e.message.contains(why), "{e:?}");
+            assert_eq!(e.code, ErrorCode::BadRequest);
+        }
+        assert!(parse_ota(br#"{"url":"http://a"}"#, &env, false).is_err(), "rollback takes no source");
     }
 
     #[test]

@@ -63,6 +63,19 @@ pub enum Job {
 /// first batch hangs forever, as a stuck driver call would.
 pub const STALL_FAULT_ENV: &str = "SHITU_FAULT_STALL_PIPELINE";
 
+/// How often an idle pipeline thread looks for a pipeline to swap in.
+const SWAP_POLL: Duration = Duration::from_millis(50);
+
+/// A new pipeline for the pipeline thread, and where to send the old one.
+pub struct Swap {
+    /// The new version's pipeline, opened and checked.
+    pub pipeline: Pipeline,
+    /// Its OTA version (`None`: the config's own files).
+    pub version: Option<String>,
+    /// Receives the pipeline it replaced.
+    pub done: std::sync::mpsc::Sender<Pipeline>,
+}
+
 /// Runs until every sender of `jobs` is gone and the queue is empty.
 pub fn run(pipeline: Pipeline, jobs: Receiver<Job>, shared: &Shared) {
     serve_jobs(pipeline, jobs, shared);
@@ -76,7 +89,21 @@ fn serve_jobs(mut pipeline: Pipeline, jobs: Receiver<Job>, shared: &Shared) {
     if stall {
         tracing::warn!("{STALL_FAULT_ENV}=1: the first batch will hang (fault injection)");
     }
-    while let Ok(first) = jobs.recv() {
+    loop {
+        // A new version's pipeline, handed over between batches: requests
+        // before this point were served by the old one, those after by the new.
+        if let Some(swap) = shared.take_swap() {
+            let old = std::mem::replace(&mut pipeline, swap.pipeline);
+            shared.set_versions(versions(&pipeline, swap.version.clone()));
+            tracing::info!(version = swap.version.as_deref().unwrap_or("(config)"), "pipeline thread: now serving the new version");
+            // Dropped by the updater, off this thread.
+            let _ = swap.done.send(old);
+        }
+        let first = match jobs.recv_timeout(SWAP_POLL) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         shared.health.begin();
         if stall {
             loop {
@@ -113,16 +140,17 @@ fn serve_jobs(mut pipeline: Pipeline, jobs: Receiver<Job>, shared: &Shared) {
     tracing::info!("pipeline thread: queue drained");
 }
 
-/// Versions for answers, from the pipeline as it is now.
-pub fn versions(pipeline: &Pipeline, detector_sha: &str) -> Versions {
+/// Versions for answers, from the pipeline as it is now; `bundle` is the OTA version serving.
+pub fn versions(pipeline: &Pipeline, bundle: Option<String>) -> Versions {
     let g = pipeline.gallery();
     Versions {
         shitud: env!("CARGO_PKG_VERSION").to_string(),
-        detector: detector_sha.chars().take(16).collect(),
+        detector: pipeline.detector().engine().model_sha256().chars().take(16).collect(),
         recognizer: g.manifest().model_sha256.chars().take(16).collect(),
         gallery_seq: g.version(),
         gallery_items: g.len(),
         provider: provider_text(pipeline.providers(), pipeline.settings().engine.provider),
+        bundle,
     }
 }
 
@@ -227,8 +255,7 @@ fn change_gallery(pipeline: &mut Pipeline, reply: ReplyTo, command: GalleryComma
             }
         }
     }));
-    let detector = shared.detector_sha.clone();
-    shared.set_versions(versions(pipeline, &detector));
+    shared.set_versions(versions(pipeline, shared.versions().bundle));
     match outcome {
         Ok(Ok((added, removed))) => {
             let v = shared.versions();

@@ -1,0 +1,102 @@
+//! `shitud ota apply|rollback|status`: the versions under `ota.root`, for a
+//! box whose daemon is stopped (first install, recovery, an image build).
+//! A running daemon owns the store; it takes bundles over `P/ota/apply` or
+//! through `ota.watch_dir` instead.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+
+use super::{load_settings, Cli};
+use crate::ota::apply::{Step, Update};
+use crate::ota::fetch::{Limits, Source};
+use crate::ota::store::Store;
+use crate::ota::keys;
+
+/// Over-the-air update commands (docs/OTA.md).
+#[derive(Debug, Subcommand)]
+pub enum OtaCommand {
+    /// Apply a bundle (URL or file) with the daemon stopped: download,
+    /// verify, unpack, build, health-check, switch. Prints each step.
+    Apply {
+        /// http(s) URL or path of the bundle.
+        source: String,
+    },
+    /// Make the previous version current again (daemon stopped).
+    Rollback,
+    /// Show the versions on disk, which is current, and any trial in progress.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs an `ota` subcommand.
+pub fn run(cli: &Cli, cmd: &OtaCommand) -> anyhow::Result<ExitCode> {
+    let settings = load_settings(cli)?;
+    let o = &settings.ota;
+    if o.root.as_os_str().is_empty() {
+        bail!("ota.root is empty: updates are off in this configuration");
+    }
+    let store = Store::open(&o.root).with_context(|| format!("ota.root {}", o.root.display()))?;
+    let busy = || format!("{}: shitud is running and owns it; publish to P/ota/apply or drop the bundle into ota.watch_dir", o.root.display());
+    match cmd {
+        OtaCommand::Status { json } => {
+            let versions = store.versions();
+            let (cur, prev, trial) = (store.current(), store.previous(), store.trial());
+            if *json {
+                let v = serde_json::json!({"current": cur, "previous": prev, "trial": trial, "versions": versions});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("current:  {}", cur.as_deref().unwrap_or("(none: the config's own models and gallery)"));
+                println!("previous: {}", prev.as_deref().unwrap_or("(none)"));
+                if let Some(t) = trial {
+                    println!("trial:    {} since {} (clean stop since: {})", t.version, t.switched_unix, t.clean_stop);
+                }
+                for v in versions {
+                    println!("  {}  detector {}  embedder {}  gallery {}  golden {}", v.version, v.detector, v.embedder, v.gallery, v.golden.len());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        OtaCommand::Rollback => {
+            let _lock = store.try_lock()?.with_context(busy)?;
+            let v = store.rollback()?;
+            println!("current is now {v}");
+            Ok(ExitCode::SUCCESS)
+        }
+        OtaCommand::Apply { source } => {
+            let _lock = store.try_lock()?.with_context(busy)?;
+            let trusted = o.trusted_keys.iter().map(|k| keys::read_public(k)).collect::<Result<Vec<_>, _>>()?;
+            let update = Update {
+                store: &store,
+                base: &settings,
+                trusted: &trusted,
+                limits: Limits { max_bytes: o.max_download_bytes, attempts: 4, timeout: Duration::from_secs(600) },
+            };
+            let mut progress = |step: Step, what: &str| eprintln!("{:>11}  {what}", step.as_str());
+            let staged = match update.stage(&Source::parse(source), &mut progress) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("refused: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let v = staged.info.version.clone();
+            drop(staged);
+            progress(Step::Switch, &format!("current -> versions/{v}"));
+            store.switch(&v)?;
+            // Nothing has run it yet: the first daemon start is not a crash of it.
+            store.note_clean_stop();
+            let pruned = store.prune(o.keep_versions);
+            if !pruned.is_empty() {
+                eprintln!("removed old versions: {}", pruned.join(", "));
+            }
+            println!("version {v} is current; on trial for {} s from now (ota.trial_s)", o.trial_s);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
