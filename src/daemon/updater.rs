@@ -184,10 +184,17 @@ impl Shared {
         let shared = self.clone();
         let spawned = std::thread::Builder::new().name("shitud-ota".into()).spawn(move || {
             let request_id = reply.as_ref().map(|r| r.request_id.clone());
-            let outcome = match command {
+            // A panic in native code (ORT, faiss) while opening the new version
+            // must end the update, not leave it "running" for ever.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match command {
                 Command::Apply(source) => shared.apply(&u, &source, request_id.as_deref()),
                 Command::Rollback => shared.rollback(&u, request_id.as_deref()),
-            };
+            }));
+            let outcome = run.unwrap_or_else(|_| {
+                let message = "the update failed with an internal panic (see the log); the current version keeps serving".to_string();
+                shared.publish_ota_status(json!({"state": "refused", "request_id": request_id, "message": message}));
+                Err(message)
+            });
             u.busy.store(false, Ordering::SeqCst);
             let text = outcome.clone();
             if let Some(r) = reply {
