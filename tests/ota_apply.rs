@@ -248,9 +248,18 @@ async fn an_update_under_load_swaps_without_a_failed_or_lost_request() {
     let by: Vec<Option<&str>> = (0..N).map(|i| answers[&format!("load{i:03}")]["versions"]["bundle"].as_str()).collect();
     let (old, new) = (by.iter().filter(|b| b.is_none()).count(), by.iter().filter(|b| **b == Some("v2")).count());
     eprintln!("{N} requests across the swap: {old} served by the config's files, {new} by v2, 0 failed, 0 lost");
+    // Latency, arrival to answer, for the requests served by each side (for docs/BENCHMARKS.md).
+    for (side, want) in [("old", None), ("new", Some("v2"))] {
+        let mut t: Vec<f64> = answers.values().filter(|a| a["versions"]["bundle"].as_str() == want).map(|a| a["timings_ms"]["total"].as_f64().unwrap()).collect();
+        t.sort_by(f64::total_cmp);
+        eprintln!("  {side}: {} requests, median {:.0} ms, max {:.0} ms", t.len(), t[t.len() / 2], t[t.len() - 1]);
+    }
     assert!(old > 0 && new > 0 && old + new == N, "{by:?}");
     assert!(by.windows(2).all(|w| !(w[0] == Some("v2") && w[1].is_none())), "once swapped, never back: {by:?}");
     assert_eq!(rig.current().as_deref(), Some("v2"));
+    for line in daemon.log_text().lines().filter(|l| l.contains("update applied") || l.contains("download broke off")) {
+        eprintln!("  daemon: {}", line.split_once("  ").map_or(line, |(_, rest)| rest.trim()));
+    }
     let reqs = rig.http.requests.lock().unwrap().clone();
     assert!(reqs.iter().any(|r| r.starts_with("/v2.tar from ") && !r.ends_with(" from 0")), "the cut download resumed with Range: {reqs:?}");
     let st = ota_status(rig.broker.port, |j| j["state"] == "applied").await;
