@@ -14,6 +14,9 @@ use crate::pipeline::Pipeline;
 use crate::report::StageTimes;
 use crate::search::{FaissIndex, Index, Method};
 
+
+/// A stage's name and how to read its time.
+type StageField = (&'static str, fn(&StageTimes) -> f64);
 /// p50 and p99 of one measurement, in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct Percentiles {
@@ -73,7 +76,7 @@ pub fn run(pipeline: &mut Pipeline, images: &[PathBuf], batches: &[usize], round
         }
         let seconds = start.elapsed().as_secs_f64();
         let mut stages = BTreeMap::new();
-        let fields: [(&'static str, fn(&StageTimes) -> f64); 7] = [
+        let fields: [StageField; 7] = [
             ("decode", |t| t.decode),
             ("det_pre", |t| t.det_pre),
             ("det_infer", |t| t.det_infer),

@@ -17,8 +17,14 @@ use shitu_edge::Pipeline;
 const REQ: &str = "shitu/test/recognize";
 const STATUS: &str = "shitu/test/status";
 
+/// What the in-process pipeline answers for a scene: label, box, score per object.
+type Expected = Vec<(String, [i32; 4], f32)>;
+
+/// A bad-request case: correlation, payload, user properties, expected code.
+type Case<'a> = (&'a str, Vec<u8>, Vec<(String, String)>, &'a str);
+
 /// Scenes used as requests, with what the in-process pipeline answers for them.
-fn scenes_with_expected(gallery: &Path) -> Vec<(Vec<u8>, Vec<(String, [i32; 4], f32)>)> {
+fn scenes_with_expected(gallery: &Path) -> Vec<(Vec<u8>, Expected)> {
     let mut s = settings("det_prenms.onnx");
     s.search.index = gallery.to_path_buf();
     let mut p = Pipeline::open(&s).expect("pipeline");
@@ -181,7 +187,7 @@ async fn bad_requests_get_error_answers_and_a_flood_gets_busy() {
 
     let jpeg = std::fs::read(&scene).unwrap();
     let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b);
-    let cases: Vec<(&str, Vec<u8>, Vec<(String, String)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("malformed", br#"{"request_id":"m1","image": "#.to_vec(), vec![], "bad_request"),
         ("bad-base64", br#"{"request_id":"b1","image":"not*base64"}"#.to_vec(), vec![], "bad_request"),
         ("not-image", format!(r#"{{"request_id":"n1","image":"{}"}}"#, b64(b"hello, this is text")).into_bytes(), vec![], "decode_failed"),

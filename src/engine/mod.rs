@@ -204,10 +204,8 @@ fn session(
     if settings.intra_threads > 0 {
         builder = builder.with_intra_threads(settings.intra_threads).map_err(|e| fail(e.to_string()))?;
     }
-    builder = builder
-        .with_intra_op_spinning(settings.spinning)
-        .and_then(|b| b.with_inter_op_spinning(settings.spinning))
-        .map_err(|e| fail(e.to_string()))?;
+    builder = builder.with_intra_op_spinning(settings.spinning).map_err(|e| fail(e.to_string()))?;
+    builder = builder.with_inter_op_spinning(settings.spinning).map_err(|e| fail(e.to_string()))?;
     if settings.cpu_arena {
         builder = builder.with_env_allocators().map_err(|e| fail(e.to_string()))?;
     }

@@ -166,7 +166,7 @@ impl Index for FaissIndex {
         if queries.is_empty() {
             return Ok(Vec::new());
         }
-        if queries.len() % dim != 0 {
+        if !queries.len().is_multiple_of(dim) {
             return Err(Error::Index(format!("query length {} is not a multiple of the dimension {dim}", queries.len())));
         }
         let res = self.inner.search(queries, k).map_err(|e| Error::Index(e.to_string()))?;
@@ -192,11 +192,7 @@ impl Index for FaissIndex {
         // Safe in faiss: an ID-mapped Flat (renumbers in order), or an index
         // that keeps ids itself (IVF). HNSW cannot remove at all, and an
         // ID-mapped IVF (PaddleClas's layout) would corrupt its map.
-        let safe = match (self.method, self.is_id_mapped()) {
-            (Some(Method::Flat), true) => true,
-            (Some(Method::Ivf), false) => true,
-            _ => false,
-        };
+        let safe = matches!((self.method, self.is_id_mapped()), (Some(Method::Flat), true) | (Some(Method::Ivf), false));
         if !safe {
             return Ok(false);
         }

@@ -167,7 +167,7 @@ impl Machine<'_> {
     }
 
     fn dict_items(&mut self, items: Vec<Value>) -> Result<(), PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return self.err("odd number of items for a dict");
         }
         let Some(Value::Dict(d)) = self.stack.last_mut() else { return self.err("SETITEMS without a dict") };

@@ -110,7 +110,7 @@ pub struct Wal {
 impl Wal {
     /// Opens the log for appending after its last good record, cutting off a torn tail.
     pub fn open(path: &Path, good_len: u64) -> Result<Wal> {
-        let mut file = OpenOptions::new().create(true).read(true).write(true).open(path).map_err(|e| Error::io(path, e))?;
+        let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path).map_err(|e| Error::io(path, e))?;
         // Two writers appending would interleave frames; the lock goes with the process.
         use std::os::fd::AsRawFd;
         // SAFETY: flock on a descriptor this function owns.
