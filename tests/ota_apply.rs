@@ -406,6 +406,43 @@ async fn a_kill_9_at_every_step_leaves_one_serving_version() {
     }
     // The last kill came after the switch: that start rolled back, and said so.
     assert!(std::fs::read_to_string(rig.dir().join("daemon.log")).unwrap().contains("rolled back to version v1"));
+
+    // v2 applied and serving, then the daemon dies within the trial (1 s here):
+    // the next start goes back to v1. Once a version has served through its
+    // trial, a death no longer sends it back.
+    for (confirmed, want) in [(false, "v1"), (true, "v2")] {
+        let log_start = std::fs::read_to_string(rig.dir().join("daemon.log")).unwrap().len();
+        let mut daemon = rig.start(&[]);
+        online(&mut ctl, &daemon).await;
+        std::fs::write(inbox.join("v2.tar.tmp"), &v2).unwrap();
+        std::fs::rename(inbox.join("v2.tar.tmp"), inbox.join("v2.tar")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !daemon.log_text()[log_start..].contains("update applied: version v2") {
+            assert!(Instant::now() < deadline, "v2 not applied\n{}", daemon.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(recognise(&mut ctl, &format!("on-v2-{confirmed}"), &daemon).await.as_deref(), Some("v2"));
+        if confirmed {
+            while rig.dir().join("ota/trial.json").exists() {
+                assert!(Instant::now() < deadline, "v2 never confirmed\n{}", daemon.log_text());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        } else {
+            assert!(rig.dir().join("ota/trial.json").exists(), "still on trial");
+        }
+        daemon.child.kill().unwrap();
+        daemon.child.wait().unwrap();
+        let daemon = rig.start(&[]);
+        online(&mut ctl, &daemon).await;
+        assert_eq!(rig.current().as_deref(), Some(want), "confirmed={confirmed}\n{}", daemon.log_text());
+        assert_eq!(recognise(&mut ctl, &format!("after-death-{confirmed}"), &daemon).await.as_deref(), Some(want));
+        if !confirmed {
+            let st = ota_status(rig.broker.port, |j| j["state"] == "rolled_back").await;
+            assert_eq!((st["state"].as_str(), st["failed_version"].as_str()), (Some("rolled_back"), Some("v2")), "{st}");
+        }
+        eprintln!("kill -9 while serving v2 (trial {}): restarted on {want}", if confirmed { "over" } else { "running" });
+        assert_eq!(daemon.stop(), Some(0));
+    }
 }
 
 #[test]
