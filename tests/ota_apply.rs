@@ -222,6 +222,7 @@ async fn an_update_under_load_swaps_without_a_failed_or_lost_request() {
     let mut sent = 0;
     let mut answers: HashMap<String, serde_json::Value> = HashMap::new();
     let mut ota_answer = None;
+    let mut busy_during = 0;
     let deadline = Instant::now() + Duration::from_secs(300);
     while answers.len() < N || ota_answer.is_none() {
         while sent < N && sent - answers.len() < IN_FLIGHT {
@@ -231,17 +232,33 @@ async fn an_update_under_load_swaps_without_a_failed_or_lost_request() {
             if sent == 8 {
                 let body = serde_json::json!({"request_id": "up-v2", "url": url});
                 ctl.request(OTA_APPLY, serde_json::to_vec(&body).unwrap(), "up-v2", vec![]).await;
+                // While it runs: a second update and a gallery change are both answered busy.
+                let again = serde_json::json!({"request_id": "up-again", "url": url});
+                ctl.request(OTA_APPLY, serde_json::to_vec(&again).unwrap(), "up-again", vec![]).await;
+                let rm = serde_json::json!({"request_id": "rm-during", "ids": [0]});
+                ctl.request("shitu/test/gallery/remove", serde_json::to_vec(&rm).unwrap(), "rm-during", vec![]).await;
             }
         }
         let m = ctl.reply_before(deadline).await.unwrap_or_else(|| panic!("{} of {N} answered, ota {ota_answer:?}\n{}", answers.len(), daemon.log_text()));
         let id = m.json["request_id"].as_str().unwrap().to_string();
         if id == "up-v2" {
             ota_answer = Some(m.json);
+        } else if id == "up-again" || id == "rm-during" {
+            assert_eq!(m.json["error"]["code"], "busy", "{id} during an update: {}", m.json);
+            busy_during += 1;
         } else {
             assert!(answers.insert(id.clone(), m.json).is_none(), "{id} answered twice");
         }
     }
     let ota_answer = ota_answer.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while busy_during < 2 {
+        let m = ctl.reply_before(deadline).await.expect("busy answers to the second update and the gallery change");
+        let id = m.json["request_id"].as_str().unwrap_or_default().to_string();
+        assert!(id == "up-again" || id == "rm-during", "{}", m.json);
+        assert_eq!(m.json["error"]["code"], "busy", "{}", m.json);
+        busy_during += 1;
+    }
     assert_eq!(ota_answer["ok"], true, "{ota_answer}\n{}", daemon.log_text());
     let failed: Vec<_> = answers.values().filter(|a| a["ok"] != true).collect();
     assert!(failed.is_empty(), "failed across the swap: {failed:?}");
