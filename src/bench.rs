@@ -162,6 +162,27 @@ pub struct IndexBenchRow {
     pub remove_1pct_ms: f64,
 }
 
+/// A `w × h` interleaved RGB test image, reproducible from `seed`: a
+/// gradient, a checkerboard of hard edges and noise, so that resampling
+/// errors show. For checks that must not depend on an image decoder.
+pub fn synthetic_rgb(w: u32, h: u32, seed: u64) -> Vec<u8> {
+    let mut s = seed;
+    let mut rnd = move || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (s >> 33) as u32
+    };
+    let mut px = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            let edge = if (x / 17 + y / 13) % 2 == 0 { 200 } else { 30 };
+            px.push((x * 255 / w.max(1) / 2 + rnd() % 64) as u8);
+            px.push(((edge + rnd() % 40) % 256) as u8);
+            px.push((rnd() % 256) as u8);
+        }
+    }
+    px
+}
+
 /// Random unit vectors, reproducible from `seed`.
 pub fn random_unit_vectors(n: usize, dim: usize, seed: u64) -> Vec<f32> {
     let mut state = seed | 1;

@@ -4,7 +4,8 @@
 //! resizing is OpenCV's, and normalisation goes through per-channel lookup
 //! tables computed with the same float widths numpy uses (see [`Normalizer`]).
 
-mod normalize;
+pub mod cuda;
+pub mod normalize;
 
 use ndarray::{Array2, Array4};
 use opencv::core::{Mat, MatTraitConstManual, Rect, Size};

@@ -49,6 +49,12 @@ impl Normalizer {
         Normalizer { lut }
     }
 
+    /// The three tables, R then G then B, 256 floats each: what the GPU
+    /// kernels look levels up in, so both paths give the same floats.
+    pub fn table(&self) -> Vec<f32> {
+        self.lut.iter().flatten().copied().collect()
+    }
+
     /// Writes `hwc` (RGB bytes) into `chw` (`3 × plane` floats).
     pub fn hwc_to_chw(&self, hwc: &[u8], chw: &mut [f32]) {
         let plane = hwc.len() / 3;
