@@ -16,19 +16,27 @@ if [[ "${1:-}" == "--pack" ]]; then
   mkdir -p "$out"
   features=(--no-default-features --features "cuda-$cuda")
   echo "building GPU test binaries (CUDA $cuda) into $out" >&2
-  cargo test --release --locked "${features[@]}" --test gpu_search --no-run --message-format=json \
+  cargo test --release --locked "${features[@]}" --test gpu --no-run --message-format=json \
     | python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu_search":
-        shutil.copy(m["executable"], sys.argv[1] + "/gpu_search")
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
+        shutil.copy(m["executable"], sys.argv[1] + "/gpu")
 ' "$out"
-  test -x "$out/gpu_search"
-  # The GPU machine has no BLAS/LAPACK (faiss links them): carry them along.
+  test -x "$out/gpu"
+  strip --strip-debug "$out/gpu"
+  # The preprocessing kernels are checked against OpenCV's levels, computed
+  # here: the GPU machine has no OpenCV.
+  SHITU_GPU_REFERENCE="$out/preprocess-reference.bin" \
+    cargo test --release --locked "${features[@]}" --test preprocess_kernels -- --ignored --exact write_gpu_reference
+  # The GPU machine (a bare Ubuntu) lacks BLAS/LAPACK (faiss links them) and
+  # OpenCV's core (the library links it): carry every shared library the
+  # binary needs except glibc's and the C++ runtime, which it has, newer.
   mkdir -p "$out/lib"
-  ldd "$out/gpu_search" | awk '/=> \//{print $3}' \
-    | grep -E 'lib(blas|lapack|openblas|gfortran|quadmath|gomp)' | xargs -r -I{} cp -L {} "$out/lib/"
+  ldd "$out/gpu" | awk '/=> \//{print $3}' \
+    | grep -vE '/(libc|libm|libdl|librt|libpthread|libgcc_s|libstdc\+\+|ld-linux[^/]*)\.so' \
+    | xargs -r -I{} cp -L {} "$out/lib/"
   du -sh "$out" >&2
   exit 0
 fi
@@ -41,7 +49,8 @@ else
 fi
 export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 status=0
-for t in "$dir"/gpu_search; do
+export SHITU_GPU_REFERENCE="$dir/preprocess-reference.bin"
+for t in "$dir"/gpu; do
   name=$(basename "$t")
   echo "== $name"
   log=$(mktemp)
@@ -56,7 +65,7 @@ for t in "$dir"/gpu_search; do
 done
 if [[ $status == 0 ]]; then
   echo "== GPU search benchmark (CUDA flat vs faiss Flat on this machine's CPU)"
-  "$dir/gpu_search" --ignored --exact gpu_search_benchmark --nocapture --test-threads 1 || status=1
+  "$dir/gpu" --ignored --exact gpu_search_benchmark --nocapture --test-threads 1 || status=1
 fi
 if [[ $status == 0 ]]; then echo "gpu-check: all GPU checks passed"; fi
 exit $status

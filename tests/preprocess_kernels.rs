@@ -208,3 +208,57 @@ fn recogniser_kernel_matches_opencv_bilinear_within_one_level_for_all_boxes_in_o
     }
     eprintln!("recogniser: {} crops in one launch, worst {worst_all:.2} levels", crops.len());
 }
+
+/// The frames and crops of the GPU check (tests/gpu.rs), with their expected
+/// 8-bit levels from the OpenCV path. `scripts/gpu-check.sh --pack` runs this
+/// with `SHITU_GPU_REFERENCE=<file>`, because the GPU machine has no OpenCV.
+const REFERENCE_DET: (u32, u32, u64) = (1920, 1080, 1);
+const REFERENCE_REC: (u32, u32, u64) = (1280, 720, 2);
+
+#[test]
+#[ignore = "run by scripts/gpu-check.sh --pack"]
+fn write_gpu_reference() {
+    let path = std::env::var("SHITU_GPU_REFERENCE").expect("SHITU_GPU_REFERENCE=<file to write>");
+    let levels = |v: &[f32], norm: &Normalizer| -> Vec<u8> {
+        let table = norm.table();
+        let plane = v.len() / 3;
+        v.iter().enumerate().map(|(i, x)| {
+            let c = (i / plane) % 3;
+            table[c * 256..(c + 1) * 256].iter().position(|t| t == x).expect("a value from the table") as u8
+        }).collect()
+    };
+    let mut out: Vec<u8> = b"SHPR1".to_vec();
+    let (w, h, seed) = REFERENCE_DET;
+    let f = frame(w, h, seed);
+    let det = preprocess::detector_input(&[&f]).unwrap().image.into_raw_vec_and_offset().0;
+    for v in [w, h, seed as u32] {
+        out.extend(v.to_le_bytes());
+    }
+    out.extend(levels(&det, Normalizer::detector()));
+    let (w, h, seed) = REFERENCE_REC;
+    let f = frame(w, h, seed);
+    let crops = reference_crops(w as i32, h as i32);
+    for v in [w, h, seed as u32, crops.len() as u32] {
+        out.extend(v.to_le_bytes());
+    }
+    for c in &crops {
+        for v in c.to_array() {
+            out.extend(v.to_le_bytes());
+        }
+    }
+    for &c in &crops {
+        let mut cpu = vec![0f32; 3 * 224 * 224];
+        preprocess::embedder_crop(&f, c, &mut cpu).unwrap();
+        out.extend(levels(&cpu, Normalizer::embedder()));
+    }
+    std::fs::write(&path, &out).unwrap();
+    eprintln!("wrote {path}: {} bytes", out.len());
+}
+
+/// Crops of the GPU check: borders, whole frame, sliver, tiny, ordinary.
+fn reference_crops(w: i32, h: i32) -> Vec<CropBox> {
+    [[0, 0, w, h], [0, 0, 50, 80], [w - 61, h - 33, w, h], [10, 20, 11, 300], [100, 100, 107, 103], [300, 200, 700, 650], [w - 300, 0, w, 400], [5, h - 100, 400, h]]
+        .iter()
+        .map(|b| CropBox { x1: b[0], y1: b[1], x2: b[2], y2: b[3] })
+        .collect()
+}

@@ -25,6 +25,16 @@ __device__ __forceinline__ int clampi(int v, int lo, int hi) {
     return v < lo ? lo : (v > hi ? hi : v);
 }
 
+// OpenCV's source coordinate of output pixel d when n pixels become side:
+// (d + 0.5) * n / side - 0.5, split into its floor and the fraction.
+__device__ __forceinline__ int src_coord(int d, int n, int side, float* frac) {
+    float scale = (float)((double)n / side);
+    float f = ((float)d + 0.5f) * scale - 0.5f;
+    int i = (int)floorf(f);
+    *frac = f - (float)i;
+    return i;
+}
+
 __device__ __forceinline__ unsigned char to_level(float v) {
     // saturate_cast<uchar>: round half to even is what cvRound does; ties are
     // vanishingly rare after a weighted sum, so rintf (current mode: nearest even).
@@ -40,14 +50,9 @@ __global__ void det_preprocess(const unsigned char* __restrict__ src, int sw, in
     int x = blockIdx.x * blockDim.x + threadIdx.x;
     int y = blockIdx.y * blockDim.y + threadIdx.y;
     if (x >= side || y >= side) return;
-    float scale_x = (float)((double)sw / side);
-    float scale_y = (float)((double)sh / side);
-    float fx = ((float)x + 0.5f) * scale_x - 0.5f;
-    float fy = ((float)y + 0.5f) * scale_y - 0.5f;
-    int ix = (int)floorf(fx);
-    int iy = (int)floorf(fy);
-    fx -= ix;
-    fy -= iy;
+    float fx, fy;
+    int ix = src_coord(x, sw, side, &fx);
+    int iy = src_coord(y, sh, side, &fy);
     float wx[4], wy[4];
     for (int k = 0; k < 4; ++k) {
         wx[k] = cubic_weight(fx - (float)(k - 1));
@@ -92,14 +97,9 @@ __global__ void rec_preprocess(const unsigned char* __restrict__ base, const lon
     int pitch = (int)f[3];
     int x1 = b[1], y1 = b[2];
     int cw = b[3] - b[1], ch = b[4] - b[2];
-    float scale_x = (float)((double)cw / side);
-    float scale_y = (float)((double)ch / side);
-    float fx = ((float)x + 0.5f) * scale_x - 0.5f;
-    float fy = ((float)y + 0.5f) * scale_y - 0.5f;
-    int ix = (int)floorf(fx);
-    int iy = (int)floorf(fy);
-    fx -= ix;
-    fy -= iy;
+    float fx, fy;
+    int ix = src_coord(x, cw, side, &fx);
+    int iy = src_coord(y, ch, side, &fy);
     // OpenCV: a coordinate before the first pixel or at the last one takes that pixel whole.
     if (ix < 0) { fx = 0.0f; ix = 0; }
     if (ix >= cw - 1) { fx = 0.0f; ix = cw - 1; }

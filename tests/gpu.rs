@@ -1,7 +1,13 @@
-//! The CUDA flat index against faiss's exact Flat index on random unit
-//! vectors: same neighbours (ties aside), after adds and removes, and saved
-//! as a faiss file. Without a CUDA device this prints why it skipped;
-//! `scripts/gpu-check.sh` runs it where there is one.
+//! The GPU code against the CPU code, on a GPU:
+//! - the CUDA flat index against faiss's exact Flat index on random unit
+//!   vectors: same neighbours (ties aside), after adds and removes, and saved
+//!   as a faiss file;
+//! - the preprocessing kernels against the OpenCV path's 8-bit levels, read
+//!   from the reference file `scripts/gpu-check.sh --pack` writes (the GPU
+//!   machine has no OpenCV): within one level per pixel.
+//!
+//! Without a CUDA device each test prints why it skipped;
+//! `scripts/gpu-check.sh` runs them where there is one.
 
 use shitu_edge::search::cuda_flat::{CudaFlat, MAX_K};
 use shitu_edge::search::{FaissIndex, Index, Method, Neighbor};
@@ -130,4 +136,74 @@ fn gpu_search_benchmark() {
             );
         }
     }
+}
+
+#[test]
+fn gpu_preprocessing_matches_the_opencv_reference_within_one_level() {
+    use shitu_edge::geometry::CropBox;
+    use shitu_edge::preprocess::{cuda::GpuPreprocess, Normalizer};
+    let gpu = match GpuPreprocess::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            skip!("skipped: no CUDA device ({e})");
+            return;
+        }
+    };
+    let path = std::env::var("SHITU_GPU_REFERENCE").expect("SHITU_GPU_REFERENCE=<file from scripts/gpu-check.sh --pack>");
+    let data = std::fs::read(&path).unwrap();
+    assert_eq!(&data[..5], b"SHPR1", "{path}: not a preprocessing reference");
+    let mut at = 5;
+    let mut u32_at = || {
+        let v = u32::from_le_bytes(data[at..at + 4].try_into().unwrap());
+        at += 4;
+        v
+    };
+    let (dw, dh, dseed) = (u32_at(), u32_at(), u32_at());
+    let det_len = 3 * 640 * 640;
+    let (rw, rh, rseed, n) = {
+        let mut p = 5 + 12 + det_len;
+        let mut next = || {
+            let v = u32::from_le_bytes(data[p..p + 4].try_into().unwrap());
+            p += 4;
+            v
+        };
+        (next(), next(), next(), next() as usize)
+    };
+    let det_ref = &data[17..17 + det_len];
+    let boxes_at = 17 + det_len + 16;
+    let crops: Vec<(usize, CropBox)> = (0..n)
+        .map(|k| {
+            let b: Vec<i32> = (0..4).map(|j| i32::from_le_bytes(data[boxes_at + 16 * k + 4 * j..boxes_at + 16 * k + 4 * j + 4].try_into().unwrap())).collect();
+            (0, CropBox { x1: b[0], y1: b[1], x2: b[2], y2: b[3] })
+        })
+        .collect();
+    let rec_ref = &data[boxes_at + 16 * n..];
+    assert_eq!(rec_ref.len(), n * 3 * 224 * 224, "{path}: truncated");
+
+    let level_of = |v: &[f32], norm: &Normalizer| -> Vec<i32> {
+        let table = norm.table();
+        let plane = v.len() / 3;
+        v.iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let c = (i / plane) % 3;
+                table[c * 256..(c + 1) * 256].iter().position(|t| t == x).map_or(-1000, |l| l as i32)
+            })
+            .collect()
+    };
+    let worst = |got: &[i32], want: &[u8]| got.iter().zip(want).map(|(g, w)| (g - *w as i32).abs()).max().unwrap_or(0);
+
+    let frame = shitu_edge::bench::synthetic_rgb(dw, dh, dseed as u64);
+    let up = gpu.upload_raw(&[(&frame, dw, dh)]).unwrap();
+    let det = gpu.to_host(&gpu.detector(&up).unwrap()).unwrap();
+    let w_det = worst(&level_of(&det, Normalizer::detector()), det_ref);
+    eprintln!("detector {dw}x{dh} -> 640 on the GPU: worst {w_det} levels from OpenCV");
+    assert!(w_det <= 1, "detector: {w_det} levels off");
+
+    let frame = shitu_edge::bench::synthetic_rgb(rw, rh, rseed as u64);
+    let up = gpu.upload_raw(&[(&frame, rw, rh)]).unwrap();
+    let rec = gpu.to_host(&gpu.embedder(&up, &crops).unwrap()).unwrap();
+    let w_rec = worst(&level_of(&rec, Normalizer::embedder()), rec_ref);
+    eprintln!("recogniser: {n} crops in one launch on the GPU: worst {w_rec} levels from OpenCV");
+    assert!(w_rec <= 1, "recogniser: {w_rec} levels off");
 }
