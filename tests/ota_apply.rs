@@ -507,5 +507,15 @@ fn the_cli_applies_lists_and_rolls_back_with_the_daemon_stopped() {
     }
     let (code, text) = shitud(&["ota", "rollback"]);
     assert!(code == Some(2) && text.contains("shitud is running"), "{text}");
+    // An apply is handed to it through the watch folder instead.
+    let v4 = rig.dir().join("v4.tar");
+    std::fs::write(&v4, rig.good("v4")).unwrap();
+    let (code, text) = shitud(&["ota", "apply", v4.to_str().unwrap()]);
+    assert!(code == Some(0) && text.contains("handed to the running shitud"), "{text}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rig.current().as_deref() != Some("v4") {
+        assert!(Instant::now() < deadline, "v4 not applied by the daemon\n{}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(daemon.stop(), Some(0));
 }

@@ -3,6 +3,7 @@
 //! A running daemon owns the store; it takes bundles over `P/ota/apply` or
 //! through `ota.watch_dir` instead.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -18,8 +19,9 @@ use crate::ota::keys;
 /// Over-the-air update commands (docs/OTA.md).
 #[derive(Debug, Subcommand)]
 pub enum OtaCommand {
-    /// Apply a bundle (URL or file) with the daemon stopped: download,
-    /// verify, unpack, build, health-check, switch. Prints each step.
+    /// Apply a bundle (URL or file): with the daemon stopped, download,
+    /// verify, unpack, build, health-check and switch here, printing each
+    /// step; with it running, hand a bundle file to it through ota.watch_dir.
     Apply {
         /// http(s) URL or path of the bundle.
         source: String,
@@ -69,7 +71,9 @@ pub fn run(cli: &Cli, cmd: &OtaCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         OtaCommand::Apply { source } => {
-            let _lock = store.try_lock()?.with_context(busy)?;
+            let Some(_lock) = store.try_lock()? else {
+                return hand_to_daemon(&o.watch_dir, source).with_context(busy);
+            };
             let trusted = o.trusted_keys.iter().map(|k| keys::read_public(k)).collect::<Result<Vec<_>, _>>()?;
             let update = Update {
                 store: &store,
@@ -99,4 +103,23 @@ pub fn run(cli: &Cli, cmd: &OtaCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// With the daemon running: copies the bundle file into the watched folder
+/// (under a temporary name, then renamed, so it is never taken half-written).
+fn hand_to_daemon(watch_dir: &Path, source: &str) -> anyhow::Result<ExitCode> {
+    if watch_dir.as_os_str().is_empty() {
+        bail!("ota.watch_dir is not set");
+    }
+    if let Source::Url(_) = Source::parse(source) {
+        bail!("a URL goes to the running daemon over MQTT");
+    }
+    let src = Path::new(source);
+    let name = src.file_name().and_then(|n| n.to_str()).context("the bundle path names no file")?;
+    let name = if name.ends_with(".tar") { name.to_string() } else { format!("{name}.tar") };
+    let tmp = watch_dir.join(format!(".{name}.part"));
+    std::fs::copy(src, &tmp).with_context(|| format!("copying {} into {}", src.display(), watch_dir.display()))?;
+    std::fs::rename(&tmp, watch_dir.join(&name)).with_context(|| format!("renaming into {}", watch_dir.display()))?;
+    println!("handed to the running shitud through {}; follow P/ota/status (or its log) for the outcome", watch_dir.join(&name).display());
+    Ok(ExitCode::SUCCESS)
 }
