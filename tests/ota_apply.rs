@@ -372,8 +372,9 @@ async fn bad_bundles_are_refused_while_the_old_version_serves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_9_at_every_step_leaves_one_serving_version() {
-    // A short trial, so that v1 is confirmed before the kills begin.
-    let rig = Rig::new("trial_s = 1");
+    // A short trial, so that v1 is confirmed before the kills begin, yet long
+    // enough that the "dies on trial" case below is killed well within it.
+    let rig = Rig::new("trial_s = 8");
     let mut ctl = Controller::connect(rig.broker.port, "ctl-kill", &[STATUS, OTA_STATUS]).await;
     // First a good version, so that a rollback has somewhere to go.
     let daemon = rig.start(&[]);
@@ -424,7 +425,7 @@ async fn a_kill_9_at_every_step_leaves_one_serving_version() {
     // The last kill came after the switch: that start rolled back, and said so.
     assert!(std::fs::read_to_string(rig.dir().join("daemon.log")).unwrap().contains("rolled back to version v1"));
 
-    // v2 applied and serving, then the daemon dies within the trial (1 s here):
+    // v2 applied and serving, then the daemon dies within the trial (8 s here):
     // the next start goes back to v1. Once a version has served through its
     // trial, a death no longer sends it back.
     for (confirmed, want) in [(false, "v1"), (true, "v2")] {
@@ -445,7 +446,7 @@ async fn a_kill_9_at_every_step_leaves_one_serving_version() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         } else {
-            assert!(rig.dir().join("ota/trial.json").exists(), "still on trial");
+            assert!(rig.dir().join("ota/trial.json").exists(), "still on trial: killed within ota.trial_s of the switch");
         }
         daemon.child.kill().unwrap();
         daemon.child.wait().unwrap();
