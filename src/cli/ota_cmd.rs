@@ -5,7 +5,6 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
@@ -79,7 +78,7 @@ pub fn run(cli: &Cli, cmd: &OtaCommand) -> anyhow::Result<ExitCode> {
                 store: &store,
                 base: &settings,
                 trusted: &trusted,
-                limits: Limits { max_bytes: o.max_download_bytes, attempts: 4, timeout: Duration::from_secs(600) },
+                limits: Limits::from_settings(o),
             };
             let mut progress = |step: Step, what: &str| eprintln!("{:>11}  {what}", step.as_str());
             let staged = match update.stage(&Source::parse(source), &mut progress) {

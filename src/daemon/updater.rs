@@ -114,9 +114,9 @@ impl Updater {
     }
 
     /// The current version's trial, if any: confirmed after `ota.trial_s` of service.
-    pub fn watch_trial(self: &Arc<Self>, settings_trial_s: u64) {
+    pub fn watch_trial(self: &Arc<Self>, trial_s: u64) {
         let Some(t) = self.store.trial() else { return };
-        let end = t.switched_unix + settings_trial_s;
+        let end = t.switched_unix + trial_s;
         let me = self.clone();
         let _ = std::thread::Builder::new().name("shitud-trial".into()).spawn(move || {
             std::thread::sleep(Duration::from_secs(end.saturating_sub(store::now())));
@@ -228,7 +228,7 @@ impl Shared {
             store: &u.store,
             base: &u.base,
             trusted: &u.trusted,
-            limits: Limits { max_bytes: o.max_download_bytes, attempts: 4, timeout: Duration::from_secs(600) },
+            limits: Limits::from_settings(o),
         };
         let mut last_news = Instant::now() - Duration::from_secs(10);
         let mut progress = |step: Step, what: &str| {
@@ -263,8 +263,7 @@ impl Shared {
         if !pruned.is_empty() {
             tracing::info!(?pruned, "old versions removed (ota.keep_versions)");
         }
-        let u_arc = self.updater().cloned();
-        if let Some(u) = u_arc {
+        if let Some(u) = self.updater() {
             u.watch_trial(o.trial_s);
         }
         let message = format!("version {v} serving after {:.1} s; on trial for {} s", started.elapsed().as_secs_f64(), o.trial_s);

@@ -53,6 +53,13 @@ pub struct Limits {
     pub timeout: Duration,
 }
 
+impl Limits {
+    /// The limits `[ota]` sets: its size limit, 4 resuming attempts of at most 10 minutes each.
+    pub fn from_settings(o: &crate::config::OtaSettings) -> Limits {
+        Limits { max_bytes: o.max_download_bytes, attempts: 4, timeout: Duration::from_secs(600) }
+    }
+}
+
 /// Downloads `url` into `dest` (resuming `dest.part` if a previous attempt
 /// left one), calling `progress(bytes, total)` about once a second.
 pub fn download(url: &str, dest: &Path, limits: Limits, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<PathBuf> {
