@@ -66,7 +66,7 @@ fn every_problem_is_named_with_its_source() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(
         tmp.path().join("config.toml"),
-        "[detector]\nthreshold = 1.5\nmodel = \"missing.onnx\"\n[mqtt]\nprotocol = \"v4\"\npassword = \"x\"\npassword_file = \"/run/secret\"\n[mqtt.tls]\nclient_cert = \"c.pem\"\n",
+        "[detector]\nthreshold = 1.5\nmodel = \"missing.onnx\"\n[mqtt]\nprotocol = \"v4\"\npassword = \"x\"\npassword_file = \"/run/secret\"\n[mqtt.tls]\nclient_cert = \"c.pem\"\n[ota]\ndownload_dir = \"/var/cache/shitu-edge/ota\"\n",
     )
     .unwrap();
     let o = shitud(tmp.path(), &["config", "check", "-c", "config.toml"], &[("SHITU__DAEMON__QUEUE_CAPACITY", "lots")]);
@@ -79,6 +79,7 @@ fn every_problem_is_named_with_its_source() {
         "config.toml:6: mqtt.password: and mqtt.password_file are mutually exclusive",
         "mqtt.username: is needed with a password",
         "config.toml:9: mqtt.tls.client_cert: and mqtt.tls.client_key go together",
+        "config.toml:11: ota.download_dir: needs ota.root",
         "env SHITU__DAEMON__QUEUE_CAPACITY: daemon.queue_capacity: invalid type: string \"lots\"",
     ] {
         assert!(t.contains(expected), "missing {expected:?} in:\n{t}");

@@ -10,61 +10,12 @@ use std::time::{Duration, Instant};
 
 use common::mqtt::*;
 use common::*;
-use shitu_edge::input;
-use shitu_edge::search::Method;
-use shitu_edge::Pipeline;
 
 const REQ: &str = "shitu/test/recognize";
 const STATUS: &str = "shitu/test/status";
 
-/// What the in-process pipeline answers for a scene: label, box, score per object.
-type Expected = Vec<(String, [i32; 4], f32)>;
-
 /// A bad-request case: correlation, payload, user properties, expected code.
 type Case<'a> = (&'a str, Vec<u8>, Vec<(String, String)>, &'a str);
-
-/// Scenes used as requests, with what the in-process pipeline answers for them.
-fn scenes_with_expected(gallery: &Path) -> Vec<(Vec<u8>, Expected)> {
-    let mut s = settings("det_prenms.onnx");
-    s.search.index = gallery.to_path_buf();
-    let mut p = Pipeline::open(&s).expect("pipeline");
-    ["scene_00000.jpg", "scene_00001.jpg", "scene_00002.jpg", "scene_00003.jpg"]
-        .iter()
-        .map(|n| {
-            let path = data("images/scenes").join(n);
-            let bytes = std::fs::read(&path).unwrap();
-            let frame = input::decode(*n, &bytes, &s.input).unwrap();
-            let r = p.recognize(&[frame]).unwrap().remove(0);
-            (bytes, r.results.iter().map(|x| (x.rec_docs.clone(), x.bbox, x.rec_scores)).collect())
-        })
-        .collect()
-}
-
-fn check_answer(a: &serde_json::Value, expected: &[(String, [i32; 4], f32)]) {
-    assert_eq!(a["ok"], true, "{a}");
-    let got = a["results"].as_array().expect("results");
-    assert_eq!(got.len(), expected.len(), "{a}");
-    for (g, (label, bbox, score)) in got.iter().zip(expected) {
-        assert_eq!(g["rec_docs"], label.as_str(), "{a}");
-        let b: Vec<i64> = g["bbox"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
-        assert_eq!(b, bbox.map(i64::from).to_vec(), "{a}");
-        // Batch composition changes the order of float sums inside the runtime, slightly.
-        assert!((g["rec_scores"].as_f64().unwrap() - *score as f64).abs() < 2e-3, "{a}");
-        assert_eq!(g["top_k"][0]["label"], label.as_str(), "{a}");
-    }
-    for key in ["queue", "det_infer", "rec_infer", "search", "total", "batch"] {
-        assert!(a["timings_ms"][key].is_number(), "{key} missing in {a}");
-    }
-    assert_eq!(a["versions"]["recognizer"].as_str().map(str::len), Some(16), "{a}");
-    assert_eq!(a["versions"]["provider"], "cpu", "{a}");
-}
-
-fn gallery(tmp: &Path) -> std::path::PathBuf {
-    let mut s = settings("det_prenms.onnx");
-    let g = tmp.join("gallery");
-    build_gallery(&mut s, &g, Method::Flat);
-    g
-}
 
 fn counters_of(status: &serde_json::Value) -> HashMap<String, u64> {
     status["counters"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect()).unwrap_or_default()
@@ -86,7 +37,7 @@ async fn broker_restarts_lose_nothing_and_answer_each_request_once() {
     const CONCURRENCY: usize = 16;
     const RETRY_AFTER: Duration = Duration::from_secs(30);
     let tmp = tempfile::tempdir().unwrap();
-    let g = gallery(tmp.path());
+    let g = flat_gallery(tmp.path());
     let scenes = scenes_with_expected(&g);
     let bdir = tmp.path().join("broker");
     let mut broker = Broker::start(&bdir);
@@ -173,7 +124,7 @@ async fn broker_restarts_lose_nothing_and_answer_each_request_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_error_answers_and_a_flood_gets_busy() {
     let tmp = tempfile::tempdir().unwrap();
-    let g = gallery(tmp.path());
+    let g = flat_gallery(tmp.path());
     let allowed = tmp.path().join("allowed");
     std::fs::create_dir_all(&allowed).unwrap();
     let scene = data("images/scenes/scene_00000.jpg");
@@ -314,7 +265,7 @@ async fn bad_requests_get_error_answers_and_a_flood_gets_busy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_of_the_daemon_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let g = gallery(tmp.path());
+    let g = flat_gallery(tmp.path());
     let jpeg = std::fs::read(data("images/scenes/scene_00001.jpg")).unwrap();
     let bdir = tmp.path().join("broker");
     let mut broker = Broker::prepare(&bdir);
@@ -422,7 +373,7 @@ async fn tls_with_a_client_certificate() {
         args.extend(["-extfile".into(), format!("{name}.ext")]);
         openssl(d, &args.iter().map(String::as_str).collect::<Vec<_>>());
     }
-    let g = gallery(d);
+    let g = flat_gallery(d);
     let bdir = d.join("broker");
     let mut broker = Broker::prepare(&bdir);
     let tls_port = free_port();
@@ -455,7 +406,7 @@ async fn tls_with_a_client_certificate() {
 async fn a_killed_daemon_loses_no_request() {
     const N: usize = 20;
     let tmp = tempfile::tempdir().unwrap();
-    let g = gallery(tmp.path());
+    let g = flat_gallery(tmp.path());
     let jpeg = std::fs::read(data("images/scenes/scene_00003.jpg")).unwrap();
     let bdir = tmp.path().join("broker");
     let broker = Broker::start(&bdir);
@@ -501,7 +452,7 @@ async fn mqtt_311_serves_with_answers_on_the_result_topic() {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     const RESULT: &str = "shitu/test/result";
     let tmp = tempfile::tempdir().unwrap();
-    let g = gallery(tmp.path());
+    let g = flat_gallery(tmp.path());
     let scenes = scenes_with_expected(&g);
     let bdir = tmp.path().join("broker");
     let mut broker = Broker::start(&bdir);
@@ -597,7 +548,7 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_endpoints() {
     let tmp = tempfile::tempdir().unwrap();
-    let g = gallery(tmp.path());
+    let g = flat_gallery(tmp.path());
     let jpeg = std::fs::read(data("images/scenes/scene_00002.jpg")).unwrap();
     let bdir = tmp.path().join("broker");
     let mut broker = Broker::start(&bdir);

@@ -104,6 +104,7 @@ struct Rig {
 }
 
 impl Rig {
+    /// `extra_ota` is added to `[ota]`; `{tmp}` in it is the rig's folder.
     fn new(extra_ota: &str) -> Rig {
         let tmp = tempfile::tempdir().unwrap();
         let mut st = settings("det_prenms.onnx");
@@ -123,7 +124,8 @@ impl Rig {
             tmp.path().join("ota").display(),
             keys::public_path(&key_path).display(),
             tmp.path().join("inbox").display(),
-        );
+        )
+        .replace("{tmp}", &tmp.path().display().to_string());
         let conf = daemon_config(tmp.path(), broker.port, &tmp.path().join("gallery"), &extra);
         Rig { tmp, key, http, broker, conf, golden_label }
     }
@@ -209,7 +211,8 @@ async fn recognise(ctl: &mut Controller, id: &str, daemon: &Daemon) -> Option<St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_under_load_swaps_without_a_failed_or_lost_request() {
-    let rig = Rig::new("");
+    // Downloads go to a cache folder of their own, as under systemd (CacheDirectory=).
+    let rig = Rig::new("download_dir = \"{tmp}/cache/ota\"");
     let url = rig.http.put("v2.tar", rig.good("v2"));
     rig.http.cut_once.lock().unwrap().insert("/v2.tar".into());
     let daemon = rig.start(&[]);
@@ -279,6 +282,11 @@ async fn an_update_under_load_swaps_without_a_failed_or_lost_request() {
     }
     let reqs = rig.http.requests.lock().unwrap().clone();
     assert!(reqs.iter().any(|r| r.starts_with("/v2.tar from ") && !r.ends_with(" from 0")), "the cut download resumed with Range: {reqs:?}");
+    let cache = rig.dir().join("cache/ota");
+    let log = daemon.log_text();
+    assert!(log.lines().any(|l| l.contains("download broke off") && l.contains(&cache.display().to_string())), "the partial download lies in ota.download_dir:\n{log}");
+    let left: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "a download used up is removed: {left:?}");
     let st = ota_status(rig.broker.port, |j| j["state"] == "applied").await;
     assert_eq!((st["state"].as_str(), st["current"].as_str()), (Some("applied"), Some("v2")), "{st}");
 

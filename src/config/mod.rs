@@ -51,6 +51,11 @@ pub struct OtaSettings {
     /// A folder watched for bundles (`*.tar`) dropped by RAUC, SWUpdate,
     /// Mender or scp; empty = not watched.
     pub watch_dir: PathBuf,
+    /// Where bundles are downloaded (`*.part` while they arrive, kept so
+    /// that a broken-off download resumes); empty = `<root>/staging`. Under
+    /// systemd, the unit's `CacheDirectory=`: a lost download costs only a
+    /// new one.
+    pub download_dir: PathBuf,
     /// Versions kept on disk, current and previous included.
     pub keep_versions: usize,
     /// Largest bundle downloaded, bytes.
@@ -66,6 +71,7 @@ impl Default for OtaSettings {
             trusted_keys: Vec::new(),
             root: PathBuf::new(),
             watch_dir: PathBuf::new(),
+            download_dir: PathBuf::new(),
             keep_versions: 3,
             max_download_bytes: 2 << 30,
             trial_s: 600,
@@ -543,6 +549,7 @@ impl Settings {
         need(self.ota.keep_versions >= 2, "ota.keep_versions", "must be at least 2 (the current version and the one a rollback goes to)");
         need(self.ota.root.as_os_str().is_empty() || !self.ota.trusted_keys.is_empty(), "ota.trusted_keys", "ota.root is set but no key is trusted: no bundle could be applied");
         need(self.ota.watch_dir.as_os_str().is_empty() || !self.ota.root.as_os_str().is_empty(), "ota.watch_dir", "needs ota.root");
+        need(self.ota.download_dir.as_os_str().is_empty() || !self.ota.root.as_os_str().is_empty(), "ota.download_dir", "needs ota.root");
         for key in &self.ota.trusted_keys {
             if let Err(e) = crate::ota::keys::read_public(key) {
                 need(false, "ota.trusted_keys", &e.to_string());

@@ -108,7 +108,12 @@ impl Update<'_> {
             }
             Source::Url(url) => {
                 let name = format!("download-{}.tar", &hex::encode(Sha256::digest(url.as_bytes()))[..16]);
-                let dest = self.store.staging().join(name);
+                let dir = match &self.base.ota.download_dir {
+                    d if d.as_os_str().is_empty() => self.store.staging(),
+                    d => d.clone(),
+                };
+                fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                let dest = dir.join(name);
                 let mut report = |got: u64, total: Option<u64>| {
                     let of = total.map(|t| format!(" of {t}")).unwrap_or_default();
                     progress(Step::Download, &format!("{got}{of} bytes"));

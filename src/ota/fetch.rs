@@ -82,7 +82,7 @@ pub fn download(url: &str, dest: &Path, limits: Limits, progress: &mut dyn FnMut
             }
             Err(Attempt::Retry(why)) => {
                 let have = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-                tracing::warn!(url, attempt, bytes = have, "download broke off: {why}; resuming");
+                tracing::warn!(url, attempt, bytes = have, file = %part.display(), "download broke off: {why}; resuming");
                 last_error = why;
                 std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
             }

@@ -327,3 +327,51 @@ pub fn tally(ids: impl IntoIterator<Item = String>) -> HashMap<String, usize> {
     }
     m
 }
+
+/// What the in-process pipeline answers for a scene: label, box, score per object.
+pub type Expected = Vec<(String, [i32; 4], f32)>;
+
+/// Scenes used as requests, with what the in-process pipeline answers for them.
+pub fn scenes_with_expected(gallery: &Path) -> Vec<(Vec<u8>, Expected)> {
+    let mut s = super::settings("det_prenms.onnx");
+    s.search.index = gallery.to_path_buf();
+    let mut p = shitu_edge::Pipeline::open(&s).expect("pipeline");
+    ["scene_00000.jpg", "scene_00001.jpg", "scene_00002.jpg", "scene_00003.jpg"]
+        .iter()
+        .map(|n| {
+            let path = super::data("images/scenes").join(n);
+            let bytes = std::fs::read(&path).unwrap();
+            let frame = shitu_edge::input::decode(*n, &bytes, &s.input).unwrap();
+            let r = p.recognize(&[frame]).unwrap().remove(0);
+            (bytes, r.results.iter().map(|x| (x.rec_docs.clone(), x.bbox, x.rec_scores)).collect())
+        })
+        .collect()
+}
+
+/// Checks a recognise answer against what the in-process pipeline gave.
+pub fn check_answer(a: &serde_json::Value, expected: &[(String, [i32; 4], f32)]) {
+    assert_eq!(a["ok"], true, "{a}");
+    let got = a["results"].as_array().expect("results");
+    assert_eq!(got.len(), expected.len(), "{a}");
+    for (g, (label, bbox, score)) in got.iter().zip(expected) {
+        assert_eq!(g["rec_docs"], label.as_str(), "{a}");
+        let b: Vec<i64> = g["bbox"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(b, bbox.map(i64::from).to_vec(), "{a}");
+        // Batch composition changes the order of float sums inside the runtime, slightly.
+        assert!((g["rec_scores"].as_f64().unwrap() - *score as f64).abs() < 2e-3, "{a}");
+        assert_eq!(g["top_k"][0]["label"], label.as_str(), "{a}");
+    }
+    for key in ["queue", "det_infer", "rec_infer", "search", "total", "batch"] {
+        assert!(a["timings_ms"][key].is_number(), "{key} missing in {a}");
+    }
+    assert_eq!(a["versions"]["recognizer"].as_str().map(str::len), Some(16), "{a}");
+    assert_eq!(a["versions"]["provider"], "cpu", "{a}");
+}
+
+/// A Flat gallery of the test photos, built in `tmp/gallery`.
+pub fn flat_gallery(tmp: &Path) -> std::path::PathBuf {
+    let mut s = super::settings("det_prenms.onnx");
+    let g = tmp.join("gallery");
+    super::build_gallery(&mut s, &g, shitu_edge::search::Method::Flat);
+    g
+}
