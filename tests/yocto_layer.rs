@@ -1,5 +1,6 @@
-//! The Yocto layer: `oelint-adv` finds no error in it, and the recipe's crate
-//! list is exactly Cargo.lock's crates.io packages, with their checksums.
+//! The Yocto layer: `oelint-adv` finds no error in it, the recipe's crate
+//! list is exactly Cargo.lock's crates.io packages, with their checksums, and
+//! the recipe installs the same files as `scripts/install.sh`.
 
 mod common;
 
@@ -106,4 +107,72 @@ fn oelint_adv_finds_no_error_in_the_layer() {
     std::fs::write(&broken, text).unwrap();
     let (errors, all) = lint(&[&broken]);
     assert!(errors.iter().any(|e| e.contains("dependsappend")), "oelint-adv did not catch a planted error:\n{all}");
+}
+
+/// What a recipe's `do_install:append` installs: the `install -m MODE SRC… DEST`
+/// lines, with the bitbake paths of a usrmerge scarthgap image, plus the
+/// binary the `cargo` class installs into `${bindir}`.
+fn recipe_files(recipe: &str) -> std::collections::BTreeSet<String> {
+    let vars = [
+        ("${D}", ""),
+        ("${systemd_system_unitdir}", "/usr/lib/systemd/system"),
+        ("${nonarch_libdir}", "/usr/lib"),
+        ("${sysconfdir}", "/etc"),
+        ("${docdir}", "/usr/share/doc"),
+        ("${datadir}", "/usr/share"),
+        ("${PN}", "shitu-edge"),
+    ];
+    let body = recipe.split("do_install:append() {").nth(1).and_then(|b| b.split("\n}").next()).expect("a do_install:append block");
+    let mut out = std::collections::BTreeSet::from(["/usr/bin/shitud".to_string()]);
+    for cmd in body.replace("\\\n", " ").lines() {
+        let words: Vec<&str> = cmd.split_whitespace().collect();
+        if words.first() != Some(&"install") || words.get(1) != Some(&"-m") {
+            continue;
+        }
+        let (dest, srcs) = words[3..].split_last().expect("install SRC… DEST");
+        let mut dest = dest.to_string();
+        for (k, v) in vars {
+            dest = dest.replace(k, v);
+        }
+        assert!(!dest.contains("${"), "unknown variable in {cmd}");
+        for src in srcs {
+            let name = src.rsplit('/').next().unwrap();
+            out.insert(if dest.ends_with('/') { format!("{dest}{name}") } else { dest.clone() });
+        }
+    }
+    out
+}
+
+/// `scripts/install.sh` (the Debian/Ubuntu way) lays out the same files as
+/// the recipe, except what Yocto gets from other packages (ONNX Runtime)
+/// and the optional first-boot gallery.
+#[test]
+fn install_sh_lays_out_what_the_recipe_installs() {
+    let recipe = std::fs::read_to_string(recipe_dir().join("shitu-edge_0.1.0.bb")).unwrap();
+    let from_recipe = recipe_files(&recipe);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(common::root().join("scripts/install.sh"))
+        .env("DESTDIR", tmp.path())
+        .env("SHITUD", env!("CARGO_BIN_EXE_shitud"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "install.sh: {}", String::from_utf8_lossy(&out.stderr));
+    let mut from_script = std::collections::BTreeSet::new();
+    let mut dirs = vec![tmp.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+                continue;
+            }
+            let rel = format!("/{}", p.strip_prefix(tmp.path()).unwrap().display());
+            if rel != "/usr/lib/shitu-edge/libonnxruntime.so" && !rel.starts_with("/usr/share/shitu-edge/gallery/") {
+                from_script.insert(rel);
+            }
+        }
+    }
+    assert!(from_recipe.len() >= 9, "recipe parsed: {from_recipe:?}");
+    assert_eq!(from_script, from_recipe, "install.sh and the recipe differ");
 }

@@ -432,7 +432,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         u.clean_stop();
     }
     let c = counters.values();
-    tracing::info!(counters = ?c, spooled = left, "stopped");
+    tracing::info!(spooled = left, "stopped: {c}");
     Ok(())
 }
 

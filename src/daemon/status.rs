@@ -89,6 +89,17 @@ impl Counters {
     }
 }
 
+/// One line for the log, in words: `12 received, 11 answered, …`.
+impl std::fmt::Display for CounterValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} received ({} duplicates, {} resent), {} answered, {} errors ({} busy), {} batches, {} published, {} spooled ({} dropped), {} broker connects",
+            self.received, self.duplicates, self.resent, self.answered, self.errors, self.busy, self.batches, self.published, self.spooled, self.spool_dropped, self.connects
+        )
+    }
+}
+
 /// The payload of an `online` status.
 pub fn online(started: Instant, versions: &Versions, counters: &Counters, queued: usize) -> Vec<u8> {
     super::answer::to_vec(&Status {
