@@ -64,6 +64,8 @@ for t in "$dir"/gpu; do
   rm -f "$log"
 done
 if [[ $status == 0 ]]; then
+  echo "== GPU preprocessing benchmark (vs device copy bandwidth and OpenCV on this machine's CPU)"
+  "$dir/gpu" --ignored --exact gpu_preprocess_benchmark --nocapture --test-threads 1 || status=1
   echo "== GPU search benchmark (CUDA flat vs faiss Flat on this machine's CPU)"
   "$dir/gpu" --ignored --exact gpu_search_benchmark --nocapture --test-threads 1 || status=1
 fi

@@ -162,6 +162,16 @@ pub struct IndexBenchRow {
     pub remove_1pct_ms: f64,
 }
 
+/// [`synthetic_rgb`] as a frame, for the OpenCV path.
+pub fn synthetic_frame(w: u32, h: u32, seed: u64) -> Result<crate::input::Frame> {
+    use opencv::prelude::*;
+    let px = synthetic_rgb(w, h, seed);
+    let name = format!("synthetic-{w}x{h}");
+    let cv = |e: opencv::Error| crate::error::Error::image(&name, e.to_string());
+    let m = opencv::core::Mat::new_rows_cols_with_data(h as i32, (w * 3) as i32, &px).map_err(cv)?.reshape(3, h as i32).map_err(cv)?.try_clone().map_err(cv)?;
+    crate::input::Frame::from_rgb(name.clone(), m)
+}
+
 /// A `w × h` interleaved RGB test image, reproducible from `seed`: a
 /// gradient, a checkerboard of hard edges and noise, so that resampling
 /// errors show. For checks that must not depend on an image decoder.
@@ -358,6 +368,14 @@ pub fn peak_rss_mib() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_synthetic_frame_holds_the_synthetic_pixels() {
+        use opencv::core::MatTraitConstManual;
+        let f = synthetic_frame(37, 11, 5).unwrap();
+        assert_eq!((f.width, f.height), (37, 11));
+        assert_eq!(f.rgb.data_bytes().unwrap(), synthetic_rgb(37, 11, 5).as_slice());
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

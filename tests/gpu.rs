@@ -6,6 +6,10 @@
 //!   from the reference file `scripts/gpu-check.sh --pack` writes (the GPU
 //!   machine has no OpenCV): within one level per pixel.
 //!
+//!
+//! Two benchmarks (`--ignored`): the GPU search against faiss Flat, and the
+//! preprocessing kernels against the device's copy bandwidth and OpenCV.
+//!
 //! Without a CUDA device each test prints why it skipped;
 //! `scripts/gpu-check.sh` runs them where there is one.
 
@@ -206,4 +210,99 @@ fn gpu_preprocessing_matches_the_opencv_reference_within_one_level() {
     let w_rec = worst(&level_of(&rec, Normalizer::embedder()), rec_ref);
     eprintln!("recogniser: {n} crops in one launch on the GPU: worst {w_rec} levels from OpenCV");
     assert!(w_rec <= 1, "recogniser: {w_rec} levels off");
+}
+
+/// The preprocessing kernels, timed on the device with CUDA events, against
+/// the device's own copy bandwidth and the OpenCV path on this machine's CPU,
+/// same run. Bytes counted: each frame (or crop) read once, the normalised
+/// floats written once. Run by `scripts/gpu-check.sh` (`--ignored`); prints
+/// a markdown table for docs/BENCHMARKS.md.
+#[test]
+#[ignore = "a benchmark: scripts/gpu-check.sh runs it on a GPU machine"]
+fn gpu_preprocess_benchmark() {
+    use cudarc::driver::sys::CUevent_flags;
+    use shitu_edge::bench::{synthetic_frame, synthetic_rgb};
+    use shitu_edge::geometry::CropBox;
+    use shitu_edge::preprocess::{self, cuda::GpuPreprocess};
+    use std::time::Instant;
+    let gpu = match GpuPreprocess::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            skip!("skipped: no CUDA device ({e})");
+            return;
+        }
+    };
+    let stream = gpu.stream().clone();
+    // Milliseconds per call on the device's clock, after one warm-up call.
+    let device_ms = |iters: u32, f: &mut dyn FnMut()| -> f64 {
+        f();
+        let start = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+        for _ in 0..iters {
+            f();
+        }
+        let end = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+        start.elapsed_ms(&end).unwrap() as f64 / iters as f64
+    };
+    let cpu_ms = |iters: u32, f: &mut dyn FnMut()| -> f64 {
+        f();
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        t.elapsed().as_secs_f64() * 1e3 / iters as f64
+    };
+
+    // Read + write of 1 GiB, device to device: the ceiling for a streaming kernel.
+    let floats = 256 << 20;
+    let src = stream.alloc_zeros::<f32>(floats).unwrap();
+    let mut dst = stream.alloc_zeros::<f32>(floats).unwrap();
+    let copy_ms = device_ms(20, &mut || stream.memcpy_dtod(&src, &mut dst).unwrap());
+    let copy_gbs = 2.0 * (floats * 4) as f64 / (copy_ms * 1e-3) / 1e9;
+    drop((src, dst));
+    println!("device copy bandwidth (1 GiB read + written): {copy_gbs:.0} GB/s");
+    println!("| stage | GPU ms | GB/s | % of copy bandwidth | OpenCV on this CPU, ms | GPU speed-up | target (issue 5, H100) |");
+    println!("|---|---|---|---|---|---|---|");
+    let row = |what: &str, ms: f64, bytes: usize, cpu: f64, target: &str| {
+        let gbs = bytes as f64 / (ms * 1e-3) / 1e9;
+        println!("| {what} | {ms:.4} | {gbs:.0} | {:.0} % | {cpu:.2} | {:.0}× | {target} |", 100.0 * gbs / copy_gbs, cpu / ms);
+    };
+    let (w, h) = (1920u32, 1080u32);
+    let det_out = 3 * 640 * 640 * 4;
+
+    // One 1080p frame → the detector's input.
+    let px = synthetic_rgb(w, h, 1);
+    let frames = gpu.upload_raw(&[(&px, w, h)]).unwrap();
+    let mut det = stream.alloc_zeros::<f32>(3 * 640 * 640).unwrap();
+    let ms = device_ms(200, &mut || gpu.detector_into(&frames, &mut det).unwrap());
+    let frame = synthetic_frame(w, h, 1).unwrap();
+    let cpu = cpu_ms(10, &mut || drop(preprocess::detector_input(&[&frame]).unwrap()));
+    row("detector: 1080p frame → 640 cubic, normalised CHW", ms, px.len() + det_out, cpu, "≤ 0.02 ms (torch 0.103)");
+
+    // Six crops of that frame → the recogniser's input, one launch.
+    let boxes: Vec<(usize, CropBox)> = (0..6)
+        .map(|i| (0, CropBox { x1: 40 + 300 * i, y1: 60 + 120 * i, x2: 40 + 300 * i + 180 + 20 * i, y2: 60 + 120 * i + 240 }))
+        .collect();
+    let crop_bytes: usize = boxes.iter().map(|(_, c)| ((c.x2 - c.x1) * (c.y2 - c.y1) * 3) as usize).sum();
+    let rec_out = 6 * 3 * 224 * 224 * 4;
+    let crops = gpu.upload_crops(&frames, &boxes).unwrap();
+    let mut rec = stream.alloc_zeros::<f32>(6 * 3 * 224 * 224).unwrap();
+    let ms = device_ms(200, &mut || gpu.embedder_into(&frames, &crops, &mut rec).unwrap());
+    let mut host = vec![0f32; 3 * 224 * 224];
+    let cpu = cpu_ms(20, &mut || {
+        for (_, c) in &boxes {
+            preprocess::embedder_crop(&frame, *c, &mut host).unwrap();
+        }
+    });
+    row("recogniser: 6 crops → 224 bilinear, one launch", ms, crop_bytes + rec_out, cpu, "≤ 0.03 ms (torch 0.172)");
+    let ms = device_ms(200, &mut || drop(gpu.upload_crops(&frames, &boxes).unwrap()));
+    println!("| (uploading the 6 boxes for that launch) | {ms:.4} | | | | | |");
+
+    // A batch of 16 frames → the detector's input.
+    let batch: Vec<(&[u8], u32, u32)> = (0..16).map(|_| (px.as_slice(), w, h)).collect();
+    let frames16 = gpu.upload_raw(&batch).unwrap();
+    let mut det16 = stream.alloc_zeros::<f32>(16 * 3 * 640 * 640).unwrap();
+    let ms = device_ms(50, &mut || gpu.detector_into(&frames16, &mut det16).unwrap());
+    let refs: Vec<&shitu_edge::input::Frame> = (0..16).map(|_| &frame).collect();
+    let cpu = cpu_ms(2, &mut || drop(preprocess::detector_input(&refs).unwrap()));
+    row("detector: batch of 16 1080p frames", ms, 16 * (px.len() + det_out), cpu, "≥ 50 % of bandwidth");
 }

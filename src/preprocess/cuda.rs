@@ -13,7 +13,7 @@
 //! Status: the arithmetic is checked against the OpenCV path on the CPU by
 //! compiling the same kernel source for the host (tests/preprocess_kernels.rs);
 //! the launches themselves are checked only where a GPU is present
-//! (tests/gpu_preprocess.rs, run by scripts/gpu-check.sh).
+//! (tests/gpu.rs, run by scripts/gpu-check.sh, which also times them).
 
 use std::sync::Arc;
 
@@ -44,6 +44,17 @@ pub struct DeviceFrames {
     bytes: CudaSlice<u8>,
     /// `(offset, width, height, pitch)` per frame.
     table: Vec<i64>,
+}
+
+/// The crops of one batch, checked against their frames and uploaded.
+pub struct DeviceCrops {
+    /// `(frame, x1, y1, x2, y2)` per crop.
+    boxes: CudaSlice<i32>,
+    table: CudaSlice<i64>,
+    count: usize,
+    /// The frames' table (and byte count) the boxes were checked against:
+    /// the kernel may only read frames of exactly that layout.
+    checked_for: (Vec<i64>, usize),
 }
 
 fn err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
@@ -90,12 +101,28 @@ impl GpuPreprocess {
         Ok(DeviceFrames { bytes, table })
     }
 
+    /// The stream every launch and copy goes to (to time them, or to order other work after them).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
     /// The detector's input for every uploaded frame: `n × 3 × 640 × 640`.
     pub fn detector(&self, frames: &DeviceFrames) -> Result<CudaSlice<f32>> {
+        let plane = (DET_SIZE * DET_SIZE) as usize;
+        let mut out = self.stream.alloc_zeros::<f32>(frames.table.len() / 4 * 3 * plane).map_err(err("allocating the detector input"))?;
+        self.detector_into(frames, &mut out)?;
+        Ok(out)
+    }
+
+    /// Writes the detector's input for every uploaded frame into `out`
+    /// (at least `n × 3 × 640 × 640`): an engine's input buffer, say.
+    pub fn detector_into(&self, frames: &DeviceFrames, out: &mut CudaSlice<f32>) -> Result<()> {
         let n = frames.table.len() / 4;
         let side = DET_SIZE as i32;
         let plane = (DET_SIZE * DET_SIZE) as usize;
-        let mut out = self.stream.alloc_zeros::<f32>(n * 3 * plane).map_err(err("allocating the detector input"))?;
+        if out.len() < n * 3 * plane {
+            return Err(Error::Config(format!("GPU preprocessing: the detector input of {n} frames needs {} floats, the buffer has {}", n * 3 * plane, out.len())));
+        }
         let grid = (DET_SIZE.div_ceil(BLOCK.0), DET_SIZE.div_ceil(BLOCK.1), 1);
         for i in 0..n {
             let t = &frames.table[i * 4..i * 4 + 4];
@@ -117,13 +144,21 @@ impl GpuPreprocess {
             }
             .map_err(err("det_preprocess"))?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The recogniser's input for `crops` (frame index, box), in one launch:
     /// `crops.len() × 3 × 224 × 224`. Boxes must lie inside their frames.
     pub fn embedder(&self, frames: &DeviceFrames, crops: &[(usize, CropBox)]) -> Result<CudaSlice<f32>> {
         let plane = (REC_SIZE * REC_SIZE) as usize;
+        let mut out = self.stream.alloc_zeros::<f32>(crops.len().max(1) * 3 * plane).map_err(err("allocating the recogniser input"))?;
+        let crops = self.upload_crops(frames, crops)?;
+        self.embedder_into(frames, &crops, &mut out)?;
+        Ok(out)
+    }
+
+    /// Checks that every crop (frame index, box) lies inside its frame, and uploads them.
+    pub fn upload_crops(&self, frames: &DeviceFrames, crops: &[(usize, CropBox)]) -> Result<DeviceCrops> {
         let n = frames.table.len() / 4;
         let mut boxes = Vec::with_capacity(crops.len() * 5);
         for &(f, c) in crops {
@@ -139,28 +174,47 @@ impl GpuPreprocess {
             }
             boxes.extend([f as i32, c.x1, c.y1, c.x2, c.y2]);
         }
-        let mut out = self.stream.alloc_zeros::<f32>(crops.len().max(1) * 3 * plane).map_err(err("allocating the recogniser input"))?;
-        if crops.is_empty() {
-            return Ok(out);
+        if boxes.is_empty() {
+            boxes.extend([0; 5]); // a zero-length upload is refused; `count` stays 0
         }
-        let boxes_dev = self.stream.clone_htod(&boxes).map_err(err("uploading boxes"))?;
-        let table_dev = self.stream.clone_htod(&frames.table).map_err(err("uploading frame table"))?;
+        Ok(DeviceCrops {
+            boxes: self.stream.clone_htod(&boxes).map_err(err("uploading boxes"))?,
+            table: self.stream.clone_htod(&frames.table).map_err(err("uploading frame table"))?,
+            count: crops.len(),
+            checked_for: (frames.table.clone(), frames.bytes.len()),
+        })
+    }
+
+    /// Writes the recogniser's input for `crops` into `out` (at least
+    /// `crops × 3 × 224 × 224`), in one launch.
+    pub fn embedder_into(&self, frames: &DeviceFrames, crops: &DeviceCrops, out: &mut CudaSlice<f32>) -> Result<()> {
+        let plane = (REC_SIZE * REC_SIZE) as usize;
+        if out.len() < crops.count * 3 * plane {
+            return Err(Error::Config(format!("GPU preprocessing: the recogniser input of {} crops needs {} floats, the buffer has {}", crops.count, crops.count * 3 * plane, out.len())));
+        }
+        if (&crops.checked_for.0[..], crops.checked_for.1) != (&frames.table[..], frames.bytes.len()) {
+            return Err(Error::Config("GPU preprocessing: these crops were checked against other frames".into()));
+        }
+        if crops.count == 0 {
+            return Ok(());
+        }
         let side = REC_SIZE as i32;
-        let grid = (REC_SIZE.div_ceil(BLOCK.0), REC_SIZE.div_ceil(BLOCK.1), crops.len() as u32);
-        // SAFETY: every box was checked to lie inside its frame; writes crops·3·224·224 floats, as allocated.
+        let grid = (REC_SIZE.div_ceil(BLOCK.0), REC_SIZE.div_ceil(BLOCK.1), crops.count as u32);
+        // SAFETY: every box was checked to lie inside its frame, in frames of
+        // this very layout; writes crops·3·224·224 floats, as checked above.
         unsafe {
             self.stream
                 .launch_builder(&self.rec)
                 .arg(&frames.bytes)
-                .arg(&table_dev)
-                .arg(&boxes_dev)
-                .arg(&mut out)
+                .arg(&crops.table)
+                .arg(&crops.boxes)
+                .arg(out)
                 .arg(&side)
                 .arg(&self.rec_lut)
                 .launch(LaunchConfig { grid_dim: grid, block_dim: BLOCK, shared_mem_bytes: 0 })
         }
         .map_err(err("rec_preprocess"))?;
-        Ok(out)
+        Ok(())
     }
 
     /// Copies a result back (until IO binding hands it to ONNX Runtime directly).
