@@ -129,7 +129,7 @@ pub struct IndexSweep {
     pub nprobe: Vec<usize>,
     /// HNSW search breadths.
     pub ef_search: Vec<usize>,
-    /// Also measure the CUDA flat search on this GPU.
+    /// Also measure the CUDA flat search on this GPU, in fp32 and fp16.
     pub gpu: Option<usize>,
 }
 
@@ -306,10 +306,12 @@ pub fn bench_index(n: usize, methods: &[Method], queries: usize, tuning: &IndexS
         }
     }
     let _ = std::fs::remove_file(&tmp);
-    if let Some(ordinal) = tuning.gpu {
-        progress(&format!("CUDA flat, {n} vectors: uploading"));
+    // Both precisions: fp16 reads half the bytes; its recall shows what that costs.
+    for precision in tuning.gpu.map_or(&[][..], |_| &[crate::config::GpuPrecision::Fp32, crate::config::GpuPrecision::Fp16][..]) {
+        let ordinal = tuning.gpu.unwrap_or_default();
+        progress(&format!("CUDA flat ({precision:?}), {n} vectors: uploading"));
         let t = Instant::now();
-        let mut gpu = crate::search::cuda_flat::CudaFlat::new(ordinal, dim)?;
+        let mut gpu = crate::search::cuda_flat::CudaFlat::new(ordinal, *precision, dim)?;
         gpu.add(&data, &ids)?;
         let build_s = t.elapsed().as_secs_f64();
         // Unmeasured: the first search compiles nothing, but it allocates and warms the caches.

@@ -13,8 +13,9 @@
 //! Without a CUDA device each test prints why it skipped;
 //! `scripts/gpu-check.sh` runs them where there is one.
 
+use shitu_edge::config::GpuPrecision;
 use shitu_edge::search::cuda_flat::{CudaFlat, MAX_K};
-use shitu_edge::search::{FaissIndex, Index, Method, Neighbor};
+use shitu_edge::search::{fp16, FaissIndex, Index, Method, Neighbor};
 
 /// Says why a test did not run, past the test harness's output capture
 /// (it only captures `print!`/`eprint!`), so `cargo test` shows it.
@@ -32,8 +33,8 @@ fn unit_vectors(n: usize, seed: u64) -> Vec<f32> {
     shitu_edge::bench::random_unit_vectors(n, DIM, seed)
 }
 
-fn gpu_or_skip(dim: usize) -> Option<CudaFlat> {
-    match CudaFlat::new(0, dim) {
+fn gpu_or_skip(precision: GpuPrecision, dim: usize) -> Option<CudaFlat> {
+    match CudaFlat::new(0, precision, dim) {
         Ok(g) => Some(g),
         Err(e) => {
             skip!("skipped: no CUDA device ({e})");
@@ -58,19 +59,38 @@ fn assert_same(gpu: &[Vec<Neighbor>], cpu: &[Vec<Neighbor>], what: &str) {
 
 #[test]
 fn gpu_flat_search_matches_faiss_flat() {
-    let Some(mut gpu) = gpu_or_skip(DIM) else { return };
+    search_parity(GpuPrecision::Fp32);
+}
+
+/// fp16 against faiss on the same vectors rounded to fp16 on the host: the
+/// products of two halves are exact in fp32, so only the order of the sums
+/// differs, and the same tight tolerance holds.
+#[test]
+fn gpu_flat_fp16_search_matches_faiss_on_the_rounded_vectors() {
+    search_parity(GpuPrecision::Fp16);
+}
+
+fn search_parity(precision: GpuPrecision) {
+    let Some(mut gpu) = gpu_or_skip(precision, DIM) else { return };
+    // What the GPU computes with: the vectors as stored.
+    let stored = |v: &[f32]| -> Vec<f32> {
+        match precision {
+            GpuPrecision::Fp32 => v.to_vec(),
+            GpuPrecision::Fp16 => v.iter().map(|&x| fp16::to_f32(fp16::from_f32(x))).collect(),
+        }
+    };
     let n = 20_000;
     let vectors = unit_vectors(n, 7);
     let ids: Vec<i64> = (0..n as i64).map(|i| i * 3 + 11).collect();
     gpu.add(&vectors, &ids).unwrap();
-    let mut cpu = FaissIndex::build(Method::Flat, DIM, &vectors, &ids).unwrap();
+    let mut cpu = FaissIndex::build(Method::Flat, DIM, &stored(&vectors), &ids).unwrap();
     assert_eq!(gpu.len(), n);
 
     for (nq, k) in [(1, 1), (1, 5), (6, 5), (16, MAX_K)] {
         let queries = unit_vectors(nq, 1000 + nq as u64);
-        assert_same(&gpu.search(&queries, k).unwrap(), &cpu.search(&queries, k).unwrap(), &format!("{nq} queries, k {k}"));
+        assert_same(&gpu.search(&queries, k).unwrap(), &cpu.search(&stored(&queries), k).unwrap(), &format!("{precision:?}: {nq} queries, k {k}"));
     }
-    // A stored vector finds itself first.
+    // A stored vector finds itself first; what comes back is exact, fp16 or not.
     let own = gpu.search(&vectors[5 * DIM..6 * DIM], 1).unwrap();
     assert_eq!(own[0][0].id, ids[5]);
     assert_eq!(gpu.reconstruct(ids[5]).unwrap(), vectors[5 * DIM..6 * DIM].to_vec());
@@ -82,24 +102,29 @@ fn gpu_flat_search_matches_faiss_flat() {
     let more = unit_vectors(3000, 99);
     let more_ids: Vec<i64> = (0..3000).map(|i| 1_000_000 + i).collect();
     gpu.add(&more, &more_ids).unwrap();
-    cpu.add(&more, &more_ids).unwrap();
+    cpu.add(&stored(&more), &more_ids).unwrap();
     assert_eq!(gpu.len(), cpu.len());
     let queries = unit_vectors(6, 4242);
-    assert_same(&gpu.search(&queries, 5).unwrap(), &cpu.search(&queries, 5).unwrap(), "after remove + add");
+    assert_same(&gpu.search(&queries, 5).unwrap(), &cpu.search(&stored(&queries), 5).unwrap(), &format!("{precision:?}: after remove + add"));
     for id in &gone {
         assert!(gpu.reconstruct(*id).is_err(), "removed id {id} still there");
     }
+    // The row that filled a hole kept its exact vector.
+    assert_eq!(gpu.reconstruct(ids[n - 2]).unwrap(), vectors[(n - 2) * DIM..(n - 1) * DIM].to_vec());
 
+    // Saved at full precision, whatever the GPU holds.
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("vector.index");
     gpu.save(&path).unwrap();
-    let (mut loaded, _) = FaissIndex::load(&path).unwrap().into_ids().unwrap();
-    assert_same(&loaded.search(&queries, 5).unwrap(), &cpu.search(&queries, 5).unwrap(), "saved as faiss");
+    let (loaded, _) = FaissIndex::load(&path).unwrap().into_ids().unwrap();
+    assert_eq!(loaded.reconstruct(ids[7]).unwrap(), vectors[7 * DIM..8 * DIM].to_vec());
+    assert_eq!(loaded.reconstruct(more_ids[3]).unwrap(), more[3 * DIM..4 * DIM].to_vec());
+    assert_eq!(loaded.len(), gpu.len());
 }
 
 #[test]
 fn gpu_flat_refuses_bad_shapes_and_large_k() {
-    let Some(mut gpu) = gpu_or_skip(4) else { return };
+    let Some(mut gpu) = gpu_or_skip(GpuPrecision::Fp16, 4) else { return };
     gpu.add(&[1.0, 0.0, 0.0, 0.0], &[1]).unwrap();
     assert!(gpu.add(&[1.0, 0.0, 0.0], &[2]).is_err());
     assert!(gpu.add(&[1.0, 0.0, 0.0, 0.0], &[1]).is_err(), "duplicate id");
@@ -116,7 +141,7 @@ fn gpu_flat_refuses_bad_shapes_and_large_k() {
 #[ignore = "a benchmark: scripts/gpu-check.sh runs it on a GPU machine"]
 fn gpu_search_benchmark() {
     use shitu_edge::bench::{bench_index, IndexSweep};
-    if gpu_or_skip(DIM).is_none() {
+    if gpu_or_skip(GpuPrecision::Fp32, DIM).is_none() {
         return;
     }
     let sweep = IndexSweep { nprobe: vec![], ef_search: vec![], gpu: Some(0) };

@@ -328,6 +328,21 @@ pub struct SearchSettings {
     pub device: SearchDevice,
     /// GPU ordinal for `device = "cuda"`.
     pub device_id: usize,
+    /// How `device = "cuda"` holds the gallery in GPU memory.
+    pub gpu_precision: GpuPrecision,
+}
+
+/// How the GPU search stores the gallery matrix.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuPrecision {
+    /// 4 bytes a value: the same scores as faiss, to float rounding.
+    #[default]
+    Fp32,
+    /// 2 bytes a value: half the memory and half the bytes read per search
+    /// (the search is bound by reading the matrix). Scores move by about
+    /// 1e-3; the files keep full precision.
+    Fp16,
 }
 
 /// Where the gallery is searched.
@@ -353,6 +368,7 @@ impl Default for SearchSettings {
             compact_after: 1000,
             device: SearchDevice::Cpu,
             device_id: 0,
+            gpu_precision: GpuPrecision::Fp32,
         }
     }
 }

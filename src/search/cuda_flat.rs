@@ -1,12 +1,17 @@
 //! Exact inner-product search on an NVIDIA GPU, for boxes where faiss-gpu
 //! does not exist (Jetson).
 //!
-//! The gallery matrix stays on the device. A batch of queries is one cuBLAS
-//! GEMM (every score at once, the work is bound by reading the matrix), then
+//! The gallery matrix stays on the device, in fp32 or fp16
+//! (`search.gpu_precision`). A batch of queries is one cuBLAS GEMM (every
+//! score at once, accumulated in fp32; the work is bound by reading the
+//! matrix, so fp16 halves it), then
 //! a two-pass top-k: blocks each keep the best `k` of a slice of the rows,
 //! and one block per query merges those. Adding appends rows (the buffer
 //! grows by doubling); removing moves the last row into the hole, so neither
 //! uploads the gallery again.
+//!
+//! With fp16 the host keeps the fp32 vectors too, so that what is saved to
+//! the gallery's files never loses precision to the GPU copy.
 //!
 //! Everything CUDA is opened at run time; [`CudaFlat::new`] says plainly why
 //! it cannot start on a box without a GPU.
@@ -15,9 +20,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
 
-use super::{FaissIndex, Index, Method, Neighbor};
+use super::{fp16, FaissIndex, Index, Method, Neighbor};
+use crate::config::GpuPrecision;
 use crate::engine::gpu;
 use crate::error::{Error, Result};
 
@@ -105,7 +111,7 @@ pub struct CudaFlat {
     dim: usize,
     rows: usize,
     /// `capacity × dim`, row-major; rows past `rows` are unused.
-    matrix: CudaSlice<f32>,
+    matrix: Matrix,
     capacity: usize,
     ids: Vec<i64>,
     row_of: HashMap<i64, usize>,
@@ -120,6 +126,30 @@ impl std::fmt::Debug for CudaFlat {
     }
 }
 
+/// The gallery matrix on the device.
+enum Matrix {
+    F32(CudaSlice<f32>),
+    /// Half-precision bits on the device, and the exact vectors on the host
+    /// (`rows × dim`) for [`Index::reconstruct`] and [`Index::save`].
+    F16(CudaSlice<u16>, Vec<f32>),
+}
+
+/// A buffer of `len` elements holding the first `used` of `old`.
+fn grown<T: DeviceRepr + ValidAsZeroBits>(stream: &Arc<CudaStream>, old: &CudaSlice<T>, used: usize, len: usize) -> Result<CudaSlice<T>> {
+    let mut bigger = stream.alloc_zeros::<T>(len).map_err(cuda_err("growing the gallery"))?;
+    if used > 0 {
+        stream.memcpy_dtod(&old.slice(..used), &mut bigger.slice_mut(..used)).map_err(cuda_err("growing the gallery"))?;
+    }
+    Ok(bigger)
+}
+
+/// Copies row `from` over row `to` (rows of `d`), on the device; `from > to`.
+fn move_row<T: DeviceRepr>(stream: &Arc<CudaStream>, m: &mut CudaSlice<T>, from: usize, to: usize, d: usize) -> Result<()> {
+    let (mut head, tail) = m.split_at_mut(from * d);
+    let mut hole = head.slice_mut(to * d..(to + 1) * d);
+    stream.memcpy_dtod(&tail.slice(..d), &mut hole).map_err(cuda_err("removing"))
+}
+
 fn cuda_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
     move |e| Error::Index(format!("GPU search: {what}: {e}"))
 }
@@ -127,7 +157,7 @@ fn cuda_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
 impl CudaFlat {
     /// An empty index of `dim`-long vectors on GPU `ordinal`. Fails with the
     /// reason (no driver, no device, no NVRTC or cuBLAS) on boxes that cannot run it.
-    pub fn new(ordinal: usize, dim: usize) -> Result<CudaFlat> {
+    pub fn new(ordinal: usize, precision: GpuPrecision, dim: usize) -> Result<CudaFlat> {
         gpu::probe(ordinal as i32).map_err(|e| Error::Index(format!("GPU search: {e}")))?;
         // SAFETY: these only try to dlopen the libraries by name.
         let (nvrtc, cublas) = unsafe { (cudarc::nvrtc::sys::is_culib_present(), cudarc::cublas::sys::is_culib_present()) };
@@ -147,7 +177,11 @@ impl CudaFlat {
         let topk_rows = module.load_function("topk_rows").map_err(cuda_err("topk_rows"))?;
         let topk_merge = module.load_function("topk_merge").map_err(cuda_err("topk_merge"))?;
         let capacity = 1024;
-        let matrix = stream.alloc_zeros::<f32>(capacity * dim).map_err(cuda_err("allocating the gallery"))?;
+        let alloc = cuda_err("allocating the gallery");
+        let matrix = match precision {
+            GpuPrecision::Fp32 => Matrix::F32(stream.alloc_zeros::<f32>(capacity * dim).map_err(alloc)?),
+            GpuPrecision::Fp16 => Matrix::F16(stream.alloc_zeros::<u16>(capacity * dim).map_err(alloc)?, Vec::new()),
+        };
         Ok(CudaFlat {
             stream,
             blas,
@@ -166,8 +200,8 @@ impl CudaFlat {
 
     /// Copies the vectors `ids` of `index` onto GPU `ordinal`; saving writes
     /// a faiss index of kind `saved_as`.
-    pub fn from_index(ordinal: usize, index: &dyn Index, ids: &[i64], saved_as: Method) -> Result<CudaFlat> {
-        let mut flat = CudaFlat::new(ordinal, index.dim())?;
+    pub fn from_index(ordinal: usize, precision: GpuPrecision, index: &dyn Index, ids: &[i64], saved_as: Method) -> Result<CudaFlat> {
+        let mut flat = CudaFlat::new(ordinal, precision, index.dim())?;
         flat.saved_as = saved_as;
         let mut vectors = Vec::with_capacity(ids.len() * index.dim());
         for &id in ids {
@@ -182,14 +216,84 @@ impl CudaFlat {
             return Ok(());
         }
         let capacity = rows.next_power_of_two();
-        let mut bigger = self.stream.alloc_zeros::<f32>(capacity * self.dim).map_err(cuda_err("growing the gallery"))?;
-        if self.rows > 0 {
-            let used = self.matrix.slice(..self.rows * self.dim);
-            self.stream.memcpy_dtod(&used, &mut bigger.slice_mut(..self.rows * self.dim)).map_err(cuda_err("growing the gallery"))?;
+        let (used, len) = (self.rows * self.dim, capacity * self.dim);
+        match &mut self.matrix {
+            Matrix::F32(m) => *m = grown(&self.stream, m, used, len)?,
+            Matrix::F16(m, _) => *m = grown(&self.stream, m, used, len)?,
         }
-        self.matrix = bigger;
         self.capacity = capacity;
         Ok(())
+    }
+
+    /// The stored precision.
+    pub fn precision(&self) -> GpuPrecision {
+        match self.matrix {
+            Matrix::F32(_) => GpuPrecision::Fp32,
+            Matrix::F16(..) => GpuPrecision::Fp16,
+        }
+    }
+
+    /// `scores (nq × rows) = queries (nq × d) · galleryᵀ`, fp32 out.
+    fn scores(&self, queries: &[f32], scores: &mut CudaSlice<f32>) -> Result<()> {
+        let (d, rows, nq) = (self.dim, self.rows, queries.len() / self.dim);
+        let err = cuda_err("search");
+        let blas_err = |e: cudarc::cublas::result::CublasError| Error::Index(format!("GPU search: cuBLAS: {e}"));
+        // Column-major view: the gallery is dim×rows (lda = dim), the queries
+        // dim×nq; scores = galleryᵀ·queries is rows×nq, i.e. nq row-major rows of `rows`.
+        match &self.matrix {
+            Matrix::F32(m) => {
+                let q_dev = self.stream.clone_htod(queries).map_err(&err)?;
+                let cfg = GemmConfig {
+                    transa: cublasOperation_t::CUBLAS_OP_T,
+                    transb: cublasOperation_t::CUBLAS_OP_N,
+                    m: rows as i32,
+                    n: nq as i32,
+                    k: d as i32,
+                    alpha: 1.0f32,
+                    lda: d as i32,
+                    ldb: d as i32,
+                    beta: 0.0f32,
+                    ldc: rows as i32,
+                };
+                // SAFETY: the shapes above match the buffers: gallery rows·d, queries nq·d, scores nq·rows.
+                unsafe { self.blas.gemm(cfg, &m.slice(..rows * d), &q_dev, scores) }.map_err(blas_err)
+            }
+            Matrix::F16(m, _) => {
+                use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
+                let q_dev = self.stream.clone_htod(&fp16::from_f32_slice(queries)).map_err(&err)?;
+                let gallery = m.slice(..rows * d);
+                let (alpha, beta) = (1.0f32, 0.0f32);
+                let (a, _a) = gallery.device_ptr(&self.stream);
+                let (b, _b) = q_dev.device_ptr(&self.stream);
+                let (c, _c) = scores.device_ptr_mut(&self.stream);
+                // SAFETY: as for fp32, with half-precision inputs and fp32
+                // output and accumulation; the handle is bound to `self.stream`.
+                unsafe {
+                    cudarc::cublas::result::gemm_ex(
+                        *self.blas.handle(),
+                        cublasOperation_t::CUBLAS_OP_T,
+                        cublasOperation_t::CUBLAS_OP_N,
+                        rows as i32,
+                        nq as i32,
+                        d as i32,
+                        (&alpha as *const f32).cast(),
+                        a as *const std::ffi::c_void,
+                        cudaDataType::CUDA_R_16F,
+                        d as i32,
+                        b as *const std::ffi::c_void,
+                        cudaDataType::CUDA_R_16F,
+                        d as i32,
+                        (&beta as *const f32).cast(),
+                        c as *mut std::ffi::c_void,
+                        cudaDataType::CUDA_R_32F,
+                        rows as i32,
+                        cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                }
+                .map_err(blas_err)
+            }
+        }
     }
 }
 
@@ -217,25 +321,8 @@ impl Index for CudaFlat {
         }
         let rows = self.rows;
         let err = cuda_err("search");
-        let q_dev = self.stream.clone_htod(queries).map_err(&err)?;
         let mut scores = self.stream.alloc_zeros::<f32>(nq * rows).map_err(&err)?;
-        // Column-major view: the gallery is dim×rows (lda = dim), the queries
-        // dim×nq; scores = galleryᵀ·queries is rows×nq, i.e. nq row-major rows of `rows`.
-        let cfg = GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_T,
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: rows as i32,
-            n: nq as i32,
-            k: d as i32,
-            alpha: 1.0f32,
-            lda: d as i32,
-            ldb: d as i32,
-            beta: 0.0f32,
-            ldc: rows as i32,
-        };
-        let gallery = self.matrix.slice(..rows * d);
-        // SAFETY: the shapes above match the buffers: gallery rows·d, queries nq·d, scores nq·rows.
-        unsafe { self.blas.gemm(cfg, &gallery, &q_dev, &mut scores) }.map_err(|e| Error::Index(format!("GPU search: cuBLAS: {e}")))?;
+        self.scores(queries, &mut scores)?;
 
         let parts = rows.div_ceil(ROWS_PER_BLOCK);
         let mut part_s = self.stream.alloc_zeros::<f32>(nq * parts * k).map_err(&err)?;
@@ -298,7 +385,14 @@ impl Index for CudaFlat {
         }
         self.reserve(self.rows + ids.len())?;
         let range = self.rows * d..(self.rows + ids.len()) * d;
-        self.stream.memcpy_htod(vectors, &mut self.matrix.slice_mut(range)).map_err(cuda_err("adding"))?;
+        match &mut self.matrix {
+            Matrix::F32(m) => self.stream.memcpy_htod(vectors, &mut m.slice_mut(range)),
+            Matrix::F16(m, host) => {
+                host.extend_from_slice(vectors);
+                self.stream.memcpy_htod(&fp16::from_f32_slice(vectors), &mut m.slice_mut(range))
+            }
+        }
+        .map_err(cuda_err("adding"))?;
         for &id in ids {
             self.row_of.insert(id, self.rows);
             self.ids.push(id);
@@ -314,35 +408,60 @@ impl Index for CudaFlat {
             let last = self.rows - 1;
             if row != last {
                 // The last row fills the hole: one row copied, on the device.
-                let (mut head, tail) = self.matrix.split_at_mut(last * d);
-                let mut hole = head.slice_mut(row * d..(row + 1) * d);
-                self.stream.memcpy_dtod(&tail.slice(..d), &mut hole).map_err(cuda_err("removing"))?;
+                match &mut self.matrix {
+                    Matrix::F32(m) => move_row(&self.stream, m, last, row, d)?,
+                    Matrix::F16(m, host) => {
+                        move_row(&self.stream, m, last, row, d)?;
+                        host.copy_within(last * d..(last + 1) * d, row * d);
+                    }
+                }
                 let moved = self.ids[last];
                 self.ids[row] = moved;
                 self.row_of.insert(moved, row);
             }
             self.ids.pop();
             self.rows -= 1;
+            if let Matrix::F16(_, host) = &mut self.matrix {
+                host.truncate(self.rows * d);
+            }
         }
         Ok(true)
     }
 
     fn reconstruct(&self, id: i64) -> Result<Vec<f32>> {
         let row = *self.row_of.get(&id).ok_or_else(|| Error::Index(format!("GPU search: no id {id}")))?;
-        let v = self.stream.clone_dtoh(&self.matrix.slice(row * self.dim..(row + 1) * self.dim)).map_err(cuda_err("reading a vector"))?;
-        self.stream.synchronize().map_err(cuda_err("reading a vector"))?;
-        Ok(v)
+        let span = row * self.dim..(row + 1) * self.dim;
+        match &self.matrix {
+            Matrix::F32(m) => {
+                let v = self.stream.clone_dtoh(&m.slice(span)).map_err(cuda_err("reading a vector"))?;
+                self.stream.synchronize().map_err(cuda_err("reading a vector"))?;
+                Ok(v)
+            }
+            Matrix::F16(_, host) => Ok(host[span].to_vec()),
+        }
     }
 
     /// Saved as a faiss index of the gallery's kind, so the files on disk
     /// stay one format whichever device searches them.
     fn save(&self, path: &std::path::Path) -> Result<()> {
-        let all = self.stream.clone_dtoh(&self.matrix.slice(..self.rows * self.dim)).map_err(cuda_err("saving"))?;
-        self.stream.synchronize().map_err(cuda_err("saving"))?;
-        FaissIndex::build(self.saved_as, self.dim, &all, &self.ids)?.save(path)
+        let used = self.rows * self.dim;
+        let from_device;
+        let all: &[f32] = match &self.matrix {
+            Matrix::F32(m) => {
+                from_device = self.stream.clone_dtoh(&m.slice(..used)).map_err(cuda_err("saving"))?;
+                self.stream.synchronize().map_err(cuda_err("saving"))?;
+                &from_device
+            }
+            Matrix::F16(_, host) => host,
+        };
+        FaissIndex::build(self.saved_as, self.dim, all, &self.ids)?.save(path)
     }
 
     fn describe(&self) -> String {
-        format!("CUDA flat on {}, {} vectors", self.device, self.rows)
+        let p = match self.precision() {
+            GpuPrecision::Fp32 => "fp32",
+            GpuPrecision::Fp16 => "fp16",
+        };
+        format!("CUDA flat ({p}) on {}, {} vectors", self.device, self.rows)
     }
 }

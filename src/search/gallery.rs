@@ -49,6 +49,8 @@ pub struct Tuning {
     pub device: crate::config::SearchDevice,
     /// The GPU for [`Tuning::device`].
     pub device_id: usize,
+    /// How the GPU holds the matrix.
+    pub gpu_precision: crate::config::GpuPrecision,
 }
 
 impl Default for Tuning {
@@ -59,7 +61,7 @@ impl Default for Tuning {
 
 impl From<&crate::config::SearchSettings> for Tuning {
     fn from(s: &crate::config::SearchSettings) -> Self {
-        Tuning { nprobe: s.nprobe, ef_search: s.ef_search, device: s.device, device_id: s.device_id }
+        Tuning { nprobe: s.nprobe, ef_search: s.ef_search, device: s.device, device_id: s.device_id, gpu_precision: s.gpu_precision }
     }
 }
 
@@ -443,7 +445,7 @@ fn on_device(index: FaissIndex, items: &[GalleryItem], manifest: &Manifest, tuni
         return Box::new(index);
     }
     let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
-    match CudaFlat::from_index(tuning.device_id, &index, &ids, manifest.method) {
+    match CudaFlat::from_index(tuning.device_id, tuning.gpu_precision, &index, &ids, manifest.method) {
         Ok(gpu) => {
             tracing::info!("gallery search on the GPU: {} (exact; the {:?} index is kept for the files)", gpu.describe(), manifest.method);
             Box::new(gpu)

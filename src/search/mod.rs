@@ -7,6 +7,7 @@
 
 pub mod cuda_flat;
 pub mod faiss_index;
+pub mod fp16;
 pub mod gallery;
 pub mod paddleclas_import;
 pub mod pickle;
