@@ -59,7 +59,13 @@ impl Booted {
             if let Some(pid) = std::fs::read_to_string(stage.join("pid")).ok().and_then(|t| t.trim().parse().ok()) {
                 break pid;
             }
-            assert!(Instant::now() < deadline, "boot.sh started no systemd in 30 s");
+            if Instant::now() > deadline {
+                // SIGTERM: boot.sh's trap ends unshare, and with it the container.
+                // SAFETY: kill(2) on our own child.
+                unsafe { libc::kill(boot.id() as libc::pid_t, libc::SIGTERM) };
+                let _ = boot.wait();
+                panic!("boot.sh started no systemd in 30 s:\n{}", std::fs::read_to_string(stage.join("console.log")).unwrap_or_default());
+            }
             std::thread::sleep(Duration::from_millis(50));
         };
         let booted = Booted { stage: stage.to_path_buf(), boot, pid };

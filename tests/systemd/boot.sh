@@ -39,7 +39,8 @@ if [ "${2:-}" != --inner ]; then
     fi
   done
   [ -s "$stage/cgroup" ] || { echo "boot.sh: no writable cgroup v2 hierarchy" >&2; exit 77; }
-  unshare --pid --fork --mount --uts --ipc --cgroup --propagation private "$0" "$stage" --inner &
+  # --kill-child: whatever ends unshare (the trap below, say) ends the whole container.
+  unshare --pid --fork --kill-child --mount --uts --ipc --cgroup --propagation private "$0" "$stage" --inner &
   u=$!
   trap 'kill -9 $u 2>/dev/null' TERM INT
   for _ in $(seq 100); do
