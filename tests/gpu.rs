@@ -43,6 +43,16 @@ fn gpu_or_skip(precision: GpuPrecision, dim: usize) -> Option<CudaFlat> {
     }
 }
 
+fn preprocess_or_skip() -> Option<shitu_edge::preprocess::cuda::GpuPreprocess> {
+    match shitu_edge::preprocess::cuda::GpuPreprocess::new(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            skip!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
 /// Same ids in the same order, except where neighbouring scores tie within
 /// float rounding (then the order between them is free).
 fn assert_same(gpu: &[Vec<Neighbor>], cpu: &[Vec<Neighbor>], what: &str) {
@@ -170,14 +180,8 @@ fn gpu_search_benchmark() {
 #[test]
 fn gpu_preprocessing_matches_the_opencv_reference_within_one_level() {
     use shitu_edge::geometry::CropBox;
-    use shitu_edge::preprocess::{cuda::GpuPreprocess, Normalizer};
-    let gpu = match GpuPreprocess::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            skip!("skipped: no CUDA device ({e})");
-            return;
-        }
-    };
+    use shitu_edge::preprocess::Normalizer;
+    let Some(gpu) = preprocess_or_skip() else { return };
     let path = std::env::var("SHITU_GPU_REFERENCE").expect("SHITU_GPU_REFERENCE=<file from scripts/gpu-check.sh --pack>");
     let data = std::fs::read(&path).unwrap();
     assert_eq!(&data[..5], b"SHPR1", "{path}: not a preprocessing reference");
@@ -248,15 +252,9 @@ fn gpu_preprocess_benchmark() {
     use cudarc::driver::sys::CUevent_flags;
     use shitu_edge::bench::{synthetic_frame, synthetic_rgb};
     use shitu_edge::geometry::CropBox;
-    use shitu_edge::preprocess::{self, cuda::GpuPreprocess};
+    use shitu_edge::preprocess;
     use std::time::Instant;
-    let gpu = match GpuPreprocess::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            skip!("skipped: no CUDA device ({e})");
-            return;
-        }
-    };
+    let Some(gpu) = preprocess_or_skip() else { return };
     let stream = gpu.stream().clone();
     // Milliseconds per call on the device's clock, after one warm-up call.
     let device_ms = |iters: u32, f: &mut dyn FnMut()| -> f64 {
