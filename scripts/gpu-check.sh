@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # GPU checks, from binaries built on another machine.
 #
-#   scripts/gpu-check.sh --pack DIR [--cuda 12|13]   # build machine: build the GPU test binaries into DIR
-#   scripts/gpu-check.sh DIR                         # GPU machine (no Rust needed): run them
+#   scripts/gpu-check.sh --pack DIR [--cuda 12|13]   # build machine: build the GPU test binaries into DIR, and DIR.tar.gz
+#   scripts/gpu-check.sh DIR.tar.gz                  # GPU machine (no Rust needed): run them (DIR works too)
+#
+# Carry DIR.tar.gz: about 24 MB, where DIR is about 65 MB (OpenBLAS alone is
+# 35 MB), over the 64 MiB that the device tool carries.
 #
 # On the GPU machine a test that reports "skipped: no CUDA device" is a
 # failure: the point of running here is that the device exists.
@@ -37,11 +40,19 @@ for line in sys.stdin:
   ldd "$out/gpu" | awk '/=> \//{print $3}' \
     | grep -vE '/(libc|libm|libdl|librt|libpthread|libgcc_s|libstdc\+\+|ld-linux[^/]*)\.so' \
     | xargs -r -I{} cp -L {} "$out/lib/"
-  du -sh "$out" >&2
+  tar -C "$(dirname "$out")" -czf "$out.tar.gz" "$(basename "$out")"
+  du -sh "$out" "$out.tar.gz" >&2
+  echo "carry $out.tar.gz, then run: scripts/gpu-check.sh $out.tar.gz" >&2
   exit 0
 fi
 
-dir=${1:?usage: gpu-check.sh DIR (made by gpu-check.sh --pack DIR)}
+dir=${1:?usage: gpu-check.sh DIR.tar.gz or DIR (made by gpu-check.sh --pack DIR)}
+if [[ "$dir" == *.tar.gz ]]; then
+  unpacked=$(mktemp -d)
+  trap 'rm -rf "$unpacked"' EXIT
+  tar -C "$unpacked" -xzf "$dir"
+  dir=$(find "$unpacked" -mindepth 1 -maxdepth 1 -type d | head -1)
+fi
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 else
