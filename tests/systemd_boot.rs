@@ -217,6 +217,10 @@ async fn the_installed_unit_serves_under_systemd_and_a_hung_daemon_is_restarted(
     sys.must(&["systemctl", "daemon-reload"]);
     sys.must(&["systemctl", "restart", UNIT]);
     sys.wait_serving();
+    // Idle, the daemon is healthy and its pings reach systemd: more than two
+    // watchdog periods pass without a restart.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!((sys.prop("ActiveState").as_str(), sys.prop("NRestarts").as_str()), ("active", "0"), "{}", sys.journal());
     ctl.request(REQ, expected[1].0.clone(), "hung", vec![]).await;
     sys.wait_for("watchdog restart", Duration::from_secs(60), |b| b.prop("NRestarts").parse::<u32>().unwrap_or(0) >= 1);
     let journal = sys.journal();
