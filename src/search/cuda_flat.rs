@@ -388,8 +388,12 @@ impl Index for CudaFlat {
         match &mut self.matrix {
             Matrix::F32(m) => self.stream.memcpy_htod(vectors, &mut m.slice_mut(range)),
             Matrix::F16(m, host) => {
-                host.extend_from_slice(vectors);
-                self.stream.memcpy_htod(&fp16::from_f32_slice(vectors), &mut m.slice_mut(range))
+                // The host copy grows only once the device has the rows, so a failed add leaves both as they were.
+                let copied = self.stream.memcpy_htod(&fp16::from_f32_slice(vectors), &mut m.slice_mut(range));
+                if copied.is_ok() {
+                    host.extend_from_slice(vectors);
+                }
+                copied
             }
         }
         .map_err(cuda_err("adding"))?;
