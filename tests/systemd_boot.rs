@@ -148,13 +148,7 @@ async fn the_installed_unit_serves_under_systemd_and_a_hung_daemon_is_restarted(
     let dest = stage.join("dest");
     std::fs::create_dir_all(&stage).unwrap();
 
-    let out = Command::new("bash")
-        .arg(root().join("scripts/install.sh"))
-        .env("DESTDIR", &dest)
-        .env("SHITUD", env!("CARGO_BIN_EXE_shitud"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "install.sh: {}", String::from_utf8_lossy(&out.stderr));
+    install_into(&dest);
     // The first-boot gallery, which tmpfiles copies into the state directory.
     let shipped_gallery = dest.join("usr/share/shitu-edge/gallery");
     let mut s = settings("det_prenms.onnx");

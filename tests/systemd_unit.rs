@@ -19,11 +19,7 @@ fn run(cmd: &mut Command) -> (bool, String) {
 /// `verify` resolves `network-online.target`, `multi-user.target` and so on.
 fn installed_root(dir: &Path) -> std::path::PathBuf {
     let root = dir.join("root");
-    let (ok, text) = run(Command::new("bash")
-        .arg(common::root().join("scripts/install.sh"))
-        .env("DESTDIR", &root)
-        .env("SHITUD", env!("CARGO_BIN_EXE_shitud")));
-    assert!(ok, "install.sh failed:\n{text}");
+    common::install_into(&root);
     let units = root.join("usr/lib/systemd/system");
     for host in ["/usr/lib/systemd/system", "/lib/systemd/system"] {
         if Path::new(host).is_dir() {

@@ -151,13 +151,7 @@ fn install_sh_lays_out_what_the_recipe_installs() {
     let recipe = std::fs::read_to_string(recipe_dir().join("shitu-edge_0.1.0.bb")).unwrap();
     let from_recipe = recipe_files(&recipe);
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new("bash")
-        .arg(common::root().join("scripts/install.sh"))
-        .env("DESTDIR", tmp.path())
-        .env("SHITUD", env!("CARGO_BIN_EXE_shitud"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "install.sh: {}", String::from_utf8_lossy(&out.stderr));
+    common::install_into(tmp.path());
     let mut from_script = std::collections::BTreeSet::new();
     let mut dirs = vec![tmp.path().to_path_buf()];
     while let Some(d) = dirs.pop() {

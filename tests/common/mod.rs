@@ -17,6 +17,18 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Lays out the installed files under `dest` with `scripts/install.sh`,
+/// with this build's `shitud`, as a box or an image gets them.
+pub fn install_into(dest: &Path) {
+    let out = std::process::Command::new("bash")
+        .arg(root().join("scripts/install.sh"))
+        .env("DESTDIR", dest)
+        .env("SHITUD", env!("CARGO_BIN_EXE_shitud"))
+        .output()
+        .expect("bash runs");
+    assert!(out.status.success(), "install.sh failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
 /// A file under tests/data.
 pub fn data(rel: &str) -> PathBuf {
     root().join("tests/data").join(rel)
