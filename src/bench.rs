@@ -14,7 +14,6 @@ use crate::pipeline::Pipeline;
 use crate::report::StageTimes;
 use crate::search::{FaissIndex, Index, Method};
 
-
 /// A stage's name and how to read its time.
 type StageField = (&'static str, fn(&StageTimes) -> f64);
 /// p50 and p99 of one measurement, in milliseconds.
@@ -32,11 +31,20 @@ impl Percentiles {
     /// Percentiles of `values` (nearest-rank). Empty input gives zeros.
     pub fn of(values: &mut [f64]) -> Percentiles {
         if values.is_empty() {
-            return Percentiles { p50: 0.0, p99: 0.0, mean: 0.0 };
+            return Percentiles {
+                p50: 0.0,
+                p99: 0.0,
+                mean: 0.0,
+            };
         }
         values.sort_by(f64::total_cmp);
-        let at = |q: f64| values[((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
-        Percentiles { p50: at(0.50), p99: at(0.99), mean: values.iter().sum::<f64>() / values.len() as f64 }
+        let at =
+            |q: f64| values[((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
+        Percentiles {
+            p50: at(0.50),
+            p99: at(0.99),
+            mean: values.iter().sum::<f64>() / values.len() as f64,
+        }
     }
 }
 
@@ -59,7 +67,15 @@ pub struct BenchRun {
 }
 
 /// Runs `rounds` passes over `images` at each batch size, after `warmup` passes.
-pub fn run(pipeline: &mut Pipeline, images: &[PathBuf], batches: &[usize], rounds: usize, warmup: usize, limits: &InputSettings, mut progress: impl FnMut(&str)) -> Result<Vec<BenchRun>> {
+pub fn run(
+    pipeline: &mut Pipeline,
+    images: &[PathBuf],
+    batches: &[usize],
+    rounds: usize,
+    warmup: usize,
+    limits: &InputSettings,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<BenchRun>> {
     let mut runs = Vec::new();
     for &batch in batches {
         for _ in 0..warmup {
@@ -86,7 +102,10 @@ pub fn run(pipeline: &mut Pipeline, images: &[PathBuf], batches: &[usize], round
             ("search", |t| t.search),
         ];
         for (name, get) in fields {
-            stages.insert(name, Percentiles::of(&mut times.iter().map(get).collect::<Vec<_>>()));
+            stages.insert(
+                name,
+                Percentiles::of(&mut times.iter().map(get).collect::<Vec<_>>()),
+            );
         }
         runs.push(BenchRun {
             batch,
@@ -100,7 +119,12 @@ pub fn run(pipeline: &mut Pipeline, images: &[PathBuf], batches: &[usize], round
     Ok(runs)
 }
 
-fn pass(pipeline: &mut Pipeline, images: &[PathBuf], batch: usize, limits: &InputSettings) -> Result<(Vec<StageTimes>, Vec<f64>)> {
+fn pass(
+    pipeline: &mut Pipeline,
+    images: &[PathBuf],
+    batch: usize,
+    limits: &InputSettings,
+) -> Result<(Vec<StageTimes>, Vec<f64>)> {
     let mut times = Vec::with_capacity(images.len());
     let mut latencies = Vec::with_capacity(images.len());
     for group in images.chunks(batch) {
@@ -115,7 +139,10 @@ fn pass(pipeline: &mut Pipeline, images: &[PathBuf], batch: usize, limits: &Inpu
         let out = pipeline.recognize(&frames)?;
         let latency = start.elapsed().as_secs_f64() * 1e3;
         for (r, d) in out.iter().zip(decode) {
-            times.push(StageTimes { decode: d, ..r.timings });
+            times.push(StageTimes {
+                decode: d,
+                ..r.timings
+            });
             latencies.push(latency);
         }
     }
@@ -168,7 +195,12 @@ pub fn synthetic_frame(w: u32, h: u32, seed: u64) -> Result<crate::input::Frame>
     let px = synthetic_rgb(w, h, seed);
     let name = format!("synthetic-{w}x{h}");
     let cv = |e: opencv::Error| crate::error::Error::image(&name, e.to_string());
-    let m = opencv::core::Mat::new_rows_cols_with_data(h as i32, (w * 3) as i32, &px).map_err(cv)?.reshape(3, h as i32).map_err(cv)?.try_clone().map_err(cv)?;
+    let m = opencv::core::Mat::new_rows_cols_with_data(h as i32, (w * 3) as i32, &px)
+        .map_err(cv)?
+        .reshape(3, h as i32)
+        .map_err(cv)?
+        .try_clone()
+        .map_err(cv)?;
     crate::input::Frame::from_rgb(name.clone(), m)
 }
 
@@ -178,7 +210,9 @@ pub fn synthetic_frame(w: u32, h: u32, seed: u64) -> Result<crate::input::Frame>
 pub fn synthetic_rgb(w: u32, h: u32, seed: u64) -> Vec<u8> {
     let mut s = seed;
     let mut rnd = move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (s >> 33) as u32
     };
     let mut px = Vec::with_capacity((w * h * 3) as usize);
@@ -224,7 +258,13 @@ fn heap_in_use_mib() -> f64 {
 /// Measures each index kind on `n` random 512-d unit vectors. Queries are
 /// noisy copies of stored vectors (cosine about 0.8), as a product seen
 /// again on the line would be.
-pub fn bench_index(n: usize, methods: &[Method], queries: usize, tuning: &IndexSweep, mut progress: impl FnMut(&str)) -> Result<Vec<IndexBenchRow>> {
+pub fn bench_index(
+    n: usize,
+    methods: &[Method],
+    queries: usize,
+    tuning: &IndexSweep,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<IndexBenchRow>> {
     let dim = 512;
     let data = random_unit_vectors(n, dim, 7 + n as u64);
     let noise = random_unit_vectors(queries, dim, 99);
@@ -236,7 +276,11 @@ pub fn bench_index(n: usize, methods: &[Method], queries: usize, tuning: &IndexS
     crate::embed::l2_normalize(&mut q, dim);
     let ids: Vec<i64> = (0..n as i64).collect();
     let mut exact = FaissIndex::build(Method::Flat, dim, &data, &ids)?;
-    let truth: Vec<i64> = exact.search(&q, 1)?.iter().map(|h| h.first().map_or(-1, |n| n.id)).collect();
+    let truth: Vec<i64> = exact
+        .search(&q, 1)?
+        .iter()
+        .map(|h| h.first().map_or(-1, |n| n.id))
+        .collect();
     drop(exact);
     let tmp = std::env::temp_dir().join(format!("shitu-bench-index-{}", std::process::id()));
     let mut rows = Vec::new();
@@ -266,7 +310,8 @@ pub fn bench_index(n: usize, methods: &[Method], queries: usize, tuning: &IndexS
                 }
                 Method::Flat => "exact".to_string(),
             };
-            let (search_1_us, search_6_us, recall_at_1) = measure_search(&mut index, &q, &truth, dim)?;
+            let (search_1_us, search_6_us, recall_at_1) =
+                measure_search(&mut index, &q, &truth, dim)?;
             rows.push(IndexBenchRow {
                 method,
                 param,
@@ -307,9 +352,16 @@ pub fn bench_index(n: usize, methods: &[Method], queries: usize, tuning: &IndexS
     }
     let _ = std::fs::remove_file(&tmp);
     // Both precisions: fp16 reads half the bytes; its recall shows what that costs.
-    for precision in tuning.gpu.map_or(&[][..], |_| &[crate::config::GpuPrecision::Fp32, crate::config::GpuPrecision::Fp16][..]) {
+    for precision in tuning.gpu.map_or(&[][..], |_| {
+        &[
+            crate::config::GpuPrecision::Fp32,
+            crate::config::GpuPrecision::Fp16,
+        ][..]
+    }) {
         let ordinal = tuning.gpu.unwrap_or_default();
-        progress(&format!("CUDA flat ({precision:?}), {n} vectors: uploading"));
+        progress(&format!(
+            "CUDA flat ({precision:?}), {n} vectors: uploading"
+        ));
         let t = Instant::now();
         let mut gpu = crate::search::cuda_flat::CudaFlat::new(ordinal, *precision, dim)?;
         gpu.add(&data, &ids)?;
@@ -341,7 +393,12 @@ pub fn bench_index(n: usize, methods: &[Method], queries: usize, tuning: &IndexS
 
 /// Latency of single queries and of batches of 6 (a frame's crops), and how
 /// often the best hit is the exact best.
-fn measure_search(index: &mut dyn crate::search::Index, q: &[f32], truth: &[i64], dim: usize) -> Result<(Percentiles, Percentiles, f64)> {
+fn measure_search(
+    index: &mut dyn crate::search::Index,
+    q: &[f32],
+    truth: &[i64],
+    dim: usize,
+) -> Result<(Percentiles, Percentiles, f64)> {
     let mut one = Vec::with_capacity(truth.len());
     let mut hits = 0;
     for (i, query) in q.chunks(dim).enumerate() {
@@ -356,7 +413,11 @@ fn measure_search(index: &mut dyn crate::search::Index, q: &[f32], truth: &[i64]
         index.search(frame, 5)?;
         six.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    Ok((Percentiles::of(&mut one), Percentiles::of(&mut six), hits as f64 / truth.len() as f64))
+    Ok((
+        Percentiles::of(&mut one),
+        Percentiles::of(&mut six),
+        hits as f64 / truth.len() as f64,
+    ))
 }
 
 /// The process's peak resident set size in MiB (Linux `VmHWM`).
@@ -376,7 +437,10 @@ mod tests {
         use opencv::core::MatTraitConstManual;
         let f = synthetic_frame(37, 11, 5).unwrap();
         assert_eq!((f.width, f.height), (37, 11));
-        assert_eq!(f.rgb.data_bytes().unwrap(), synthetic_rgb(37, 11, 5).as_slice());
+        assert_eq!(
+            f.rgb.data_bytes().unwrap(),
+            synthetic_rgb(37, 11, 5).as_slice()
+        );
     }
 
     #[test]

@@ -57,7 +57,9 @@ pub fn run(plan: &LoadPlan, progress: impl Fn(&str)) -> anyhow::Result<Vec<LoadR
     if plan.images.is_empty() || plan.concurrency.contains(&0) || plan.requests == 0 {
         bail!("bench-mqtt needs images, concurrency levels of at least 1 and at least one request");
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let client_id = format!("shitud-bench-{}", std::process::id());
         let mut o = MqttOptions::new(client_id.clone(), plan.host.clone(), plan.port);

@@ -36,12 +36,22 @@ pub fn parse_list(text: &str, list: &Path) -> Result<Vec<ListEntry>> {
             continue;
         }
         let (path, label) = line.split_once('\t').ok_or_else(|| {
-            Error::gallery(list, format!("line {}: expected `path<TAB>label`, found {line:?}", i + 1))
+            Error::gallery(
+                list,
+                format!("line {}: expected `path<TAB>label`, found {line:?}", i + 1),
+            )
         })?;
         if path.is_empty() || label.trim().is_empty() {
-            return Err(Error::gallery(list, format!("line {}: empty path or label in {line:?}", i + 1)));
+            return Err(Error::gallery(
+                list,
+                format!("line {}: empty path or label in {line:?}", i + 1),
+            ));
         }
-        out.push(ListEntry { line: i + 1, path: path.to_string(), label: label.to_string() });
+        out.push(ListEntry {
+            line: i + 1,
+            path: path.to_string(),
+            label: label.to_string(),
+        });
     }
     Ok(out)
 }
@@ -59,12 +69,18 @@ impl Photo {
     pub fn read(path: &Path, limits: &InputSettings) -> Result<Photo> {
         let bytes = input::read_bytes(path, limits)?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        Ok(Photo { frame: input::decode(path.display().to_string(), &bytes, limits)?, sha256 })
+        Ok(Photo {
+            frame: input::decode(path.display().to_string(), &bytes, limits)?,
+            sha256,
+        })
     }
 
     /// Its feature: gallery features come from the whole photo.
     pub fn embed(&self, embedder: &mut Embedder) -> Result<Vec<f32>> {
-        embedder.embed(&[(&self.frame, CropBox::whole(self.frame.width, self.frame.height))])
+        embedder.embed(&[(
+            &self.frame,
+            CropBox::whole(self.frame.width, self.frame.height),
+        )])
     }
 }
 
@@ -106,11 +122,19 @@ pub struct BuildReport {
 
 /// Embeds every listed image and writes a gallery. `progress` is called after
 /// each image with (done, total).
-pub fn build(embedder: &mut Embedder, rec_model: &Path, opts: &BuildOptions, mut progress: impl FnMut(usize, usize)) -> Result<BuildReport> {
+pub fn build(
+    embedder: &mut Embedder,
+    rec_model: &Path,
+    opts: &BuildOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<BuildReport> {
     let text = std::fs::read_to_string(&opts.list).map_err(|e| Error::io(&opts.list, e))?;
     let entries = parse_list(&text, &opts.list)?;
     if entries.is_empty() {
-        return Err(Error::gallery(&opts.list, "the list has no images: the gallery would be empty"));
+        return Err(Error::gallery(
+            &opts.list,
+            "the list has no images: the gallery would be empty",
+        ));
     }
     let mut items = Vec::new();
     let mut vectors = Vec::new();
@@ -138,8 +162,19 @@ pub fn build(embedder: &mut Embedder, rec_model: &Path, opts: &BuildOptions, mut
         }
         progress(n + 1, entries.len());
     }
-    let model_file = rec_model.file_name().map_or_else(|| rec_model.display().to_string(), |f| f.to_string_lossy().into_owned());
-    let gallery = Gallery::create(&opts.out, opts.method, embedder.dim(), embedder.model_sha256(), &model_file, items, &vectors)?;
+    let model_file = rec_model.file_name().map_or_else(
+        || rec_model.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    let gallery = Gallery::create(
+        &opts.out,
+        opts.method,
+        embedder.dim(),
+        embedder.model_sha256(),
+        &model_file,
+        items,
+        &vectors,
+    )?;
     Ok(BuildReport { gallery, skipped })
 }
 
@@ -152,8 +187,17 @@ mod tests {
         let list = Path::new("g.txt");
         let e = parse_list("a/b.jpg\tgreen tea 500 ml\n\n# comment\nc.jpg\tx\r\n", list).unwrap();
         assert_eq!(e[0].label, "green tea 500 ml");
-        assert_eq!(e[1], ListEntry { line: 4, path: "c.jpg".into(), label: "x".into() });
-        let err = parse_list("ok.jpg\tx\nno-tab-here\n", list).unwrap_err().to_string();
+        assert_eq!(
+            e[1],
+            ListEntry {
+                line: 4,
+                path: "c.jpg".into(),
+                label: "x".into()
+            }
+        );
+        let err = parse_list("ok.jpg\tx\nno-tab-here\n", list)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("g.txt") && err.contains("line 2"), "{err}");
     }
 }

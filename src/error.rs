@@ -91,26 +91,41 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An [`Error::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// An [`Error::Image`] for the image called `name`.
     pub fn image(name: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Image { name: name.into(), reason: reason.into() }
+        Error::Image {
+            name: name.into(),
+            reason: reason.into(),
+        }
     }
 
     /// An [`Error::Model`] for the model at `path`.
     pub fn model(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::Model { path: path.into(), reason: reason.into() }
+        Error::Model {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 
     /// An [`Error::EngineCache`] for the cache at `path`.
     pub fn engine_cache(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::EngineCache { path: path.into(), reason: reason.into() }
+        Error::EngineCache {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 
     /// An [`Error::Gallery`] for the gallery at `path`.
     pub fn gallery(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::Gallery { path: path.into(), reason: reason.into() }
+        Error::Gallery {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 }

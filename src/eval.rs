@@ -33,13 +33,29 @@ pub fn read_truth(path: &Path) -> Result<Vec<TruthObject>> {
             continue;
         }
         let f: Vec<&str> = line.split('\t').collect();
-        let bad = || Error::gallery(path, format!("line {}: expected file, label, x1, y1, x2, y2 separated by tabs: {line:?}", i + 1));
+        let bad = || {
+            Error::gallery(
+                path,
+                format!(
+                    "line {}: expected file, label, x1, y1, x2, y2 separated by tabs: {line:?}",
+                    i + 1
+                ),
+            )
+        };
         if f.len() < 6 {
             return Err(bad());
         }
         let n = f.len();
-        let c: Vec<f32> = f[n - 4..].iter().map(|v| v.trim().parse::<f32>()).collect::<std::result::Result<_, _>>().map_err(|_| bad())?;
-        out.push(TruthObject { file: f[0].to_string(), label: f[1..n - 4].join("\t"), bbox: BBox::new(c[0], c[1], c[2], c[3]) });
+        let c: Vec<f32> = f[n - 4..]
+            .iter()
+            .map(|v| v.trim().parse::<f32>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| bad())?;
+        out.push(TruthObject {
+            file: f[0].to_string(),
+            label: f[1..n - 4].join("\t"),
+            bbox: BBox::new(c[0], c[1], c[2], c[3]),
+        });
     }
     Ok(out)
 }
@@ -50,7 +66,11 @@ pub fn iou(a: &BBox, b: &BBox) -> f32 {
     let h = (a.y2.min(b.y2) - a.y1.max(b.y1)).max(0.0);
     let inter = w * h;
     let union = a.width() * a.height() + b.width() * b.height() - inter;
-    if union <= 0.0 { 0.0 } else { inter / union }
+    if union <= 0.0 {
+        0.0
+    } else {
+        inter / union
+    }
 }
 
 /// Average precision of one ranked label list against the `relevant` count of
@@ -111,8 +131,17 @@ pub struct EvalReport {
 }
 
 /// Evaluates `scenes` against `truth`. Objects of images not in `scenes` are ignored.
-pub fn evaluate(pipeline: &mut Pipeline, scenes: &[PathBuf], truth: &[TruthObject], limits: &InputSettings) -> Result<EvalReport> {
-    let gallery_labels: Vec<String> = pipeline.gallery().items().map(|i| i.label.clone()).collect();
+pub fn evaluate(
+    pipeline: &mut Pipeline,
+    scenes: &[PathBuf],
+    truth: &[TruthObject],
+    limits: &InputSettings,
+) -> Result<EvalReport> {
+    let gallery_labels: Vec<String> = pipeline
+        .gallery()
+        .items()
+        .map(|i| i.label.clone())
+        .collect();
     let k_all = pipeline.gallery().len();
     let mut per_label: BTreeMap<String, LabelRow> = BTreeMap::new();
     let (mut objects, mut results, mut tp, mut r1, mut r5) = (0, 0, 0, 0, 0);
@@ -120,7 +149,10 @@ pub fn evaluate(pipeline: &mut Pipeline, scenes: &[PathBuf], truth: &[TruthObjec
     let mut errors = Vec::new();
     let mut images = 0;
     for path in scenes {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let objs: Vec<&TruthObject> = truth.iter().filter(|t| t.file == name).collect();
         let frame = match input::read(path, limits) {
             Ok(f) => f,
@@ -140,7 +172,12 @@ pub fn evaluate(pipeline: &mut Pipeline, scenes: &[PathBuf], truth: &[TruthObjec
         results += found.results.len();
         let mut taken = vec![false; objs.len()];
         for r in &found.results {
-            let b = BBox::new(r.bbox[0] as f32, r.bbox[1] as f32, r.bbox[2] as f32, r.bbox[3] as f32);
+            let b = BBox::new(
+                r.bbox[0] as f32,
+                r.bbox[1] as f32,
+                r.bbox[2] as f32,
+                r.bbox[3] as f32,
+            );
             let best = objs
                 .iter()
                 .enumerate()
@@ -154,12 +191,20 @@ pub fn evaluate(pipeline: &mut Pipeline, scenes: &[PathBuf], truth: &[TruthObjec
                     tp += 1;
                     per_label.entry(r.rec_docs.clone()).or_default().found += 1;
                 }
-                None => per_label.entry(r.rec_docs.clone()).or_default().false_positives += 1,
+                None => {
+                    per_label
+                        .entry(r.rec_docs.clone())
+                        .or_default()
+                        .false_positives += 1
+                }
             }
         }
 
         // Recogniser alone on the truth crops.
-        let crops: Vec<_> = objs.iter().map(|o| o.bbox.clip(frame.width, frame.height).to_crop()).collect();
+        let crops: Vec<_> = objs
+            .iter()
+            .map(|o| o.bbox.clip(frame.width, frame.height).to_crop())
+            .collect();
         let ranked = pipeline.rank_crops(&frame, &crops, k_all)?;
         for (o, list) in objs.iter().zip(ranked) {
             let rel: Vec<bool> = list.iter().map(|(l, _)| *l == o.label).collect();
@@ -170,7 +215,10 @@ pub fn evaluate(pipeline: &mut Pipeline, scenes: &[PathBuf], truth: &[TruthObjec
             if rel.iter().take(5).any(|&x| x) {
                 r5 += 1;
             }
-            ap_sum += average_precision(&rel, gallery_labels.iter().filter(|l| **l == o.label).count());
+            ap_sum += average_precision(
+                &rel,
+                gallery_labels.iter().filter(|l| **l == o.label).count(),
+            );
         }
     }
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
@@ -183,7 +231,11 @@ pub fn evaluate(pipeline: &mut Pipeline, scenes: &[PathBuf], truth: &[TruthObjec
         precision: ratio(tp, results),
         recall_at_1: ratio(r1, objects),
         recall_at_5: ratio(r5, objects),
-        map: if objects == 0 { 0.0 } else { ap_sum / objects as f64 },
+        map: if objects == 0 {
+            0.0
+        } else {
+            ap_sum / objects as f64
+        },
         per_label,
         errors,
     })
@@ -198,7 +250,9 @@ mod tests {
         assert_eq!(average_precision(&[true, false, false], 1), 1.0);
         assert_eq!(average_precision(&[false, true], 1), 0.5);
         assert_eq!(average_precision(&[false, false], 1), 0.0);
-        assert!((average_precision(&[true, false, true], 2) - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+        assert!(
+            (average_precision(&[true, false, true], 2) - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-12
+        );
     }
 
     #[test]
@@ -211,6 +265,13 @@ mod tests {
         assert_eq!(t[0].bbox, BBox::new(1.0, 2.0, 30.0, 40.0));
         std::fs::write(&p, "a.jpg\tx\t1\t2\tthirty\t40\n").unwrap();
         assert!(read_truth(&p).unwrap_err().to_string().contains("line 1"));
-        assert!((iou(&BBox::new(0.0, 0.0, 10.0, 10.0), &BBox::new(5.0, 0.0, 15.0, 10.0)) - 1.0 / 3.0).abs() < 1e-6);
+        assert!(
+            (iou(
+                &BBox::new(0.0, 0.0, 10.0, 10.0),
+                &BBox::new(5.0, 0.0, 15.0, 10.0)
+            ) - 1.0 / 3.0)
+                .abs()
+                < 1e-6
+        );
     }
 }

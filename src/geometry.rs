@@ -45,7 +45,12 @@ impl BBox {
     /// The crop PaddleClas takes for this box: corners truncated towards zero
     /// (`bbox.astype(int)`).
     pub fn to_crop(self) -> CropBox {
-        CropBox { x1: self.x1 as i32, y1: self.y1 as i32, x2: self.x2 as i32, y2: self.y2 as i32 }
+        CropBox {
+            x1: self.x1 as i32,
+            y1: self.y1 as i32,
+            x2: self.x2 as i32,
+            y2: self.y2 as i32,
+        }
     }
 }
 
@@ -66,7 +71,12 @@ pub struct CropBox {
 impl CropBox {
     /// The whole `width` × `height` image.
     pub fn whole(width: u32, height: u32) -> CropBox {
-        CropBox { x1: 0, y1: 0, x2: width as i32, y2: height as i32 }
+        CropBox {
+            x1: 0,
+            y1: 0,
+            x2: width as i32,
+            y2: height as i32,
+        }
     }
 
     /// `[x1, y1, x2, y2]`.

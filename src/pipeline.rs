@@ -62,7 +62,16 @@ impl PicoDet {
     /// Loads the detector the settings name.
     pub fn open(settings: &Settings) -> Result<PicoDet> {
         let d = &settings.detector;
-        let engine = Engine::open("detector", &d.model, &settings.engine, BatchProfile { min: 1, opt: d.opt_batch, max: d.max_batch })?;
+        let engine = Engine::open(
+            "detector",
+            &d.model,
+            &settings.engine,
+            BatchProfile {
+                min: 1,
+                opt: d.opt_batch,
+                max: d.max_batch,
+            },
+        )?;
         PicoDet::new(engine, &settings.detector)
     }
 }
@@ -71,7 +80,16 @@ impl Embedder {
     /// Loads the recogniser the settings name.
     pub fn open(settings: &Settings) -> Result<Embedder> {
         let e = &settings.embedder;
-        let engine = Engine::open("embedder", &e.model, &settings.engine, BatchProfile { min: 1, opt: e.opt_batch, max: e.max_batch })?;
+        let engine = Engine::open(
+            "embedder",
+            &e.model,
+            &settings.engine,
+            BatchProfile {
+                min: 1,
+                opt: e.opt_batch,
+                max: e.max_batch,
+            },
+        )?;
         Embedder::new(engine, settings.embedder.max_batch)
     }
 }
@@ -97,18 +115,30 @@ impl Pipeline {
             Gallery::open(&settings.search.index, tuning)?
         };
         if gallery.is_empty() {
-            return Err(crate::Error::gallery(gallery.dir(), "the gallery is empty: there is nothing to recognise against"));
+            return Err(crate::Error::gallery(
+                gallery.dir(),
+                "the gallery is empty: there is nothing to recognise against",
+            ));
         }
         let embedder = Embedder::open(settings)?;
         gallery.check_model(embedder.model_sha256(), &settings.embedder.model)?;
         if gallery.manifest().dim != embedder.dim() {
             return Err(crate::Error::gallery(
                 gallery.dir(),
-                format!("holds {}-d vectors but the recogniser makes {}-d features", gallery.manifest().dim, embedder.dim()),
+                format!(
+                    "holds {}-d vectors but the recogniser makes {}-d features",
+                    gallery.manifest().dim,
+                    embedder.dim()
+                ),
             ));
         }
         let detector = PicoDet::open(settings)?;
-        Ok(Pipeline { detector, embedder, gallery, settings: settings.clone() })
+        Ok(Pipeline {
+            detector,
+            embedder,
+            gallery,
+            settings: settings.clone(),
+        })
     }
 
     /// The settings in force.
@@ -123,7 +153,10 @@ impl Pipeline {
 
     /// The execution providers that run the detector and the embedder, after any fallback.
     pub fn providers(&self) -> (Provider, Provider) {
-        (self.detector.engine().provider(), self.embedder.engine().provider())
+        (
+            self.detector.engine().provider(),
+            self.embedder.engine().provider(),
+        )
     }
 
     /// The gallery.
@@ -138,9 +171,17 @@ impl Pipeline {
     }
 
     /// [`Pipeline::recognize`] with per-frame search options; `queries` pairs with `frames`.
-    pub fn recognize_with(&mut self, frames: &[Frame], queries: &[Query]) -> Result<Vec<Recognized>> {
+    pub fn recognize_with(
+        &mut self,
+        frames: &[Frame],
+        queries: &[Query],
+    ) -> Result<Vec<Recognized>> {
         if queries.len() != frames.len() {
-            return Err(crate::Error::Config(format!("{} queries for {} frames", queries.len(), frames.len())));
+            return Err(crate::Error::Config(format!(
+                "{} queries for {} frames",
+                queries.len(),
+                frames.len()
+            )));
         }
         let refs: Vec<&Frame> = frames.iter().collect();
         let mut times = vec![StageTimes::default(); frames.len()];
@@ -174,15 +215,19 @@ impl Pipeline {
             .zip(frames)
             .map(|(dets, f)| {
                 let mut c: Vec<CropBox> = dets.iter().map(|d| d.bbox.to_crop()).collect();
-                let whole = policy == WholeImage::Always || (policy == WholeImage::WhenEmpty && dets.is_empty());
+                let whole = policy == WholeImage::Always
+                    || (policy == WholeImage::WhenEmpty && dets.is_empty());
                 if whole {
                     c.push(CropBox::whole(f.width, f.height));
                 }
                 c
             })
             .collect();
-        let flat: Vec<(usize, &Frame, CropBox)> =
-            crops.iter().enumerate().flat_map(|(i, cs)| cs.iter().map(move |&c| (i, &frames[i], c))).collect();
+        let flat: Vec<(usize, &Frame, CropBox)> = crops
+            .iter()
+            .enumerate()
+            .flat_map(|(i, cs)| cs.iter().map(move |&c| (i, &frames[i], c)))
+            .collect();
 
         // Embed all crops of all frames together.
         let dim = self.embedder.dim();
@@ -217,26 +262,47 @@ impl Pipeline {
                     let best = neighbours.get(next + j).and_then(|n| n.first());
                     Match {
                         crop,
-                        label: best.and_then(|b| self.gallery.item(b.id)).map(|item| item.label.clone()),
+                        label: best
+                            .and_then(|b| self.gallery.item(b.id))
+                            .map(|item| item.label.clone()),
                         score: best.map_or(f32::NEG_INFINITY, |b| b.score),
                     }
                 })
                 .collect();
             let threshold = queries[i].score_threshold.unwrap_or(s.score_threshold);
-            let (result_crops, results) = finalize_indexed(&matches, threshold, s.rec_nms_threshold).into_iter().unzip();
+            let (result_crops, results) =
+                finalize_indexed(&matches, threshold, s.rec_nms_threshold)
+                    .into_iter()
+                    .unzip();
             let k = k_of(&queries[i]);
             let top_k = (0..cs.len())
                 .map(|j| {
-                    let hits = neighbours.get(next + j).map(Vec::as_slice).unwrap_or_default();
+                    let hits = neighbours
+                        .get(next + j)
+                        .map(Vec::as_slice)
+                        .unwrap_or_default();
                     hits.iter()
                         .take(k)
-                        .filter_map(|n| self.gallery.item(n.id).map(|item| (item.label.clone(), n.score)))
+                        .filter_map(|n| {
+                            self.gallery
+                                .item(n.id)
+                                .map(|item| (item.label.clone(), n.score))
+                        })
                         .collect()
                 })
                 .collect();
             let feats = features[next * dim..(next + cs.len()) * dim].to_vec();
             next += cs.len();
-            out.push(Recognized { detections: dets, crops: cs, features: feats, matches, results, result_crops, top_k, timings: times[i] });
+            out.push(Recognized {
+                detections: dets,
+                crops: cs,
+                features: feats,
+                matches,
+                results,
+                result_crops,
+                top_k,
+                timings: times[i],
+            });
         }
         let search = ms(t) / frames.len().max(1) as f64;
         for r in &mut out {
@@ -249,28 +315,47 @@ impl Pipeline {
 impl Pipeline {
     /// Enrols a product photo under `label`: its whole-frame feature goes into
     /// the gallery. Returns the new item's id once the change is durable.
-    pub fn enroll(&mut self, photo: &Frame, label: &str, source: &str, sha256: Option<String>) -> Result<i64> {
-        let feature = self.embedder.embed(&[(photo, CropBox::whole(photo.width, photo.height))])?;
+    pub fn enroll(
+        &mut self,
+        photo: &Frame,
+        label: &str,
+        source: &str,
+        sha256: Option<String>,
+    ) -> Result<i64> {
+        let feature = self
+            .embedder
+            .embed(&[(photo, CropBox::whole(photo.width, photo.height))])?;
         let id = self.gallery.add(label, source, sha256, &feature)?;
-        self.gallery.compact_if_due(self.settings.search.compact_after)?;
+        self.gallery
+            .compact_if_due(self.settings.search.compact_after)?;
         Ok(id)
     }
 
     /// Removes gallery items, all or none.
     pub fn remove(&mut self, ids: &[i64]) -> Result<()> {
         self.gallery.remove(ids)?;
-        self.gallery.compact_if_due(self.settings.search.compact_after)
+        self.gallery
+            .compact_if_due(self.settings.search.compact_after)
     }
 
     /// The recogniser alone: embeds the given crops of `frame` and returns
     /// each crop's `k` best gallery labels with their scores, best first.
-    pub fn rank_crops(&mut self, frame: &Frame, crops: &[CropBox], k: usize) -> Result<Vec<Vec<(String, f32)>>> {
+    pub fn rank_crops(
+        &mut self,
+        frame: &Frame,
+        crops: &[CropBox],
+        k: usize,
+    ) -> Result<Vec<Vec<(String, f32)>>> {
         let pairs: Vec<(&Frame, CropBox)> = crops.iter().map(|&c| (frame, c)).collect();
         let features = self.embedder.embed(&pairs)?;
         let hits = self.gallery.search(&features, k)?;
         Ok(hits
             .into_iter()
-            .map(|h| h.into_iter().filter_map(|n| self.gallery.item(n.id).map(|i| (i.label.clone(), n.score))).collect())
+            .map(|h| {
+                h.into_iter()
+                    .filter_map(|n| self.gallery.item(n.id).map(|i| (i.label.clone(), n.score)))
+                    .collect()
+            })
             .collect())
     }
 }

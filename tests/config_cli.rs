@@ -19,7 +19,11 @@ fn shitud(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[test]
@@ -30,13 +34,27 @@ fn the_shipped_config_checks_clean() {
     let g = tmp.path().join("gallery");
     common::build_gallery(&mut s, &g, Method::Flat);
     let shipped = common::root().join("config/shitu-edge.toml");
-    let o = shitud(&common::root(), &["config", "check", "--config", shipped.to_str().unwrap()], &[("SHITU__SEARCH__INDEX", g.to_str().unwrap())]);
+    let o = shitud(
+        &common::root(),
+        &["config", "check", "--config", shipped.to_str().unwrap()],
+        &[("SHITU__SEARCH__INDEX", g.to_str().unwrap())],
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("configuration ok"), "{}", text(&o));
     // Without that gallery, the check says exactly what is missing, and where it is set.
-    let o = shitud(&common::root(), &["config", "check", "--config", shipped.to_str().unwrap()], &[("SHITU__SEARCH__INDEX", "/nonexistent/gallery")]);
+    let o = shitud(
+        &common::root(),
+        &["config", "check", "--config", shipped.to_str().unwrap()],
+        &[("SHITU__SEARCH__INDEX", "/nonexistent/gallery")],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("env SHITU__SEARCH__INDEX: search.index: /nonexistent/gallery: no such directory"), "{}", text(&o));
+    assert!(
+        text(&o).contains(
+            "env SHITU__SEARCH__INDEX: search.index: /nonexistent/gallery: no such directory"
+        ),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -45,20 +63,62 @@ fn layers_apply_in_order_and_show_says_where_each_value_came_from() {
     let main = tmp.path().join("config.toml");
     std::fs::write(&main, "[mqtt]\nhost = \"from-file\"\nport = 1884\nusername = \"line7\"\npassword = \"hunter2\"\n[daemon]\nmax_batch = 2\n").unwrap();
     std::fs::create_dir(tmp.path().join("conf.d")).unwrap();
-    std::fs::write(tmp.path().join("conf.d/10-site.toml"), "[mqtt]\nhost = \"from-confd\"\n[daemon]\nmax_batch = 3\n").unwrap();
-    std::fs::write(tmp.path().join("conf.d/20-box.toml"), "[daemon]\nmax_batch = 4\n").unwrap();
-    std::fs::write(tmp.path().join("conf.d/README"), "not a toml file: ignored\n").unwrap();
-    let o = shitud(tmp.path(), &["config", "show", "--config", "config.toml"], &[("SHITU__MQTT__PORT", "1885")]);
+    std::fs::write(
+        tmp.path().join("conf.d/10-site.toml"),
+        "[mqtt]\nhost = \"from-confd\"\n[daemon]\nmax_batch = 3\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("conf.d/20-box.toml"),
+        "[daemon]\nmax_batch = 4\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("conf.d/README"),
+        "not a toml file: ignored\n",
+    )
+    .unwrap();
+    let o = shitud(
+        tmp.path(),
+        &["config", "show", "--config", "config.toml"],
+        &[("SHITU__MQTT__PORT", "1885")],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    let line = |key: &str| out.lines().find(|l| l.starts_with(&format!("{key} = "))).unwrap_or_else(|| panic!("{key} missing:\n{out}")).to_string();
-    assert!(line("host").starts_with("host = \"from-confd\"  # conf.d/10-site.toml:2"), "{}", line("host"));
-    assert!(line("port").starts_with("port = 1885  # env SHITU__MQTT__PORT"), "{}", line("port"));
-    assert!(line("max_batch").contains("= 4  # conf.d/20-box.toml:2"), "later conf.d files win: {}", line("max_batch"));
-    assert!(line("username").ends_with("# config.toml:4"), "{}", line("username"));
+    let line = |key: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("{key} missing:\n{out}"))
+            .to_string()
+    };
+    assert!(
+        line("host").starts_with("host = \"from-confd\"  # conf.d/10-site.toml:2"),
+        "{}",
+        line("host")
+    );
+    assert!(
+        line("port").starts_with("port = 1885  # env SHITU__MQTT__PORT"),
+        "{}",
+        line("port")
+    );
+    assert!(
+        line("max_batch").contains("= 4  # conf.d/20-box.toml:2"),
+        "later conf.d files win: {}",
+        line("max_batch")
+    );
+    assert!(
+        line("username").ends_with("# config.toml:4"),
+        "{}",
+        line("username")
+    );
     assert_eq!(line("password"), "password = \"********\"  # config.toml:5");
     assert!(!out.contains("hunter2"));
-    assert!(line("keep_alive_s").starts_with("keep_alive_s = 30") && !line("keep_alive_s").contains('#'), "defaults carry no origin: {}", line("keep_alive_s"));
+    assert!(
+        line("keep_alive_s").starts_with("keep_alive_s = 30")
+            && !line("keep_alive_s").contains('#'),
+        "defaults carry no origin: {}",
+        line("keep_alive_s")
+    );
 }
 
 #[test]
@@ -69,7 +129,11 @@ fn every_problem_is_named_with_its_source() {
         "[detector]\nthreshold = 1.5\nmodel = \"missing.onnx\"\n[mqtt]\nprotocol = \"v4\"\npassword = \"x\"\npassword_file = \"/run/secret\"\n[mqtt.tls]\nclient_cert = \"c.pem\"\n[ota]\ndownload_dir = \"/var/cache/shitu-edge/ota\"\n",
     )
     .unwrap();
-    let o = shitud(tmp.path(), &["config", "check", "-c", "config.toml"], &[("SHITU__DAEMON__QUEUE_CAPACITY", "lots")]);
+    let o = shitud(
+        tmp.path(),
+        &["config", "check", "-c", "config.toml"],
+        &[("SHITU__DAEMON__QUEUE_CAPACITY", "lots")],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let t = text(&o);
     for expected in [
@@ -84,7 +148,10 @@ fn every_problem_is_named_with_its_source() {
     ] {
         assert!(t.contains(expected), "missing {expected:?} in:\n{t}");
     }
-    assert!(t.contains("problem(s) in the configuration from config.toml"), "{t}");
+    assert!(
+        t.contains("problem(s) in the configuration from config.toml"),
+        "{t}"
+    );
 }
 
 /// `log.format` (or `--log-format`): JSON lines, the journal's `<priority>`
@@ -93,21 +160,45 @@ fn every_problem_is_named_with_its_source() {
 fn log_formats() {
     let tmp = tempfile::tempdir().unwrap();
     // `run` logs that it is loading, then stops: the gallery does not exist.
-    std::fs::write(tmp.path().join("config.toml"), "[search]\nindex = \"no-gallery\"\n[log]\nformat = \"json\"\n").unwrap();
+    std::fs::write(
+        tmp.path().join("config.toml"),
+        "[search]\nindex = \"no-gallery\"\n[log]\nformat = \"json\"\n",
+    )
+    .unwrap();
     let o = shitud(tmp.path(), &["run", "-c", "config.toml"], &[]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr).to_string();
-    let line = err.lines().find(|l| l.contains("loading models")).unwrap_or_else(|| panic!("{err}"));
-    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    let line = err
+        .lines()
+        .find(|l| l.contains("loading models"))
+        .unwrap_or_else(|| panic!("{err}"));
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
     assert_eq!(v["level"], "INFO", "{v}");
     assert_eq!(v["message"], "loading models and gallery", "{v}");
 
-    let o = shitud(tmp.path(), &["run", "-c", "config.toml", "--log-format", "auto"], &[("JOURNAL_STREAM", "8:12345")]);
+    let o = shitud(
+        tmp.path(),
+        &["run", "-c", "config.toml", "--log-format", "auto"],
+        &[("JOURNAL_STREAM", "8:12345")],
+    );
     let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(err.lines().any(|l| l.starts_with("<6>loading models and gallery")), "journal format under systemd:\n{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("<6>loading models and gallery")),
+        "journal format under systemd:\n{err}"
+    );
     assert!(!err.contains("\u{1b}["), "no colour codes in the journal");
 
-    let o = shitud(tmp.path(), &["run", "-c", "config.toml", "--log-format", "text"], &[]);
+    let o = shitud(
+        tmp.path(),
+        &["run", "-c", "config.toml", "--log-format", "text"],
+        &[],
+    );
     let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(err.lines().any(|l| l.contains("INFO") && l.contains("loading models and gallery")), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("INFO") && l.contains("loading models and gallery")),
+        "{err}"
+    );
 }

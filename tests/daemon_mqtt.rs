@@ -18,7 +18,14 @@ const STATUS: &str = "shitu/test/status";
 type Case<'a> = (&'a str, Vec<u8>, Vec<(String, String)>, &'a str);
 
 fn counters_of(status: &serde_json::Value) -> HashMap<String, u64> {
-    status["counters"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect()).unwrap_or_default()
+    status["counters"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The issue's acceptance test: 1,000 requests at concurrency 16 while the
@@ -41,10 +48,21 @@ async fn broker_restarts_lose_nothing_and_answer_each_request_once() {
     let scenes = scenes_with_expected(&g);
     let bdir = tmp.path().join("broker");
     let mut broker = Broker::start(&bdir);
-    let conf = daemon_config(tmp.path(), broker.port, &g, "max_batch = 4\nmax_wait_ms = 5\n");
+    let conf = daemon_config(
+        tmp.path(),
+        broker.port,
+        &g,
+        "max_batch = 4\nmax_wait_ms = 5\n",
+    );
     let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
     let mut ctl = Controller::connect(broker.port, "ctl-restarts", &[STATUS]).await;
-    assert!(ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online").await.is_some(), "daemon never came online:\n{}", daemon.log_text());
+    assert!(
+        ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online")
+            .await
+            .is_some(),
+        "daemon never came online:\n{}",
+        daemon.log_text()
+    );
 
     let mut outstanding: HashMap<String, (usize, Instant)> = HashMap::new();
     let mut retries = 0usize;
@@ -58,39 +76,66 @@ async fn broker_restarts_lose_nothing_and_answer_each_request_once() {
         while outstanding.len() < CONCURRENCY && sent < TOTAL {
             let id = format!("r{sent:05}");
             let scene = sent % scenes.len();
-            ctl.request(REQ, json_request(&id, &scenes[scene].0), &id, vec![]).await;
+            ctl.request(REQ, json_request(&id, &scenes[scene].0), &id, vec![])
+                .await;
             outstanding.insert(id, (scene, Instant::now()));
             sent += 1;
         }
         for (id, (scene, at)) in outstanding.iter_mut() {
             if at.elapsed() > RETRY_AFTER {
-                ctl.request(REQ, json_request(id, &scenes[*scene].0), id, vec![]).await;
+                ctl.request(REQ, json_request(id, &scenes[*scene].0), id, vec![])
+                    .await;
                 *at = Instant::now();
                 retries += 1;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(900), "{} answered in 900 s\n{}", answered.len(), daemon.log_text());
-        let Some(m) = ctl.next(Duration::from_secs(1)).await else { continue };
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "{} answered in 900 s\n{}",
+            answered.len(),
+            daemon.log_text()
+        );
+        let Some(m) = ctl.next(Duration::from_secs(1)).await else {
+            continue;
+        };
         if m.topic != ctl.reply_topic {
             continue;
         }
-        let id = m.json["request_id"].as_str().expect("request_id").to_string();
-        assert_eq!(m.correlation.as_deref(), Some(id.as_bytes()), "correlation data must come back unchanged");
+        let id = m.json["request_id"]
+            .as_str()
+            .expect("request_id")
+            .to_string();
+        assert_eq!(
+            m.correlation.as_deref(),
+            Some(id.as_bytes()),
+            "correlation data must come back unchanged"
+        );
         if let Some((scene, _)) = outstanding.remove(&id) {
             check_answer(&m.json, &scenes[scene].1);
             answered.insert(id, m.json);
         } else {
-            assert!(answered.contains_key(&id), "answer for a request never sent: {id}");
+            assert!(
+                answered.contains_key(&id),
+                "answer for a request never sent: {id}"
+            );
             redelivered += 1;
         }
         if restarts < restarts_at.len() && answered.len() >= restarts_at[restarts] {
             restarts += 1;
             if restarts == 1 {
-                eprintln!("restarting the broker (1/2, SIGTERM) after {} answers", answered.len());
+                eprintln!(
+                    "restarting the broker (1/2, SIGTERM) after {} answers",
+                    answered.len()
+                );
                 tokio::task::block_in_place(|| broker.restart(Duration::from_millis(1500)));
             } else {
-                eprintln!("killing the broker (2/2, SIGKILL) after {} answers", answered.len());
-                tokio::task::block_in_place(|| broker.crash_and_restart(Duration::from_millis(1500)));
+                eprintln!(
+                    "killing the broker (2/2, SIGKILL) after {} answers",
+                    answered.len()
+                );
+                tokio::task::block_in_place(|| {
+                    broker.crash_and_restart(Duration::from_millis(1500))
+                });
             }
         }
     }
@@ -99,9 +144,16 @@ async fn broker_restarts_lose_nothing_and_answer_each_request_once() {
 
     // The daemon's own count: every request computed exactly once.
     let status = ctl
-        .wait_for(STATUS, Duration::from_secs(10), |j| j["counters"]["answered"].as_u64() == Some(TOTAL as u64))
+        .wait_for(STATUS, Duration::from_secs(10), |j| {
+            j["counters"]["answered"].as_u64() == Some(TOTAL as u64)
+        })
         .await
-        .unwrap_or_else(|| panic!("status never showed {TOTAL} answered\n{}", daemon.log_text()));
+        .unwrap_or_else(|| {
+            panic!(
+                "status never showed {TOTAL} answered\n{}",
+                daemon.log_text()
+            )
+        });
     let c = counters_of(&status.json);
     assert_eq!(c["errors"], 0, "{c:?}");
     eprintln!(
@@ -115,7 +167,10 @@ async fn broker_restarts_lose_nothing_and_answer_each_request_once() {
         c["connects"],
         c["spooled"]
     );
-    assert!(c["connects"] >= 3, "the daemon must have reconnected twice: {c:?}");
+    assert!(
+        c["connects"] >= 3,
+        "the daemon must have reconnected twice: {c:?}"
+    );
     assert_eq!(daemon.stop(), Some(0));
 }
 
@@ -130,25 +185,95 @@ async fn bad_requests_get_error_answers_and_a_flood_gets_busy() {
     let scene = data("images/scenes/scene_00000.jpg");
     std::fs::copy(&scene, allowed.join("frame.jpg")).unwrap();
     let broker = Broker::start(&tmp.path().join("."));
-    let extra = format!("max_payload_bytes = 300000\nqueue_capacity = 8\nallowed_dirs = [\"{}\"]\n", allowed.display());
+    let extra = format!(
+        "max_payload_bytes = 300000\nqueue_capacity = 8\nallowed_dirs = [\"{}\"]\n",
+        allowed.display()
+    );
     let conf = daemon_config(tmp.path(), broker.port, &g, &extra);
     let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
     let mut ctl = Controller::connect(broker.port, "ctl-bad", &[STATUS]).await;
-    assert!(ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online").await.is_some(), "{}", daemon.log_text());
+    assert!(
+        ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online")
+            .await
+            .is_some(),
+        "{}",
+        daemon.log_text()
+    );
 
     let jpeg = std::fs::read(&scene).unwrap();
     let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b);
     let cases: Vec<Case> = vec![
-        ("malformed", br#"{"request_id":"m1","image": "#.to_vec(), vec![], "bad_request"),
-        ("bad-base64", br#"{"request_id":"b1","image":"not*base64"}"#.to_vec(), vec![], "bad_request"),
-        ("not-image", format!(r#"{{"request_id":"n1","image":"{}"}}"#, b64(b"hello, this is text")).into_bytes(), vec![], "decode_failed"),
-        ("raw-not-image", b"\x00\x01binary garbage".to_vec(), vec![], "decode_failed"),
+        (
+            "malformed",
+            br#"{"request_id":"m1","image": "#.to_vec(),
+            vec![],
+            "bad_request",
+        ),
+        (
+            "bad-base64",
+            br#"{"request_id":"b1","image":"not*base64"}"#.to_vec(),
+            vec![],
+            "bad_request",
+        ),
+        (
+            "not-image",
+            format!(
+                r#"{{"request_id":"n1","image":"{}"}}"#,
+                b64(b"hello, this is text")
+            )
+            .into_bytes(),
+            vec![],
+            "decode_failed",
+        ),
+        (
+            "raw-not-image",
+            b"\x00\x01binary garbage".to_vec(),
+            vec![],
+            "decode_failed",
+        ),
         ("too-large", vec![b'x'; 400_000], vec![], "too_large"),
-        ("outside", br#"{"request_id":"p1","path":"/etc/hostname"}"#.to_vec(), vec![], "bad_request"),
-        ("bad-option", format!(r#"{{"request_id":"o1","image":"{}","return_k":1000}}"#, b64(&jpeg)).into_bytes(), vec![], "bad_request"),
-        ("unknown-field", format!(r#"{{"request_id":"u1","image":"{}","colour":"red"}}"#, b64(&jpeg)).into_bytes(), vec![], "ok"),
-        ("path-inside", format!(r#"{{"request_id":"p2","path":"{}","return_k":3}}"#, allowed.join("frame.jpg").display()).into_bytes(), vec![], "ok"),
-        ("raw-jpeg", jpeg.clone(), vec![("request_id".into(), "raw1".into())], "ok"),
+        (
+            "outside",
+            br#"{"request_id":"p1","path":"/etc/hostname"}"#.to_vec(),
+            vec![],
+            "bad_request",
+        ),
+        (
+            "bad-option",
+            format!(
+                r#"{{"request_id":"o1","image":"{}","return_k":1000}}"#,
+                b64(&jpeg)
+            )
+            .into_bytes(),
+            vec![],
+            "bad_request",
+        ),
+        (
+            "unknown-field",
+            format!(
+                r#"{{"request_id":"u1","image":"{}","colour":"red"}}"#,
+                b64(&jpeg)
+            )
+            .into_bytes(),
+            vec![],
+            "ok",
+        ),
+        (
+            "path-inside",
+            format!(
+                r#"{{"request_id":"p2","path":"{}","return_k":3}}"#,
+                allowed.join("frame.jpg").display()
+            )
+            .into_bytes(),
+            vec![],
+            "ok",
+        ),
+        (
+            "raw-jpeg",
+            jpeg.clone(),
+            vec![("request_id".into(), "raw1".into())],
+            "ok",
+        ),
     ];
     for (corr, payload, user, _) in &cases {
         ctl.request(REQ, payload.clone(), corr, user.clone()).await;
@@ -156,7 +281,10 @@ async fn bad_requests_get_error_answers_and_a_flood_gets_busy() {
     let mut got: HashMap<String, serde_json::Value> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while got.len() < cases.len() {
-        let m = ctl.reply_before(deadline).await.unwrap_or_else(|| panic!("missing answers; got {got:?}\n{}", daemon.log_text()));
+        let m = ctl
+            .reply_before(deadline)
+            .await
+            .unwrap_or_else(|| panic!("missing answers; got {got:?}\n{}", daemon.log_text()));
         let corr = String::from_utf8(m.correlation.unwrap().to_vec()).unwrap();
         got.insert(corr, m.json);
     }
@@ -168,27 +296,87 @@ async fn bad_requests_get_error_answers_and_a_flood_gets_busy() {
         } else {
             assert_eq!(a["ok"], false, "{corr}: {a}");
             assert_eq!(a["error"]["code"], *want, "{corr}: {a}");
-            assert!(a["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{corr}: {a}");
+            assert!(
+                a["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{corr}: {a}"
+            );
         }
     }
     assert_eq!(got["raw-jpeg"]["request_id"], "raw1");
-    assert_eq!(got["path-inside"]["results"][0]["top_k"].as_array().unwrap().len(), 3);
-    assert!(got["outside"]["error"]["message"].as_str().unwrap().contains("outside the allowed folders"));
-    assert!(daemon.log_text().contains("unknown request fields ignored"), "{}", daemon.log_text());
+    assert_eq!(
+        got["path-inside"]["results"][0]["top_k"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(got["outside"]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("outside the allowed folders"));
+    assert!(
+        daemon.log_text().contains("unknown request fields ignored"),
+        "{}",
+        daemon.log_text()
+    );
 
     // Gallery commands, acknowledged on the response topic.
-    let photo = std::fs::read(data("images/gallery").read_dir().unwrap().next().unwrap().unwrap().path()).unwrap();
+    let photo = std::fs::read(
+        data("images/gallery")
+            .read_dir()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
     let add = serde_json::json!({"request_id": "g-add", "label": "brand new product", "image": b64(&photo)});
-    ctl.request("shitu/test/gallery/add", serde_json::to_vec(&add).unwrap(), "g-add", vec![]).await;
-    let a = ctl.wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| j["request_id"] == "g-add").await.expect("add answered");
+    ctl.request(
+        "shitu/test/gallery/add",
+        serde_json::to_vec(&add).unwrap(),
+        "g-add",
+        vec![],
+    )
+    .await;
+    let a = ctl
+        .wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| {
+            j["request_id"] == "g-add"
+        })
+        .await
+        .expect("add answered");
     assert_eq!(a.json["ok"], true, "{}", a.json);
     let new_id = a.json["added"][0].as_i64().expect("new id");
-    ctl.request("shitu/test/gallery/remove", br#"{"request_id":"g-bad","ids":[999999]}"#.to_vec(), "g-bad", vec![]).await;
-    let a = ctl.wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| j["request_id"] == "g-bad").await.expect("bad remove answered");
+    ctl.request(
+        "shitu/test/gallery/remove",
+        br#"{"request_id":"g-bad","ids":[999999]}"#.to_vec(),
+        "g-bad",
+        vec![],
+    )
+    .await;
+    let a = ctl
+        .wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| {
+            j["request_id"] == "g-bad"
+        })
+        .await
+        .expect("bad remove answered");
     assert_eq!(a.json["error"]["code"], "bad_request", "{}", a.json);
     let rm = serde_json::json!({"request_id": "g-rm", "label": "brand new product"});
-    ctl.request("shitu/test/gallery/remove", serde_json::to_vec(&rm).unwrap(), "g-rm", vec![]).await;
-    let a = ctl.wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| j["request_id"] == "g-rm").await.expect("remove answered");
+    ctl.request(
+        "shitu/test/gallery/remove",
+        serde_json::to_vec(&rm).unwrap(),
+        "g-rm",
+        vec![],
+    )
+    .await;
+    let a = ctl
+        .wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| {
+            j["request_id"] == "g-rm"
+        })
+        .await
+        .expect("remove answered");
     assert_eq!(a.json["removed"], serde_json::json!([new_id]), "{}", a.json);
 
     // The flood: small valid frames, as fast as the client can publish.
@@ -203,7 +391,8 @@ async fn bad_requests_get_error_answers_and_a_flood_gets_busy() {
     let t = Instant::now();
     for i in 0..FLOOD {
         let id = format!("f{i:05}");
-        ctl.request(REQ, json_request(&id, &small), &id, vec![]).await;
+        ctl.request(REQ, json_request(&id, &small), &id, vec![])
+            .await;
     }
     let published = t.elapsed();
     let mut seen: HashSet<String> = HashSet::new();
@@ -213,9 +402,22 @@ async fn bad_requests_get_error_answers_and_a_flood_gets_busy() {
     // so a per-message timeout alone would never fire on a stalled daemon.
     let deadline = Instant::now() + Duration::from_secs(300);
     while seen.len() < FLOOD {
-        let left = deadline.checked_duration_since(Instant::now()).unwrap_or_default();
-        let m = ctl.next(left).await.unwrap_or_else(|| panic!("flood: {} of {FLOOD} answered in 300 s\n{}", seen.len(), daemon.log_text()));
-        let Some(id) = m.json["request_id"].as_str().filter(|id| id.starts_with('f')) else { continue };
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .unwrap_or_default();
+        let m = ctl.next(left).await.unwrap_or_else(|| {
+            panic!(
+                "flood: {} of {FLOOD} answered in 300 s\n{}",
+                seen.len(),
+                daemon.log_text()
+            )
+        });
+        let Some(id) = m.json["request_id"]
+            .as_str()
+            .filter(|id| id.starts_with('f'))
+        else {
+            continue;
+        };
         if !seen.insert(id.to_string()) {
             continue;
         }
@@ -234,25 +436,72 @@ async fn bad_requests_get_error_answers_and_a_flood_gets_busy() {
     let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap()))
+        .find_map(|l| {
+            l.strip_prefix("VmHWM:").map(|v| {
+                v.trim()
+                    .trim_end_matches(" kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap()
+            })
+        })
         .unwrap();
     eprintln!("daemon peak RSS after the flood: {} MiB", rss_kib / 1024);
-    assert!(rss_kib < 2 << 20, "peak RSS {rss_kib} KiB: the queue is not bounded");
+    assert!(
+        rss_kib < 2 << 20,
+        "peak RSS {rss_kib} KiB: the queue is not bounded"
+    );
 
     // Still serving.
-    ctl.request(REQ, json_request("after-flood", &jpeg), "after-flood", vec![]).await;
-    let a = ctl.wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| j["request_id"] == "after-flood").await.expect("served after flood");
+    ctl.request(
+        REQ,
+        json_request("after-flood", &jpeg),
+        "after-flood",
+        vec![],
+    )
+    .await;
+    let a = ctl
+        .wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| {
+            j["request_id"] == "after-flood"
+        })
+        .await
+        .expect("served after flood");
     assert_eq!(a.json["ok"], true);
     let first = a.json;
     // `busy` means "retry later": a retry with the same id is served, not taken for a duplicate.
     let retry = a_busy_id.expect("a busy answer");
-    ctl.request(REQ, json_request(&retry, &small), &retry, vec![]).await;
-    let a = ctl.wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| j["request_id"] == retry.as_str()).await.expect("retry answered");
-    assert_eq!(a.json["ok"], true, "a retry after busy must be served: {}", a.json);
+    ctl.request(REQ, json_request(&retry, &small), &retry, vec![])
+        .await;
+    let a = ctl
+        .wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| {
+            j["request_id"] == retry.as_str()
+        })
+        .await
+        .expect("retry answered");
+    assert_eq!(
+        a.json["ok"], true,
+        "a retry after busy must be served: {}",
+        a.json
+    );
     // A repeat of an answered request gets the same answer again (from the cache), not silence.
-    ctl.request(REQ, json_request("after-flood", &jpeg), "after-flood-again", vec![]).await;
-    let again = ctl.wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| j["request_id"] == "after-flood").await.expect("repeat answered");
-    assert_eq!(again.correlation.as_deref(), Some(&b"after-flood-again"[..]), "the repeat's own correlation data");
+    ctl.request(
+        REQ,
+        json_request("after-flood", &jpeg),
+        "after-flood-again",
+        vec![],
+    )
+    .await;
+    let again = ctl
+        .wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| {
+            j["request_id"] == "after-flood"
+        })
+        .await
+        .expect("repeat answered");
+    assert_eq!(
+        again.correlation.as_deref(),
+        Some(&b"after-flood-again"[..]),
+        "the repeat's own correlation data"
+    );
     // Byte for byte the first answer, timings included: sent again, not computed again.
     assert_eq!(again.json, first);
     assert_eq!(daemon.stop(), Some(0));
@@ -275,28 +524,52 @@ async fn restarts_of_the_daemon_lose_nothing() {
     // Broker absent at start: the daemon waits.
     let daemon = Daemon::start(&conf, &log);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(daemon.child.id() > 0 && std::fs::metadata(format!("/proc/{}", daemon.child.id())).is_ok(), "daemon exited without a broker");
+    assert!(
+        daemon.child.id() > 0 && std::fs::metadata(format!("/proc/{}", daemon.child.id())).is_ok(),
+        "daemon exited without a broker"
+    );
     tokio::task::block_in_place(|| broker.spawn());
     let mut ctl = Controller::connect(broker.port, "ctl-restart", &[STATUS]).await;
-    assert!(ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online").await.is_some(), "{}", daemon.log_text());
-    ctl.request(REQ, json_request("first", &jpeg), "first", vec![]).await;
-    assert!(ctl.wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| j["request_id"] == "first").await.is_some());
+    assert!(
+        ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online")
+            .await
+            .is_some(),
+        "{}",
+        daemon.log_text()
+    );
+    ctl.request(REQ, json_request("first", &jpeg), "first", vec![])
+        .await;
+    assert!(ctl
+        .wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| j
+            ["request_id"]
+            == "first")
+        .await
+        .is_some());
 
     // Clean stop: exit 0 and `offline`, retained.
     assert_eq!(tokio::task::block_in_place(|| daemon.stop()), Some(0));
-    let off = ctl.wait_for(STATUS, Duration::from_secs(10), |j| j["state"] == "offline").await.expect("offline status");
+    let off = ctl
+        .wait_for(STATUS, Duration::from_secs(10), |j| j["state"] == "offline")
+        .await
+        .expect("offline status");
     assert!(off.retain || off.json["state"] == "offline");
 
     // Requests sent while the daemon is down wait in its session at the broker.
     for i in 0..5 {
         let id = format!("down{i}");
-        ctl.request(REQ, json_request(&id, &jpeg), &id, vec![]).await;
+        ctl.request(REQ, json_request(&id, &jpeg), &id, vec![])
+            .await;
     }
     let daemon = Daemon::start(&conf, &log);
     let mut got = HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while got.len() < 5 {
-        let m = ctl.reply_before(deadline).await.unwrap_or_else(|| panic!("requests sent while down: got {got:?}\n{}", daemon.log_text()));
+        let m = ctl.reply_before(deadline).await.unwrap_or_else(|| {
+            panic!(
+                "requests sent while down: got {got:?}\n{}",
+                daemon.log_text()
+            )
+        });
         assert_eq!(m.json["ok"], true, "{}", m.json);
         got.insert(m.json["request_id"].as_str().unwrap().to_string());
     }
@@ -305,27 +578,63 @@ async fn restarts_of_the_daemon_lose_nothing() {
     const N: usize = 8;
     for i in 0..N {
         let id = format!("spool{i}");
-        ctl.request(REQ, json_request(&id, &jpeg), &id, vec![]).await;
+        ctl.request(REQ, json_request(&id, &jpeg), &id, vec![])
+            .await;
     }
-    let first = ctl.wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| j["request_id"].as_str().is_some_and(|s| s.starts_with("spool"))).await;
-    let mut spool_answers: HashSet<String> = first.into_iter().map(|m| m.json["request_id"].as_str().unwrap().to_string()).collect();
+    let first = ctl
+        .wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| {
+            j["request_id"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("spool"))
+        })
+        .await;
+    let mut spool_answers: HashSet<String> = first
+        .into_iter()
+        .map(|m| m.json["request_id"].as_str().unwrap().to_string())
+        .collect();
     tokio::task::block_in_place(|| broker.stop());
     let spool_dir = tmp.path().join("spool");
     let deadline = Instant::now() + Duration::from_secs(60);
-    let spooled = || std::fs::read_dir(&spool_dir).map(|d| d.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "msg"))).count()).unwrap_or(0);
+    let spooled = || {
+        std::fs::read_dir(&spool_dir)
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "msg"))
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
     while spooled() + spool_answers.len() < N && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let on_disk = spooled();
-    assert!(on_disk > 0, "answers made during the outage must be on disk\n{}", daemon.log_text());
+    assert!(
+        on_disk > 0,
+        "answers made during the outage must be on disk\n{}",
+        daemon.log_text()
+    );
     assert_eq!(tokio::task::block_in_place(|| daemon.stop()), Some(0));
-    assert_eq!(spooled(), on_disk, "a stop during an outage keeps the spool");
+    assert_eq!(
+        spooled(),
+        on_disk,
+        "a stop during an outage keeps the spool"
+    );
     tokio::task::block_in_place(|| broker.spawn());
     let daemon = Daemon::start(&conf, &log);
     let deadline = Instant::now() + Duration::from_secs(120);
     while spool_answers.len() < N {
-        let m = ctl.reply_before(deadline).await.unwrap_or_else(|| panic!("spooled answers: got {spool_answers:?}\n{}", daemon.log_text()));
-        if let Some(id) = m.json["request_id"].as_str().filter(|s| s.starts_with("spool")) {
+        let m = ctl.reply_before(deadline).await.unwrap_or_else(|| {
+            panic!(
+                "spooled answers: got {spool_answers:?}\n{}",
+                daemon.log_text()
+            )
+        });
+        if let Some(id) = m.json["request_id"]
+            .as_str()
+            .filter(|s| s.starts_with("spool"))
+        {
             assert_eq!(m.json["ok"], true, "{}", m.json);
             spool_answers.insert(id.to_string());
         }
@@ -340,7 +649,10 @@ async fn restarts_of_the_daemon_lose_nothing() {
     }
     let c = counters_of(&last.expect("status from the restarted daemon"));
     eprintln!("{on_disk} answers spooled across a daemon restart; second run: {c:?}");
-    assert_eq!(c["answered"], 0, "the restarted daemon recomputed spooled requests: {c:?}");
+    assert_eq!(
+        c["answered"], 0,
+        "the restarted daemon recomputed spooled requests: {c:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while spooled() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -350,8 +662,16 @@ async fn restarts_of_the_daemon_lose_nothing() {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let o = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
-    assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// TLS with a private CA and a client certificate, as a plant broker would
@@ -360,16 +680,65 @@ fn openssl(dir: &Path, args: &[&str]) {
 async fn tls_with_a_client_certificate() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    openssl(d, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=shitu test CA", "-days", "2"]);
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=shitu test CA",
+            "-days",
+            "2",
+        ],
+    );
     // Extensions make the certificates X.509 v3; webpki refuses v1.
-    std::fs::write(d.join("server.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    std::fs::write(
+        d.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
     std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
     for name in ["server", "client"] {
-        openssl(d, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")]);
-        let mut args = vec!["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &format!("{name}.pem"), "-days", "2"]
-            .into_iter()
-            .map(String::from)
-            .collect::<Vec<_>>();
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
         args.extend(["-extfile".into(), format!("{name}.ext")]);
         openssl(d, &args.iter().map(String::as_str).collect::<Vec<_>>());
     }
@@ -387,14 +756,37 @@ async fn tls_with_a_client_certificate() {
         d = d.display()
     );
     let conf = daemon_config(d, tls_port, &g, "");
-    let text = std::fs::read_to_string(&conf).unwrap().replace("[mqtt]\n", "[mqtt]\nhost = \"localhost\"\n") + &extra;
+    let text = std::fs::read_to_string(&conf)
+        .unwrap()
+        .replace("[mqtt]\n", "[mqtt]\nhost = \"localhost\"\n")
+        + &extra;
     std::fs::write(&conf, text).unwrap();
     let daemon = Daemon::start(&conf, &d.join("daemon.log"));
     // The controller uses the broker's plain listener; the daemon only the TLS one.
     let mut ctl = Controller::connect(broker.port, "ctl-tls", &[STATUS]).await;
-    assert!(ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online").await.is_some(), "no TLS connection:\n{}", daemon.log_text());
-    ctl.request(REQ, json_request("tls1", &std::fs::read(data("images/scenes/scene_00002.jpg")).unwrap()), "tls1", vec![]).await;
-    let a = ctl.wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| j["request_id"] == "tls1").await.expect("answer over TLS");
+    assert!(
+        ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online")
+            .await
+            .is_some(),
+        "no TLS connection:\n{}",
+        daemon.log_text()
+    );
+    ctl.request(
+        REQ,
+        json_request(
+            "tls1",
+            &std::fs::read(data("images/scenes/scene_00002.jpg")).unwrap(),
+        ),
+        "tls1",
+        vec![],
+    )
+    .await;
+    let a = ctl
+        .wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| {
+            j["request_id"] == "tls1"
+        })
+        .await
+        .expect("answer over TLS");
     assert_eq!(a.json["ok"], true, "{}", a.json);
     assert_eq!(daemon.stop(), Some(0));
 }
@@ -414,17 +806,31 @@ async fn a_killed_daemon_loses_no_request() {
     let log = tmp.path().join("daemon.log");
     let mut daemon = Daemon::start(&conf, &log);
     let mut ctl = Controller::connect(broker.port, "ctl-kill", &[STATUS]).await;
-    assert!(ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online").await.is_some(), "{}", daemon.log_text());
+    assert!(
+        ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online")
+            .await
+            .is_some(),
+        "{}",
+        daemon.log_text()
+    );
     for i in 0..N {
         let id = format!("k{i:02}");
-        ctl.request(REQ, json_request(&id, &jpeg), &id, vec![]).await;
+        ctl.request(REQ, json_request(&id, &jpeg), &id, vec![])
+            .await;
     }
     let mut answers: Vec<String> = Vec::new();
     let mut killed = false;
     let deadline = Instant::now() + Duration::from_secs(300);
     while tally(answers.clone()).len() < N {
-        assert!(Instant::now() < deadline, "answered: {:?}\n{}", tally(answers.clone()), daemon.log_text());
-        let Some(m) = ctl.next(Duration::from_secs(120)).await else { continue };
+        assert!(
+            Instant::now() < deadline,
+            "answered: {:?}\n{}",
+            tally(answers.clone()),
+            daemon.log_text()
+        );
+        let Some(m) = ctl.next(Duration::from_secs(120)).await else {
+            continue;
+        };
         if m.topic != ctl.reply_topic {
             continue;
         }
@@ -457,19 +863,24 @@ async fn mqtt_311_serves_with_answers_on_the_result_topic() {
     let bdir = tmp.path().join("broker");
     let mut broker = Broker::start(&bdir);
     let conf = daemon_config(tmp.path(), broker.port, &g, "");
-    let text = std::fs::read_to_string(&conf).unwrap().replace("[mqtt]\n", "[mqtt]\nprotocol = \"v311\"\n");
+    let text = std::fs::read_to_string(&conf)
+        .unwrap()
+        .replace("[mqtt]\n", "[mqtt]\nprotocol = \"v311\"\n");
     std::fs::write(&conf, text).unwrap();
     let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
 
     let mut o = MqttOptions::new("ctl-311", "127.0.0.1", broker.port);
-    o.set_clean_session(false).set_keep_alive(Duration::from_secs(5)).set_max_packet_size(64 << 20, 64 << 20);
+    o.set_clean_session(false)
+        .set_keep_alive(Duration::from_secs(5))
+        .set_max_packet_size(64 << 20, 64 << 20);
     let (client, mut eventloop) = AsyncClient::new(o, 1000);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, serde_json::Value)>();
     tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let json = serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null);
+                    let json =
+                        serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null);
                     if tx.send((p.topic.clone(), json)).is_err() {
                         return;
                     }
@@ -483,7 +894,11 @@ async fn mqtt_311_serves_with_answers_on_the_result_topic() {
     client.subscribe(STATUS, QoS::AtLeastOnce).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        assert!(Instant::now() < deadline, "no online status over 3.1.1\n{}", daemon.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "no online status over 3.1.1\n{}",
+            daemon.log_text()
+        );
         if let Ok(Some((t, j))) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
             if t == STATUS && j["state"] == "online" {
                 break;
@@ -494,11 +909,30 @@ async fn mqtt_311_serves_with_answers_on_the_result_topic() {
     let mut expected: HashMap<String, usize> = HashMap::new();
     for i in 0..8 {
         let id = format!("v311-{i}");
-        client.publish(REQ, QoS::AtLeastOnce, false, json_request(&id, &scenes[i % scenes.len()].0)).await.unwrap();
+        client
+            .publish(
+                REQ,
+                QoS::AtLeastOnce,
+                false,
+                json_request(&id, &scenes[i % scenes.len()].0),
+            )
+            .await
+            .unwrap();
         expected.insert(id, i % scenes.len());
     }
-    client.publish(REQ, QoS::AtLeastOnce, false, scenes[1].0.clone()).await.unwrap();
-    client.publish(REQ, QoS::AtLeastOnce, false, b"{\"request_id\": \"broken\", \"image\": 7}".to_vec()).await.unwrap();
+    client
+        .publish(REQ, QoS::AtLeastOnce, false, scenes[1].0.clone())
+        .await
+        .unwrap();
+    client
+        .publish(
+            REQ,
+            QoS::AtLeastOnce,
+            false,
+            b"{\"request_id\": \"broken\", \"image\": 7}".to_vec(),
+        )
+        .await
+        .unwrap();
     // Whatever the daemon has not taken yet waits in its 3.1.1 session at the broker.
     tokio::time::sleep(Duration::from_millis(300)).await;
     broker.restart(Duration::from_millis(500));
@@ -507,12 +941,23 @@ async fn mqtt_311_serves_with_answers_on_the_result_topic() {
     let mut repeats = 0;
     let deadline = Instant::now() + Duration::from_secs(240);
     while answered.len() < expected.len() + 2 {
-        assert!(Instant::now() < deadline, "answered {:?}\n{}", answered.keys().collect::<Vec<_>>(), daemon.log_text());
-        let Ok(Some((t, j))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await else { continue };
+        assert!(
+            Instant::now() < deadline,
+            "answered {:?}\n{}",
+            answered.keys().collect::<Vec<_>>(),
+            daemon.log_text()
+        );
+        let Ok(Some((t, j))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await
+        else {
+            continue;
+        };
         if t != RESULT {
             continue;
         }
-        let id = j["request_id"].as_str().expect("every answer names its request").to_string();
+        let id = j["request_id"]
+            .as_str()
+            .expect("every answer names its request")
+            .to_string();
         if answered.insert(id, j).is_some() {
             repeats += 1;
         }
@@ -520,15 +965,34 @@ async fn mqtt_311_serves_with_answers_on_the_result_topic() {
     for (id, scene) in &expected {
         check_answer(&answered[id], &scenes[*scene].1);
     }
-    let raw: Vec<&serde_json::Value> = answered.iter().filter(|(id, _)| id.starts_with("sha256:")).map(|(_, j)| j).collect();
-    assert_eq!(raw.len(), 1, "the raw image is answered under its derived id: {:?}", answered.keys().collect::<Vec<_>>());
+    let raw: Vec<&serde_json::Value> = answered
+        .iter()
+        .filter(|(id, _)| id.starts_with("sha256:"))
+        .map(|(_, j)| j)
+        .collect();
+    assert_eq!(
+        raw.len(),
+        1,
+        "the raw image is answered under its derived id: {:?}",
+        answered.keys().collect::<Vec<_>>()
+    );
     check_answer(raw[0], &scenes[1].1);
     assert_eq!(answered["broken"]["ok"], false);
-    assert_eq!(answered["broken"]["error"]["code"], "bad_request", "{}", answered["broken"]);
-    eprintln!("MQTT 3.1.1: {} requests answered across a broker restart, {repeats} QoS 1 repeat(s)", answered.len());
+    assert_eq!(
+        answered["broken"]["error"]["code"], "bad_request",
+        "{}",
+        answered["broken"]
+    );
+    eprintln!(
+        "MQTT 3.1.1: {} requests answered across a broker restart, {repeats} QoS 1 repeat(s)",
+        answered.len()
+    );
     let broker_log = std::fs::read_to_string(bdir.join("mosquitto.log")).unwrap_or_default();
     // mosquitto logs the protocol of each client: p2 is 3.1.1, p5 is MQTT 5.
-    assert!(broker_log.contains("as shitud-test (p2"), "the daemon did not connect with 3.1.1:\n{broker_log}");
+    assert!(
+        broker_log.contains("as shitud-test (p2"),
+        "the daemon did not connect with 3.1.1:\n{broker_log}"
+    );
     assert_eq!(daemon.stop(), Some(0));
 }
 
@@ -538,8 +1002,15 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
     write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -553,22 +1024,41 @@ async fn metrics_and_health_endpoints() {
     let bdir = tmp.path().join("broker");
     let mut broker = Broker::start(&bdir);
     let port = free_port();
-    let conf = daemon_config(tmp.path(), broker.port, &g, &format!("metrics_port = {port}\n"));
+    let conf = daemon_config(
+        tmp.path(),
+        broker.port,
+        &g,
+        &format!("metrics_port = {port}\n"),
+    );
     let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
     let mut ctl = Controller::connect(broker.port, "ctl-metrics", &[STATUS]).await;
-    assert!(ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online").await.is_some(), "{}", daemon.log_text());
-    let (code, body) = tokio::task::spawn_blocking(move || http_get(port, "/healthz")).await.unwrap();
+    assert!(
+        ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online")
+            .await
+            .is_some(),
+        "{}",
+        daemon.log_text()
+    );
+    let (code, body) = tokio::task::spawn_blocking(move || http_get(port, "/healthz"))
+        .await
+        .unwrap();
     assert_eq!((code, body.as_str()), (200, "ok\n"));
     for i in 0..3 {
         let id = format!("m{i}");
-        ctl.request(REQ, json_request(&id, &jpeg), &id, vec![]).await;
+        ctl.request(REQ, json_request(&id, &jpeg), &id, vec![])
+            .await;
     }
-    ctl.request(REQ, b"{\"image\": 5}".to_vec(), "bad", vec![]).await;
+    ctl.request(REQ, b"{\"image\": 5}".to_vec(), "bad", vec![])
+        .await;
     let deadline = Instant::now() + Duration::from_secs(60);
     for _ in 0..4 {
-        ctl.reply_before(deadline).await.unwrap_or_else(|| panic!("{}", daemon.log_text()));
+        ctl.reply_before(deadline)
+            .await
+            .unwrap_or_else(|| panic!("{}", daemon.log_text()));
     }
-    let (code, metrics) = tokio::task::spawn_blocking(move || http_get(port, "/metrics")).await.unwrap();
+    let (code, metrics) = tokio::task::spawn_blocking(move || http_get(port, "/metrics"))
+        .await
+        .unwrap();
     assert_eq!(code, 200);
     for line in [
         "shitu_requests_answered_total 3",
@@ -579,21 +1069,39 @@ async fn metrics_and_health_endpoints() {
         "shitu_stage_seconds_count{stage=\"detect\"} 3",
         "# TYPE shitu_batch_size histogram",
     ] {
-        assert!(metrics.lines().any(|l| l == line), "{line:?} missing:\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line:?} missing:\n{metrics}"
+        );
     }
-    let batches: u64 = metrics.lines().find_map(|l| l.strip_prefix("shitu_batch_size_count ")).and_then(|v| v.parse().ok()).unwrap();
+    let batches: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("shitu_batch_size_count "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
     assert!((1..=3).contains(&batches), "{metrics}");
-    assert_eq!(tokio::task::spawn_blocking(move || http_get(port, "/nope")).await.unwrap().0, 404);
+    assert_eq!(
+        tokio::task::spawn_blocking(move || http_get(port, "/nope"))
+            .await
+            .unwrap()
+            .0,
+        404
+    );
 
     broker.stop();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (code, body) = tokio::task::spawn_blocking(move || http_get(port, "/healthz")).await.unwrap();
+        let (code, body) = tokio::task::spawn_blocking(move || http_get(port, "/healthz"))
+            .await
+            .unwrap();
         if code == 503 {
             assert!(body.contains("broker"), "{body}");
             break;
         }
-        assert!(Instant::now() < deadline, "healthz still {code} with the broker gone");
+        assert!(
+            Instant::now() < deadline,
+            "healthz still {code} with the broker gone"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(daemon.stop(), Some(0));

@@ -40,7 +40,12 @@ fn runtime_has(provider: Provider) -> bool {
 }
 
 fn shitud(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shitud")).args(args).current_dir(root()).env("RUST_LOG", "warn").output().expect("shitud runs")
+    Command::new(env!("CARGO_BIN_EXE_shitud"))
+        .args(args)
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("shitud runs")
 }
 
 #[test]
@@ -56,8 +61,14 @@ fn a_runtime_without_the_provider_is_named_with_what_to_install() {
         s.engine.provider = provider;
         s.engine.fallback = false;
         s.engine.engine_cache_dir = tmp.path().join("engines");
-        let msg = Pipeline::open(&s).expect_err("no GPU provider here").to_string();
-        let name = if provider == Provider::Tensorrt { "TensorRT" } else { "CUDA" };
+        let msg = Pipeline::open(&s)
+            .expect_err("no GPU provider here")
+            .to_string();
+        let name = if provider == Provider::Tensorrt {
+            "TensorRT"
+        } else {
+            "CUDA"
+        };
         for needle in [
             "engines/demo/",
             &format!("without the {name} execution provider"),
@@ -82,7 +93,10 @@ fn fallback_runs_the_same_pipeline_on_the_cpu_and_says_so() {
     let mut fell_back = Pipeline::open(&gpu).expect("fallback opens the pipeline");
     let has_gpu = shitu_edge::engine::gpu::probe(0).is_ok();
     if runtime_has(Provider::Cuda) && has_gpu {
-        skip!("skipped the CPU-fallback check: this box runs CUDA (providers {:?})", fell_back.providers());
+        skip!(
+            "skipped the CPU-fallback check: this box runs CUDA (providers {:?})",
+            fell_back.providers()
+        );
         return;
     }
     assert_eq!(fell_back.providers(), (Provider::Cpu, Provider::Cpu));
@@ -95,12 +109,20 @@ fn fallback_runs_the_same_pipeline_on_the_cpu_and_says_so() {
 
     // The command line says it loudly: an ERROR line naming both providers.
     let o = shitud(&[
-        "recognize", "--provider", "cuda", "--index", cpu.search.index.to_str().unwrap(),
+        "recognize",
+        "--provider",
+        "cuda",
+        "--index",
+        cpu.search.index.to_str().unwrap(),
         data("images/scenes/scene_00002.jpg").to_str().unwrap(),
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("ERROR") && err.contains("running on cpu, NOT the configured cuda (engine.fallback = true)"), "{err}");
+    assert!(
+        err.contains("ERROR")
+            && err.contains("running on cpu, NOT the configured cuda (engine.fallback = true)"),
+        "{err}"
+    );
 }
 
 /// `search.device = "cuda"` gives the CPU's answers: on a GPU box from GPU
@@ -119,7 +141,10 @@ fn gallery_search_on_cuda_answers_like_the_cpu() {
     let a = Pipeline::open(&cpu).unwrap().recognize(&frames).unwrap();
     let mut on_cuda = Pipeline::open(&cuda).expect("a GPU that cannot be used falls back");
     if !on_cuda.gallery().searcher().contains("CUDA") {
-        skip!("searched on the CPU: no CUDA device here ({})", on_cuda.gallery().searcher());
+        skip!(
+            "searched on the CPU: no CUDA device here ({})",
+            on_cuda.gallery().searcher()
+        );
     }
     let b = on_cuda.recognize(&frames).unwrap();
     for (x, y) in a.iter().zip(&b) {
@@ -145,12 +170,29 @@ fn engines_list_and_prune_judge_the_cache_against_the_config() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("engines");
     let cache = EngineCache::open(&dir).unwrap();
-    let orin = Platform { gpu: "Orin (nvgpu)".into(), compute_capability: (8, 7), tensorrt: Some("10.3.0".into()) };
-    let profile = BatchProfile { min: 1, opt: 1, max: 1 };
+    let orin = Platform {
+        gpu: "Orin (nvgpu)".into(),
+        compute_capability: (8, 7),
+        tensorrt: Some("10.3.0".into()),
+    };
+    let profile = BatchProfile {
+        min: 1,
+        opt: 1,
+        max: 1,
+    };
     let det = root().join("engines/demo/det_prenms.onnx");
     let rec = root().join("engines/demo/rec.onnx");
     let current_det = CacheKey::new(&sha256_file(&det).unwrap(), true, profile, &orin);
-    let current_rec = CacheKey::new(&sha256_file(&rec).unwrap(), true, BatchProfile { min: 1, opt: 6, max: 16 }, &orin);
+    let current_rec = CacheKey::new(
+        &sha256_file(&rec).unwrap(),
+        true,
+        BatchProfile {
+            min: 1,
+            opt: 6,
+            max: 16,
+        },
+        &orin,
+    );
     let replaced = CacheKey::new(&"0".repeat(64), true, profile, &orin);
     fake_build(&cache, &current_det, "detector", &det);
     fake_build(&cache, &current_rec, "embedder", &rec);
@@ -158,17 +200,38 @@ fn engines_list_and_prune_judge_the_cache_against_the_config() {
     std::fs::create_dir(dir.join("leftover")).unwrap();
 
     let conf = tmp.path().join("conf.toml");
-    std::fs::write(&conf, format!("[engine]\nengine_cache_dir = {:?}\n", dir.to_str().unwrap())).unwrap();
+    std::fs::write(
+        &conf,
+        format!("[engine]\nengine_cache_dir = {:?}\n", dir.to_str().unwrap()),
+    )
+    .unwrap();
     let c = conf.to_str().unwrap();
 
     let o = shitud(&["-c", c, "engines", "list"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for (id, status) in [(current_det.id(), "current"), (current_rec.id(), "current"), (replaced.id(), "stale: model no longer configured")] {
-        let line = text.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("{id} not listed:\n{text}"));
-        assert!(line.ends_with(status) && line.contains("Orin (nvgpu) (8.7)") && line.contains("10.3.0") && line.contains("1m35s"), "{line}");
+    for (id, status) in [
+        (current_det.id(), "current"),
+        (current_rec.id(), "current"),
+        (replaced.id(), "stale: model no longer configured"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&id))
+            .unwrap_or_else(|| panic!("{id} not listed:\n{text}"));
+        assert!(
+            line.ends_with(status)
+                && line.contains("Orin (nvgpu) (8.7)")
+                && line.contains("10.3.0")
+                && line.contains("1m35s"),
+            "{line}"
+        );
     }
-    assert!(text.lines().any(|l| l.starts_with("leftover") && l.ends_with("stale: not in the manifest")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("leftover") && l.ends_with("stale: not in the manifest")),
+        "{text}"
+    );
     assert!(text.contains("2 stale"), "{text}");
 
     let o = shitud(&["-c", c, "engines", "list", "--json"]);
@@ -176,7 +239,10 @@ fn engines_list_and_prune_judge_the_cache_against_the_config() {
     let rows = json["engines"].as_array().unwrap();
     assert_eq!(rows.len(), 4);
     assert_eq!(rows.iter().filter(|r| r["stale"] == true).count(), 2);
-    let rec_row = rows.iter().find(|r| r["id"] == current_rec.id().as_str()).unwrap();
+    let rec_row = rows
+        .iter()
+        .find(|r| r["id"] == current_rec.id().as_str())
+        .unwrap();
     assert_eq!(rec_row["entry"]["key"]["profile"]["opt"], 6);
     assert_eq!(rec_row["entry"]["bytes"], 4096);
 
@@ -186,7 +252,10 @@ fn engines_list_and_prune_judge_the_cache_against_the_config() {
 
     let o = shitud(&["-c", c, "engines", "prune"]);
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success() && text.contains("removed 2 engine(s)"), "{text}");
+    assert!(
+        o.status.success() && text.contains("removed 2 engine(s)"),
+        "{text}"
+    );
     assert!(!dir.join(replaced.id()).exists() && !dir.join("leftover").exists());
     assert!(dir.join(current_det.id()).join("model.engine").exists());
     assert_eq!(cache.manifest().entries.len(), 2);
@@ -197,7 +266,11 @@ fn engines_build_checks_the_models_on_the_cpu_and_refuses_to_fall_back() {
     let o = shitud(&["engines", "build"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(out.contains("detector: engines/demo/det_prenms.onnx loads on cpu") && out.contains("embedder: engines/demo/rec.onnx loads on cpu"), "{out}");
+    assert!(
+        out.contains("detector: engines/demo/det_prenms.onnx loads on cpu")
+            && out.contains("embedder: engines/demo/rec.onnx loads on cpu"),
+        "{out}"
+    );
     if runtime_has(Provider::Tensorrt) {
         skip!("skipped the refusal check: this ONNX Runtime has the TensorRT provider");
         return;
@@ -205,5 +278,8 @@ fn engines_build_checks_the_models_on_the_cpu_and_refuses_to_fall_back() {
     let o = shitud(&["engines", "build", "--provider", "tensorrt"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("never falls back") && err.contains("without the TensorRT execution provider"), "{err}");
+    assert!(
+        err.contains("never falls back") && err.contains("without the TensorRT execution provider"),
+        "{err}"
+    );
 }

@@ -11,14 +11,35 @@ fn eval_reports_pipeline_and_recogniser_figures_as_json() {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = settings("det_prenms.onnx");
     build_gallery(&mut s, tmp.path(), shitu_edge::search::Method::Flat);
-    let scenes: Vec<String> = (0..12).map(|i| data(&format!("images/scenes/scene_{i:05}.jpg")).display().to_string()).collect();
-    let mut args = vec!["eval".to_string(), "--json".into(), "--index".into(), tmp.path().display().to_string(), "--truth".into(), data("images/scenes/truth.tsv").display().to_string()];
+    let scenes: Vec<String> = (0..12)
+        .map(|i| {
+            data(&format!("images/scenes/scene_{i:05}.jpg"))
+                .display()
+                .to_string()
+        })
+        .collect();
+    let mut args = vec![
+        "eval".to_string(),
+        "--json".into(),
+        "--index".into(),
+        tmp.path().display().to_string(),
+        "--truth".into(),
+        data("images/scenes/truth.tsv").display().to_string(),
+    ];
     args.extend(scenes);
-    let o = Command::new(env!("CARGO_BIN_EXE_shitud")).args(&args).current_dir(root()).env("RUST_LOG", "warn").output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_shitud"))
+        .args(&args)
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let truth = std::fs::read_to_string(data("images/scenes/truth.tsv")).unwrap();
-    let objects = truth.lines().filter(|l| (0..12).any(|i| l.starts_with(&format!("scene_{i:05}.jpg")))).count();
+    let objects = truth
+        .lines()
+        .filter(|l| (0..12).any(|i| l.starts_with(&format!("scene_{i:05}.jpg"))))
+        .count();
     assert_eq!(r["images"], 12);
     assert_eq!(r["objects"].as_u64().unwrap() as usize, objects);
     let tp = r["true_positives"].as_u64().unwrap();
@@ -28,6 +49,9 @@ fn eval_reports_pipeline_and_recogniser_figures_as_json() {
     assert_eq!(r["recall_at_1"], 1.0);
     assert_eq!(r["map"], 1.0);
     let per_label = r["per_label"].as_object().unwrap();
-    let sum: u64 = per_label.values().map(|v| v["objects"].as_u64().unwrap()).sum();
+    let sum: u64 = per_label
+        .values()
+        .map(|v| v["objects"].as_u64().unwrap())
+        .sum();
     assert_eq!(sum as usize, objects);
 }

@@ -20,17 +20,30 @@ fn acknowledged_adds_survive_sigkill_50_times() {
     let dir = tmp.path().join("g");
     let mut s = settings("det_prenms.onnx");
     build_gallery(&mut s, &dir, Method::Flat);
-    let photos: Vec<String> = std::fs::read_dir(data("images/gallery")).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
+    let photos: Vec<String> = std::fs::read_dir(data("images/gallery"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
 
     let mut acked: BTreeMap<i64, String> = BTreeMap::new();
     let mut seed = 0x5eed_u64;
     let mut compactions_seen = 0;
     for round in 0..50 {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let delay = Duration::from_millis(250 + (seed >> 33) % 900);
         let label = format!("round {round}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_shitud"))
-            .args(["-q", "gallery", "add", "--index", dir.to_str().unwrap(), "--label", &label])
+            .args([
+                "-q",
+                "gallery",
+                "add",
+                "--index",
+                dir.to_str().unwrap(),
+                "--label",
+                &label,
+            ])
             .args(photos.iter().cycle().take(60))
             .current_dir(root())
             .env("SHITU__SEARCH__COMPACT_AFTER", "7")
@@ -39,29 +52,51 @@ fn acknowledged_adds_survive_sigkill_50_times() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<String>>());
+        let reader = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<String>>()
+        });
         std::thread::sleep(delay);
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         for line in reader.join().unwrap() {
-            let id: i64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad ack line {line:?}"));
+            let id: i64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("bad ack line {line:?}"));
             acked.insert(id, label.clone());
         }
 
-        let g = Gallery::open_for_write(&dir, Default::default()).unwrap_or_else(|e| panic!("round {round}: gallery does not open after SIGKILL: {e}"));
+        let g = Gallery::open_for_write(&dir, Default::default())
+            .unwrap_or_else(|e| panic!("round {round}: gallery does not open after SIGKILL: {e}"));
         for (id, label) in &acked {
-            let item = g.item(*id).unwrap_or_else(|| panic!("round {round}: acknowledged item {id} lost"));
+            let item = g
+                .item(*id)
+                .unwrap_or_else(|| panic!("round {round}: acknowledged item {id} lost"));
             assert_eq!(&item.label, label);
         }
         if g.manifest().wal_seq > 0 {
             compactions_seen += 1;
         }
     }
-    assert!(acked.len() > 50, "too few adds were acknowledged to mean anything: {}", acked.len());
-    assert!(compactions_seen > 0, "no compaction happened during the test");
+    assert!(
+        acked.len() > 50,
+        "too few adds were acknowledged to mean anything: {}",
+        acked.len()
+    );
+    assert!(
+        compactions_seen > 0,
+        "no compaction happened during the test"
+    );
     // And it still recognises.
     let mut g = Gallery::open(&dir, Default::default()).unwrap();
     let any = *acked.keys().next().unwrap();
     assert!(g.item(any).is_some() && g.search(&vec![0.0; 512], 1).is_ok());
-    eprintln!("{} acknowledged adds over 50 kills, all present", acked.len());
+    eprintln!(
+        "{} acknowledged adds over 50 kills, all present",
+        acked.len()
+    );
 }

@@ -60,9 +60,17 @@ fn assert_same(gpu: &[Vec<Neighbor>], cpu: &[Vec<Neighbor>], what: &str) {
     for (q, (g, c)) in gpu.iter().zip(cpu).enumerate() {
         assert_eq!(g.len(), c.len(), "{what}: query {q}");
         for (j, (a, b)) in g.iter().zip(c).enumerate() {
-            assert!((a.score - b.score).abs() < 1e-4, "{what}: query {q} rank {j}: {a:?} vs {b:?}");
-            let tied = c.iter().any(|o| o.id != b.id && (o.score - b.score).abs() < 1e-5);
-            assert!(a.id == b.id || tied, "{what}: query {q} rank {j}: {a:?} vs {b:?}");
+            assert!(
+                (a.score - b.score).abs() < 1e-4,
+                "{what}: query {q} rank {j}: {a:?} vs {b:?}"
+            );
+            let tied = c
+                .iter()
+                .any(|o| o.id != b.id && (o.score - b.score).abs() < 1e-5);
+            assert!(
+                a.id == b.id || tied,
+                "{what}: query {q} rank {j}: {a:?} vs {b:?}"
+            );
         }
     }
 }
@@ -81,7 +89,9 @@ fn gpu_flat_fp16_search_matches_faiss_on_the_rounded_vectors() {
 }
 
 fn search_parity(precision: GpuPrecision) {
-    let Some(mut gpu) = gpu_or_skip(precision, DIM) else { return };
+    let Some(mut gpu) = gpu_or_skip(precision, DIM) else {
+        return;
+    };
     // What the GPU computes with: the vectors as stored.
     let stored = |v: &[f32]| -> Vec<f32> {
         match precision {
@@ -98,15 +108,27 @@ fn search_parity(precision: GpuPrecision) {
 
     for (nq, k) in [(1, 1), (1, 5), (6, 5), (16, MAX_K)] {
         let queries = unit_vectors(nq, 1000 + nq as u64);
-        assert_same(&gpu.search(&queries, k).unwrap(), &cpu.search(&stored(&queries), k).unwrap(), &format!("{precision:?}: {nq} queries, k {k}"));
+        assert_same(
+            &gpu.search(&queries, k).unwrap(),
+            &cpu.search(&stored(&queries), k).unwrap(),
+            &format!("{precision:?}: {nq} queries, k {k}"),
+        );
     }
     // A stored vector finds itself first; what comes back is exact, fp16 or not.
     let own = gpu.search(&vectors[5 * DIM..6 * DIM], 1).unwrap();
     assert_eq!(own[0][0].id, ids[5]);
-    assert_eq!(gpu.reconstruct(ids[5]).unwrap(), vectors[5 * DIM..6 * DIM].to_vec());
+    assert_eq!(
+        gpu.reconstruct(ids[5]).unwrap(),
+        vectors[5 * DIM..6 * DIM].to_vec()
+    );
 
     // Remove 1 % (the last row among them), add new ones: still the same answers.
-    let gone: Vec<i64> = ids.iter().copied().step_by(100).chain([ids[n - 1]]).collect();
+    let gone: Vec<i64> = ids
+        .iter()
+        .copied()
+        .step_by(100)
+        .chain([ids[n - 1]])
+        .collect();
     gpu.remove(&gone).unwrap();
     cpu.remove(&gone).unwrap();
     let more = unit_vectors(3000, 99);
@@ -115,33 +137,58 @@ fn search_parity(precision: GpuPrecision) {
     cpu.add(&stored(&more), &more_ids).unwrap();
     assert_eq!(gpu.len(), cpu.len());
     let queries = unit_vectors(6, 4242);
-    assert_same(&gpu.search(&queries, 5).unwrap(), &cpu.search(&stored(&queries), 5).unwrap(), &format!("{precision:?}: after remove + add"));
+    assert_same(
+        &gpu.search(&queries, 5).unwrap(),
+        &cpu.search(&stored(&queries), 5).unwrap(),
+        &format!("{precision:?}: after remove + add"),
+    );
     for id in &gone {
         assert!(gpu.reconstruct(*id).is_err(), "removed id {id} still there");
     }
     // The row that filled a hole kept its exact vector.
-    assert_eq!(gpu.reconstruct(ids[n - 2]).unwrap(), vectors[(n - 2) * DIM..(n - 1) * DIM].to_vec());
+    assert_eq!(
+        gpu.reconstruct(ids[n - 2]).unwrap(),
+        vectors[(n - 2) * DIM..(n - 1) * DIM].to_vec()
+    );
 
     // Saved at full precision, whatever the GPU holds.
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("vector.index");
     gpu.save(&path).unwrap();
     let (loaded, _) = FaissIndex::load(&path).unwrap().into_ids().unwrap();
-    assert_eq!(loaded.reconstruct(ids[7]).unwrap(), vectors[7 * DIM..8 * DIM].to_vec());
-    assert_eq!(loaded.reconstruct(more_ids[3]).unwrap(), more[3 * DIM..4 * DIM].to_vec());
+    assert_eq!(
+        loaded.reconstruct(ids[7]).unwrap(),
+        vectors[7 * DIM..8 * DIM].to_vec()
+    );
+    assert_eq!(
+        loaded.reconstruct(more_ids[3]).unwrap(),
+        more[3 * DIM..4 * DIM].to_vec()
+    );
     assert_eq!(loaded.len(), gpu.len());
 }
 
 #[test]
 fn gpu_flat_refuses_bad_shapes_and_large_k() {
-    let Some(mut gpu) = gpu_or_skip(GpuPrecision::Fp16, 4) else { return };
+    let Some(mut gpu) = gpu_or_skip(GpuPrecision::Fp16, 4) else {
+        return;
+    };
     gpu.add(&[1.0, 0.0, 0.0, 0.0], &[1]).unwrap();
     assert!(gpu.add(&[1.0, 0.0, 0.0], &[2]).is_err());
-    assert!(gpu.add(&[1.0, 0.0, 0.0, 0.0], &[1]).is_err(), "duplicate id");
+    assert!(
+        gpu.add(&[1.0, 0.0, 0.0, 0.0], &[1]).is_err(),
+        "duplicate id"
+    );
     assert!(gpu.search(&[1.0, 0.0, 0.0], 1).is_err());
-    assert!(gpu.search(&[1.0, 0.0, 0.0, 0.0], MAX_K + 1).unwrap_err().to_string().contains("at most"));
+    assert!(gpu
+        .search(&[1.0, 0.0, 0.0, 0.0], MAX_K + 1)
+        .unwrap_err()
+        .to_string()
+        .contains("at most"));
     // Fewer vectors than k: every vector, no padding.
-    assert_eq!(gpu.search(&[1.0, 0.0, 0.0, 0.0], 5).unwrap()[0], vec![Neighbor { id: 1, score: 1.0 }]);
+    assert_eq!(
+        gpu.search(&[1.0, 0.0, 0.0, 0.0], 5).unwrap()[0],
+        vec![Neighbor { id: 1, score: 1.0 }]
+    );
 }
 
 /// GPU search against faiss Flat on the CPU, same run, same vectors: 100 k
@@ -154,7 +201,11 @@ fn gpu_search_benchmark() {
     if gpu_or_skip(GpuPrecision::Fp32, DIM).is_none() {
         return;
     }
-    let sweep = IndexSweep { nprobe: vec![], ef_search: vec![], gpu: Some(0) };
+    let sweep = IndexSweep {
+        nprobe: vec![],
+        ef_search: vec![],
+        gpu: Some(0),
+    };
     println!("| index | n | upload/build s | 1 query p50/p99 µs | 6 queries p50/p99 µs | queries/s (batch 1 / 6) | recall@1 | remove 1 % ms |");
     println!("|---|---|---|---|---|---|---|---|");
     for n in [100_000, 1_000_000] {
@@ -181,10 +232,17 @@ fn gpu_search_benchmark() {
 fn gpu_preprocessing_matches_the_opencv_reference_within_one_level() {
     use shitu_edge::geometry::CropBox;
     use shitu_edge::preprocess::Normalizer;
-    let Some(gpu) = preprocess_or_skip() else { return };
-    let path = std::env::var("SHITU_GPU_REFERENCE").expect("SHITU_GPU_REFERENCE=<file from scripts/gpu-check.sh --pack>");
+    let Some(gpu) = preprocess_or_skip() else {
+        return;
+    };
+    let path = std::env::var("SHITU_GPU_REFERENCE")
+        .expect("SHITU_GPU_REFERENCE=<file from scripts/gpu-check.sh --pack>");
     let data = std::fs::read(&path).unwrap();
-    assert_eq!(&data[..5], b"SHPR1", "{path}: not a preprocessing reference");
+    assert_eq!(
+        &data[..5],
+        b"SHPR1",
+        "{path}: not a preprocessing reference"
+    );
     let mut at = 5;
     let mut u32_at = || {
         let v = u32::from_le_bytes(data[at..at + 4].try_into().unwrap());
@@ -206,8 +264,24 @@ fn gpu_preprocessing_matches_the_opencv_reference_within_one_level() {
     let boxes_at = 17 + det_len + 16;
     let crops: Vec<(usize, CropBox)> = (0..n)
         .map(|k| {
-            let b: Vec<i32> = (0..4).map(|j| i32::from_le_bytes(data[boxes_at + 16 * k + 4 * j..boxes_at + 16 * k + 4 * j + 4].try_into().unwrap())).collect();
-            (0, CropBox { x1: b[0], y1: b[1], x2: b[2], y2: b[3] })
+            let b: Vec<i32> = (0..4)
+                .map(|j| {
+                    i32::from_le_bytes(
+                        data[boxes_at + 16 * k + 4 * j..boxes_at + 16 * k + 4 * j + 4]
+                            .try_into()
+                            .unwrap(),
+                    )
+                })
+                .collect();
+            (
+                0,
+                CropBox {
+                    x1: b[0],
+                    y1: b[1],
+                    x2: b[2],
+                    y2: b[3],
+                },
+            )
         })
         .collect();
     let rec_ref = &data[boxes_at + 16 * n..];
@@ -220,11 +294,20 @@ fn gpu_preprocessing_matches_the_opencv_reference_within_one_level() {
             .enumerate()
             .map(|(i, x)| {
                 let c = (i / plane) % 3;
-                table[c * 256..(c + 1) * 256].iter().position(|t| t == x).map_or(-1000, |l| l as i32)
+                table[c * 256..(c + 1) * 256]
+                    .iter()
+                    .position(|t| t == x)
+                    .map_or(-1000, |l| l as i32)
             })
             .collect()
     };
-    let worst = |got: &[i32], want: &[u8]| got.iter().zip(want).map(|(g, w)| (g - *w as i32).abs()).max().unwrap_or(0);
+    let worst = |got: &[i32], want: &[u8]| {
+        got.iter()
+            .zip(want)
+            .map(|(g, w)| (g - *w as i32).abs())
+            .max()
+            .unwrap_or(0)
+    };
 
     let frame = shitu_edge::bench::synthetic_rgb(dw, dh, dseed as u64);
     let up = gpu.upload_raw(&[(&frame, dw, dh)]).unwrap();
@@ -254,16 +337,22 @@ fn gpu_preprocess_benchmark() {
     use shitu_edge::geometry::CropBox;
     use shitu_edge::preprocess;
     use std::time::Instant;
-    let Some(gpu) = preprocess_or_skip() else { return };
+    let Some(gpu) = preprocess_or_skip() else {
+        return;
+    };
     let stream = gpu.stream().clone();
     // Milliseconds per call on the device's clock, after one warm-up call.
     let device_ms = |iters: u32, f: &mut dyn FnMut()| -> f64 {
         f();
-        let start = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+        let start = stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .unwrap();
         for _ in 0..iters {
             f();
         }
-        let end = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+        let end = stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .unwrap();
         start.elapsed_ms(&end).unwrap() as f64 / iters as f64
     };
     let cpu_ms = |iters: u32, f: &mut dyn FnMut()| -> f64 {
@@ -287,7 +376,11 @@ fn gpu_preprocess_benchmark() {
     println!("|---|---|---|---|---|---|---|");
     let row = |what: &str, ms: f64, bytes: usize, cpu: f64, target: &str| {
         let gbs = bytes as f64 / (ms * 1e-3) / 1e9;
-        println!("| {what} | {ms:.4} | {gbs:.0} | {:.0} % | {cpu:.2} | {:.0}× | {target} |", 100.0 * gbs / copy_gbs, cpu / ms);
+        println!(
+            "| {what} | {ms:.4} | {gbs:.0} | {:.0} % | {cpu:.2} | {:.0}× | {target} |",
+            100.0 * gbs / copy_gbs,
+            cpu / ms
+        );
     };
     let (w, h) = (1920u32, 1080u32);
     let det_out = 3 * 640 * 640 * 4;
@@ -298,34 +391,73 @@ fn gpu_preprocess_benchmark() {
     let mut det = stream.alloc_zeros::<f32>(3 * 640 * 640).unwrap();
     let ms = device_ms(200, &mut || gpu.detector_into(&frames, &mut det).unwrap());
     let frame = synthetic_frame(w, h, 1).unwrap();
-    let cpu = cpu_ms(10, &mut || drop(preprocess::detector_input(&[&frame]).unwrap()));
-    row("detector: 1080p frame → 640 cubic, normalised CHW", ms, px.len() + det_out, cpu, "≤ 0.02 ms (torch 0.103)");
+    let cpu = cpu_ms(10, &mut || {
+        drop(preprocess::detector_input(&[&frame]).unwrap())
+    });
+    row(
+        "detector: 1080p frame → 640 cubic, normalised CHW",
+        ms,
+        px.len() + det_out,
+        cpu,
+        "≤ 0.02 ms (torch 0.103)",
+    );
 
     // Six crops of that frame → the recogniser's input, one launch.
     let boxes: Vec<(usize, CropBox)> = (0..6)
-        .map(|i| (0, CropBox { x1: 40 + 300 * i, y1: 60 + 120 * i, x2: 40 + 300 * i + 180 + 20 * i, y2: 60 + 120 * i + 240 }))
+        .map(|i| {
+            (
+                0,
+                CropBox {
+                    x1: 40 + 300 * i,
+                    y1: 60 + 120 * i,
+                    x2: 40 + 300 * i + 180 + 20 * i,
+                    y2: 60 + 120 * i + 240,
+                },
+            )
+        })
         .collect();
-    let crop_bytes: usize = boxes.iter().map(|(_, c)| ((c.x2 - c.x1) * (c.y2 - c.y1) * 3) as usize).sum();
+    let crop_bytes: usize = boxes
+        .iter()
+        .map(|(_, c)| ((c.x2 - c.x1) * (c.y2 - c.y1) * 3) as usize)
+        .sum();
     let rec_out = 6 * 3 * 224 * 224 * 4;
     let crops = gpu.upload_crops(&frames, &boxes).unwrap();
     let mut rec = stream.alloc_zeros::<f32>(6 * 3 * 224 * 224).unwrap();
-    let ms = device_ms(200, &mut || gpu.embedder_into(&frames, &crops, &mut rec).unwrap());
+    let ms = device_ms(200, &mut || {
+        gpu.embedder_into(&frames, &crops, &mut rec).unwrap()
+    });
     let mut host = vec![0f32; 3 * 224 * 224];
     let cpu = cpu_ms(20, &mut || {
         for (_, c) in &boxes {
             preprocess::embedder_crop(&frame, *c, &mut host).unwrap();
         }
     });
-    row("recogniser: 6 crops → 224 bilinear, one launch", ms, crop_bytes + rec_out, cpu, "≤ 0.03 ms (torch 0.172)");
-    let ms = device_ms(200, &mut || drop(gpu.upload_crops(&frames, &boxes).unwrap()));
+    row(
+        "recogniser: 6 crops → 224 bilinear, one launch",
+        ms,
+        crop_bytes + rec_out,
+        cpu,
+        "≤ 0.03 ms (torch 0.172)",
+    );
+    let ms = device_ms(200, &mut || {
+        drop(gpu.upload_crops(&frames, &boxes).unwrap())
+    });
     println!("| (uploading the 6 boxes for that launch) | {ms:.4} | | | | | |");
 
     // A batch of 16 frames → the detector's input.
     let batch: Vec<(&[u8], u32, u32)> = (0..16).map(|_| (px.as_slice(), w, h)).collect();
     let frames16 = gpu.upload_raw(&batch).unwrap();
     let mut det16 = stream.alloc_zeros::<f32>(16 * 3 * 640 * 640).unwrap();
-    let ms = device_ms(50, &mut || gpu.detector_into(&frames16, &mut det16).unwrap());
+    let ms = device_ms(50, &mut || {
+        gpu.detector_into(&frames16, &mut det16).unwrap()
+    });
     let refs: Vec<&shitu_edge::input::Frame> = (0..16).map(|_| &frame).collect();
     let cpu = cpu_ms(2, &mut || drop(preprocess::detector_input(&refs).unwrap()));
-    row("detector: batch of 16 1080p frames", ms, 16 * (px.len() + det_out), cpu, "≥ 50 % of bandwidth");
+    row(
+        "detector: batch of 16 1080p frames",
+        ms,
+        16 * (px.len() + det_out),
+        cpu,
+        "≥ 50 % of bandwidth",
+    );
 }

@@ -49,7 +49,12 @@ impl Http {
                 std::thread::spawn(move || serve(stream, &f, &c, &r));
             }
         });
-        Http { port, files, cut_once, requests }
+        Http {
+            port,
+            files,
+            cut_once,
+            requests,
+        }
     }
 
     fn put(&self, name: &str, bytes: Vec<u8>) -> String {
@@ -58,7 +63,12 @@ impl Http {
     }
 }
 
-fn serve(mut stream: TcpStream, files: &Mutex<HashMap<String, Vec<u8>>>, cut: &Mutex<HashSet<String>>, log: &Mutex<Vec<String>>) {
+fn serve(
+    mut stream: TcpStream,
+    files: &Mutex<HashMap<String, Vec<u8>>>,
+    cut: &Mutex<HashSet<String>>,
+    log: &Mutex<Vec<String>>,
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).is_err() {
@@ -77,14 +87,18 @@ fn serve(mut stream: TcpStream, files: &Mutex<HashMap<String, Vec<u8>>>, cut: &M
     }
     log.lock().unwrap().push(format!("{path} from {from}"));
     let Some(body) = files.lock().unwrap().get(&path).cloned() else {
-        let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = stream
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return;
     };
     let rest = &body[from.min(body.len())..];
     let head = if from > 0 {
         format!("HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {from}-{}/{}\r\nConnection: close\r\n\r\n", rest.len(), body.len() - 1, body.len())
     } else {
-        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", rest.len())
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            rest.len()
+        )
     };
     let _ = stream.write_all(head.as_bytes());
     let cut_now = cut.lock().unwrap().remove(&path);
@@ -116,7 +130,9 @@ impl Rig {
         let mut p = shitu_edge::Pipeline::open(&st).unwrap();
         let bytes = std::fs::read(data("images/scenes/scene_00000.jpg")).unwrap();
         let frame = shitu_edge::input::decode("golden", &bytes, &st.input).unwrap();
-        let golden_label = p.recognize(&[frame]).unwrap()[0].results[0].rec_docs.clone();
+        let golden_label = p.recognize(&[frame]).unwrap()[0].results[0]
+            .rec_docs
+            .clone();
         let http = Http::start();
         let broker = Broker::start(tmp.path());
         let extra = format!(
@@ -127,7 +143,14 @@ impl Rig {
         )
         .replace("{tmp}", &tmp.path().display().to_string());
         let conf = daemon_config(tmp.path(), broker.port, &tmp.path().join("gallery"), &extra);
-        Rig { tmp, key, http, broker, conf, golden_label }
+        Rig {
+            tmp,
+            key,
+            http,
+            broker,
+            conf,
+            golden_label,
+        }
     }
 
     fn dir(&self) -> &Path {
@@ -135,7 +158,13 @@ impl Rig {
     }
 
     /// A gallery-only bundle, signed by the fleet key unless `key` says otherwise.
-    fn bundle(&self, version: &str, label: &str, targets: &[&str], key: Option<&ed25519_dalek::SigningKey>) -> Vec<u8> {
+    fn bundle(
+        &self,
+        version: &str,
+        label: &str,
+        targets: &[&str],
+        key: Option<&ed25519_dalek::SigningKey>,
+    ) -> Vec<u8> {
         let out = self.dir().join(format!("{version}-{}.tar", rand_suffix()));
         let spec = PackSpec {
             version: version.into(),
@@ -163,14 +192,23 @@ impl Rig {
 }
 
 fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 async fn online(ctl: &mut Controller, daemon: &Daemon) {
     // What is queued came from an earlier daemon (a killed one cannot say
     // "online" again), so the next "online" is this daemon's.
     while ctl.next(Duration::from_millis(50)).await.is_some() {}
-    assert!(ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online").await.is_some(), "{}", daemon.log_text());
+    assert!(
+        ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online")
+            .await
+            .is_some(),
+        "{}",
+        daemon.log_text()
+    );
 }
 
 /// The retained `P/ota/status`, read by a fresh client (the test's own
@@ -178,8 +216,15 @@ async fn online(ctl: &mut Controller, daemon: &Daemon) {
 async fn ota_status(port: u16, want: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut c = Controller::connect(port, &format!("status-reader-{}", rand_suffix()), &[OTA_STATUS]).await;
-        let got = c.wait_for(OTA_STATUS, Duration::from_secs(2), |_| true).await;
+        let mut c = Controller::connect(
+            port,
+            &format!("status-reader-{}", rand_suffix()),
+            &[OTA_STATUS],
+        )
+        .await;
+        let got = c
+            .wait_for(OTA_STATUS, Duration::from_secs(2), |_| true)
+            .await;
         let _ = c.client.disconnect().await;
         if let Some(m) = got {
             if want(&m.json) || Instant::now() > deadline {
@@ -192,19 +237,36 @@ async fn ota_status(port: u16, want: impl Fn(&serde_json::Value) -> bool) -> ser
 }
 
 /// Sends an OTA command and waits for its answer.
-async fn ota(ctl: &mut Controller, topic: &str, body: serde_json::Value, daemon: &Daemon) -> serde_json::Value {
+async fn ota(
+    ctl: &mut Controller,
+    topic: &str,
+    body: serde_json::Value,
+    daemon: &Daemon,
+) -> serde_json::Value {
     let id = body["request_id"].as_str().unwrap().to_string();
-    ctl.request(topic, serde_json::to_vec(&body).unwrap(), &id, vec![]).await;
-    let a = ctl.wait_for(&ctl.reply_topic.clone(), Duration::from_secs(180), |j| j["request_id"] == id.as_str()).await;
-    a.unwrap_or_else(|| panic!("no answer to {id}\n{}", daemon.log_text())).json
+    ctl.request(topic, serde_json::to_vec(&body).unwrap(), &id, vec![])
+        .await;
+    let a = ctl
+        .wait_for(&ctl.reply_topic.clone(), Duration::from_secs(180), |j| {
+            j["request_id"] == id.as_str()
+        })
+        .await;
+    a.unwrap_or_else(|| panic!("no answer to {id}\n{}", daemon.log_text()))
+        .json
 }
 
 /// One recognition, answered ok; returns the `versions.bundle` it was served by.
 async fn recognise(ctl: &mut Controller, id: &str, daemon: &Daemon) -> Option<String> {
     let jpeg = std::fs::read(data("images/scenes/scene_00001.jpg")).unwrap();
     ctl.request(REQ, json_request(id, &jpeg), id, vec![]).await;
-    let a = ctl.wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| j["request_id"] == id).await;
-    let a = a.unwrap_or_else(|| panic!("no answer to {id}\n{}", daemon.log_text())).json;
+    let a = ctl
+        .wait_for(&ctl.reply_topic.clone(), Duration::from_secs(60), |j| {
+            j["request_id"] == id
+        })
+        .await;
+    let a = a
+        .unwrap_or_else(|| panic!("no answer to {id}\n{}", daemon.log_text()))
+        .json;
     assert_eq!(a["ok"], true, "{a}");
     a["versions"]["bundle"].as_str().map(str::to_string)
 }
@@ -230,89 +292,210 @@ async fn an_update_under_load_swaps_without_a_failed_or_lost_request() {
     while answers.len() < N || ota_answer.is_none() {
         while sent < N && sent - answers.len() < IN_FLIGHT {
             let id = format!("load{sent:03}");
-            ctl.request(REQ, json_request(&id, &jpeg), &id, vec![]).await;
+            ctl.request(REQ, json_request(&id, &jpeg), &id, vec![])
+                .await;
             sent += 1;
             if sent == 8 {
                 let body = serde_json::json!({"request_id": "up-v2", "url": url});
-                ctl.request(OTA_APPLY, serde_json::to_vec(&body).unwrap(), "up-v2", vec![]).await;
+                ctl.request(
+                    OTA_APPLY,
+                    serde_json::to_vec(&body).unwrap(),
+                    "up-v2",
+                    vec![],
+                )
+                .await;
                 // While it runs: a second update and a gallery change are both answered busy.
                 let again = serde_json::json!({"request_id": "up-again", "url": url});
-                ctl.request(OTA_APPLY, serde_json::to_vec(&again).unwrap(), "up-again", vec![]).await;
+                ctl.request(
+                    OTA_APPLY,
+                    serde_json::to_vec(&again).unwrap(),
+                    "up-again",
+                    vec![],
+                )
+                .await;
                 let rm = serde_json::json!({"request_id": "rm-during", "ids": [0]});
-                ctl.request("shitu/test/gallery/remove", serde_json::to_vec(&rm).unwrap(), "rm-during", vec![]).await;
+                ctl.request(
+                    "shitu/test/gallery/remove",
+                    serde_json::to_vec(&rm).unwrap(),
+                    "rm-during",
+                    vec![],
+                )
+                .await;
             }
         }
-        let m = ctl.reply_before(deadline).await.unwrap_or_else(|| panic!("{} of {N} answered, ota {ota_answer:?}\n{}", answers.len(), daemon.log_text()));
+        let m = ctl.reply_before(deadline).await.unwrap_or_else(|| {
+            panic!(
+                "{} of {N} answered, ota {ota_answer:?}\n{}",
+                answers.len(),
+                daemon.log_text()
+            )
+        });
         let id = m.json["request_id"].as_str().unwrap().to_string();
         if id == "up-v2" {
             ota_answer = Some(m.json);
         } else if id == "up-again" || id == "rm-during" {
-            assert_eq!(m.json["error"]["code"], "busy", "{id} during an update: {}", m.json);
+            assert_eq!(
+                m.json["error"]["code"], "busy",
+                "{id} during an update: {}",
+                m.json
+            );
             busy_during += 1;
         } else {
-            assert!(answers.insert(id.clone(), m.json).is_none(), "{id} answered twice");
+            assert!(
+                answers.insert(id.clone(), m.json).is_none(),
+                "{id} answered twice"
+            );
         }
     }
     let ota_answer = ota_answer.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while busy_during < 2 {
-        let m = ctl.reply_before(deadline).await.expect("busy answers to the second update and the gallery change");
-        let id = m.json["request_id"].as_str().unwrap_or_default().to_string();
+        let m = ctl
+            .reply_before(deadline)
+            .await
+            .expect("busy answers to the second update and the gallery change");
+        let id = m.json["request_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         assert!(id == "up-again" || id == "rm-during", "{}", m.json);
         assert_eq!(m.json["error"]["code"], "busy", "{}", m.json);
         busy_during += 1;
     }
-    assert_eq!(ota_answer["ok"], true, "{ota_answer}\n{}", daemon.log_text());
+    assert_eq!(
+        ota_answer["ok"],
+        true,
+        "{ota_answer}\n{}",
+        daemon.log_text()
+    );
     let failed: Vec<_> = answers.values().filter(|a| a["ok"] != true).collect();
     assert!(failed.is_empty(), "failed across the swap: {failed:?}");
-    let by: Vec<Option<&str>> = (0..N).map(|i| answers[&format!("load{i:03}")]["versions"]["bundle"].as_str()).collect();
-    let (old, new) = (by.iter().filter(|b| b.is_none()).count(), by.iter().filter(|b| **b == Some("v2")).count());
+    let by: Vec<Option<&str>> = (0..N)
+        .map(|i| answers[&format!("load{i:03}")]["versions"]["bundle"].as_str())
+        .collect();
+    let (old, new) = (
+        by.iter().filter(|b| b.is_none()).count(),
+        by.iter().filter(|b| **b == Some("v2")).count(),
+    );
     eprintln!("{N} requests across the swap: {old} served by the config's files, {new} by v2, 0 failed, 0 lost");
     // Latency, arrival to answer, for the requests served by each side (for docs/BENCHMARKS.md).
     for (side, want) in [("old", None), ("new", Some("v2"))] {
-        let mut t: Vec<f64> = answers.values().filter(|a| a["versions"]["bundle"].as_str() == want).map(|a| a["timings_ms"]["total"].as_f64().unwrap()).collect();
+        let mut t: Vec<f64> = answers
+            .values()
+            .filter(|a| a["versions"]["bundle"].as_str() == want)
+            .map(|a| a["timings_ms"]["total"].as_f64().unwrap())
+            .collect();
         t.sort_by(f64::total_cmp);
-        eprintln!("  {side}: {} requests, median {:.0} ms, max {:.0} ms", t.len(), t[t.len() / 2], t[t.len() - 1]);
+        eprintln!(
+            "  {side}: {} requests, median {:.0} ms, max {:.0} ms",
+            t.len(),
+            t[t.len() / 2],
+            t[t.len() - 1]
+        );
     }
     assert!(old > 0 && new > 0 && old + new == N, "{by:?}");
-    assert!(by.windows(2).all(|w| !(w[0] == Some("v2") && w[1].is_none())), "once swapped, never back: {by:?}");
+    assert!(
+        by.windows(2)
+            .all(|w| !(w[0] == Some("v2") && w[1].is_none())),
+        "once swapped, never back: {by:?}"
+    );
     assert_eq!(rig.current().as_deref(), Some("v2"));
-    for line in daemon.log_text().lines().filter(|l| l.contains("update applied") || l.contains("download broke off")) {
-        eprintln!("  daemon: {}", line.split_once("  ").map_or(line, |(_, rest)| rest.trim()));
+    for line in daemon
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("update applied") || l.contains("download broke off"))
+    {
+        eprintln!(
+            "  daemon: {}",
+            line.split_once("  ").map_or(line, |(_, rest)| rest.trim())
+        );
     }
     let reqs = rig.http.requests.lock().unwrap().clone();
-    assert!(reqs.iter().any(|r| r.starts_with("/v2.tar from ") && !r.ends_with(" from 0")), "the cut download resumed with Range: {reqs:?}");
+    assert!(
+        reqs.iter()
+            .any(|r| r.starts_with("/v2.tar from ") && !r.ends_with(" from 0")),
+        "the cut download resumed with Range: {reqs:?}"
+    );
     let cache = rig.dir().join("cache/ota");
     let log = daemon.log_text();
-    assert!(log.lines().any(|l| l.contains("download broke off") && l.contains(&cache.display().to_string())), "the partial download lies in ota.download_dir:\n{log}");
-    let left: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("download broke off") && l.contains(&cache.display().to_string())),
+        "the partial download lies in ota.download_dir:\n{log}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(left.is_empty(), "a download used up is removed: {left:?}");
     let st = ota_status(rig.broker.port, |j| j["state"] == "applied").await;
-    assert_eq!((st["state"].as_str(), st["current"].as_str()), (Some("applied"), Some("v2")), "{st}");
+    assert_eq!(
+        (st["state"].as_str(), st["current"].as_str()),
+        (Some("applied"), Some("v2")),
+        "{st}"
+    );
 
     // A bundle dropped into the watch folder applies too; then a rollback goes back to v2.
     std::fs::create_dir_all(rig.dir().join("inbox")).unwrap();
     std::fs::write(rig.dir().join("inbox/v3.tar.tmp"), rig.good("v3")).unwrap();
-    std::fs::rename(rig.dir().join("inbox/v3.tar.tmp"), rig.dir().join("inbox/v3.tar")).unwrap();
+    std::fs::rename(
+        rig.dir().join("inbox/v3.tar.tmp"),
+        rig.dir().join("inbox/v3.tar"),
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     while rig.current().as_deref() != Some("v3") {
-        assert!(Instant::now() < deadline, "dropped bundle not applied\n{}", daemon.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "dropped bundle not applied\n{}",
+            daemon.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let st = ota_status(rig.broker.port, |j| j["state"] == "applied" && j["version"] == "v3").await;
+    let st = ota_status(rig.broker.port, |j| {
+        j["state"] == "applied" && j["version"] == "v3"
+    })
+    .await;
     assert_eq!(st["state"], "applied", "{st}");
-    assert_eq!(recognise(&mut ctl, "after-v3", &daemon).await.as_deref(), Some("v3"));
-    assert!(!rig.dir().join("inbox/v3.tar").exists(), "a taken bundle leaves the inbox");
-    let a = ota(&mut ctl, OTA_ROLLBACK, serde_json::json!({"request_id": "rb"}), &daemon).await;
-    assert_eq!((a["ok"].clone(), a["version"].clone()), (serde_json::json!(true), serde_json::json!("v2")), "{a}");
-    assert_eq!(recognise(&mut ctl, "after-rollback", &daemon).await.as_deref(), Some("v2"));
+    assert_eq!(
+        recognise(&mut ctl, "after-v3", &daemon).await.as_deref(),
+        Some("v3")
+    );
+    assert!(
+        !rig.dir().join("inbox/v3.tar").exists(),
+        "a taken bundle leaves the inbox"
+    );
+    let a = ota(
+        &mut ctl,
+        OTA_ROLLBACK,
+        serde_json::json!({"request_id": "rb"}),
+        &daemon,
+    )
+    .await;
+    assert_eq!(
+        (a["ok"].clone(), a["version"].clone()),
+        (serde_json::json!(true), serde_json::json!("v2")),
+        "{a}"
+    );
+    assert_eq!(
+        recognise(&mut ctl, "after-rollback", &daemon)
+            .await
+            .as_deref(),
+        Some("v2")
+    );
     assert_eq!(rig.current().as_deref(), Some("v2"));
     assert_eq!(daemon.stop(), Some(0));
 
     // The stop was clean: v2 stays current, and serves after the restart.
     let daemon = rig.start(&[]);
     online(&mut ctl, &daemon).await;
-    assert_eq!(recognise(&mut ctl, "after-restart", &daemon).await.as_deref(), Some("v2"));
+    assert_eq!(
+        recognise(&mut ctl, "after-restart", &daemon)
+            .await
+            .as_deref(),
+        Some("v2")
+    );
     assert_eq!(daemon.stop(), Some(0));
 }
 
@@ -322,7 +505,11 @@ async fn bad_bundles_are_refused_while_the_old_version_serves() {
     let good = rig.good("v2");
     // One byte of the gallery's payload flipped (the manifest still lists the old hash).
     let mut tampered = good.clone();
-    let at = tampered.windows(4).rposition(|w| w != [0, 0, 0, 0]).unwrap() - 64;
+    let at = tampered
+        .windows(4)
+        .rposition(|w| w != [0, 0, 0, 0])
+        .unwrap()
+        - 64;
     tampered[at] ^= 0x40;
     let stranger = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
     let mut traversal = Vec::new();
@@ -351,29 +538,71 @@ async fn bad_bundles_are_refused_while_the_old_version_serves() {
     }
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("tampered", tampered, "sha256"),
-        ("stranger", rig.bundle("v2", &rig.golden_label.clone(), &[], Some(&stranger)), "not trusted"),
-        ("foreign", rig.bundle("v2", &rig.golden_label.clone(), &["riscv64"], None), "made for riscv64"),
+        (
+            "stranger",
+            rig.bundle("v2", &rig.golden_label.clone(), &[], Some(&stranger)),
+            "not trusted",
+        ),
+        (
+            "foreign",
+            rig.bundle("v2", &rig.golden_label.clone(), &["riscv64"], None),
+            "made for riscv64",
+        ),
         ("traversal", traversal, "../../etc/cron.d/evil"),
-        ("oversized", vec![0u8; 4_500_000], "over the limit of 4000000"),
+        (
+            "oversized",
+            vec![0u8; 4_500_000],
+            "over the limit of 4000000",
+        ),
         ("truncated", good[..good.len() / 2].to_vec(), "truncated"),
-        ("unhealthy", rig.bundle("v2", "no such product", &[], None), "health check failed"),
+        (
+            "unhealthy",
+            rig.bundle("v2", "no such product", &[], None),
+            "health check failed",
+        ),
     ];
     let daemon = rig.start(&[]);
     let mut ctl = Controller::connect(rig.broker.port, "ctl-bad-ota", &[STATUS, OTA_STATUS]).await;
     online(&mut ctl, &daemon).await;
     for (name, bytes, why) in cases {
         let url = rig.http.put(&format!("{name}.tar"), bytes);
-        let a = ota(&mut ctl, OTA_APPLY, serde_json::json!({"request_id": name, "url": url}), &daemon).await;
-        let msg = a["error"]["message"].as_str().unwrap_or_default().to_string();
-        assert!(a["ok"] == false && a["error"]["code"] == "refused" && msg.contains(why), "{name}: {a}");
+        let a = ota(
+            &mut ctl,
+            OTA_APPLY,
+            serde_json::json!({"request_id": name, "url": url}),
+            &daemon,
+        )
+        .await;
+        let msg = a["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            a["ok"] == false && a["error"]["code"] == "refused" && msg.contains(why),
+            "{name}: {a}"
+        );
         let st = ota_status(rig.broker.port, |j| j["request_id"] == name).await;
-        assert!(st["state"] == "refused" && st["message"].as_str().unwrap_or_default().contains(why), "{name}: {st}");
-        assert_eq!(recognise(&mut ctl, &format!("after-{name}"), &daemon).await, None, "{name}: the old files serve");
+        assert!(
+            st["state"] == "refused" && st["message"].as_str().unwrap_or_default().contains(why),
+            "{name}: {st}"
+        );
+        assert_eq!(
+            recognise(&mut ctl, &format!("after-{name}"), &daemon).await,
+            None,
+            "{name}: the old files serve"
+        );
         assert_eq!(rig.current(), None, "{name}");
         eprintln!("{name}: refused: {msg}");
     }
-    let left: Vec<_> = std::fs::read_dir(rig.dir().join("ota/versions")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert!(left.is_empty(), "refused bundles leave no version behind: {left:?}");
+    let left: Vec<_> = std::fs::read_dir(rig.dir().join("ota/versions"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "refused bundles leave no version behind: {left:?}"
+    );
     assert!(!Path::new("/etc/cron.d/evil").exists());
     assert_eq!(daemon.stop(), Some(0));
 }
@@ -388,11 +617,21 @@ async fn a_kill_9_at_every_step_leaves_one_serving_version() {
     let daemon = rig.start(&[]);
     online(&mut ctl, &daemon).await;
     let url = rig.http.put("v1.tar", rig.good("v1"));
-    let a = ota(&mut ctl, OTA_APPLY, serde_json::json!({"request_id": "v1", "url": url}), &daemon).await;
+    let a = ota(
+        &mut ctl,
+        OTA_APPLY,
+        serde_json::json!({"request_id": "v1", "url": url}),
+        &daemon,
+    )
+    .await;
     assert_eq!(a["ok"], true, "{a}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while rig.dir().join("ota/trial.json").exists() {
-        assert!(Instant::now() < deadline, "v1 never confirmed\n{}", daemon.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "v1 never confirmed\n{}",
+            daemon.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(daemon.stop(), Some(0));
@@ -401,7 +640,15 @@ async fn a_kill_9_at_every_step_leaves_one_serving_version() {
     // before it is applied, so nothing hands it to the restarted daemon again.
     let v2 = rig.good("v2");
     let inbox = rig.dir().join("inbox");
-    for step in ["downloading", "verifying", "unpacking", "building", "checking", "switching", "reloading"] {
+    for step in [
+        "downloading",
+        "verifying",
+        "unpacking",
+        "building",
+        "checking",
+        "switching",
+        "reloading",
+    ] {
         let mut daemon = rig.start(&[("SHITU_FAULT_OTA_KILL_AT", step)]);
         online(&mut ctl, &daemon).await;
         std::fs::write(inbox.join("v2.tar.tmp"), &v2).unwrap();
@@ -411,7 +658,11 @@ async fn a_kill_9_at_every_step_leaves_one_serving_version() {
             if let Some(st) = daemon.child.try_wait().unwrap() {
                 break st;
             }
-            assert!(Instant::now() < deadline, "{step}: not killed\n{}", daemon.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "{step}: not killed\n{}",
+                daemon.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         use std::os::unix::process::ExitStatusExt;
@@ -421,52 +672,110 @@ async fn a_kill_9_at_every_step_leaves_one_serving_version() {
         let daemon = rig.start(&[]);
         online(&mut ctl, &daemon).await;
         let current = rig.current();
-        assert_eq!(current.as_deref(), Some("v1"), "{step}: a kill before the new version proved itself leaves v1\n{}", daemon.log_text());
+        assert_eq!(
+            current.as_deref(),
+            Some("v1"),
+            "{step}: a kill before the new version proved itself leaves v1\n{}",
+            daemon.log_text()
+        );
         assert!(rig.dir().join("ota/versions/v1/version.json").is_file());
-        assert_eq!(recognise(&mut ctl, &format!("after-kill-{step}"), &daemon).await.as_deref(), Some("v1"), "{step}");
-        let left: Vec<_> = std::fs::read_dir(rig.dir().join("ota/staging")).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert!(left.is_empty(), "{step}: unfinished unpacks and the dropped bundle are cleared: {left:?}");
-        assert!(!inbox.join("v2.tar").exists(), "{step}: the bundle left the inbox");
+        assert_eq!(
+            recognise(&mut ctl, &format!("after-kill-{step}"), &daemon)
+                .await
+                .as_deref(),
+            Some("v1"),
+            "{step}"
+        );
+        let left: Vec<_> = std::fs::read_dir(rig.dir().join("ota/staging"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{step}: unfinished unpacks and the dropped bundle are cleared: {left:?}"
+        );
+        assert!(
+            !inbox.join("v2.tar").exists(),
+            "{step}: the bundle left the inbox"
+        );
         eprintln!("kill -9 at {step}: restarted on v1 and serving");
         assert_eq!(daemon.stop(), Some(0));
     }
     // The last kill came after the switch: that start rolled back, and said so.
-    assert!(std::fs::read_to_string(rig.dir().join("daemon.log")).unwrap().contains("rolled back to version v1"));
+    assert!(std::fs::read_to_string(rig.dir().join("daemon.log"))
+        .unwrap()
+        .contains("rolled back to version v1"));
 
     // v2 applied and serving, then the daemon dies within the trial (8 s here):
     // the next start goes back to v1. Once a version has served through its
     // trial, a death no longer sends it back.
     for (confirmed, want) in [(false, "v1"), (true, "v2")] {
-        let log_start = std::fs::read_to_string(rig.dir().join("daemon.log")).unwrap().len();
+        let log_start = std::fs::read_to_string(rig.dir().join("daemon.log"))
+            .unwrap()
+            .len();
         let mut daemon = rig.start(&[]);
         online(&mut ctl, &daemon).await;
         std::fs::write(inbox.join("v2.tar.tmp"), &v2).unwrap();
         std::fs::rename(inbox.join("v2.tar.tmp"), inbox.join("v2.tar")).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while !daemon.log_text()[log_start..].contains("update applied: version v2") {
-            assert!(Instant::now() < deadline, "v2 not applied\n{}", daemon.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "v2 not applied\n{}",
+                daemon.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(recognise(&mut ctl, &format!("on-v2-{confirmed}"), &daemon).await.as_deref(), Some("v2"));
+        assert_eq!(
+            recognise(&mut ctl, &format!("on-v2-{confirmed}"), &daemon)
+                .await
+                .as_deref(),
+            Some("v2")
+        );
         if confirmed {
             while rig.dir().join("ota/trial.json").exists() {
-                assert!(Instant::now() < deadline, "v2 never confirmed\n{}", daemon.log_text());
+                assert!(
+                    Instant::now() < deadline,
+                    "v2 never confirmed\n{}",
+                    daemon.log_text()
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         } else {
-            assert!(rig.dir().join("ota/trial.json").exists(), "still on trial: killed within ota.trial_s of the switch");
+            assert!(
+                rig.dir().join("ota/trial.json").exists(),
+                "still on trial: killed within ota.trial_s of the switch"
+            );
         }
         daemon.child.kill().unwrap();
         daemon.child.wait().unwrap();
         let daemon = rig.start(&[]);
         online(&mut ctl, &daemon).await;
-        assert_eq!(rig.current().as_deref(), Some(want), "confirmed={confirmed}\n{}", daemon.log_text());
-        assert_eq!(recognise(&mut ctl, &format!("after-death-{confirmed}"), &daemon).await.as_deref(), Some(want));
+        assert_eq!(
+            rig.current().as_deref(),
+            Some(want),
+            "confirmed={confirmed}\n{}",
+            daemon.log_text()
+        );
+        assert_eq!(
+            recognise(&mut ctl, &format!("after-death-{confirmed}"), &daemon)
+                .await
+                .as_deref(),
+            Some(want)
+        );
         if !confirmed {
             let st = ota_status(rig.broker.port, |j| j["state"] == "rolled_back").await;
-            assert_eq!((st["state"].as_str(), st["failed_version"].as_str()), (Some("rolled_back"), Some("v2")), "{st}");
+            assert_eq!(
+                (st["state"].as_str(), st["failed_version"].as_str()),
+                (Some("rolled_back"), Some("v2")),
+                "{st}"
+            );
         }
-        eprintln!("kill -9 while serving v2 (trial {}): restarted on {want}", if confirmed { "over" } else { "running" });
+        eprintln!(
+            "kill -9 while serving v2 (trial {}): restarted on {want}",
+            if confirmed { "over" } else { "running" }
+        );
         assert_eq!(daemon.stop(), Some(0));
     }
 }
@@ -483,14 +792,27 @@ fn the_cli_applies_lists_and_rolls_back_with_the_daemon_stopped() {
             .env("RUST_LOG", "warn")
             .output()
             .unwrap();
-        (o.status.code(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+        (
+            o.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
     };
     for v in ["v1", "v2"] {
         let file = rig.dir().join(format!("{v}.tar"));
         std::fs::write(&file, rig.good(v)).unwrap();
         let (code, text) = shitud(&["ota", "apply", file.to_str().unwrap()]);
         assert_eq!(code, Some(0), "{text}");
-        for step in ["verifying", "unpacking", "building", "checking", "switching"] {
+        for step in [
+            "verifying",
+            "unpacking",
+            "building",
+            "checking",
+            "switching",
+        ] {
             assert!(text.contains(step), "each step is printed: {text}");
         }
         assert!(text.contains(&format!("version {v} is current")), "{text}");
@@ -498,14 +820,28 @@ fn the_cli_applies_lists_and_rolls_back_with_the_daemon_stopped() {
     let bad = rig.dir().join("bad.tar");
     std::fs::write(&bad, rig.bundle("v3", "no such product", &[], None)).unwrap();
     let (code, text) = shitud(&["ota", "apply", bad.to_str().unwrap()]);
-    assert!(code == Some(1) && text.contains("health check failed"), "{text}");
+    assert!(
+        code == Some(1) && text.contains("health check failed"),
+        "{text}"
+    );
     let (code, text) = shitud(&["ota", "status", "--json"]);
     assert_eq!(code, Some(0), "{text}");
     let st: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!((st["current"].as_str(), st["previous"].as_str()), (Some("v2"), Some("v1")), "{st}");
-    assert_eq!(st["versions"].as_array().unwrap().len(), 2, "the refused v3 left nothing: {st}");
+    assert_eq!(
+        (st["current"].as_str(), st["previous"].as_str()),
+        (Some("v2"), Some("v1")),
+        "{st}"
+    );
+    assert_eq!(
+        st["versions"].as_array().unwrap().len(),
+        2,
+        "the refused v3 left nothing: {st}"
+    );
     let (code, text) = shitud(&["ota", "rollback"]);
-    assert!(code == Some(0) && text.contains("current is now v1"), "{text}");
+    assert!(
+        code == Some(0) && text.contains("current is now v1"),
+        "{text}"
+    );
     assert_eq!(rig.current().as_deref(), Some("v1"));
     // While the daemon runs, it owns the store.
     let daemon = rig.start(&[]);
@@ -515,15 +851,25 @@ fn the_cli_applies_lists_and_rolls_back_with_the_daemon_stopped() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let (code, text) = shitud(&["ota", "rollback"]);
-    assert!(code == Some(2) && text.contains("shitud is running"), "{text}");
+    assert!(
+        code == Some(2) && text.contains("shitud is running"),
+        "{text}"
+    );
     // An apply is handed to it through the watch folder instead.
     let v4 = rig.dir().join("v4.tar");
     std::fs::write(&v4, rig.good("v4")).unwrap();
     let (code, text) = shitud(&["ota", "apply", v4.to_str().unwrap()]);
-    assert!(code == Some(0) && text.contains("handed to the running shitud"), "{text}");
+    assert!(
+        code == Some(0) && text.contains("handed to the running shitud"),
+        "{text}"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while rig.current().as_deref() != Some("v4") {
-        assert!(Instant::now() < deadline, "v4 not applied by the daemon\n{}", daemon.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "v4 not applied by the daemon\n{}",
+            daemon.log_text()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(daemon.stop(), Some(0));

@@ -31,10 +31,17 @@ async fn a_full_client_channel_delays_answers_and_acks_but_loses_none() {
     // The outbox's client: a two-slot channel, manual acks, and a small
     // receive window, so a lost ack would stop deliveries within five requests.
     let mut o = MqttOptions::new("outbox-under-test", "127.0.0.1", broker.port);
-    o.set_manual_acks(true).set_receive_maximum(Some(5)).set_keep_alive(Duration::from_secs(5));
+    o.set_manual_acks(true)
+        .set_receive_maximum(Some(5))
+        .set_keep_alive(Duration::from_secs(5));
     let (client, mut connection) = mqtt::connect(Options::V5(Box::new(o)), 2);
     let (spool, left) = Spool::open(&tmp.path().join("spool"), 10_000, 64 << 20).unwrap();
-    let outbox = Arc::new(Outbox::new(client.clone(), spool, left, Arc::new(Counters::default())));
+    let outbox = Arc::new(Outbox::new(
+        client.clone(),
+        spool,
+        left,
+        Arc::new(Counters::default()),
+    ));
 
     // The daemon's event loop, reduced to the outbox's part: each request is
     // acknowledged at once, through the same bounded channel the answers use.
@@ -69,27 +76,50 @@ async fn a_full_client_channel_delays_answers_and_acks_but_loses_none() {
     const N: usize = 300;
     // Requests in, answers out, both at once: the channel overflows on both.
     for i in 0..N {
-        ctl.client.publish(REQUESTS, QoS::AtLeastOnce, false, format!("{i}")).await.unwrap();
+        ctl.client
+            .publish(REQUESTS, QoS::AtLeastOnce, false, format!("{i}"))
+            .await
+            .unwrap();
     }
     for i in 0..N {
-        outbox.submit(Message::answer(ANSWERS.into(), Bytes::from(format!("{i}")), None, format!("r{i}"), Vec::new()));
+        outbox.submit(Message::answer(
+            ANSWERS.into(),
+            Bytes::from(format!("{i}")),
+            None,
+            format!("r{i}"),
+            Vec::new(),
+        ));
     }
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut answers = Vec::new();
     while answers.len() < N {
-        let left = deadline.checked_duration_since(Instant::now()).unwrap_or_default();
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .unwrap_or_default();
         match ctl.next(left).await {
-            Some(m) if m.topic == ANSWERS => answers.push(m.json.as_u64().expect("numeric payload") as usize),
+            Some(m) if m.topic == ANSWERS => {
+                answers.push(m.json.as_u64().expect("numeric payload") as usize)
+            }
             Some(_) => {}
-            None => panic!("only {} of {N} answers arrived; {} still unacknowledged", answers.len(), outbox.unacknowledged()),
+            None => panic!(
+                "only {} of {N} answers arrived; {} still unacknowledged",
+                answers.len(),
+                outbox.unacknowledged()
+            ),
         }
     }
-    assert_eq!(answers, (0..N).collect::<Vec<_>>(), "answers leave in the order they were made");
+    assert_eq!(
+        answers,
+        (0..N).collect::<Vec<_>>(),
+        "answers leave in the order they were made"
+    );
 
     let mut requests = 0;
     while requests < N {
-        let left = deadline.checked_duration_since(Instant::now()).unwrap_or_default();
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .unwrap_or_default();
         match tokio::time::timeout(left, seen_rx.recv()).await {
             Ok(Some(_)) => requests += 1,
             _ => panic!("only {requests} of {N} requests delivered: acknowledgements were lost and the window of 5 stayed full"),
@@ -97,9 +127,17 @@ async fn a_full_client_channel_delays_answers_and_acks_but_loses_none() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while outbox.unacknowledged() > 0 {
-        assert!(Instant::now() < deadline, "{} answers never acknowledged by the broker", outbox.unacknowledged());
+        assert!(
+            Instant::now() < deadline,
+            "{} answers never acknowledged by the broker",
+            outbox.unacknowledged()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(outbox.spooled(), 0, "a full channel on a live connection is not an outage: nothing goes to disk");
+    assert_eq!(
+        outbox.spooled(),
+        0,
+        "a full channel on a live connection is not an outage: nothing goes to disk"
+    );
     events.abort();
 }

@@ -42,13 +42,19 @@ fn on_a_threshold(ours: &Recognized, reference: &serde_json::Value) -> Option<St
     let s = shitu_edge::Settings::default();
     for d in &ours.detections {
         if (d.score - s.detector.threshold).abs() < DET_SCORE {
-            return Some(format!("detector score {:.4} within {DET_SCORE} of {}", d.score, s.detector.threshold));
+            return Some(format!(
+                "detector score {:.4} within {DET_SCORE} of {}",
+                d.score, s.detector.threshold
+            ));
         }
     }
     for d in reference["detections"].as_array().into_iter().flatten() {
         let score = d["score"].as_f64().unwrap_or(0.0) as f32;
         if (score - s.detector.threshold).abs() < DET_SCORE {
-            return Some(format!("reference detector score {score:.4} within {DET_SCORE} of {}", s.detector.threshold));
+            return Some(format!(
+                "reference detector score {score:.4} within {DET_SCORE} of {}",
+                s.detector.threshold
+            ));
         }
     }
     // Crops are truncated to integers: a corner within the boxes' tolerance of
@@ -58,27 +64,54 @@ fn on_a_threshold(ours: &Recognized, reference: &serde_json::Value) -> Option<St
         .as_array()
         .into_iter()
         .flatten()
-        .map(|c| c["bbox"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect())
+        .map(|c| {
+            c["bbox"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect()
+        })
         .collect();
-    for (i, rd) in reference["detections"].as_array().into_iter().flatten().enumerate() {
+    for (i, rd) in reference["detections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let b = floats(&rd["bbox"]);
-        let near = b.iter().any(|v| (v - v.round()).abs() < OPENCV_BOX_DRIFT && v.round() != 0.0);
-        let ours_crop = ours.crops.get(i).map(|c| c.to_array().map(i64::from).to_vec());
+        let near = b
+            .iter()
+            .any(|v| (v - v.round()).abs() < OPENCV_BOX_DRIFT && v.round() != 0.0);
+        let ours_crop = ours
+            .crops
+            .get(i)
+            .map(|c| c.to_array().map(i64::from).to_vec());
         if near && ref_crops.get(i) != ours_crop.as_ref() {
             return Some(format!("detection corner {b:?} within {OPENCV_BOX_DRIFT} px of an integer truncates to crop {ours_crop:?}, reference {:?}", ref_crops.get(i)));
         }
     }
     for m in &ours.matches {
         if (m.score - s.search.score_threshold).abs() < REC_SCORE {
-            return Some(format!("recognition score {:.4} within {REC_SCORE} of {}", m.score, s.search.score_threshold));
+            return Some(format!(
+                "recognition score {:.4} within {REC_SCORE} of {}",
+                m.score, s.search.score_threshold
+            ));
         }
     }
-    let kept: Vec<&shitu_edge::report::Match> = ours.matches.iter().filter(|m| m.score >= s.search.score_threshold - REC_SCORE).collect();
+    let kept: Vec<&shitu_edge::report::Match> = ours
+        .matches
+        .iter()
+        .filter(|m| m.score >= s.search.score_threshold - REC_SCORE)
+        .collect();
     for (i, a) in kept.iter().enumerate() {
         for b in &kept[i + 1..] {
             let iou = plus_one_iou(&a.crop.to_array(), &b.crop.to_array());
             if (iou - s.search.rec_nms_threshold).abs() < 0.01 {
-                return Some(format!("recognition NMS IoU {iou:.4} within 0.01 of {}", s.search.rec_nms_threshold));
+                return Some(format!(
+                    "recognition NMS IoU {iou:.4} within 0.01 of {}",
+                    s.search.rec_nms_threshold
+                ));
             }
         }
     }
@@ -90,47 +123,99 @@ fn compare(name: &str, ours: &Recognized, r: &serde_json::Value) -> Vec<String> 
     // Detector boxes and scores.
     let ref_dets = r["detections"].as_array().expect("detections");
     if ref_dets.len() != ours.detections.len() {
-        errs.push(format!("{name}: {} detections, reference {}", ours.detections.len(), ref_dets.len()));
+        errs.push(format!(
+            "{name}: {} detections, reference {}",
+            ours.detections.len(),
+            ref_dets.len()
+        ));
     } else {
         for (i, (d, rd)) in ours.detections.iter().zip(ref_dets).enumerate() {
             let b = floats(&rd["bbox"]);
             let score = rd["score"].as_f64().unwrap() as f32;
-            let diff = [d.bbox.x1 - b[0], d.bbox.y1 - b[1], d.bbox.x2 - b[2], d.bbox.y2 - b[3]].iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = [
+                d.bbox.x1 - b[0],
+                d.bbox.y1 - b[1],
+                d.bbox.x2 - b[2],
+                d.bbox.y2 - b[3],
+            ]
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs()));
             if diff > BOX_PX {
-                errs.push(format!("{name}: detection {i} box {:?} vs reference {b:?} ({diff:.2} px)", d.bbox));
+                errs.push(format!(
+                    "{name}: detection {i} box {:?} vs reference {b:?} ({diff:.2} px)",
+                    d.bbox
+                ));
             }
             if (d.score - score).abs() > DET_SCORE {
-                errs.push(format!("{name}: detection {i} score {} vs reference {score}", d.score));
+                errs.push(format!(
+                    "{name}: detection {i} score {} vs reference {score}",
+                    d.score
+                ));
             }
         }
     }
     // Crop features, where the crop box is the same.
     let dim = ours.features.len() / ours.crops.len().max(1);
     for rc in r["crops"].as_array().expect("crops") {
-        let b: Vec<i32> = rc["bbox"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i32).collect();
-        let crop = CropBox { x1: b[0], y1: b[1], x2: b[2], y2: b[3] };
+        let b: Vec<i32> = rc["bbox"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap() as i32)
+            .collect();
+        let crop = CropBox {
+            x1: b[0],
+            y1: b[1],
+            x2: b[2],
+            y2: b[3],
+        };
         if let Some(j) = ours.crops.iter().position(|c| *c == crop) {
-            let cos = cosine(&ours.features[j * dim..(j + 1) * dim], &floats(&rc["feature"]));
+            let cos = cosine(
+                &ours.features[j * dim..(j + 1) * dim],
+                &floats(&rc["feature"]),
+            );
             if cos < FEATURE_COS {
-                errs.push(format!("{name}: crop {b:?} feature cosine {cos:.6} < {FEATURE_COS}"));
+                errs.push(format!(
+                    "{name}: crop {b:?} feature cosine {cos:.6} < {FEATURE_COS}"
+                ));
             }
         }
     }
     // Final results: same labels, boxes within 2 px, scores within 5e-3.
     let ref_results = r["results"].as_array().expect("results");
     if ref_results.len() != ours.results.len() {
-        errs.push(format!("{name}: {} results {:?}, reference {}", ours.results.len(), ours.results, r["results"]));
+        errs.push(format!(
+            "{name}: {} results {:?}, reference {}",
+            ours.results.len(),
+            ours.results,
+            r["results"]
+        ));
     } else {
         for rr in ref_results {
-            let b: Vec<i32> = rr["bbox"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i32).collect();
+            let b: Vec<i32> = rr["bbox"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap() as i32)
+                .collect();
             let label = rr["rec_docs"].as_str().unwrap();
             let score = rr["rec_scores"].as_f64().unwrap() as f32;
-            let found = ours.results.iter().find(|o| o.rec_docs == label && o.bbox.iter().zip(&b).all(|(x, y)| (x - y).abs() <= RESULT_PX));
+            let found = ours.results.iter().find(|o| {
+                o.rec_docs == label
+                    && o.bbox
+                        .iter()
+                        .zip(&b)
+                        .all(|(x, y)| (x - y).abs() <= RESULT_PX)
+            });
             match found {
-                None => errs.push(format!("{name}: reference result {label} {b:?} missing from {:?}", ours.results)),
-                Some(o) if (o.rec_scores - score).abs() > REC_SCORE => {
-                    errs.push(format!("{name}: {label} score {} vs reference {score}", o.rec_scores))
-                }
+                None => errs.push(format!(
+                    "{name}: reference result {label} {b:?} missing from {:?}",
+                    ours.results
+                )),
+                Some(o) if (o.rec_scores - score).abs() > REC_SCORE => errs.push(format!(
+                    "{name}: {label} score {} vs reference {score}",
+                    o.rec_scores
+                )),
                 Some(_) => {}
             }
         }
@@ -146,11 +231,18 @@ fn run_parity(det_model: &str, batch: usize) -> Outcome {
     let mut pipeline = Pipeline::open(&s).expect("pipeline opens");
     let reference = reference();
     let queries = reference["queries"].as_array().unwrap();
-    let mut out = Outcome { checked: 0, borderline: Vec::new(), failures: Vec::new() };
+    let mut out = Outcome {
+        checked: 0,
+        borderline: Vec::new(),
+        failures: Vec::new(),
+    };
     for group in queries.chunks(batch) {
         let frames: Vec<_> = group
             .iter()
-            .map(|q| input::read(&query_path(q["image"].as_str().unwrap()), &s.input).expect("query decodes"))
+            .map(|q| {
+                input::read(&query_path(q["image"].as_str().unwrap()), &s.input)
+                    .expect("query decodes")
+            })
             .collect();
         let results = pipeline.recognize(&frames).expect("recognize");
         for (q, ours) in group.iter().zip(&results) {
@@ -162,7 +254,9 @@ fn run_parity(det_model: &str, batch: usize) -> Outcome {
                 continue;
             }
             match on_a_threshold(ours, q) {
-                Some(why) => out.borderline.push(format!("{name} ({why}): {}", errs.join("; "))),
+                Some(why) => out
+                    .borderline
+                    .push(format!("{name} ({why}): {}", errs.join("; "))),
                 None => out.failures.extend(errs),
             }
         }
@@ -172,14 +266,27 @@ fn run_parity(det_model: &str, batch: usize) -> Outcome {
 
 fn assert_parity(det_model: &str, batch: usize) {
     let out = run_parity(det_model, batch);
-    eprintln!("{det_model} (batch {batch}): {} queries checked, {} on a threshold, {} failures", out.checked, out.borderline.len(), out.failures.len());
+    eprintln!(
+        "{det_model} (batch {batch}): {} queries checked, {} on a threshold, {} failures",
+        out.checked,
+        out.borderline.len(),
+        out.failures.len()
+    );
     for b in &out.borderline {
         eprintln!("  on a threshold, not failed: {b}");
     }
     assert_eq!(out.checked, 85);
-    assert!(out.failures.is_empty(), "parity failures:\n{}", out.failures.join("\n"));
+    assert!(
+        out.failures.is_empty(),
+        "parity failures:\n{}",
+        out.failures.join("\n")
+    );
     // A handful may sit on a threshold; most flipping would mean a real difference.
-    assert!(out.borderline.len() <= 8, "too many borderline images: {}", out.borderline.len());
+    assert!(
+        out.borderline.len() <= 8,
+        "too many borderline images: {}",
+        out.borderline.len()
+    );
 }
 
 #[test]
@@ -201,7 +308,9 @@ fn gallery_features_match_the_reference() {
     for g in reference["gallery"].as_array().unwrap() {
         let name = g["image"].as_str().unwrap();
         let frame = input::read(&data("images/gallery").join(name), &s.input).unwrap();
-        let f = embedder.embed(&[(&frame, CropBox::whole(frame.width, frame.height))]).unwrap();
+        let f = embedder
+            .embed(&[(&frame, CropBox::whole(frame.width, frame.height))])
+            .unwrap();
         let cos = cosine(&f, &floats(&g["feature"]));
         assert!(cos >= FEATURE_COS, "{name}: gallery feature cosine {cos}");
     }
@@ -210,7 +319,10 @@ fn gallery_features_match_the_reference() {
 #[test]
 fn detector_iou_is_scale_invariant_as_the_graph_assumes() {
     // The graph divides by scale_factor before NMS, we after; IoU must not care.
-    let (a, b) = (BBox::new(10.0, 10.0, 50.0, 30.0), BBox::new(20.0, 15.0, 60.0, 40.0));
+    let (a, b) = (
+        BBox::new(10.0, 10.0, 50.0, 30.0),
+        BBox::new(20.0, 15.0, 60.0, 40.0),
+    );
     let scale = |r: BBox| BBox::new(r.x1 / 0.6, r.y1 / 1.7, r.x2 / 0.6, r.y2 / 1.7);
     assert!((det_iou(&a, &b) - det_iou(&scale(a), &scale(b))).abs() < 1e-6);
 }

@@ -70,13 +70,22 @@ fn compile(dir: &Path) -> std::path::PathBuf {
     std::fs::write(dir.join("shim.cpp"), SHIM).unwrap();
     let exe = dir.join("kernels-on-cpu");
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    let o = Command::new(&cxx).args(["-O2", "-std=c++17", "-o"]).arg(&exe).arg(dir.join("shim.cpp")).output().expect("a C++ compiler (c++)");
+    let o = Command::new(&cxx)
+        .args(["-O2", "-std=c++17", "-o"])
+        .arg(&exe)
+        .arg(dir.join("shim.cpp"))
+        .output()
+        .expect("a C++ compiler (c++)");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     exe
 }
 
 fn floats(path: &Path) -> Vec<f32> {
-    std::fs::read(path).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -89,11 +98,24 @@ fn frame(w: u32, h: u32, seed: u64) -> Frame {
     use opencv::prelude::*;
     let px = shitu_edge::bench::synthetic_rgb(w, h, seed);
     // BGR for imencode; decode turns it back into RGB.
-    let bgr: Vec<u8> = px.chunks_exact(3).flat_map(|p| [p[2], p[1], p[0]]).collect();
-    let m = Mat::new_rows_cols_with_data(h as i32, (w * 3) as i32, &bgr).unwrap().reshape(3, h as i32).unwrap().try_clone().unwrap();
+    let bgr: Vec<u8> = px
+        .chunks_exact(3)
+        .flat_map(|p| [p[2], p[1], p[0]])
+        .collect();
+    let m = Mat::new_rows_cols_with_data(h as i32, (w * 3) as i32, &bgr)
+        .unwrap()
+        .reshape(3, h as i32)
+        .unwrap()
+        .try_clone()
+        .unwrap();
     let mut png = Vector::<u8>::new();
     opencv::imgcodecs::imencode_def(".png", &m, &mut png).unwrap();
-    let f = input::decode(format!("synthetic-{w}x{h}"), png.as_slice(), &Default::default()).unwrap();
+    let f = input::decode(
+        format!("synthetic-{w}x{h}"),
+        png.as_slice(),
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(raw(&f), px, "the PNG round trip keeps every pixel");
     f
 }
@@ -124,7 +146,11 @@ fn compare(gpu: &[f32], cpu: &[f32], norm: &Normalizer) -> (f32, f64) {
 fn detector_kernel_matches_opencv_cubic_within_one_level() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = compile(tmp.path());
-    std::fs::write(tmp.path().join("det.lut"), f32_bytes(&Normalizer::detector().table())).unwrap();
+    std::fs::write(
+        tmp.path().join("det.lut"),
+        f32_bytes(&Normalizer::detector().table()),
+    )
+    .unwrap();
     // Down- and up-scaling, odd sizes, a 1080p frame.
     for (w, h) in [(1920, 1080), (641, 479), (300, 200), (97, 1203)] {
         let f = frame(w, h, (w * 31 + h) as u64);
@@ -139,9 +165,16 @@ fn detector_kernel_matches_opencv_cubic_within_one_level() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let cpu = preprocess::detector_input(&[&f]).unwrap().image.into_raw_vec_and_offset().0;
+        let cpu = preprocess::detector_input(&[&f])
+            .unwrap()
+            .image
+            .into_raw_vec_and_offset()
+            .0;
         let (worst, same) = compare(&floats(&out), &cpu, Normalizer::detector());
-        eprintln!("detector {w}x{h} -> 640: worst {worst:.2} levels, {:.2} % identical", same * 100.0);
+        eprintln!(
+            "detector {w}x{h} -> 640: worst {worst:.2} levels, {:.2} % identical",
+            same * 100.0
+        );
         assert!(worst <= 1.0 + 1e-3, "{w}x{h}: {worst} levels off");
         // Fixed point (OpenCV) against float (kernel): a few % of values sit one level apart.
         assert!(same > 0.9, "{w}x{h}: only {:.3} identical", same);
@@ -152,22 +185,68 @@ fn detector_kernel_matches_opencv_cubic_within_one_level() {
 fn recogniser_kernel_matches_opencv_bilinear_within_one_level_for_all_boxes_in_one_launch() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = compile(tmp.path());
-    std::fs::write(tmp.path().join("rec.lut"), f32_bytes(&Normalizer::embedder().table())).unwrap();
+    std::fs::write(
+        tmp.path().join("rec.lut"),
+        f32_bytes(&Normalizer::embedder().table()),
+    )
+    .unwrap();
     let frames = [frame(640, 480, 7), frame(1280, 720, 9)];
     // Random boxes plus the awkward ones: at each border, the whole frame, 1-pixel slivers, upscaled tiny crops.
     let mut s = 12345u64;
     let mut rnd = |n: i32| {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((s >> 33) % n as u64) as i32
     };
     let mut crops: Vec<(usize, CropBox)> = Vec::new();
     for (i, f) in frames.iter().enumerate() {
         let (w, h) = (f.width as i32, f.height as i32);
-        crops.push((i, CropBox { x1: 0, y1: 0, x2: w, y2: h }));
-        crops.push((i, CropBox { x1: 0, y1: 0, x2: 50, y2: 80 }));
-        crops.push((i, CropBox { x1: w - 61, y1: h - 33, x2: w, y2: h }));
-        crops.push((i, CropBox { x1: 10, y1: 20, x2: 11, y2: 300 }));
-        crops.push((i, CropBox { x1: 100, y1: 100, x2: 107, y2: 103 }));
+        crops.push((
+            i,
+            CropBox {
+                x1: 0,
+                y1: 0,
+                x2: w,
+                y2: h,
+            },
+        ));
+        crops.push((
+            i,
+            CropBox {
+                x1: 0,
+                y1: 0,
+                x2: 50,
+                y2: 80,
+            },
+        ));
+        crops.push((
+            i,
+            CropBox {
+                x1: w - 61,
+                y1: h - 33,
+                x2: w,
+                y2: h,
+            },
+        ));
+        crops.push((
+            i,
+            CropBox {
+                x1: 10,
+                y1: 20,
+                x2: 11,
+                y2: 300,
+            },
+        ));
+        crops.push((
+            i,
+            CropBox {
+                x1: 100,
+                y1: 100,
+                x2: 107,
+                y2: 103,
+            },
+        ));
         for _ in 0..6 {
             let (x1, y1) = (rnd(w - 2), rnd(h - 2));
             let (x2, y2) = (x1 + 1 + rnd(w - x1 - 1), y1 + 1 + rnd(h - y1 - 1));
@@ -177,13 +256,35 @@ fn recogniser_kernel_matches_opencv_bilinear_within_one_level_for_all_boxes_in_o
     let mut bytes = Vec::new();
     let mut table: Vec<i64> = Vec::new();
     for f in &frames {
-        table.extend([bytes.len() as i64, f.width as i64, f.height as i64, 3 * f.width as i64]);
+        table.extend([
+            bytes.len() as i64,
+            f.width as i64,
+            f.height as i64,
+            3 * f.width as i64,
+        ]);
         bytes.extend(raw(f));
     }
-    let boxes: Vec<i32> = crops.iter().flat_map(|&(f, c)| [f as i32, c.x1, c.y1, c.x2, c.y2]).collect();
+    let boxes: Vec<i32> = crops
+        .iter()
+        .flat_map(|&(f, c)| [f as i32, c.x1, c.y1, c.x2, c.y2])
+        .collect();
     std::fs::write(tmp.path().join("frames.raw"), &bytes).unwrap();
-    std::fs::write(tmp.path().join("table.bin"), table.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-    std::fs::write(tmp.path().join("boxes.bin"), boxes.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(
+        tmp.path().join("table.bin"),
+        table
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("boxes.bin"),
+        boxes
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
     let out = tmp.path().join("rec.out");
     let o = Command::new(&exe)
         .arg("rec")
@@ -202,11 +303,23 @@ fn recogniser_kernel_matches_opencv_bilinear_within_one_level_for_all_boxes_in_o
     for (k, &(f, c)) in crops.iter().enumerate() {
         let mut cpu = vec![0f32; plane];
         preprocess::embedder_crop(&frames[f], c, &mut cpu).unwrap();
-        let (worst, same) = compare(&gpu[k * plane..(k + 1) * plane], &cpu, Normalizer::embedder());
-        assert!(worst <= 1.0 + 1e-3, "crop {:?} of frame {f}: {worst} levels off ({:.3} identical)", c.to_array(), same);
+        let (worst, same) = compare(
+            &gpu[k * plane..(k + 1) * plane],
+            &cpu,
+            Normalizer::embedder(),
+        );
+        assert!(
+            worst <= 1.0 + 1e-3,
+            "crop {:?} of frame {f}: {worst} levels off ({:.3} identical)",
+            c.to_array(),
+            same
+        );
         worst_all = worst_all.max(worst);
     }
-    eprintln!("recogniser: {} crops in one launch, worst {worst_all:.2} levels", crops.len());
+    eprintln!(
+        "recogniser: {} crops in one launch, worst {worst_all:.2} levels",
+        crops.len()
+    );
 }
 
 /// The frames and crops of the GPU check (tests/gpu.rs), with their expected
@@ -222,15 +335,25 @@ fn write_gpu_reference() {
     let levels = |v: &[f32], norm: &Normalizer| -> Vec<u8> {
         let table = norm.table();
         let plane = v.len() / 3;
-        v.iter().enumerate().map(|(i, x)| {
-            let c = (i / plane) % 3;
-            table[c * 256..(c + 1) * 256].iter().position(|t| t == x).expect("a value from the table") as u8
-        }).collect()
+        v.iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let c = (i / plane) % 3;
+                table[c * 256..(c + 1) * 256]
+                    .iter()
+                    .position(|t| t == x)
+                    .expect("a value from the table") as u8
+            })
+            .collect()
     };
     let mut out: Vec<u8> = b"SHPR1".to_vec();
     let (w, h, seed) = REFERENCE_DET;
     let f = frame(w, h, seed);
-    let det = preprocess::detector_input(&[&f]).unwrap().image.into_raw_vec_and_offset().0;
+    let det = preprocess::detector_input(&[&f])
+        .unwrap()
+        .image
+        .into_raw_vec_and_offset()
+        .0;
     for v in [w, h, seed as u32] {
         out.extend(v.to_le_bytes());
     }
@@ -257,8 +380,22 @@ fn write_gpu_reference() {
 
 /// Crops of the GPU check: borders, whole frame, sliver, tiny, ordinary.
 fn reference_crops(w: i32, h: i32) -> Vec<CropBox> {
-    [[0, 0, w, h], [0, 0, 50, 80], [w - 61, h - 33, w, h], [10, 20, 11, 300], [100, 100, 107, 103], [300, 200, 700, 650], [w - 300, 0, w, 400], [5, h - 100, 400, h]]
-        .iter()
-        .map(|b| CropBox { x1: b[0], y1: b[1], x2: b[2], y2: b[3] })
-        .collect()
+    [
+        [0, 0, w, h],
+        [0, 0, 50, 80],
+        [w - 61, h - 33, w, h],
+        [10, 20, 11, 300],
+        [100, 100, 107, 103],
+        [300, 200, 700, 650],
+        [w - 300, 0, w, 400],
+        [5, h - 100, 400, h],
+    ]
+    .iter()
+    .map(|b| CropBox {
+        x1: b[0],
+        y1: b[1],
+        x2: b[2],
+        y2: b[3],
+    })
+    .collect()
 }

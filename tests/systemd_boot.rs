@@ -50,13 +50,17 @@ impl Booted {
         let pid = loop {
             if let Some(status) = boot.try_wait().unwrap() {
                 let out = std::fs::read_to_string(stage.join("boot.out")).unwrap_or_default();
-                let console = std::fs::read_to_string(stage.join("console.log")).unwrap_or_default();
+                let console =
+                    std::fs::read_to_string(stage.join("console.log")).unwrap_or_default();
                 if status.code() == Some(77) {
                     return Err(out.trim().to_string());
                 }
                 panic!("boot.sh ended ({status}) before systemd ran:\n{out}\n{console}");
             }
-            if let Some(pid) = std::fs::read_to_string(stage.join("pid")).ok().and_then(|t| t.trim().parse().ok()) {
+            if let Some(pid) = std::fs::read_to_string(stage.join("pid"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
                 break pid;
             }
             if Instant::now() > deadline {
@@ -64,44 +68,77 @@ impl Booted {
                 // SAFETY: kill(2) on our own child.
                 unsafe { libc::kill(boot.id() as libc::pid_t, libc::SIGTERM) };
                 let _ = boot.wait();
-                panic!("boot.sh started no systemd in 30 s:\n{}", std::fs::read_to_string(stage.join("console.log")).unwrap_or_default());
+                panic!(
+                    "boot.sh started no systemd in 30 s:\n{}",
+                    std::fs::read_to_string(stage.join("console.log")).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let booted = Booted { stage: stage.to_path_buf(), boot, pid };
-        booted.wait_for("systemd answering systemctl", Duration::from_secs(30), |b| b.exec(&["systemctl", "show", "-p", "SystemState"]).0);
+        let booted = Booted {
+            stage: stage.to_path_buf(),
+            boot,
+            pid,
+        };
+        booted.wait_for(
+            "systemd answering systemctl",
+            Duration::from_secs(30),
+            |b| b.exec(&["systemctl", "show", "-p", "SystemState"]).0,
+        );
         Ok(booted)
     }
 
     /// Runs a command inside (all namespaces of PID 1): `(success, stdout + stderr)`.
     fn exec(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new("nsenter").args(["-t", &self.pid.to_string(), "-a"]).args(args).output().expect("nsenter runs");
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        let out = Command::new("nsenter")
+            .args(["-t", &self.pid.to_string(), "-a"])
+            .args(args)
+            .output()
+            .expect("nsenter runs");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     }
 
     /// Runs a command inside; it must succeed.
     fn must(&self, args: &[&str]) -> String {
         let (ok, text) = self.exec(args);
-        assert!(ok, "{args:?} failed:\n{text}\n--- journal ---\n{}", self.journal());
+        assert!(
+            ok,
+            "{args:?} failed:\n{text}\n--- journal ---\n{}",
+            self.journal()
+        );
         text
     }
 
     /// One property of the unit, as `systemctl show` gives it.
     fn prop(&self, name: &str) -> String {
-        self.must(&["systemctl", "show", "-p", name, "--value", UNIT]).trim().to_string()
+        self.must(&["systemctl", "show", "-p", name, "--value", UNIT])
+            .trim()
+            .to_string()
     }
 
     /// Everything the journal holds for the unit: the daemon's lines and systemd's about it.
     fn journal(&self) -> String {
-        self.exec(&["journalctl", "-u", UNIT, "-o", "cat", "--no-pager"]).1
+        self.exec(&["journalctl", "-u", UNIT, "-o", "cat", "--no-pager"])
+            .1
     }
 
     fn wait_for(&self, what: &str, limit: Duration, done: impl Fn(&Booted) -> bool) {
         let deadline = Instant::now() + limit;
         while !done(self) {
             if Instant::now() > deadline {
-                let console = std::fs::read_to_string(self.stage.join("console.log")).unwrap_or_default();
-                panic!("no {what} after {limit:?}\n--- journal ---\n{}\n--- console ---\n{console}", self.journal());
+                let console =
+                    std::fs::read_to_string(self.stage.join("console.log")).unwrap_or_default();
+                panic!(
+                    "no {what} after {limit:?}\n--- journal ---\n{}\n--- console ---\n{console}",
+                    self.journal()
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -117,7 +154,11 @@ impl Booted {
 
     fn status_field(&self, pid: &str, field: &str) -> String {
         let status = self.must(&["cat", &format!("/proc/{pid}/status")]);
-        status.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).map(|v| v.trim().to_string()).unwrap_or_else(|| panic!("no {field} in\n{status}"))
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {field} in\n{status}"))
     }
 }
 
@@ -130,7 +171,19 @@ impl Drop for Booted {
         // The cgroup boot.sh made, and what systemd made under it, once empty.
         if let Ok(cg) = std::fs::read_to_string(self.stage.join("cgroup")) {
             for _ in 0..50 {
-                let _ = Command::new("find").args([cg.trim(), "-depth", "-type", "d", "-exec", "rmdir", "{}", ";"]).stderr(Stdio::null()).status();
+                let _ = Command::new("find")
+                    .args([
+                        cg.trim(),
+                        "-depth",
+                        "-type",
+                        "d",
+                        "-exec",
+                        "rmdir",
+                        "{}",
+                        ";",
+                    ])
+                    .stderr(Stdio::null())
+                    .status();
                 if !Path::new(cg.trim()).exists() {
                     break;
                 }
@@ -167,37 +220,78 @@ async fn the_installed_unit_serves_under_systemd_and_a_hung_daemon_is_restarted(
         Err(why) => {
             // Past the harness's capture (it takes only print!/eprint!), so CI's log shows it.
             use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "skipped: cannot boot systemd here: {why}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: cannot boot systemd here: {why}"
+            );
             return;
         }
     };
     sys.wait_serving();
-    eprintln!("systemd state: {}", sys.exec(&["systemctl", "is-system-running"]).1.trim());
+    eprintln!(
+        "systemd state: {}",
+        sys.exec(&["systemctl", "is-system-running"]).1.trim()
+    );
 
     // sysusers made the user at boot, tmpfiles the state tree, and the
     // daemon runs as that user inside the sandbox the unit asks for.
     let uid = sys.must(&["id", "-u", "shitu-edge"]).trim().to_string();
     let main_pid = sys.prop("MainPID");
-    assert_eq!(sys.status_field(&main_pid, "Uid").split_whitespace().next(), Some(uid.as_str()));
+    assert_eq!(
+        sys.status_field(&main_pid, "Uid").split_whitespace().next(),
+        Some(uid.as_str())
+    );
     assert_eq!(sys.status_field(&main_pid, "NoNewPrivs"), "1");
-    assert_eq!(sys.status_field(&main_pid, "Seccomp"), "2", "SystemCallFilter= puts a seccomp filter on");
+    assert_eq!(
+        sys.status_field(&main_pid, "Seccomp"),
+        "2",
+        "SystemCallFilter= puts a seccomp filter on"
+    );
     assert_eq!(sys.status_field(&main_pid, "CapEff"), "0000000000000000");
-    for d in ["/var/lib/shitu-edge/spool", "/var/lib/shitu-edge/engines", "/var/lib/shitu-edge/gallery", "/var/cache/shitu-edge"] {
-        assert_eq!(sys.must(&["stat", "-c", "%U", d]).trim(), "shitu-edge", "{d}");
+    for d in [
+        "/var/lib/shitu-edge/spool",
+        "/var/lib/shitu-edge/engines",
+        "/var/lib/shitu-edge/gallery",
+        "/var/cache/shitu-edge",
+    ] {
+        assert_eq!(
+            sys.must(&["stat", "-c", "%U", d]).trim(),
+            "shitu-edge",
+            "{d}"
+        );
     }
 
     let mut ctl = Controller::connect(broker.port, "boot-controller", &[]).await;
-    ctl.request(REQ, expected[0].0.clone(), "first", vec![]).await;
-    let a = ctl.reply_before(Instant::now() + Duration::from_secs(60)).await.expect("an answer from the service");
+    ctl.request(REQ, expected[0].0.clone(), "first", vec![])
+        .await;
+    let a = ctl
+        .reply_before(Instant::now() + Duration::from_secs(60))
+        .await
+        .expect("an answer from the service");
     check_answer(&a.json, &expected[0].1);
 
     // A sandbox that breaks something shows in the journal first: systemd
     // warns about a setting it cannot apply, ONNX Runtime about files it
     // cannot read (ProcSubset=pid hid /proc/cpuinfo from it).
-    let (_, warnings) = sys.exec(&["journalctl", "-u", UNIT, "-p", "warning", "-o", "cat", "--no-pager"]);
-    assert!(warnings.trim().is_empty() || warnings.contains("-- No entries --"), "warnings from the unit:\n{warnings}");
+    let (_, warnings) = sys.exec(&[
+        "journalctl",
+        "-u",
+        UNIT,
+        "-p",
+        "warning",
+        "-o",
+        "cat",
+        "--no-pager",
+    ]);
+    assert!(
+        warnings.trim().is_empty() || warnings.contains("-- No entries --"),
+        "warnings from the unit:\n{warnings}"
+    );
     let journal = sys.journal();
-    assert!(!journal.contains("Error in cpuinfo"), "ONNX Runtime cannot read the CPU description:\n{journal}");
+    assert!(
+        !journal.contains("Error in cpuinfo"),
+        "ONNX Runtime cannot read the CPU description:\n{journal}"
+    );
 
     // A hung inference: the daemon stops its watchdog pings, systemd kills
     // it (SIGABRT) and starts it again. Short times, so the test is quick.
@@ -214,11 +308,25 @@ async fn the_installed_unit_serves_under_systemd_and_a_hung_daemon_is_restarted(
     // Idle, the daemon is healthy and its pings reach systemd: more than two
     // watchdog periods pass without a restart.
     tokio::time::sleep(Duration::from_secs(12)).await;
-    assert_eq!((sys.prop("ActiveState").as_str(), sys.prop("NRestarts").as_str()), ("active", "0"), "{}", sys.journal());
-    ctl.request(REQ, expected[1].0.clone(), "hung", vec![]).await;
-    sys.wait_for("watchdog restart", Duration::from_secs(60), |b| b.prop("NRestarts").parse::<u32>().unwrap_or(0) >= 1);
+    assert_eq!(
+        (
+            sys.prop("ActiveState").as_str(),
+            sys.prop("NRestarts").as_str()
+        ),
+        ("active", "0"),
+        "{}",
+        sys.journal()
+    );
+    ctl.request(REQ, expected[1].0.clone(), "hung", vec![])
+        .await;
+    sys.wait_for("watchdog restart", Duration::from_secs(60), |b| {
+        b.prop("NRestarts").parse::<u32>().unwrap_or(0) >= 1
+    });
     let journal = sys.journal();
-    assert!(journal.contains("Watchdog timeout"), "systemd should say why it killed the daemon:\n{journal}");
+    assert!(
+        journal.contains("Watchdog timeout"),
+        "systemd should say why it killed the daemon:\n{journal}"
+    );
     assert!(journal.contains("pipeline stalled"), "{journal}");
 
     // Healed: the request the daemon hung on was never acknowledged, so the
@@ -227,7 +335,10 @@ async fn the_installed_unit_serves_under_systemd_and_a_hung_daemon_is_restarted(
     sys.must(&["systemctl", "daemon-reload"]);
     sys.must(&["systemctl", "restart", UNIT]);
     sys.wait_serving();
-    let a = ctl.reply_before(Instant::now() + Duration::from_secs(60)).await.expect("the hung request answered after the restart");
+    let a = ctl
+        .reply_before(Instant::now() + Duration::from_secs(60))
+        .await
+        .expect("the hung request answered after the restart");
     assert_eq!(a.correlation.as_deref(), Some(&b"hung"[..]));
     check_answer(&a.json, &expected[1].1);
 

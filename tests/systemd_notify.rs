@@ -24,8 +24,13 @@ impl Manager {
     fn listen(dir: &Path) -> Manager {
         let path = dir.join("notify.sock");
         let sock = UnixDatagram::bind(&path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        Manager { sock, path: path.display().to_string(), seen: Vec::new() }
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Manager {
+            sock,
+            path: path.display().to_string(),
+            seen: Vec::new(),
+        }
     }
 
     /// Reads for `d`, recording every line of every datagram.
@@ -52,7 +57,10 @@ impl Manager {
     }
 
     fn pings_since(&self, t: Instant) -> usize {
-        self.seen.iter().filter(|(at, l)| *at >= t && l == "WATCHDOG=1").count()
+        self.seen
+            .iter()
+            .filter(|(at, l)| *at >= t && l == "WATCHDOG=1")
+            .count()
     }
 
     fn lines(&self) -> Vec<&str> {
@@ -63,13 +71,23 @@ impl Manager {
 /// A gallery, a broker (unless `broker` is false: then a port nobody
 /// listens on), the manager's socket and the daemon started with `extra`
 /// daemon settings and `env` (NOTIFY_SOCKET is added).
-fn start(tmp: &Path, broker: bool, extra: &str, env: &[(&str, &str)]) -> (Option<Broker>, Manager, Daemon) {
+fn start(
+    tmp: &Path,
+    broker: bool,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> (Option<Broker>, Manager, Daemon) {
     let mut s = settings("det_prenms.onnx");
     let g = tmp.join("gallery");
     build_gallery(&mut s, &g, Method::Flat);
     let bdir = tmp.join("broker");
     let broker = broker.then(|| Broker::start(&bdir));
-    let conf = daemon_config(tmp, broker.as_ref().map_or_else(free_port, |b| b.port), &g, extra);
+    let conf = daemon_config(
+        tmp,
+        broker.as_ref().map_or_else(free_port, |b| b.port),
+        &g,
+        extra,
+    );
     let mgr = Manager::listen(tmp);
     let mut all = vec![("NOTIFY_SOCKET", mgr.path.as_str())];
     all.extend_from_slice(env);
@@ -83,21 +101,48 @@ fn start(tmp: &Path, broker: bool, extra: &str, env: &[(&str, &str)]) -> (Option
 fn ready_status_watchdog_and_stopping() {
     let tmp = tempfile::tempdir().unwrap();
     let (_broker, mut mgr, daemon) = start(tmp.path(), true, "", &[("WATCHDOG_USEC", "1000000")]);
-    mgr.wait_for(Duration::from_secs(120), |l| l == "READY=1").unwrap_or_else(|| panic!("no READY=1: {:?}\n{}", mgr.lines(), daemon.log_text()));
+    mgr.wait_for(Duration::from_secs(120), |l| l == "READY=1")
+        .unwrap_or_else(|| panic!("no READY=1: {:?}\n{}", mgr.lines(), daemon.log_text()));
     let lines = mgr.lines();
     let ready_at = lines.iter().position(|l| *l == "READY=1").unwrap();
-    let before: Vec<&str> = lines[..ready_at].iter().copied().filter(|l| l.starts_with("STATUS=")).collect();
-    assert!(before.iter().any(|l| l.contains("loading models")), "{lines:?}");
-    assert!(before.iter().any(|l| l.contains("models loaded; connecting to the broker")), "{lines:?}");
-    assert!(lines[ready_at..].iter().any(|l| l.starts_with("STATUS=serving shitu/test/recognize")), "READY comes with what is served: {lines:?}");
+    let before: Vec<&str> = lines[..ready_at]
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("STATUS="))
+        .collect();
+    assert!(
+        before.iter().any(|l| l.contains("loading models")),
+        "{lines:?}"
+    );
+    assert!(
+        before
+            .iter()
+            .any(|l| l.contains("models loaded; connecting to the broker")),
+        "{lines:?}"
+    );
+    assert!(
+        lines[ready_at..]
+            .iter()
+            .any(|l| l.starts_with("STATUS=serving shitu/test/recognize")),
+        "READY comes with what is served: {lines:?}"
+    );
     // WATCHDOG_USEC = 1 s: a ping every 0.5 s.
     let t = Instant::now();
     mgr.read_for(Duration::from_secs(3));
     let pings = mgr.pings_since(t);
-    assert!((4..=8).contains(&pings), "{pings} pings in 3 s: {:?}", mgr.lines());
-    assert!(daemon.log_text().contains("systemd watchdog on"), "{}", daemon.log_text());
+    assert!(
+        (4..=8).contains(&pings),
+        "{pings} pings in 3 s: {:?}",
+        mgr.lines()
+    );
+    assert!(
+        daemon.log_text().contains("systemd watchdog on"),
+        "{}",
+        daemon.log_text()
+    );
     common::mqtt::signal(&daemon.child, libc::SIGTERM);
-    mgr.wait_for(Duration::from_secs(30), |l| l == "STOPPING=1").unwrap_or_else(|| panic!("no STOPPING=1: {:?}", mgr.lines()));
+    mgr.wait_for(Duration::from_secs(30), |l| l == "STOPPING=1")
+        .unwrap_or_else(|| panic!("no STOPPING=1: {:?}", mgr.lines()));
     assert_eq!(daemon.stop(), Some(0));
 }
 
@@ -107,28 +152,63 @@ fn ready_status_watchdog_and_stopping() {
 #[test]
 fn a_hung_pipeline_stops_the_watchdog_pings() {
     let tmp = tempfile::tempdir().unwrap();
-    let (broker, mut mgr, daemon) = start(tmp.path(), true, "stall_after_s = 2\n", &[("WATCHDOG_USEC", "1000000"), ("SHITU_FAULT_STALL_PIPELINE", "1")]);
-    mgr.wait_for(Duration::from_secs(120), |l| l == "READY=1").unwrap_or_else(|| panic!("no READY=1: {:?}\n{}", mgr.lines(), daemon.log_text()));
+    let (broker, mut mgr, daemon) = start(
+        tmp.path(),
+        true,
+        "stall_after_s = 2\n",
+        &[
+            ("WATCHDOG_USEC", "1000000"),
+            ("SHITU_FAULT_STALL_PIPELINE", "1"),
+        ],
+    );
+    mgr.wait_for(Duration::from_secs(120), |l| l == "READY=1")
+        .unwrap_or_else(|| panic!("no READY=1: {:?}\n{}", mgr.lines(), daemon.log_text()));
     let t = Instant::now();
     mgr.read_for(Duration::from_secs(2));
-    assert!(mgr.pings_since(t) >= 2, "healthy before the request: {:?}", mgr.lines());
+    assert!(
+        mgr.pings_since(t) >= 2,
+        "healthy before the request: {:?}",
+        mgr.lines()
+    );
 
     // One request: the pipeline takes it and hangs.
     let jpeg = std::fs::read(data("images/scenes/scene_00000.jpg")).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let ctl = Controller::connect(broker.as_ref().map_or(0, |b| b.port), "ctl-stall", &[]).await;
-        ctl.request("shitu/test/recognize", json_request("stall-1", &jpeg), "stall-1", vec![]).await;
+        let ctl =
+            Controller::connect(broker.as_ref().map_or(0, |b| b.port), "ctl-stall", &[]).await;
+        ctl.request(
+            "shitu/test/recognize",
+            json_request("stall-1", &jpeg),
+            "stall-1",
+            vec![],
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     });
     let status = mgr
         .wait_for(Duration::from_secs(20), |l| l.starts_with("STATUS=stalled"))
-        .unwrap_or_else(|| panic!("no stalled status: {:?}\n{}", mgr.lines(), daemon.log_text()));
+        .unwrap_or_else(|| {
+            panic!(
+                "no stalled status: {:?}\n{}",
+                mgr.lines(),
+                daemon.log_text()
+            )
+        });
     assert!(status.contains("stall_after_s = 2"), "{status}");
     let t = Instant::now();
     mgr.read_for(Duration::from_secs(3));
-    assert_eq!(mgr.pings_since(t), 0, "pings must stop while the pipeline hangs: {:?}", mgr.lines());
-    assert!(daemon.log_text().contains("pipeline stalled"), "{}", daemon.log_text());
+    assert_eq!(
+        mgr.pings_since(t),
+        0,
+        "pings must stop while the pipeline hangs: {:?}",
+        mgr.lines()
+    );
+    assert!(
+        daemon.log_text().contains("pipeline stalled"),
+        "{}",
+        daemon.log_text()
+    );
 }
 
 /// No broker: the daemon still reports ready after `daemon.ready_timeout_s`,
@@ -137,11 +217,20 @@ fn a_hung_pipeline_stops_the_watchdog_pings() {
 fn without_a_broker_ready_comes_degraded() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, mut mgr, daemon) = start(tmp.path(), false, "ready_timeout_s = 2\n", &[]);
-    mgr.wait_for(Duration::from_secs(120), |l| l == "READY=1").unwrap_or_else(|| panic!("no READY=1: {:?}\n{}", mgr.lines(), daemon.log_text()));
+    mgr.wait_for(Duration::from_secs(120), |l| l == "READY=1")
+        .unwrap_or_else(|| panic!("no READY=1: {:?}\n{}", mgr.lines(), daemon.log_text()));
     mgr.read_for(Duration::from_millis(300));
     let lines = mgr.lines();
     let ready_at = lines.iter().position(|l| *l == "READY=1").unwrap();
-    assert!(lines[ready_at..].iter().any(|l| l.starts_with("STATUS=degraded: broker")), "{lines:?}");
-    assert!(!lines.contains(&"WATCHDOG=1"), "no WATCHDOG_USEC, no pings: {lines:?}");
+    assert!(
+        lines[ready_at..]
+            .iter()
+            .any(|l| l.starts_with("STATUS=degraded: broker")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines.contains(&"WATCHDOG=1"),
+        "no WATCHDOG_USEC, no pings: {lines:?}"
+    );
     assert_eq!(daemon.stop(), Some(0));
 }

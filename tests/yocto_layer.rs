@@ -23,13 +23,21 @@ fn lock_crates() -> BTreeMap<(String, String), String> {
     let mut out = BTreeMap::new();
     for block in text.split("[[package]]").skip(1) {
         let field = |key: &str| {
-            block.lines().find_map(|l| l.strip_prefix(&format!("{key} = \"")).and_then(|v| v.strip_suffix('"')).map(str::to_string))
+            block.lines().find_map(|l| {
+                l.strip_prefix(&format!("{key} = \""))
+                    .and_then(|v| v.strip_suffix('"'))
+                    .map(str::to_string)
+            })
         };
-        let (Some(name), Some(version)) = (field("name"), field("version")) else { panic!("odd Cargo.lock block: {block}") };
+        let (Some(name), Some(version)) = (field("name"), field("version")) else {
+            panic!("odd Cargo.lock block: {block}")
+        };
         match field("source").as_deref() {
             None => continue, // the project itself
             Some("registry+https://github.com/rust-lang/crates.io-index") => {}
-            Some(other) => panic!("{name} {version} comes from {other}: the recipe can only fetch crates.io crates"),
+            Some(other) => panic!(
+                "{name} {version} comes from {other}: the recipe can only fetch crates.io crates"
+            ),
         }
         out.insert((name, version), field("checksum").expect("checksum"));
     }
@@ -52,7 +60,10 @@ fn the_crate_list_matches_cargo_lock() {
         .filter_map(|l| l.strip_prefix("SRC_URI["))
         .map(|l| {
             let (key, value) = l.split_once("] = ").unwrap();
-            (key.trim_end_matches(".sha256sum").to_string(), value.trim_matches('"').to_string())
+            (
+                key.trim_end_matches(".sha256sum").to_string(),
+                value.trim_matches('"').to_string(),
+            )
         })
         .collect();
     let lock = lock_crates();
@@ -65,26 +76,55 @@ fn the_crate_list_matches_cargo_lock() {
         Vec::<&(String, String)>::new(),
         "listed in the recipe but not in Cargo.lock; {stale}"
     );
-    assert_eq!(locked.difference(&listed).collect::<Vec<_>>(), Vec::<&(String, String)>::new(), "in Cargo.lock but not in the recipe; {stale}");
+    assert_eq!(
+        locked.difference(&listed).collect::<Vec<_>>(),
+        Vec::<&(String, String)>::new(),
+        "in Cargo.lock but not in the recipe; {stale}"
+    );
     for ((name, version), sum) in &lock {
-        assert_eq!(sums.get(&format!("{name}-{version}")), Some(sum), "checksum of {name} {version}; {stale}");
+        assert_eq!(
+            sums.get(&format!("{name}-{version}")),
+            Some(sum),
+            "checksum of {name} {version}; {stale}"
+        );
     }
     assert_eq!(sums.len(), lock.len());
-    eprintln!("{} crates, all in Cargo.lock with the same checksums", lock.len());
+    eprintln!(
+        "{} crates, all in Cargo.lock with the same checksums",
+        lock.len()
+    );
 }
 
 fn oelint() -> PathBuf {
     let venv = common::root().join(".deps/oelint/bin/oelint-adv");
-    assert!(venv.exists(), "{} missing: scripts/setup.sh installs oelint-adv (PyPI) there", venv.display());
+    assert!(
+        venv.exists(),
+        "{} missing: scripts/setup.sh installs oelint-adv (PyPI) there",
+        venv.display()
+    );
     venv
 }
 
 /// Lint `files`; the `:error:` lines, and every finding.
 fn lint(files: &[&Path]) -> (Vec<String>, String) {
-    let out = Command::new(oelint()).args(["--quiet", "--release", "scarthgap"]).args(files).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(oelint())
+        .args(["--quiet", "--release", "scarthgap"])
+        .args(files)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!text.contains("Traceback"), "oelint-adv crashed:\n{text}");
-    (text.lines().filter(|l| l.contains(":error:")).map(str::to_string).collect(), text)
+    (
+        text.lines()
+            .filter(|l| l.contains(":error:"))
+            .map(str::to_string)
+            .collect(),
+        text,
+    )
 }
 
 #[test]
@@ -92,8 +132,18 @@ fn oelint_adv_finds_no_error_in_the_layer() {
     let bb = recipe_dir().join("shitu-edge_0.1.0.bb");
     let conf = layer().join("conf/layer.conf");
     let (errors, text) = lint(&[&bb, &conf]);
-    assert!(errors.is_empty(), "oelint-adv errors:\n{}", errors.join("\n"));
-    eprintln!("oelint-adv --release scarthgap, warnings and notes:\n{}", text.lines().filter(|l| !l.contains(":info:")).collect::<Vec<_>>().join("\n"));
+    assert!(
+        errors.is_empty(),
+        "oelint-adv errors:\n{}",
+        errors.join("\n")
+    );
+    eprintln!(
+        "oelint-adv --release scarthgap, warnings and notes:\n{}",
+        text.lines()
+            .filter(|l| !l.contains(":info:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 
     // The linter is live: the same recipe with DEPENDS overwritten after the inherits is an error.
     let tmp = tempfile::tempdir().unwrap();
@@ -106,7 +156,10 @@ fn oelint_adv_finds_no_error_in_the_layer() {
     text.push_str("\nDEPENDS = \"opencv\"\n");
     std::fs::write(&broken, text).unwrap();
     let (errors, all) = lint(&[&broken]);
-    assert!(errors.iter().any(|e| e.contains("dependsappend")), "oelint-adv did not catch a planted error:\n{all}");
+    assert!(
+        errors.iter().any(|e| e.contains("dependsappend")),
+        "oelint-adv did not catch a planted error:\n{all}"
+    );
 }
 
 /// What a recipe's `do_install:append` installs: the `install -m MODE SRC… DEST`
@@ -122,7 +175,11 @@ fn recipe_files(recipe: &str) -> std::collections::BTreeSet<String> {
         ("${datadir}", "/usr/share"),
         ("${PN}", "shitu-edge"),
     ];
-    let body = recipe.split("do_install:append() {").nth(1).and_then(|b| b.split("\n}").next()).expect("a do_install:append block");
+    let body = recipe
+        .split("do_install:append() {")
+        .nth(1)
+        .and_then(|b| b.split("\n}").next())
+        .expect("a do_install:append block");
     let mut out = std::collections::BTreeSet::from(["/usr/bin/shitud".to_string()]);
     for cmd in body.replace("\\\n", " ").lines() {
         let words: Vec<&str> = cmd.split_whitespace().collect();
@@ -137,7 +194,11 @@ fn recipe_files(recipe: &str) -> std::collections::BTreeSet<String> {
         assert!(!dest.contains("${"), "unknown variable in {cmd}");
         for src in srcs {
             let name = src.rsplit('/').next().unwrap();
-            out.insert(if dest.ends_with('/') { format!("{dest}{name}") } else { dest.clone() });
+            out.insert(if dest.ends_with('/') {
+                format!("{dest}{name}")
+            } else {
+                dest.clone()
+            });
         }
     }
     out
@@ -162,7 +223,9 @@ fn install_sh_lays_out_what_the_recipe_installs() {
                 continue;
             }
             let rel = format!("/{}", p.strip_prefix(tmp.path()).unwrap().display());
-            if rel != "/usr/lib/shitu-edge/libonnxruntime.so" && !rel.starts_with("/usr/share/shitu-edge/gallery/") {
+            if rel != "/usr/lib/shitu-edge/libonnxruntime.so"
+                && !rel.starts_with("/usr/share/shitu-edge/gallery/")
+            {
                 from_script.insert(rel);
             }
         }

@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let env = Envelope { user_properties: &props, correlation_data: Some(head) };
+    let env = Envelope {
+        user_properties: &props,
+        correlation_data: Some(head),
+    };
     for result in [
         parse_recognize(payload, &env, 1 << 16).map(|_| ()),
         parse_gallery(payload, &env, 1 << 16, true).map(|_| ()),

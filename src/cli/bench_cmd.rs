@@ -15,7 +15,12 @@ pub struct BenchArgs {
     #[command(flatten)]
     models: ModelArgs,
     /// Frames per pipeline call, comma-separated; each is measured in turn.
-    #[arg(long, value_delimiter = ',', default_value = "1,4", value_name = "N,...")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,4",
+        value_name = "N,..."
+    )]
     batch: Vec<usize>,
     /// Measured passes over the images per batch size.
     #[arg(long, default_value_t = 3, value_name = "N")]
@@ -46,15 +51,43 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("no images to benchmark");
     }
     let mut pipeline = Pipeline::open(&settings)?;
-    let runs = bench::run(&mut pipeline, &images, &args.batch, args.rounds, args.warmup, &settings.input, |msg| {
-        tracing::info!("{msg}");
-    })?;
+    let runs = bench::run(
+        &mut pipeline,
+        &images,
+        &args.batch,
+        args.rounds,
+        args.warmup,
+        &settings.input,
+        |msg| {
+            tracing::info!("{msg}");
+        },
+    )?;
     let rss = bench::peak_rss_mib();
-    println!("shitu-edge bench: {} images, {} rounds, detector {:?}, provider {:?}", images.len(), args.rounds, pipeline.detector().form(), settings.engine.provider);
-    println!("{:>5} {:>10} {:>12} {:>12}   stage p50/p99 ms", "batch", "images/s", "lat p50 ms", "lat p99 ms");
+    println!(
+        "shitu-edge bench: {} images, {} rounds, detector {:?}, provider {:?}",
+        images.len(),
+        args.rounds,
+        pipeline.detector().form(),
+        settings.engine.provider
+    );
+    println!(
+        "{:>5} {:>10} {:>12} {:>12}   stage p50/p99 ms",
+        "batch", "images/s", "lat p50 ms", "lat p99 ms"
+    );
     for r in &runs {
-        let stages: Vec<String> = r.stages_ms.iter().map(|(k, p)| format!("{k} {:.1}/{:.1}", p.p50, p.p99)).collect();
-        println!("{:>5} {:>10.2} {:>12.1} {:>12.1}   {}", r.batch, r.images_per_s, r.latency_ms.p50, r.latency_ms.p99, stages.join(", "));
+        let stages: Vec<String> = r
+            .stages_ms
+            .iter()
+            .map(|(k, p)| format!("{k} {:.1}/{:.1}", p.p50, p.p99))
+            .collect();
+        println!(
+            "{:>5} {:>10.2} {:>12.1} {:>12.1}   {}",
+            r.batch,
+            r.images_per_s,
+            r.latency_ms.p50,
+            r.latency_ms.p99,
+            stages.join(", ")
+        );
     }
     if let Some(rss) = rss {
         println!("peak RSS: {rss:.0} MiB");
@@ -70,10 +103,20 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
 #[derive(Debug, Args)]
 pub struct IndexBenchArgs {
     /// Gallery sizes, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "10000,100000", value_name = "N,...")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10000,100000",
+        value_name = "N,..."
+    )]
     sizes: Vec<usize>,
     /// Index kinds, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "Flat,HNSW32,IVF", value_name = "METHOD,...")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "Flat,HNSW32,IVF",
+        value_name = "METHOD,..."
+    )]
     methods: Vec<crate::search::Method>,
     /// Queries per measurement.
     #[arg(long, default_value_t = 300, value_name = "N")]
@@ -86,7 +129,12 @@ pub struct IndexBenchArgs {
     #[arg(long, value_name = "ORDINAL")]
     pub gpu: Option<usize>,
     /// HNSW search breadths to try.
-    #[arg(long, value_delimiter = ',', default_value = "16,128", value_name = "N,...")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "16,128",
+        value_name = "N,..."
+    )]
     ef_search: Vec<usize>,
     /// Also write the rows as JSON to this file.
     #[arg(long, value_name = "FILE")]
@@ -102,7 +150,17 @@ pub fn run_index(args: &IndexBenchArgs) -> anyhow::Result<ExitCode> {
     println!("| method | search | n | build s | adds/s | 1 query p50/p99 µs | 6 queries p50/p99 µs | recall@1 vs Flat | heap MiB | file MiB | open ms | remove 1 % ms |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &args.sizes {
-        for r in bench::bench_index(n, &args.methods, args.queries, &bench::IndexSweep { nprobe: args.nprobe.clone(), ef_search: args.ef_search.clone(), gpu: args.gpu }, |m| tracing::info!("{m}"))? {
+        for r in bench::bench_index(
+            n,
+            &args.methods,
+            args.queries,
+            &bench::IndexSweep {
+                nprobe: args.nprobe.clone(),
+                ef_search: args.ef_search.clone(),
+                gpu: args.gpu,
+            },
+            |m| tracing::info!("{m}"),
+        )? {
             println!(
                 "| {:?} | {} | {} | {:.2} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.3} | {:.0} | {:.0} | {:.1} | {:.0} |",
                 r.method, r.param, r.n, r.build_s, r.adds_per_s, r.search_1_us.p50, r.search_1_us.p99, r.search_6_us.p50, r.search_6_us.p99,
@@ -133,7 +191,12 @@ pub struct MqttBenchArgs {
     #[arg(long, value_name = "NAME")]
     device_id: String,
     /// Outstanding requests, comma-separated levels.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,16", value_name = "N,...")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,4,16",
+        value_name = "N,..."
+    )]
     concurrency: Vec<usize>,
     /// Measured requests per level.
     #[arg(long, default_value_t = 200, value_name = "N")]
@@ -155,7 +218,10 @@ pub struct MqttBenchArgs {
 /// Runs `shitud bench-mqtt`.
 pub fn run_mqtt(args: &MqttBenchArgs) -> anyhow::Result<ExitCode> {
     let files = expand_inputs(&args.inputs)?;
-    let images = files.iter().map(|f| std::fs::read(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))).collect::<anyhow::Result<Vec<_>>>()?;
+    let images = files
+        .iter()
+        .map(|f| std::fs::read(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let plan = crate::bench_mqtt::LoadPlan {
         host: args.host.clone(),
         port: args.port,
@@ -170,7 +236,16 @@ pub fn run_mqtt(args: &MqttBenchArgs) -> anyhow::Result<ExitCode> {
     println!("| daemon | concurrency | requests/s | p50 ms | p99 ms | mean batch | errors |");
     println!("|---|---|---|---|---|---|---|");
     for r in &rows {
-        println!("| {} | {} | {:.2} | {:.1} | {:.1} | {:.2} | {} |", r.label, r.concurrency, r.requests_per_s, r.latency_ms.p50, r.latency_ms.p99, r.mean_batch, r.errors);
+        println!(
+            "| {} | {} | {:.2} | {:.1} | {:.1} | {:.2} | {} |",
+            r.label,
+            r.concurrency,
+            r.requests_per_s,
+            r.latency_ms.p50,
+            r.latency_ms.p99,
+            r.mean_batch,
+            r.errors
+        );
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;

@@ -75,13 +75,29 @@ pub fn run(cli: &Cli, cmd: &BundleCommand) -> anyhow::Result<ExitCode> {
         BundleCommand::Keygen { out } => {
             let public = keys::generate(out)?;
             println!("secret key: {} (keep it off the boxes)", out.display());
-            println!("public key: {} (id {}): add it to ota.trusted_keys", keys::public_path(out).display(), keys::key_id(&public));
+            println!(
+                "public key: {} (id {}): add it to ota.trusted_keys",
+                keys::public_path(out).display(),
+                keys::key_id(&public)
+            );
             Ok(ExitCode::SUCCESS)
         }
-        BundleCommand::Pack { version, detector, embedder, gallery, golden, target, min_daemon, key, out } => {
+        BundleCommand::Pack {
+            version,
+            detector,
+            embedder,
+            gallery,
+            golden,
+            target,
+            min_daemon,
+            key,
+            out,
+        } => {
             let mut pairs = Vec::new();
             for g in golden {
-                let (image, label) = g.split_once('=').ok_or_else(|| anyhow::anyhow!("--golden {g:?}: expected IMAGE=LABEL"))?;
+                let (image, label) = g
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--golden {g:?}: expected IMAGE=LABEL"))?;
                 pairs.push((PathBuf::from(image), label.to_string()));
             }
             let spec = bundle::PackSpec {
@@ -96,13 +112,22 @@ pub fn run(cli: &Cli, cmd: &BundleCommand) -> anyhow::Result<ExitCode> {
             let key = key.as_deref().map(keys::read_secret).transpose()?;
             let manifest = bundle::pack(&spec, out, key.as_ref())?;
             let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
-            println!("{}: bundle {} with {} file(s), {:.1} MiB", out.display(), manifest.version, manifest.files.len(), bytes as f64 / (1 << 20) as f64);
+            println!(
+                "{}: bundle {} with {} file(s), {:.1} MiB",
+                out.display(),
+                manifest.version,
+                manifest.files.len(),
+                bytes as f64 / (1 << 20) as f64
+            );
             for p in &manifest.parts {
                 println!("  {} {} ({})", p.role, p.path, p.version);
             }
             match &key {
                 Some(k) => println!("signed with key {}", keys::key_id(&k.verifying_key())),
-                None => println!("unsigned: boxes refuse it until `shitud bundle sign --key KEY {}`", out.display()),
+                None => println!(
+                    "unsigned: boxes refuse it until `shitud bundle sign --key KEY {}`",
+                    out.display()
+                ),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -111,12 +136,28 @@ pub fn run(cli: &Cli, cmd: &BundleCommand) -> anyhow::Result<ExitCode> {
             println!("{}: signed with key {id}", path.display());
             Ok(ExitCode::SUCCESS)
         }
-        BundleCommand::Verify { trust, bundle: path } => {
-            let specs = if trust.is_empty() { load_settings(cli)?.ota.trusted_keys } else { trust.clone() };
-            let trusted = specs.iter().map(|k| keys::read_public(k)).collect::<Result<Vec<_>, _>>()?;
+        BundleCommand::Verify {
+            trust,
+            bundle: path,
+        } => {
+            let specs = if trust.is_empty() {
+                load_settings(cli)?.ota.trusted_keys
+            } else {
+                trust.clone()
+            };
+            let trusted = specs
+                .iter()
+                .map(|k| keys::read_public(k))
+                .collect::<Result<Vec<_>, _>>()?;
             match bundle::verify(path, &trusted) {
                 Ok(v) => {
-                    println!("{}: ok, bundle {} signed by key {}, {} file(s) checked", path.display(), v.manifest.version, v.key_id, v.manifest.files.len());
+                    println!(
+                        "{}: ok, bundle {} signed by key {}, {} file(s) checked",
+                        path.display(),
+                        v.manifest.version,
+                        v.key_id,
+                        v.manifest.files.len()
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {

@@ -26,9 +26,16 @@ pub fn run(cli: &Cli, cmd: &ConfigCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ConfigCommand::Check => {
             let sources = if files.is_empty() {
-                format!("built-in defaults (no --config, and {} does not exist)", layers::SYSTEM_CONFIG)
+                format!(
+                    "built-in defaults (no --config, and {} does not exist)",
+                    layers::SYSTEM_CONFIG
+                )
             } else {
-                files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
             if problems.is_empty() {
                 println!("configuration ok: {sources}");
@@ -37,7 +44,10 @@ pub fn run(cli: &Cli, cmd: &ConfigCommand) -> anyhow::Result<ExitCode> {
             for p in &problems {
                 eprintln!("{p}");
             }
-            eprintln!("{} problem(s) in the configuration from {sources}", problems.len());
+            eprintln!(
+                "{} problem(s) in the configuration from {sources}",
+                problems.len()
+            );
             Ok(ExitCode::from(1))
         }
         ConfigCommand::Show => {
@@ -49,7 +59,10 @@ pub fn run(cli: &Cli, cmd: &ConfigCommand) -> anyhow::Result<ExitCode> {
             };
             print!("{}", layers::show(&effective));
             if !problems.is_empty() {
-                eprintln!("note: {} problem(s); run `shitud config check`", problems.len());
+                eprintln!(
+                    "note: {} problem(s); run `shitud config check`",
+                    problems.len()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

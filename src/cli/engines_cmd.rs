@@ -64,9 +64,14 @@ fn build(mut settings: Settings) -> anyhow::Result<ExitCode> {
     if provider != Provider::Tensorrt {
         eprintln!("engine.provider = {provider}: there are no TensorRT engines to build; checking that both models load on {provider}");
     } else {
-        eprintln!("building TensorRT engines into {} (minutes per model the first time)", settings.engine.engine_cache_dir.display());
+        eprintln!(
+            "building TensorRT engines into {} (minutes per model the first time)",
+            settings.engine.engine_cache_dir.display()
+        );
     }
-    let strict = || format!("`engines build` needs engine.provider = {provider} itself; it never falls back");
+    let strict = || {
+        format!("`engines build` needs engine.provider = {provider} itself; it never falls back")
+    };
     let detector = PicoDet::open(&settings).with_context(strict)?;
     report("detector", detector.engine());
     let embedder = Embedder::open(&settings).with_context(strict)?;
@@ -77,21 +82,47 @@ fn build(mut settings: Settings) -> anyhow::Result<ExitCode> {
 fn report(role: &str, engine: &Engine) {
     match engine.cache_use() {
         Some(c) if c.built => {
-            println!("{role}: {} on {}: built {} in {}", engine.path().display(), engine.provider(), c.id, elapsed(Duration::from_secs_f64(c.build_seconds)))
+            println!(
+                "{role}: {} on {}: built {} in {}",
+                engine.path().display(),
+                engine.provider(),
+                c.id,
+                elapsed(Duration::from_secs_f64(c.build_seconds))
+            )
         }
-        Some(c) => println!("{role}: {} on {}: cached {} (built in {})", engine.path().display(), engine.provider(), c.id, elapsed(Duration::from_secs_f64(c.build_seconds))),
-        None => println!("{role}: {} loads on {}", engine.path().display(), engine.provider()),
+        Some(c) => println!(
+            "{role}: {} on {}: cached {} (built in {})",
+            engine.path().display(),
+            engine.provider(),
+            c.id,
+            elapsed(Duration::from_secs_f64(c.build_seconds))
+        ),
+        None => println!(
+            "{role}: {} loads on {}",
+            engine.path().display(),
+            engine.provider()
+        ),
     }
 }
 
 /// The sha256s of the models the settings name (those that exist).
 fn current_models(settings: &Settings) -> BTreeSet<String> {
-    [&settings.detector.model, &settings.embedder.model].into_iter().filter_map(|m| sha256_file(m).ok()).collect()
+    [&settings.detector.model, &settings.embedder.model]
+        .into_iter()
+        .filter_map(|m| sha256_file(m).ok())
+        .collect()
 }
 
-fn judged(settings: &Settings, write: bool) -> anyhow::Result<(EngineCache, Vec<Judged>, Option<gpu::Platform>)> {
+fn judged(
+    settings: &Settings,
+    write: bool,
+) -> anyhow::Result<(EngineCache, Vec<Judged>, Option<gpu::Platform>)> {
     let dir = &settings.engine.engine_cache_dir;
-    let cache = if write { EngineCache::open(dir)? } else { EngineCache::existing(dir) };
+    let cache = if write {
+        EngineCache::open(dir)?
+    } else {
+        EngineCache::existing(dir)
+    };
     let platform = match gpu::probe(settings.engine.device_id) {
         Ok(p) => Some(p),
         Err(why) => {
@@ -110,15 +141,29 @@ fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|j| serde_json::json!({ "id": j.id, "verdict": j.verdict.to_string(), "stale": j.verdict.is_stale(), "entry": j.entry }))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "dir": cache.dir(), "engines": rows }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "dir": cache.dir(), "engines": rows })
+            )?
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("engine cache {}{}", cache.dir().display(), platform.map(|p| format!(", this box: {p}")).unwrap_or_default());
+    println!(
+        "engine cache {}{}",
+        cache.dir().display(),
+        platform
+            .map(|p| format!(", this box: {p}"))
+            .unwrap_or_default()
+    );
     if all.is_empty() {
         println!("(empty)");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<16}  {:<8}  {:<5}  {:<8}  {:<28}  {:>6}  {:>9}  {:>8}  {:<19}  status", "id", "role", "prec", "batch", "gpu", "trt", "size MiB", "build", "last used");
+    println!(
+        "{:<16}  {:<8}  {:<5}  {:<8}  {:<28}  {:>6}  {:>9}  {:>8}  {:<19}  status",
+        "id", "role", "prec", "batch", "gpu", "trt", "size MiB", "build", "last used"
+    );
     for j in &all {
         match &j.entry {
             Some(e) => println!(
@@ -134,7 +179,10 @@ fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
                 ago(e.last_used),
                 j.verdict
             ),
-            None => println!("{:<16}  {:<8}  {:<5}  {:<8}  {:<28}  {:>6}  {:>9}  {:>8}  {:<19}  {}", j.id, "?", "", "", "", "", "", "", "", j.verdict),
+            None => println!(
+                "{:<16}  {:<8}  {:<5}  {:<8}  {:<28}  {:>6}  {:>9}  {:>8}  {:<19}  {}",
+                j.id, "?", "", "", "", "", "", "", "", j.verdict
+            ),
         }
     }
     let stale = all.iter().filter(|j| j.verdict.is_stale()).count();
@@ -153,13 +201,20 @@ fn prune(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
         bytes += j.entry.as_ref().map_or(0, |e| e.bytes);
         println!("{verb} {} ({})", j.id, j.verdict);
     }
-    println!("{verb} {} engine(s), {:.1} MiB", gone.len(), bytes as f64 / (1 << 20) as f64);
+    println!(
+        "{verb} {} engine(s), {:.1} MiB",
+        gone.len(),
+        bytes as f64 / (1 << 20) as f64
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 /// How long ago, roughly: "3h ago", "2d ago".
 fn ago(unix: u64) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(unix);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(unix);
     let s = now.saturating_sub(unix);
     match s {
         0..=59 => format!("{s}s ago"),

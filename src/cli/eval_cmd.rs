@@ -11,7 +11,9 @@ use crate::pipeline::Pipeline;
 
 /// Arguments of `shitud eval`.
 #[derive(Debug, Args)]
-#[command(after_help = "Pipeline: a result is correct when its label is right and its box overlaps a truth box of that label with IoU >= 0.5 (each truth object counts once).\nRecogniser alone: each truth box is cropped and searched; recall@1/@5 and mAP over the whole gallery ranking.")]
+#[command(
+    after_help = "Pipeline: a result is correct when its label is right and its box overlaps a truth box of that label with IoU >= 0.5 (each truth object counts once).\nRecogniser alone: each truth box is cropped and searched; recall@1/@5 and mAP over the whole gallery ranking."
+)]
 pub struct EvalArgs {
     #[command(flatten)]
     models: ModelArgs,
@@ -37,17 +39,38 @@ pub fn run(cli: &Cli, args: &EvalArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!("{} scenes, {} objects, gallery {}", r.images, r.objects, settings.search.index.display());
-        println!("pipeline    recall {:.3} ({}/{}), precision {:.3} ({}/{} results)", r.recall, r.true_positives, r.objects, r.precision, r.true_positives, r.results);
-        println!("recogniser  recall@1 {:.3}, recall@5 {:.3}, mAP {:.3} (on truth crops)", r.recall_at_1, r.recall_at_5, r.map);
+        println!(
+            "{} scenes, {} objects, gallery {}",
+            r.images,
+            r.objects,
+            settings.search.index.display()
+        );
+        println!(
+            "pipeline    recall {:.3} ({}/{}), precision {:.3} ({}/{} results)",
+            r.recall, r.true_positives, r.objects, r.precision, r.true_positives, r.results
+        );
+        println!(
+            "recogniser  recall@1 {:.3}, recall@5 {:.3}, mAP {:.3} (on truth crops)",
+            r.recall_at_1, r.recall_at_5, r.map
+        );
         println!();
-        println!("{:<24} {:>7} {:>6} {:>6} {:>9}", "label", "objects", "found", "false+", "rec top1");
+        println!(
+            "{:<24} {:>7} {:>6} {:>6} {:>9}",
+            "label", "objects", "found", "false+", "rec top1"
+        );
         for (label, row) in &r.per_label {
-            println!("{:<24} {:>7} {:>6} {:>6} {:>9}", label, row.objects, row.found, row.false_positives, row.rec_top1);
+            println!(
+                "{:<24} {:>7} {:>6} {:>6} {:>9}",
+                label, row.objects, row.found, row.false_positives, row.rec_top1
+            );
         }
     }
     for e in &r.errors {
         eprintln!("skipped: {e}");
     }
-    Ok(if r.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if r.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

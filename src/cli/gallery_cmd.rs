@@ -27,7 +27,12 @@ pub enum GalleryCommand {
         #[arg(long, value_name = "DIR")]
         index: PathBuf,
         /// Item ids to remove.
-        #[arg(long, value_name = "N", required_unless_present = "label", conflicts_with = "label")]
+        #[arg(
+            long,
+            value_name = "N",
+            required_unless_present = "label",
+            conflicts_with = "label"
+        )]
         id: Vec<i64>,
         /// Remove every item with this label.
         #[arg(long, value_name = "LABEL")]
@@ -126,12 +131,22 @@ pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
             let model = &settings.embedder.model;
             let stamp = ModelStamp {
                 sha256: embedder.model_sha256().to_string(),
-                file: model.file_name().map_or_else(|| model.display().to_string(), |f| f.to_string_lossy().into_owned()),
+                file: model.file_name().map_or_else(
+                    || model.display().to_string(),
+                    |f| f.to_string_lossy().into_owned(),
+                ),
                 dim: embedder.dim(),
             };
             let g = paddleclas_import::import(&args.from, &args.out, &stamp)?;
             let m = g.manifest();
-            eprintln!("imported {} items ({:?}, {}-d) from {} into {}", m.count, m.method, m.dim, args.from.display(), args.out.display());
+            eprintln!(
+                "imported {} items ({:?}, {}-d) from {} into {}",
+                m.count,
+                m.method,
+                m.dim,
+                args.from.display(),
+                args.out.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         GalleryCommand::Info { index } => {
@@ -149,10 +164,19 @@ pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
                 None => id.clone(),
             };
             if ids.is_empty() {
-                anyhow::bail!("gallery {}: no item has label {:?}; nothing was removed", index.display(), label.as_deref().unwrap_or(""));
+                anyhow::bail!(
+                    "gallery {}: no item has label {:?}; nothing was removed",
+                    index.display(),
+                    label.as_deref().unwrap_or("")
+                );
             }
             g.remove(&ids)?;
-            eprintln!("removed {} item(s) from {}: {:?}", ids.len(), index.display(), ids);
+            eprintln!(
+                "removed {} item(s) from {}: {:?}",
+                ids.len(),
+                index.display(),
+                ids
+            );
             g.compact_if_due(settings.search.compact_after)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -164,8 +188,18 @@ pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
                 if *json {
                     println!("{}", serde_json::to_string(i)?);
                 } else {
-                    let added = i.added_unix.map(|t| t.to_string()).unwrap_or_else(|| "-".into());
-                    println!("{}\t{}\t{}\t{}\t{}", i.id, i.label, i.source, i.sha256.as_deref().unwrap_or("-"), added);
+                    let added = i
+                        .added_unix
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "-".into());
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        i.id,
+                        i.label,
+                        i.source,
+                        i.sha256.as_deref().unwrap_or("-"),
+                        added
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -173,7 +207,12 @@ pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
         GalleryCommand::Compact { index } => {
             let mut g = Gallery::open_for_write(index, Default::default())?;
             g.compact()?;
-            eprintln!("compacted {}: {} items in {}", index.display(), g.len(), g.manifest().snapshot);
+            eprintln!(
+                "compacted {}: {} items in {}",
+                index.display(),
+                g.len(),
+                g.manifest().snapshot
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -191,13 +230,22 @@ fn add(cli: &Cli, args: &AddArgs) -> anyhow::Result<ExitCode> {
     // Every image is decoded before anything is added: one bad file changes nothing.
     let mut photos = Vec::with_capacity(args.images.len());
     for path in &args.images {
-        photos.push((path, Photo::read(path, &settings.input).map_err(|e| anyhow::anyhow!("{e}; nothing was added"))?));
+        photos.push((
+            path,
+            Photo::read(path, &settings.input)
+                .map_err(|e| anyhow::anyhow!("{e}; nothing was added"))?,
+        ));
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for (path, photo) in photos {
         let feature = photo.embed(&mut embedder)?;
-        let id = g.add(&args.label, &path.display().to_string(), Some(photo.sha256), &feature)?;
+        let id = g.add(
+            &args.label,
+            &path.display().to_string(),
+            Some(photo.sha256),
+            &feature,
+        )?;
         // Printed only once the record is on disk: a line here is a promise.
         writeln!(out, "added {id} {}", path.display())?;
         out.flush()?;
@@ -220,20 +268,29 @@ fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<ExitCode> {
         image_root: args.image_root.clone(),
         out: args.out.clone(),
         method: args.method,
-        on_bad_image: if args.fail_on_missing { OnBadImage::Fail } else { OnBadImage::Skip },
+        on_bad_image: if args.fail_on_missing {
+            OnBadImage::Fail
+        } else {
+            OnBadImage::Skip
+        },
         input: settings.input.clone(),
     };
     let tty = std::io::stderr().is_terminal();
-    let report = enroll::build(&mut embedder, &settings.embedder.model, &opts, |done, total| {
-        if tty {
-            eprint!("\rembedding gallery images: {done}/{total}");
-            if done == total {
-                eprintln!();
+    let report = enroll::build(
+        &mut embedder,
+        &settings.embedder.model,
+        &opts,
+        |done, total| {
+            if tty {
+                eprint!("\rembedding gallery images: {done}/{total}");
+                if done == total {
+                    eprintln!();
+                }
+            } else if done == total || done % 50 == 0 {
+                tracing::info!("embedded {done}/{total} gallery images");
             }
-        } else if done == total || done % 50 == 0 {
-            tracing::info!("embedded {done}/{total} gallery images");
-        }
-    })?;
+        },
+    )?;
     for (entry, why) in &report.skipped {
         eprintln!("skipped line {} ({}): {why}", entry.line, entry.path);
     }
@@ -248,5 +305,9 @@ fn build(cli: &Cli, args: &BuildArgs) -> anyhow::Result<ExitCode> {
         m.model_file,
         &m.model_sha256[..12]
     );
-    Ok(if report.skipped.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.skipped.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -3,12 +3,12 @@
 
 mod bench_cmd;
 mod bundle_cmd;
-mod ota_cmd;
 mod config_cmd;
 mod engines_cmd;
 mod eval_cmd;
 mod gallery_cmd;
 mod logging;
+mod ota_cmd;
 mod recognize_cmd;
 mod run_cmd;
 
@@ -139,7 +139,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The format may come from the settings; a broken configuration still
     // gets readable logs, and its error comes from the command itself.
-    let format = cli.log_format.unwrap_or_else(|| Settings::load(cli.config.as_deref()).map(|s| s.log.format).unwrap_or_default());
+    let format = cli.log_format.unwrap_or_else(|| {
+        Settings::load(cli.config.as_deref())
+            .map(|s| s.log.format)
+            .unwrap_or_default()
+    });
     logging::init(format, cli.verbose, cli.quiet);
     let result = match &cli.command {
         Command::Run(args) => run_cmd::run(&cli, args),
@@ -171,7 +175,11 @@ pub fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
 /// Expands files and directories into a sorted list of image files.
 pub fn expand_inputs(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     const EXTS: [&str; 8] = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "pgm"];
-    let is_image = |p: &Path| p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTS.contains(&e.to_ascii_lowercase().as_str()));
+    let is_image = |p: &Path| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| EXTS.contains(&e.to_ascii_lowercase().as_str()))
+    };
     let mut out = Vec::new();
     for input in inputs {
         if input.is_dir() {

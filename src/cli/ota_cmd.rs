@@ -12,8 +12,8 @@ use clap::Subcommand;
 use super::{load_settings, Cli};
 use crate::ota::apply::{Step, Update};
 use crate::ota::fetch::{Limits, Source};
-use crate::ota::store::Store;
 use crate::ota::keys;
+use crate::ota::store::Store;
 
 /// Over-the-air update commands (docs/OTA.md).
 #[derive(Debug, Subcommand)]
@@ -43,7 +43,9 @@ pub fn run(cli: &Cli, cmd: &OtaCommand) -> anyhow::Result<ExitCode> {
         bail!("ota.root is empty: updates are off in this configuration");
     }
     let store = Store::open(&o.root).with_context(|| format!("ota.root {}", o.root.display()))?;
-    let busy = || format!("{}: shitud is running and owns it; publish to P/ota/apply or drop the bundle into ota.watch_dir", o.root.display());
+    let busy = || {
+        format!("{}: shitud is running and owns it; publish to P/ota/apply or drop the bundle into ota.watch_dir", o.root.display())
+    };
     match cmd {
         OtaCommand::Status { json } => {
             let versions = store.versions();
@@ -52,13 +54,27 @@ pub fn run(cli: &Cli, cmd: &OtaCommand) -> anyhow::Result<ExitCode> {
                 let v = serde_json::json!({"current": cur, "previous": prev, "trial": trial, "versions": versions});
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("current:  {}", cur.as_deref().unwrap_or("(none: the config's own models and gallery)"));
+                println!(
+                    "current:  {}",
+                    cur.as_deref()
+                        .unwrap_or("(none: the config's own models and gallery)")
+                );
                 println!("previous: {}", prev.as_deref().unwrap_or("(none)"));
                 if let Some(t) = trial {
-                    println!("trial:    {} since {} (clean stop since: {})", t.version, t.switched_unix, t.clean_stop);
+                    println!(
+                        "trial:    {} since {} (clean stop since: {})",
+                        t.version, t.switched_unix, t.clean_stop
+                    );
                 }
                 for v in versions {
-                    println!("  {}  detector {}  embedder {}  gallery {}  golden {}", v.version, v.detector, v.embedder, v.gallery, v.golden.len());
+                    println!(
+                        "  {}  detector {}  embedder {}  gallery {}  golden {}",
+                        v.version,
+                        v.detector,
+                        v.embedder,
+                        v.gallery,
+                        v.golden.len()
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -73,7 +89,11 @@ pub fn run(cli: &Cli, cmd: &OtaCommand) -> anyhow::Result<ExitCode> {
             let Some(_lock) = store.try_lock()? else {
                 return hand_to_daemon(&o.watch_dir, source).with_context(busy);
             };
-            let trusted = o.trusted_keys.iter().map(|k| keys::read_public(k)).collect::<Result<Vec<_>, _>>()?;
+            let trusted = o
+                .trusted_keys
+                .iter()
+                .map(|k| keys::read_public(k))
+                .collect::<Result<Vec<_>, _>>()?;
             let update = Update {
                 store: &store,
                 base: &settings,
@@ -98,7 +118,10 @@ pub fn run(cli: &Cli, cmd: &OtaCommand) -> anyhow::Result<ExitCode> {
             if !pruned.is_empty() {
                 eprintln!("removed old versions: {}", pruned.join(", "));
             }
-            println!("version {v} is current; on trial for {} s from now (ota.trial_s)", o.trial_s);
+            println!(
+                "version {v} is current; on trial for {} s from now (ota.trial_s)",
+                o.trial_s
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -114,11 +137,23 @@ fn hand_to_daemon(watch_dir: &Path, source: &str) -> anyhow::Result<ExitCode> {
         bail!("a URL goes to the running daemon over MQTT");
     }
     let src = Path::new(source);
-    let name = src.file_name().and_then(|n| n.to_str()).context("the bundle path names no file")?;
-    let name = if name.ends_with(".tar") { name.to_string() } else { format!("{name}.tar") };
+    let name = src
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("the bundle path names no file")?;
+    let name = if name.ends_with(".tar") {
+        name.to_string()
+    } else {
+        format!("{name}.tar")
+    };
     let tmp = watch_dir.join(format!(".{name}.part"));
-    std::fs::copy(src, &tmp).with_context(|| format!("copying {} into {}", src.display(), watch_dir.display()))?;
-    std::fs::rename(&tmp, watch_dir.join(&name)).with_context(|| format!("renaming into {}", watch_dir.display()))?;
-    println!("handed to the running shitud through {}; follow P/ota/status (or its log) for the outcome", watch_dir.join(&name).display());
+    std::fs::copy(src, &tmp)
+        .with_context(|| format!("copying {} into {}", src.display(), watch_dir.display()))?;
+    std::fs::rename(&tmp, watch_dir.join(&name))
+        .with_context(|| format!("renaming into {}", watch_dir.display()))?;
+    println!(
+        "handed to the running shitud through {}; follow P/ota/status (or its log) for the outcome",
+        watch_dir.join(&name).display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -14,7 +14,9 @@ use crate::report::{draw, json, StageTimes};
 
 /// Arguments of `shitud recognize`.
 #[derive(Debug, Args)]
-#[command(after_help = "Output: one JSON line per image on stdout, in input order:\n  {\"image\": PATH, \"results\": [{\"bbox\": [x1,y1,x2,y2], \"rec_docs\": LABEL, \"rec_scores\": SCORE}, ...], \"timings_ms\": {...}}\n  {\"image\": PATH, \"error\": MESSAGE}\nthen one summary line: {\"summary\": {\"images\": N, \"failed\": N, \"objects\": N, \"seconds\": S, \"images_per_s\": R}}.\nExit status: 0 when every image was recognised, 1 when any failed, 2 when nothing could run.")]
+#[command(
+    after_help = "Output: one JSON line per image on stdout, in input order:\n  {\"image\": PATH, \"results\": [{\"bbox\": [x1,y1,x2,y2], \"rec_docs\": LABEL, \"rec_scores\": SCORE}, ...], \"timings_ms\": {...}}\n  {\"image\": PATH, \"error\": MESSAGE}\nthen one summary line: {\"summary\": {\"images\": N, \"failed\": N, \"objects\": N, \"seconds\": S, \"images_per_s\": R}}.\nExit status: 0 when every image was recognised, 1 when any failed, 2 when nothing could run."
+)]
 pub struct RecognizeArgs {
     #[command(flatten)]
     models: ModelArgs,
@@ -55,14 +57,22 @@ pub fn run(cli: &Cli, args: &RecognizeArgs) -> anyhow::Result<ExitCode> {
                 Err(e) => {
                     failed += 1;
                     tracing::warn!("{e}");
-                    lines[i] = Some(json::error_line(&path.display().to_string(), &e.to_string()));
+                    lines[i] = Some(json::error_line(
+                        &path.display().to_string(),
+                        &e.to_string(),
+                    ));
                 }
             }
         }
         match pipeline.recognize(&frames) {
             Ok(recognized) => {
-                for (((frame, rec), slot), decode) in frames.iter().zip(&recognized).zip(&slots).zip(&decode_ms) {
-                    let timings = StageTimes { decode: *decode, ..rec.timings };
+                for (((frame, rec), slot), decode) in
+                    frames.iter().zip(&recognized).zip(&slots).zip(&decode_ms)
+                {
+                    let timings = StageTimes {
+                        decode: *decode,
+                        ..rec.timings
+                    };
                     objects += rec.results.len();
                     lines[*slot] = Some(json::result_line(&frame.name, &rec.results, &timings));
                     if let Some(dir) = &args.draw {
@@ -95,6 +105,16 @@ pub fn run(cli: &Cli, args: &RecognizeArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.draw {
         tracing::info!(dir = %dir.display(), "annotated images written");
     }
-    tracing::info!(images = images.len(), failed, objects, seconds = format!("{seconds:.2}"), "done");
-    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    tracing::info!(
+        images = images.len(),
+        failed,
+        objects,
+        seconds = format!("{seconds:.2}"),
+        "done"
+    );
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -8,7 +8,9 @@ use super::{load_settings, Cli, ModelArgs};
 
 /// Flags of `shitud run`. Everything else is in the config file.
 #[derive(Debug, Args)]
-#[command(after_help = "Topics: <prefix>/<device_id>/recognize, /result, /status, /gallery/add, /gallery/remove (docs/MQTT.md).\nExample: shitud run --config /etc/shitu-edge/config.toml")]
+#[command(
+    after_help = "Topics: <prefix>/<device_id>/recognize, /result, /status, /gallery/add, /gallery/remove (docs/MQTT.md).\nExample: shitud run --config /etc/shitu-edge/config.toml"
+)]
 pub struct RunArgs {
     /// Model, gallery and runtime overrides.
     #[command(flatten)]

@@ -72,9 +72,14 @@ pub fn files(main: Option<&Path>) -> Vec<PathBuf> {
         None => return Vec::new(),
     };
     let mut out = vec![main.clone()];
-    let dir = main.parent().map_or_else(|| PathBuf::from("conf.d"), |p| p.join("conf.d"));
+    let dir = main
+        .parent()
+        .map_or_else(|| PathBuf::from("conf.d"), |p| p.join("conf.d"));
     if let Ok(entries) = std::fs::read_dir(&dir) {
-        let mut extra: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file()).collect();
+        let mut extra: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect();
         extra.sort();
         out.extend(extra);
     }
@@ -88,10 +93,17 @@ struct Layers {
 }
 
 fn read(main: Option<&Path>) -> Layers {
-    let mut layers = Layers { values: Vec::new(), problems: Vec::new() };
+    let mut layers = Layers {
+        values: Vec::new(),
+        problems: Vec::new(),
+    };
     if let Some(m) = main {
         if !m.exists() {
-            layers.problems.push(Problem { origin: Origin::File(m.to_path_buf(), 0), key: None, message: "no such file".into() });
+            layers.problems.push(Problem {
+                origin: Origin::File(m.to_path_buf(), 0),
+                key: None,
+                message: "no such file".into(),
+            });
             return layers;
         }
     }
@@ -99,7 +111,11 @@ fn read(main: Option<&Path>) -> Layers {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) => {
-                layers.problems.push(Problem { origin: Origin::File(path, 0), key: None, message: format!("cannot read: {e}") });
+                layers.problems.push(Problem {
+                    origin: Origin::File(path, 0),
+                    key: None,
+                    message: format!("cannot read: {e}"),
+                });
                 continue;
             }
         };
@@ -110,23 +126,43 @@ fn read(main: Option<&Path>) -> Layers {
                 flatten("", &table, &mut leaves);
                 for (key, value) in leaves {
                     let line = lines.get(&key).copied().unwrap_or(0);
-                    layers.values.push((key, value, None, Origin::File(path.clone(), line)));
+                    layers
+                        .values
+                        .push((key, value, None, Origin::File(path.clone(), line)));
                 }
             }
             Err(e) => {
-                let line = e.span().map_or(0, |s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+                let line = e.span().map_or(0, |s| {
+                    text[..s.start.min(text.len())].matches('\n').count() + 1
+                });
                 let message = e.message().to_string();
-                layers.problems.push(Problem { origin: Origin::File(path, line), key: None, message: format!("not valid TOML: {message}") });
+                layers.problems.push(Problem {
+                    origin: Origin::File(path, line),
+                    key: None,
+                    message: format!("not valid TOML: {message}"),
+                });
             }
         }
     }
-    let mut vars: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+    let mut vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
     vars.sort();
     for (var, raw) in vars {
-        let key = var[ENV_PREFIX.len()..].split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".");
+        let key = var[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect::<Vec<_>>()
+            .join(".");
         // Typed when it reads as a TOML value (1884, true, ["a"]), else the text itself.
-        let value = format!("v = {raw}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| toml::Value::String(raw.clone()));
-        layers.values.push((key, value, Some(raw), Origin::Env(var)));
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        layers
+            .values
+            .push((key, value, Some(raw), Origin::Env(var)));
     }
     layers
 }
@@ -134,7 +170,11 @@ fn read(main: Option<&Path>) -> Layers {
 /// Leaf values of `table` by dotted key; arrays are leaves.
 fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
     for (k, v) in table {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match v {
             toml::Value::Table(t) => flatten(&key, t, out),
             other => out.push((key, other.clone())),
@@ -156,7 +196,11 @@ fn key_lines(text: &str) -> BTreeMap<String, usize> {
         } else if let Some((k, _)) = l.split_once('=') {
             let k = k.trim().trim_matches('"');
             if !k.is_empty() && !k.starts_with('#') {
-                let key = if section.is_empty() { k.to_string() } else { format!("{section}.{k}") };
+                let key = if section.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{section}.{k}")
+                };
                 out.entry(key).or_insert(i + 1);
             }
         }
@@ -180,7 +224,10 @@ fn nest(key: &str, value: toml::Value) -> toml::Table {
 
 /// Whether `key = value` alone deserialises; the error otherwise.
 fn check_one(key: &str, value: &toml::Value) -> Result<(), String> {
-    toml::Value::Table(nest(key, value.clone())).try_into::<Settings>().map(|_| ()).map_err(|e| e.message().to_string())
+    toml::Value::Table(nest(key, value.clone()))
+        .try_into::<Settings>()
+        .map(|_| ())
+        .map_err(|e| e.message().to_string())
 }
 
 /// Merges `key = value` into `into`.
@@ -192,11 +239,15 @@ fn merge(into: &mut toml::Table, key: &str, value: toml::Value) {
             t.insert(p.to_string(), value);
             return;
         }
-        let entry = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if !entry.is_table() {
             *entry = toml::Value::Table(toml::Table::new());
         }
-        let toml::Value::Table(next) = entry else { return };
+        let toml::Value::Table(next) = entry else {
+            return;
+        };
         t = next;
     }
 }
@@ -225,7 +276,11 @@ pub fn check(main: Option<&Path>) -> (Option<Effective>, Vec<Problem>) {
             Err(e) => match raw.map(toml::Value::String) {
                 Some(text) if check_one(&key, &text).is_ok() => Some(text),
                 _ => {
-                    problems.push(Problem { origin: origin.clone(), key: Some(key.clone()), message: e });
+                    problems.push(Problem {
+                        origin: origin.clone(),
+                        key: Some(key.clone()),
+                        message: e,
+                    });
                     None
                 }
             },
@@ -238,13 +293,25 @@ pub fn check(main: Option<&Path>) -> (Option<Effective>, Vec<Problem>) {
     let settings = match toml::Value::Table(merged).try_into::<Settings>() {
         Ok(s) => s,
         Err(e) => {
-            problems.push(Problem { origin: Origin::Default, key: None, message: e.to_string() });
+            problems.push(Problem {
+                origin: Origin::Default,
+                key: None,
+                message: e.to_string(),
+            });
             return (None, problems);
         }
     };
     let origin_of = |key: &str| origins.get(key).cloned().unwrap_or(Origin::Default);
-    for (key, message) in settings.problems().into_iter().chain(settings.missing_files()) {
-        problems.push(Problem { origin: origin_of(key), key: Some(key.to_string()), message });
+    for (key, message) in settings
+        .problems()
+        .into_iter()
+        .chain(settings.missing_files())
+    {
+        problems.push(Problem {
+            origin: origin_of(key),
+            key: Some(key.to_string()),
+            message,
+        });
     }
     (Some(Effective { settings, origins }), problems)
 }
@@ -275,7 +342,11 @@ pub fn show(e: &Effective) -> String {
         }
         out.push_str(line);
         if let Some((k, _)) = l.split_once(" = ") {
-            let key = if section.is_empty() { k.to_string() } else { format!("{section}.{k}") };
+            let key = if section.is_empty() {
+                k.to_string()
+            } else {
+                format!("{section}.{k}")
+            };
             if let Some(o) = e.origins.get(&key) {
                 out.push_str(&format!("  # {o}"));
             }
@@ -300,27 +371,65 @@ mod tests {
     fn each_bad_value_is_reported_with_its_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let main = dir.path().join("config.toml");
-        std::fs::write(&main, "[mqtt]\nhost = \"broker\"\nport = 70000\n[daemon]\nmax_batch = 0\nspeling = 1\n").unwrap();
+        std::fs::write(
+            &main,
+            "[mqtt]\nhost = \"broker\"\nport = 70000\n[daemon]\nmax_batch = 0\nspeling = 1\n",
+        )
+        .unwrap();
         std::fs::create_dir(dir.path().join("conf.d")).unwrap();
-        std::fs::write(dir.path().join("conf.d/10-line.toml"), "[mqtt]\nhost = \"line7\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("conf.d/10-line.toml"),
+            "[mqtt]\nhost = \"line7\"\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("conf.d/20-broken.toml"), "[search\n").unwrap();
         let (eff, problems) = check(Some(&main));
         let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         let has = |needle: &str| text.iter().any(|t| t.contains(needle));
-        assert!(has(&format!("{}:3: mqtt.port: invalid value: integer `70000`", main.display())), "{text:#?}");
-        assert!(has(&format!("{}:6: daemon.speling: unknown field `speling`", main.display())), "{text:#?}");
-        assert!(has(&format!("{}:5: daemon.max_batch: must be at least 1", main.display())), "{text:#?}");
+        assert!(
+            has(&format!(
+                "{}:3: mqtt.port: invalid value: integer `70000`",
+                main.display()
+            )),
+            "{text:#?}"
+        );
+        assert!(
+            has(&format!(
+                "{}:6: daemon.speling: unknown field `speling`",
+                main.display()
+            )),
+            "{text:#?}"
+        );
+        assert!(
+            has(&format!(
+                "{}:5: daemon.max_batch: must be at least 1",
+                main.display()
+            )),
+            "{text:#?}"
+        );
         assert!(has("20-broken.toml:1: not valid TOML"), "{text:#?}");
         let eff = eff.expect("the valid values still merge");
-        assert_eq!(eff.settings.mqtt.host, "line7", "conf.d comes after the main file");
-        assert_eq!(eff.origins["mqtt.host"], Origin::File(dir.path().join("conf.d/10-line.toml"), 2));
+        assert_eq!(
+            eff.settings.mqtt.host, "line7",
+            "conf.d comes after the main file"
+        );
+        assert_eq!(
+            eff.origins["mqtt.host"],
+            Origin::File(dir.path().join("conf.d/10-line.toml"), 2)
+        );
     }
 
     #[test]
     fn secrets_are_masked() {
         let mut s = Settings::default();
         s.mqtt.password = Some("hunter2".into());
-        let text = show(&Effective { settings: s, origins: BTreeMap::new() });
-        assert!(!text.contains("hunter2") && text.contains("password = \"********\""), "{text}");
+        let text = show(&Effective {
+            settings: s,
+            origins: BTreeMap::new(),
+        });
+        assert!(
+            !text.contains("hunter2") && text.contains("password = \"********\""),
+            "{text}"
+        );
     }
 }

@@ -122,7 +122,9 @@ impl std::str::FromStr for Provider {
             "cpu" => Ok(Provider::Cpu),
             "cuda" => Ok(Provider::Cuda),
             "tensorrt" | "trt" => Ok(Provider::Tensorrt),
-            other => Err(format!("unknown execution provider '{other}' (expected cpu, cuda or tensorrt)")),
+            other => Err(format!(
+                "unknown execution provider '{other}' (expected cpu, cuda or tensorrt)"
+            )),
         }
     }
 }
@@ -196,7 +198,10 @@ pub struct InputSettings {
 
 impl Default for InputSettings {
     fn default() -> Self {
-        InputSettings { max_pixels: 50_000_000, max_file_bytes: 64 << 20 }
+        InputSettings {
+            max_pixels: 50_000_000,
+            max_file_bytes: 64 << 20,
+        }
     }
 }
 
@@ -220,7 +225,9 @@ impl std::str::FromStr for WholeImage {
             "always" => Ok(WholeImage::Always),
             "when_empty" | "when-empty" => Ok(WholeImage::WhenEmpty),
             "never" => Ok(WholeImage::Never),
-            other => Err(format!("unknown whole-image policy '{other}' (expected always, when_empty or never)")),
+            other => Err(format!(
+                "unknown whole-image policy '{other}' (expected always, when_empty or never)"
+            )),
         }
     }
 }
@@ -278,7 +285,12 @@ pub struct NmsSettings {
 
 impl Default for NmsSettings {
     fn default() -> Self {
-        NmsSettings { score_threshold: 0.025, top_k: 1000, iou_threshold: 0.6, keep_top_k: 100 }
+        NmsSettings {
+            score_threshold: 0.025,
+            top_k: 1000,
+            iou_threshold: 0.6,
+            keep_top_k: 100,
+        }
     }
 }
 
@@ -297,7 +309,11 @@ pub struct EmbedderSettings {
 
 impl Default for EmbedderSettings {
     fn default() -> Self {
-        EmbedderSettings { model: PathBuf::from("engines/demo/rec.onnx"), max_batch: 16, opt_batch: 6 }
+        EmbedderSettings {
+            model: PathBuf::from("engines/demo/rec.onnx"),
+            max_batch: 16,
+            opt_batch: 6,
+        }
     }
 }
 
@@ -527,20 +543,42 @@ impl Settings {
     pub fn load(file: Option<&Path>) -> Result<Settings> {
         if let Some(file) = file {
             if !file.exists() {
-                return Err(Error::Config(format!("config file {} does not exist", file.display())));
+                return Err(Error::Config(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
             }
         }
         let files = layers::files(file);
-        let mut builder = config::Config::builder()
-            .add_source(config::Config::try_from(&Settings::default()).map_err(|e| Error::Config(e.to_string()))?);
+        let mut builder = config::Config::builder().add_source(
+            config::Config::try_from(&Settings::default())
+                .map_err(|e| Error::Config(e.to_string()))?,
+        );
         for f in &files {
-            builder = builder.add_source(config::File::from(f.as_path()).format(config::FileFormat::Toml));
+            builder = builder
+                .add_source(config::File::from(f.as_path()).format(config::FileFormat::Toml));
         }
-        builder = builder.add_source(config::Environment::with_prefix("SHITU").prefix_separator("__").separator("__"));
-        let settings: Settings = builder.build().and_then(|c| c.try_deserialize()).map_err(|e| {
-            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-            Error::Config(if names.is_empty() { e.to_string() } else { format!("{}: {e} (`shitud config check` names the file and line)", names.join(", ")) })
-        })?;
+        builder = builder.add_source(
+            config::Environment::with_prefix("SHITU")
+                .prefix_separator("__")
+                .separator("__"),
+        );
+        let settings: Settings =
+            builder
+                .build()
+                .and_then(|c| c.try_deserialize())
+                .map_err(|e| {
+                    let names: Vec<String> =
+                        files.iter().map(|f| f.display().to_string()).collect();
+                    Error::Config(if names.is_empty() {
+                        e.to_string()
+                    } else {
+                        format!(
+                            "{}: {e} (`shitud config check` names the file and line)",
+                            names.join(", ")
+                        )
+                    })
+                })?;
         settings.validate()?;
         Ok(settings)
     }
@@ -561,33 +599,122 @@ impl Settings {
                 out.push((key, what.to_string()));
             }
         };
-        need(self.detector.max_batch > 0, "detector.max_batch", "must be at least 1");
-        need(self.ota.keep_versions >= 2, "ota.keep_versions", "must be at least 2 (the current version and the one a rollback goes to)");
-        need(self.ota.root.as_os_str().is_empty() || !self.ota.trusted_keys.is_empty(), "ota.trusted_keys", "ota.root is set but no key is trusted: no bundle could be applied");
-        need(self.ota.watch_dir.as_os_str().is_empty() || !self.ota.root.as_os_str().is_empty(), "ota.watch_dir", "needs ota.root");
-        need(self.ota.download_dir.as_os_str().is_empty() || !self.ota.root.as_os_str().is_empty(), "ota.download_dir", "needs ota.root");
+        need(
+            self.detector.max_batch > 0,
+            "detector.max_batch",
+            "must be at least 1",
+        );
+        need(
+            self.ota.keep_versions >= 2,
+            "ota.keep_versions",
+            "must be at least 2 (the current version and the one a rollback goes to)",
+        );
+        need(
+            self.ota.root.as_os_str().is_empty() || !self.ota.trusted_keys.is_empty(),
+            "ota.trusted_keys",
+            "ota.root is set but no key is trusted: no bundle could be applied",
+        );
+        need(
+            self.ota.watch_dir.as_os_str().is_empty() || !self.ota.root.as_os_str().is_empty(),
+            "ota.watch_dir",
+            "needs ota.root",
+        );
+        need(
+            self.ota.download_dir.as_os_str().is_empty() || !self.ota.root.as_os_str().is_empty(),
+            "ota.download_dir",
+            "needs ota.root",
+        );
         for key in &self.ota.trusted_keys {
             if let Err(e) = crate::ota::keys::read_public(key) {
                 need(false, "ota.trusted_keys", &e.to_string());
             }
         }
-        need(self.embedder.max_batch > 0, "embedder.max_batch", "must be at least 1");
-        need((1..=self.detector.max_batch).contains(&self.detector.opt_batch), "detector.opt_batch", "must be within 1..detector.max_batch");
-        need((1..=self.embedder.max_batch).contains(&self.embedder.opt_batch), "embedder.opt_batch", "must be within 1..embedder.max_batch");
-        need(self.search.return_k > 0, "search.return_k", "must be at least 1");
-        need((0.0..=1.0).contains(&self.detector.threshold), "detector.threshold", "must be within 0..1");
-        need(self.input.max_pixels > 0, "input.max_pixels", "must be positive");
-        need(self.daemon.max_batch > 0, "daemon.max_batch", "must be at least 1");
-        need(self.daemon.queue_capacity > 0, "daemon.queue_capacity", "must be at least 1");
-        need(self.daemon.stall_after_s > 0, "daemon.stall_after_s", "must be at least 1");
-        need(self.mqtt.receive_maximum > 0, "mqtt.receive_maximum", "must be at least 1");
-        need(!self.mqtt.prefix.is_empty() && !self.mqtt.prefix.contains(['+', '#']), "mqtt.prefix", "must be a non-empty topic level without wildcards");
-        need(!self.mqtt.device_id.contains(['+', '#', '/']), "mqtt.device_id", "must be one topic level, without wildcards or /");
-        need(self.mqtt.reconnect_min_ms <= self.mqtt.reconnect_max_ms, "mqtt.reconnect_min_ms", "must not exceed mqtt.reconnect_max_ms");
-        need(!(self.mqtt.password.is_some() && self.mqtt.password_file.is_some()), "mqtt.password", "and mqtt.password_file are mutually exclusive");
-        need(self.mqtt.username.is_some() || (self.mqtt.password.is_none() && self.mqtt.password_file.is_none()), "mqtt.username", "is needed with a password");
-        need(self.mqtt.tls.client_cert.is_some() == self.mqtt.tls.client_key.is_some(), "mqtt.tls.client_cert", "and mqtt.tls.client_key go together");
-        need(!self.mqtt.tls.enabled || self.mqtt.tls.ca_file.is_some(), "mqtt.tls.ca_file", "is needed when mqtt.tls.enabled");
+        need(
+            self.embedder.max_batch > 0,
+            "embedder.max_batch",
+            "must be at least 1",
+        );
+        need(
+            (1..=self.detector.max_batch).contains(&self.detector.opt_batch),
+            "detector.opt_batch",
+            "must be within 1..detector.max_batch",
+        );
+        need(
+            (1..=self.embedder.max_batch).contains(&self.embedder.opt_batch),
+            "embedder.opt_batch",
+            "must be within 1..embedder.max_batch",
+        );
+        need(
+            self.search.return_k > 0,
+            "search.return_k",
+            "must be at least 1",
+        );
+        need(
+            (0.0..=1.0).contains(&self.detector.threshold),
+            "detector.threshold",
+            "must be within 0..1",
+        );
+        need(
+            self.input.max_pixels > 0,
+            "input.max_pixels",
+            "must be positive",
+        );
+        need(
+            self.daemon.max_batch > 0,
+            "daemon.max_batch",
+            "must be at least 1",
+        );
+        need(
+            self.daemon.queue_capacity > 0,
+            "daemon.queue_capacity",
+            "must be at least 1",
+        );
+        need(
+            self.daemon.stall_after_s > 0,
+            "daemon.stall_after_s",
+            "must be at least 1",
+        );
+        need(
+            self.mqtt.receive_maximum > 0,
+            "mqtt.receive_maximum",
+            "must be at least 1",
+        );
+        need(
+            !self.mqtt.prefix.is_empty() && !self.mqtt.prefix.contains(['+', '#']),
+            "mqtt.prefix",
+            "must be a non-empty topic level without wildcards",
+        );
+        need(
+            !self.mqtt.device_id.contains(['+', '#', '/']),
+            "mqtt.device_id",
+            "must be one topic level, without wildcards or /",
+        );
+        need(
+            self.mqtt.reconnect_min_ms <= self.mqtt.reconnect_max_ms,
+            "mqtt.reconnect_min_ms",
+            "must not exceed mqtt.reconnect_max_ms",
+        );
+        need(
+            !(self.mqtt.password.is_some() && self.mqtt.password_file.is_some()),
+            "mqtt.password",
+            "and mqtt.password_file are mutually exclusive",
+        );
+        need(
+            self.mqtt.username.is_some()
+                || (self.mqtt.password.is_none() && self.mqtt.password_file.is_none()),
+            "mqtt.username",
+            "is needed with a password",
+        );
+        need(
+            self.mqtt.tls.client_cert.is_some() == self.mqtt.tls.client_key.is_some(),
+            "mqtt.tls.client_cert",
+            "and mqtt.tls.client_key go together",
+        );
+        need(
+            !self.mqtt.tls.enabled || self.mqtt.tls.ca_file.is_some(),
+            "mqtt.tls.ca_file",
+            "is needed when mqtt.tls.enabled",
+        );
         out
     }
 
@@ -600,19 +727,42 @@ impl Settings {
             if let Some(p) = path {
                 let ok = if dir { p.is_dir() } else { p.is_file() };
                 if !ok {
-                    out.push((key, format!("{}: no such {}", p.display(), if dir { "directory" } else { "file" })));
+                    out.push((
+                        key,
+                        format!(
+                            "{}: no such {}",
+                            p.display(),
+                            if dir { "directory" } else { "file" }
+                        ),
+                    ));
                 }
             }
         };
         must(Some(&self.detector.model), "detector.model", false);
         must(Some(&self.embedder.model), "embedder.model", false);
         must(Some(&self.search.index), "search.index", true);
-        must(self.engine.ort_library.as_deref(), "engine.ort_library", false);
-        must(self.mqtt.password_file.as_deref(), "mqtt.password_file", false);
+        must(
+            self.engine.ort_library.as_deref(),
+            "engine.ort_library",
+            false,
+        );
+        must(
+            self.mqtt.password_file.as_deref(),
+            "mqtt.password_file",
+            false,
+        );
         if self.mqtt.tls.enabled {
             must(self.mqtt.tls.ca_file.as_deref(), "mqtt.tls.ca_file", false);
-            must(self.mqtt.tls.client_cert.as_deref(), "mqtt.tls.client_cert", false);
-            must(self.mqtt.tls.client_key.as_deref(), "mqtt.tls.client_key", false);
+            must(
+                self.mqtt.tls.client_cert.as_deref(),
+                "mqtt.tls.client_cert",
+                false,
+            );
+            must(
+                self.mqtt.tls.client_key.as_deref(),
+                "mqtt.tls.client_key",
+                false,
+            );
         }
         out
     }
@@ -637,7 +787,11 @@ mod tests {
     fn file_overrides_defaults_and_rejects_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "[detector]\nthreshold = 0.3\nwhole_image = \"when_empty\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "[detector]\nthreshold = 0.3\nwhole_image = \"when_empty\"\n",
+        )
+        .unwrap();
         let s = Settings::load(Some(&path)).unwrap();
         assert_eq!(s.detector.threshold, 0.3);
         assert_eq!(s.detector.whole_image, WholeImage::WhenEmpty);

@@ -120,7 +120,12 @@ pub fn objects(r: &Recognized) -> Vec<Object> {
             rec_docs: res.rec_docs.clone(),
             rec_scores: res.rec_scores,
             top_k: r.top_k.get(crop).map_or_else(Vec::new, |hits| {
-                hits.iter().map(|(label, score)| Candidate { label: label.clone(), score: *score }).collect()
+                hits.iter()
+                    .map(|(label, score)| Candidate {
+                        label: label.clone(),
+                        score: *score,
+                    })
+                    .collect()
             }),
         })
         .collect()
@@ -141,7 +146,11 @@ struct ErrorAnswer<'a> {
 
 /// The payload of an error answer.
 pub fn error_payload(request_id: &str, code: ErrorCode, message: &str) -> Vec<u8> {
-    to_vec(&ErrorAnswer { request_id, ok: false, error: ErrorBody { code, message } })
+    to_vec(&ErrorAnswer {
+        request_id,
+        ok: false,
+        error: ErrorBody { code, message },
+    })
 }
 
 /// A gallery command's acknowledgement.
@@ -164,7 +173,10 @@ pub struct GalleryAnswer<'a> {
 /// Serialises an answer. Answers are plain data, so this cannot fail; the
 /// fallback keeps the caller total anyway.
 pub fn to_vec<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":{{\"code\":\"internal\",\"message\":\"{e}\"}}}}").into_bytes())
+    serde_json::to_vec(value).unwrap_or_else(|e| {
+        format!("{{\"ok\":false,\"error\":{{\"code\":\"internal\",\"message\":\"{e}\"}}}}")
+            .into_bytes()
+    })
 }
 
 #[cfg(test)]
@@ -173,7 +185,8 @@ mod tests {
 
     #[test]
     fn error_answers_have_code_and_message() {
-        let v: serde_json::Value = serde_json::from_slice(&error_payload("r\"1", ErrorCode::TooLarge, "big")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&error_payload("r\"1", ErrorCode::TooLarge, "big")).unwrap();
         assert_eq!(v["request_id"], "r\"1");
         assert_eq!(v["ok"], false);
         assert_eq!(v["error"]["code"], "too_large");
@@ -182,7 +195,14 @@ mod tests {
 
     #[test]
     fn codes_serialise_as_documented() {
-        for c in [ErrorCode::BadRequest, ErrorCode::DecodeFailed, ErrorCode::TooLarge, ErrorCode::Busy, ErrorCode::Internal, ErrorCode::Refused] {
+        for c in [
+            ErrorCode::BadRequest,
+            ErrorCode::DecodeFailed,
+            ErrorCode::TooLarge,
+            ErrorCode::Busy,
+            ErrorCode::Internal,
+            ErrorCode::Refused,
+        ] {
             assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
         }
     }

@@ -20,12 +20,18 @@ pub struct Health {
 impl Health {
     /// A batch taking longer than `stall_after` counts as hung.
     pub fn new(stall_after: Duration) -> Health {
-        Health { epoch: Instant::now(), busy_since_ms: AtomicU64::new(IDLE), exited: AtomicBool::new(false), stall_after }
+        Health {
+            epoch: Instant::now(),
+            busy_since_ms: AtomicU64::new(IDLE),
+            exited: AtomicBool::new(false),
+            stall_after,
+        }
     }
 
     /// The pipeline thread starts a batch.
     pub fn begin(&self) {
-        self.busy_since_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.busy_since_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// The batch is answered.
@@ -47,7 +53,10 @@ impl Health {
         if since == IDLE {
             return Ok(());
         }
-        let busy = self.epoch.elapsed().saturating_sub(Duration::from_millis(since));
+        let busy = self
+            .epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(since));
         if busy > self.stall_after {
             return Err(format!(
                 "one batch has been running for {:.0} s (daemon.stall_after_s = {})",

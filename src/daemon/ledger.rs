@@ -48,7 +48,14 @@ pub struct Ledger {
 impl Ledger {
     /// Remembers up to `cap` ids and up to `cache_bytes` of their answers.
     pub fn new(cap: usize, cache_bytes: usize) -> Ledger {
-        Ledger { cap: cap.max(16), order: VecDeque::new(), seen: HashMap::new(), cache_cap: cache_bytes, cache_bytes: 0, cached: VecDeque::new() }
+        Ledger {
+            cap: cap.max(16),
+            order: VecDeque::new(),
+            seen: HashMap::new(),
+            cache_cap: cache_bytes,
+            cache_bytes: 0,
+            cached: VecDeque::new(),
+        }
     }
 
     /// Records a delivery of `id`.
@@ -110,7 +117,11 @@ impl Ledger {
     /// Answered ids, oldest first: saved at a clean stop, so that requests
     /// the broker redelivers to the next run are not served twice.
     pub fn answered(&self) -> Vec<&str> {
-        self.order.iter().filter(|id| matches!(self.seen.get(*id), Some(Seen::Answered(_)))).map(String::as_str).collect()
+        self.order
+            .iter()
+            .filter(|id| matches!(self.seen.get(*id), Some(Seen::Answered(_))))
+            .map(String::as_str)
+            .collect()
     }
 
     #[cfg(test)]
@@ -123,7 +134,9 @@ impl Ledger {
         let mut rounds = self.order.len();
         while self.seen.len() > self.cap && rounds > 0 {
             rounds -= 1;
-            let Some(id) = self.order.pop_front() else { break };
+            let Some(id) = self.order.pop_front() else {
+                break;
+            };
             match self.seen.get(&id) {
                 Some(Seen::Working(_)) => self.order.push_back(id),
                 Some(Seen::Answered(a)) => {
@@ -138,7 +151,9 @@ impl Ledger {
     /// Drops the oldest cached answers (keeping their ids) until under the byte limit.
     fn shrink_cache(&mut self) {
         while self.cache_bytes > self.cache_cap {
-            let Some(id) = self.cached.pop_front() else { break };
+            let Some(id) = self.cached.pop_front() else {
+                break;
+            };
             if let Some(Seen::Answered(a)) = self.seen.get_mut(&id) {
                 self.cache_bytes -= a.take().map_or(0, |a| a.len());
             }
@@ -146,7 +161,8 @@ impl Ledger {
         // Ids evicted or forgotten leave stale entries; keep the queue from growing past the window.
         if self.cached.len() > 2 * self.cap {
             let seen = &self.seen;
-            self.cached.retain(|id| matches!(seen.get(id), Some(Seen::Answered(Some(_)))));
+            self.cached
+                .retain(|id| matches!(seen.get(id), Some(Seen::Answered(Some(_)))));
         }
     }
 }
@@ -156,7 +172,11 @@ mod tests {
     use super::*;
 
     fn delivery() -> Option<Delivery> {
-        Some(Delivery::V311(rumqttc::Publish::new("t", rumqttc::QoS::AtLeastOnce, "x")))
+        Some(Delivery::V311(rumqttc::Publish::new(
+            "t",
+            rumqttc::QoS::AtLeastOnce,
+            "x",
+        )))
     }
 
     #[test]
@@ -164,8 +184,14 @@ mod tests {
         let mut l = Ledger::new(16, 1 << 20);
         assert_eq!(l.admit("a", None), Admit::New);
         assert_eq!(l.admit("a", delivery()), Admit::Held);
-        assert_eq!(l.finish("a", Some(Bytes::from_static(b"answer a"))).len(), 1);
-        assert_eq!(l.admit("a", None), Admit::Answered(Some(Bytes::from_static(b"answer a"))));
+        assert_eq!(
+            l.finish("a", Some(Bytes::from_static(b"answer a"))).len(),
+            1
+        );
+        assert_eq!(
+            l.admit("a", None),
+            Admit::Answered(Some(Bytes::from_static(b"answer a")))
+        );
     }
 
     #[test]
@@ -173,8 +199,16 @@ mod tests {
         let mut l = Ledger::new(16, 1 << 20);
         assert_eq!(l.admit("b", None), Admit::New);
         assert_eq!(l.admit("b", delivery()), Admit::Held);
-        assert_eq!(l.forget("b").len(), 1, "held duplicates are acknowledged with the busy answer");
-        assert_eq!(l.admit("b", None), Admit::New, "a retry after busy is served");
+        assert_eq!(
+            l.forget("b").len(),
+            1,
+            "held duplicates are acknowledged with the busy answer"
+        );
+        assert_eq!(
+            l.admit("b", None),
+            Admit::New,
+            "a retry after busy is served"
+        );
         assert!(l.answered().is_empty());
     }
 
@@ -187,10 +221,21 @@ mod tests {
             l.finish(&id, Some(Bytes::from(vec![b'x'; 10])));
         }
         assert!(l.cache_bytes <= 100);
-        assert_eq!(l.admit("0", None), Admit::Answered(None), "oldest answer dropped, id still known");
-        assert_eq!(l.admit("29", None), Admit::Answered(Some(Bytes::from(vec![b'x'; 10]))));
+        assert_eq!(
+            l.admit("0", None),
+            Admit::Answered(None),
+            "oldest answer dropped, id still known"
+        );
+        assert_eq!(
+            l.admit("29", None),
+            Admit::Answered(Some(Bytes::from(vec![b'x'; 10])))
+        );
         l.finish("big", Some(Bytes::from(vec![b'y'; 101])));
-        assert_eq!(l.admit("big", None), Admit::Answered(None), "an answer over the whole cache is not kept");
+        assert_eq!(
+            l.admit("big", None),
+            Admit::Answered(None),
+            "an answer over the whole cache is not kept"
+        );
         l.forget("29");
         assert!(l.cache_bytes <= 90);
     }
@@ -207,6 +252,10 @@ mod tests {
         assert!(l.cache_bytes <= 16 * 2);
         assert!(l.len() <= 16);
         assert_eq!(l.admit("busy", None), Admit::Held);
-        assert_eq!(l.admit("0", None), Admit::New, "oldest answered ids are forgotten first");
+        assert_eq!(
+            l.admit("0", None),
+            Admit::New,
+            "oldest answered ids are forgotten first"
+        );
     }
 }

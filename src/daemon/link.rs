@@ -45,8 +45,11 @@ impl Topics {
         let p = format!("{}/{}", m.prefix, device_id);
         let recognize = format!("{p}/recognize");
         // Gallery commands are never shared: every box must apply every change.
-        let recognize_filter =
-            if m.shared_group.is_empty() { recognize.clone() } else { format!("$share/{}/{recognize}", m.shared_group) };
+        let recognize_filter = if m.shared_group.is_empty() {
+            recognize.clone()
+        } else {
+            format!("$share/{}/{recognize}", m.shared_group)
+        };
         Topics {
             recognize,
             result: format!("{p}/result"),
@@ -79,15 +82,29 @@ pub fn device_id(m: &MqttSettings) -> String {
 /// this, requests get a `too_large` answer; beyond it MQTT 5 brokers drop
 /// them without delivery (they cannot be answered), hence the headroom.
 pub fn max_packet(max_payload_bytes: usize) -> u32 {
-    (max_payload_bytes as u64).saturating_mul(4).clamp(1 << 20, 256 << 20) as u32
+    (max_payload_bytes as u64)
+        .saturating_mul(4)
+        .clamp(1 << 20, 256 << 20) as u32
 }
 
 /// Connection options for the daemon's persistent session, in the protocol
 /// `mqtt.protocol` names.
-pub fn options(m: &MqttSettings, client_id: &str, status_topic: &str, offline: Vec<u8>, max_payload_bytes: usize) -> anyhow::Result<Options> {
+pub fn options(
+    m: &MqttSettings,
+    client_id: &str,
+    status_topic: &str,
+    offline: Vec<u8>,
+    max_payload_bytes: usize,
+) -> anyhow::Result<Options> {
     let keep_alive = Duration::from_secs(m.keep_alive_s.max(5));
     let credentials = credentials(m)?;
-    let transport = if m.tls.enabled { Some(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(m)?)))) } else { None };
+    let transport = if m.tls.enabled {
+        Some(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls_config(m)?),
+        )))
+    } else {
+        None
+    };
     Ok(match m.protocol {
         Protocol::V5 => {
             use rumqttc::v5::mqttbytes::{v5::LastWill, QoS};
@@ -157,11 +174,16 @@ fn credentials(m: &MqttSettings) -> anyhow::Result<Option<(String, String)>> {
 
 fn tls_config(m: &MqttSettings) -> anyhow::Result<rustls::ClientConfig> {
     let t = &m.tls;
-    let ca = t.ca_file.as_ref().context("mqtt.tls.enabled needs mqtt.tls.ca_file (the CA that signed the broker's certificate)")?;
+    let ca = t.ca_file.as_ref().context(
+        "mqtt.tls.enabled needs mqtt.tls.ca_file (the CA that signed the broker's certificate)",
+    )?;
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca).with_context(|| format!("mqtt.tls.ca_file {}", ca.display()))?;
+    let certs = CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("mqtt.tls.ca_file {}", ca.display()))?;
     for c in certs {
-        roots.add(c.with_context(|| format!("mqtt.tls.ca_file {}", ca.display()))?).with_context(|| format!("mqtt.tls.ca_file {}", ca.display()))?;
+        roots
+            .add(c.with_context(|| format!("mqtt.tls.ca_file {}", ca.display()))?)
+            .with_context(|| format!("mqtt.tls.ca_file {}", ca.display()))?;
     }
     if roots.is_empty() {
         bail!("mqtt.tls.ca_file {}: no certificate in it", ca.display());
@@ -177,10 +199,17 @@ fn tls_config(m: &MqttSettings) -> anyhow::Result<rustls::ClientConfig> {
                 .with_context(|| format!("mqtt.tls.client_cert {}", cert.display()))?
                 .collect::<Result<Vec<_>, _>>()
                 .with_context(|| format!("mqtt.tls.client_cert {}", cert.display()))?;
-            let key_der = PrivateKeyDer::from_pem_file(key).with_context(|| format!("mqtt.tls.client_key {}", key.display()))?;
+            let key_der = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("mqtt.tls.client_key {}", key.display()))?;
             builder
                 .with_client_auth_cert(chain, key_der)
-                .with_context(|| format!("mqtt.tls: client certificate {} with key {} is not usable", cert.display(), key.display()))?
+                .with_context(|| {
+                    format!(
+                        "mqtt.tls: client certificate {} with key {} is not usable",
+                        cert.display(),
+                        key.display()
+                    )
+                })?
         }
         (None, None) => builder.with_no_client_auth(),
         _ => bail!("mqtt.tls: client_cert and client_key go together"),

@@ -27,7 +27,10 @@ pub struct Histogram {
 impl Histogram {
     /// Buckets with these upper bounds (sorted), plus `+Inf`.
     pub fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram { bounds, state: Mutex::new((vec![0; bounds.len()], 0.0, 0)) }
+        Histogram {
+            bounds,
+            state: Mutex::new((vec![0; bounds.len()], 0.0, 0)),
+        }
     }
 
     /// Records one value.
@@ -49,14 +52,20 @@ impl Histogram {
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {n}");
         }
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", s.2);
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         let _ = writeln!(out, "{name}_sum{braces} {}", s.1);
         let _ = writeln!(out, "{name}_count{braces} {}", s.2);
     }
 }
 
 /// Seconds, from 1 ms (a Jetson stage) to 30 s (a flooded CPU queue).
-const SECONDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 /// Reads one stage's milliseconds out of [`Timings`].
 type StageOf = fn(&Timings) -> f64;
@@ -65,7 +74,9 @@ type StageOf = fn(&Timings) -> f64;
 const STAGES: [(&str, StageOf); 7] = [
     ("queue", |t| t.queue),
     ("decode", |t| t.stages.decode),
-    ("detect", |t| t.stages.det_pre + t.stages.det_infer + t.stages.det_post),
+    ("detect", |t| {
+        t.stages.det_pre + t.stages.det_infer + t.stages.det_post
+    }),
     ("embed", |t| t.stages.rec_pre + t.stages.rec_infer),
     ("search", |t| t.stages.search),
     ("pipeline", |t| t.stages.total()),
@@ -81,7 +92,10 @@ pub struct Histograms {
 
 impl Default for Histograms {
     fn default() -> Histograms {
-        Histograms { stages: STAGES.iter().map(|_| Histogram::new(SECONDS)).collect(), batch: Histogram::new(BATCH) }
+        Histograms {
+            stages: STAGES.iter().map(|_| Histogram::new(SECONDS)).collect(),
+            batch: Histogram::new(BATCH),
+        }
     }
 }
 
@@ -105,35 +119,112 @@ pub fn render(shared: &Shared) -> String {
     let c = &shared.counters;
     let n = |x: &std::sync::atomic::AtomicU64| x.load(Ordering::Relaxed);
     let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = writeln!(out, "# HELP shitu_{name} {help}\n# TYPE shitu_{name} counter\nshitu_{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP shitu_{name} {help}\n# TYPE shitu_{name} counter\nshitu_{name} {v}"
+        );
     };
-    counter("requests_received_total", "Request deliveries received, repeats included.", n(&c.received));
-    counter("requests_repeated_total", "Deliveries of a request already taken (QoS 1 redelivery or a controller's retry).", n(&c.duplicates));
-    counter("answers_resent_total", "Repeated requests answered again from the answer cache.", n(&c.resent));
-    counter("requests_answered_total", "Requests answered with results.", n(&c.answered));
-    counter("requests_failed_total", "Requests answered with an error, busy included.", n(&c.errors));
-    counter("requests_busy_total", "Requests refused because the queue was full.", n(&c.busy));
-    counter("answers_published_total", "Answers acknowledged by the broker.", n(&c.published));
-    counter("answers_spooled_total", "Answers written to the disk spool during outages.", n(&c.spooled));
-    counter("answers_dropped_total", "Answers dropped because the spool was full.", n(&c.spool_dropped));
+    counter(
+        "requests_received_total",
+        "Request deliveries received, repeats included.",
+        n(&c.received),
+    );
+    counter(
+        "requests_repeated_total",
+        "Deliveries of a request already taken (QoS 1 redelivery or a controller's retry).",
+        n(&c.duplicates),
+    );
+    counter(
+        "answers_resent_total",
+        "Repeated requests answered again from the answer cache.",
+        n(&c.resent),
+    );
+    counter(
+        "requests_answered_total",
+        "Requests answered with results.",
+        n(&c.answered),
+    );
+    counter(
+        "requests_failed_total",
+        "Requests answered with an error, busy included.",
+        n(&c.errors),
+    );
+    counter(
+        "requests_busy_total",
+        "Requests refused because the queue was full.",
+        n(&c.busy),
+    );
+    counter(
+        "answers_published_total",
+        "Answers acknowledged by the broker.",
+        n(&c.published),
+    );
+    counter(
+        "answers_spooled_total",
+        "Answers written to the disk spool during outages.",
+        n(&c.spooled),
+    );
+    counter(
+        "answers_dropped_total",
+        "Answers dropped because the spool was full.",
+        n(&c.spool_dropped),
+    );
     counter("batches_total", "Pipeline batches run.", n(&c.batches));
-    counter("broker_connects_total", "Connections made to the broker.", n(&c.connects));
+    counter(
+        "broker_connects_total",
+        "Connections made to the broker.",
+        n(&c.connects),
+    );
     let versions = shared.versions();
     let mut gauge = |name: &str, help: &str, v: f64| {
-        let _ = writeln!(out, "# HELP shitu_{name} {help}\n# TYPE shitu_{name} gauge\nshitu_{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP shitu_{name} {help}\n# TYPE shitu_{name} gauge\nshitu_{name} {v}"
+        );
     };
-    gauge("queue_depth", "Requests waiting for the pipeline.", shared.queued.load(Ordering::Relaxed) as f64);
-    gauge("spool_messages", "Answers in the disk spool.", shared.outbox.spooled() as f64);
-    gauge("broker_connected", "1 while connected to the broker.", f64::from(u8::from(shared.outbox.is_connected())));
-    gauge("pipeline_healthy", "1 while no batch is stalled.", f64::from(u8::from(shared.health.check().is_ok())));
-    gauge("gallery_items", "Items in the gallery.", versions.gallery_items as f64);
-    gauge("uptime_seconds", "Seconds since the daemon started.", shared.started.elapsed().as_secs_f64());
+    gauge(
+        "queue_depth",
+        "Requests waiting for the pipeline.",
+        shared.queued.load(Ordering::Relaxed) as f64,
+    );
+    gauge(
+        "spool_messages",
+        "Answers in the disk spool.",
+        shared.outbox.spooled() as f64,
+    );
+    gauge(
+        "broker_connected",
+        "1 while connected to the broker.",
+        f64::from(u8::from(shared.outbox.is_connected())),
+    );
+    gauge(
+        "pipeline_healthy",
+        "1 while no batch is stalled.",
+        f64::from(u8::from(shared.health.check().is_ok())),
+    );
+    gauge(
+        "gallery_items",
+        "Items in the gallery.",
+        versions.gallery_items as f64,
+    );
+    gauge(
+        "uptime_seconds",
+        "Seconds since the daemon started.",
+        shared.started.elapsed().as_secs_f64(),
+    );
     let h = &shared.histograms;
     let _ = writeln!(out, "# HELP shitu_stage_seconds Time per answered request, by stage.\n# TYPE shitu_stage_seconds histogram");
     for (hist, (stage, _)) in h.stages.iter().zip(STAGES) {
-        hist.render(&mut out, "shitu_stage_seconds", &format!("stage=\"{stage}\""));
+        hist.render(
+            &mut out,
+            "shitu_stage_seconds",
+            &format!("stage=\"{stage}\""),
+        );
     }
-    let _ = writeln!(out, "# HELP shitu_batch_size Requests per pipeline batch.\n# TYPE shitu_batch_size histogram");
+    let _ = writeln!(
+        out,
+        "# HELP shitu_batch_size Requests per pipeline batch.\n# TYPE shitu_batch_size histogram"
+    );
     h.batch.render(&mut out, "shitu_batch_size", "");
     out
 }
@@ -144,7 +235,10 @@ fn unhealthy(shared: &Shared) -> Option<String> {
         return Some(format!("pipeline: {why}"));
     }
     if !shared.outbox.is_connected() {
-        return Some(format!("broker {}:{} not connected", shared.settings.mqtt.host, shared.settings.mqtt.port));
+        return Some(format!(
+            "broker {}:{} not connected",
+            shared.settings.mqtt.host, shared.settings.mqtt.port
+        ));
     }
     None
 }
@@ -152,7 +246,9 @@ fn unhealthy(shared: &Shared) -> Option<String> {
 /// Serves `/metrics` and `/healthz` on 127.0.0.1:`port` until the task is aborted.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((conn, _)) = listener.accept().await else { continue };
+        let Ok((conn, _)) = listener.accept().await else {
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let route = |path: &str| match path {
@@ -161,7 +257,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     None => ("200 OK", "text/plain", "ok\n".to_string()),
                     Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
                 },
-                _ => ("404 Not Found", "text/plain", "GET /metrics or /healthz\n".to_string()),
+                _ => (
+                    "404 Not Found",
+                    "text/plain",
+                    "GET /metrics or /healthz\n".to_string(),
+                ),
             };
             answer(conn, route).await;
         });
@@ -191,11 +291,19 @@ where
         }
         true
     };
-    if !matches!(tokio::time::timeout(Duration::from_secs(5), read_head).await, Ok(true)) {
+    if !matches!(
+        tokio::time::timeout(Duration::from_secs(5), read_head).await,
+        Ok(true)
+    ) {
         return;
     }
     let head = String::from_utf8_lossy(&head);
-    let path = head.lines().next().and_then(|l| l.strip_prefix("GET ")).and_then(|l| l.split_whitespace().next()).unwrap_or("");
+    let path = head
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("GET "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or("");
     let (status, ctype, body) = route(path);
     let reply = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
     let _ = conn.write_all(reply.as_bytes()).await;
@@ -217,7 +325,10 @@ mod tests {
         assert!(out.contains("x_bucket{le=\"1\"} 1\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"2\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
-        assert!(out.contains("x_sum 5\n") && out.contains("x_count 3\n"), "{out}");
+        assert!(
+            out.contains("x_sum 5\n") && out.contains("x_count 3\n"),
+            "{out}"
+        );
     }
 
     fn route(path: &str) -> (&'static str, &'static str, String) {
@@ -245,7 +356,10 @@ mod tests {
     #[tokio::test]
     async fn request_split_across_reads_is_routed_whole() {
         let reply = exchange(&["GET ", "/healthz", " HTTP/1.1\r\nHost: x\r\n", "\r\n"]).await;
-        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with("\r\n\r\nok\n"), "{reply}");
+        assert!(
+            reply.starts_with("HTTP/1.1 200 OK\r\n") && reply.ends_with("\r\n\r\nok\n"),
+            "{reply}"
+        );
         let reply = exchange(&["GET /nope HTTP/1.1\r\n\r\n"]).await;
         assert!(reply.starts_with("HTTP/1.1 404 "), "{reply}");
     }
@@ -255,8 +369,14 @@ mod tests {
     async fn unfinished_head_is_dropped() {
         let (mut client, server) = tokio::io::duplex(64);
         let task = tokio::spawn(answer(server, route));
-        client.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        client
+            .write_all(b"GET /healthz HTTP/1.1\r\n")
+            .await
+            .unwrap();
         drop(client);
-        tokio::time::timeout(Duration::from_secs(1), task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

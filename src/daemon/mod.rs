@@ -35,12 +35,12 @@ use crate::config::Settings;
 use crate::pipeline::Pipeline;
 use answer::{error_payload, ErrorCode, Versions};
 use health::Health;
-use service::Service;
 use ledger::{Admit, Ledger};
 use link::Topics;
 use mqtt::{Client, Connection, Delivery, Event, Inbound};
 use outbox::{Message, Outbox};
 use request::Envelope;
+use service::Service;
 use status::Counters;
 use worker::{Job, ReplyTo};
 
@@ -78,8 +78,18 @@ impl Shared {
         // Lock order everywhere: ledger, then outbox.
         let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let mut acks: Vec<Delivery> = reply.delivery.into_iter().collect();
-        acks.extend(if remember { ledger.finish(&reply.request_id, Some(payload.clone())) } else { ledger.forget(&reply.request_id) });
-        self.outbox.submit(Message::answer(reply.topic, payload, reply.correlation, reply.request_id, acks));
+        acks.extend(if remember {
+            ledger.finish(&reply.request_id, Some(payload.clone()))
+        } else {
+            ledger.forget(&reply.request_id)
+        });
+        self.outbox.submit(Message::answer(
+            reply.topic,
+            payload,
+            reply.correlation,
+            reply.request_id,
+            acks,
+        ));
     }
 
     /// Sends an error answer, and logs it.
@@ -92,11 +102,18 @@ impl Shared {
             tracing::warn!(request_id = %reply.request_id, code = code.as_str(), "request refused: {message}");
         }
         let payload = error_payload(&reply.request_id, code, message);
-        self.answer(reply, Bytes::from(payload), !matches!(code, ErrorCode::Busy | ErrorCode::Internal));
+        self.answer(
+            reply,
+            Bytes::from(payload),
+            !matches!(code, ErrorCode::Busy | ErrorCode::Internal),
+        );
     }
 
     fn versions(&self) -> Versions {
-        self.versions.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn set_versions(&self, v: Versions) {
@@ -121,8 +138,14 @@ impl Shared {
     }
 
     fn publish_status(&self) {
-        let payload = status::online(self.started, &self.versions(), &self.counters, self.queued.load(Ordering::Relaxed));
-        self.outbox.submit(Message::status(self.topics.status.clone(), payload));
+        let payload = status::online(
+            self.started,
+            &self.versions(),
+            &self.counters,
+            self.queued.load(Ordering::Relaxed),
+        );
+        self.outbox
+            .submit(Message::status(self.topics.status.clone(), payload));
     }
 
     /// Admits a delivery of `id`, to be answered to `reply`: gives `reply`
@@ -147,8 +170,17 @@ impl Shared {
                 // The first answer was acknowledged, yet the request came again:
                 // the answer may have been lost after that (a broker crash), so send it again.
                 self.counters.resent.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(request_id = id, "repeated request: its answer is sent again from the cache");
-                self.outbox.submit(Message::answer(reply.topic, payload, reply.correlation, id.to_string(), vec![delivery]));
+                tracing::debug!(
+                    request_id = id,
+                    "repeated request: its answer is sent again from the cache"
+                );
+                self.outbox.submit(Message::answer(
+                    reply.topic,
+                    payload,
+                    reply.correlation,
+                    id.to_string(),
+                    vec![delivery],
+                ));
             }
             None => {
                 tracing::debug!(request_id = id, "repeated request answered long ago (answer no longer cached): acknowledged only");
@@ -167,11 +199,21 @@ impl Shared {
             Err(TrySendError::Full(job)) => {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
                 let cap = self.settings.daemon.queue_capacity;
-                self.reply_error(reply_of(job), ErrorCode::Busy, &format!("{cap} requests are already waiting (daemon.queue_capacity); retry later"));
+                self.reply_error(
+                    reply_of(job),
+                    ErrorCode::Busy,
+                    &format!(
+                        "{cap} requests are already waiting (daemon.queue_capacity); retry later"
+                    ),
+                );
             }
             Err(TrySendError::Disconnected(job)) => {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
-                self.reply_error(reply_of(job), ErrorCode::Internal, "the pipeline thread has stopped; see the daemon log");
+                self.reply_error(
+                    reply_of(job),
+                    ErrorCode::Internal,
+                    "the pipeline thread has stopped; see the daemon log",
+                );
             }
         }
     }
@@ -189,11 +231,19 @@ impl Shared {
             self.outbox.ack(p);
             return;
         };
-        let env = Envelope { user_properties: &m.user_properties, correlation_data: m.correlation.as_deref() };
+        let env = Envelope {
+            user_properties: &m.user_properties,
+            correlation_data: m.correlation.as_deref(),
+        };
         let max = self.settings.daemon.max_payload_bytes;
-        let response_topic = m.response_topic.clone().filter(|t| !t.is_empty() && !t.contains(['+', '#']));
+        let response_topic = m
+            .response_topic
+            .clone()
+            .filter(|t| !t.is_empty() && !t.contains(['+', '#']));
         let reply = |request_id: String, default: &str| ReplyTo {
-            topic: response_topic.clone().unwrap_or_else(|| default.to_string()),
+            topic: response_topic
+                .clone()
+                .unwrap_or_else(|| default.to_string()),
             correlation: m.correlation.clone(),
             request_id,
             delivery: Some(p.clone()),
@@ -202,14 +252,26 @@ impl Shared {
         if topic == self.topics.recognize {
             match request::parse_recognize(&m.payload, &env, max) {
                 Ok(r) => {
-                    let Some(to) = self.admit(&r.request_id, reply(r.request_id.clone(), &self.topics.result)) else { return };
+                    let Some(to) = self.admit(
+                        &r.request_id,
+                        reply(r.request_id.clone(), &self.topics.result),
+                    ) else {
+                        return;
+                    };
                     if !r.ignored.is_empty() {
                         tracing::warn!(request_id = %r.request_id, fields = ?r.ignored, "unknown request fields ignored");
                     }
-                    self.enqueue(Job::Recognize { reply: to, image: r.image, query: r.query });
+                    self.enqueue(Job::Recognize {
+                        reply: to,
+                        image: r.image,
+                        query: r.query,
+                    });
                 }
                 Err(rej) => {
-                    if let Some(to) = self.admit(&rej.request_id, reply(rej.request_id.clone(), &self.topics.result)) {
+                    if let Some(to) = self.admit(
+                        &rej.request_id,
+                        reply(rej.request_id.clone(), &self.topics.result),
+                    ) {
                         self.reply_error(to, rej.code, &rej.message);
                     }
                 }
@@ -218,7 +280,13 @@ impl Shared {
             let add = topic == self.topics.gallery_add;
             match request::parse_gallery(&m.payload, &env, max, add) {
                 Ok(command) => {
-                    if let Some(to) = self.admit(command.request_id(), reply(command.request_id().to_string(), &self.topics.gallery_result)) {
+                    if let Some(to) = self.admit(
+                        command.request_id(),
+                        reply(
+                            command.request_id().to_string(),
+                            &self.topics.gallery_result,
+                        ),
+                    ) {
                         if self.updater.as_ref().is_some_and(|u| u.is_busy()) {
                             // The new version's gallery was copied when the update began; a change now would be lost at the swap.
                             self.reply_error(to, ErrorCode::Busy, "an update is being applied; retry when P/ota/status says it is done");
@@ -228,7 +296,10 @@ impl Shared {
                     }
                 }
                 Err(rej) => {
-                    if let Some(to) = self.admit(&rej.request_id, reply(rej.request_id.clone(), &self.topics.gallery_result)) {
+                    if let Some(to) = self.admit(
+                        &rej.request_id,
+                        reply(rej.request_id.clone(), &self.topics.gallery_result),
+                    ) {
                         self.reply_error(to, rej.code, &rej.message);
                     }
                 }
@@ -252,7 +323,10 @@ impl Shared {
                 }
             }
         } else {
-            tracing::warn!(topic, "message on a topic the daemon does not serve; acknowledged and dropped");
+            tracing::warn!(
+                topic,
+                "message on a topic the daemon does not serve; acknowledged and dropped"
+            );
             self.outbox.ack(p);
         }
     }
@@ -280,11 +354,23 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let started = Instant::now();
     let device = link::device_id(&settings.mqtt);
     let topics = Topics::new(&settings.mqtt, &device);
-    let client_id = if settings.mqtt.client_id.is_empty() { format!("shitud-{device}") } else { settings.mqtt.client_id.clone() };
-    let options = link::options(&settings.mqtt, &client_id, &topics.status, status::offline(), settings.daemon.max_payload_bytes)?;
+    let client_id = if settings.mqtt.client_id.is_empty() {
+        format!("shitud-{device}")
+    } else {
+        settings.mqtt.client_id.clone()
+    };
+    let options = link::options(
+        &settings.mqtt,
+        &client_id,
+        &topics.status,
+        status::offline(),
+        settings.daemon.max_payload_bytes,
+    )?;
 
     let service = Arc::new(Service::default());
-    let health = Arc::new(Health::new(Duration::from_secs(settings.daemon.stall_after_s.max(1))));
+    let health = Arc::new(Health::new(Duration::from_secs(
+        settings.daemon.stall_after_s.max(1),
+    )));
     // Pinging starts now: loading (a first TensorRT engine build) is bounded by TimeoutStartSec instead.
     let watchdog = tokio::spawn(service::watchdog(service.clone(), health.clone()));
     service.status("loading models and gallery");
@@ -292,7 +378,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let startup = updater::Updater::start(&settings)?;
     let (pipeline, bundle) = match &startup {
         Some(s) => open_version(&s.updater, &s.settings, s.version.clone())?,
-        None => (Pipeline::open_writable(&settings).context("loading the pipeline")?, None),
+        None => (
+            Pipeline::open_writable(&settings).context("loading the pipeline")?,
+            None,
+        ),
     };
     let updater = startup.map(|s| Arc::new(s.updater));
     let broker = format!("{}:{}", settings.mqtt.host, settings.mqtt.port);
@@ -300,14 +389,29 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let versions = worker::versions(&pipeline, bundle);
 
     let counters = Arc::new(Counters::default());
-    let (spool, leftovers) = spool::Spool::open(&settings.daemon.spool_dir, settings.daemon.spool_max_messages, settings.daemon.spool_max_bytes)
-        .with_context(|| format!("opening the answer spool {}", settings.daemon.spool_dir.display()))?;
+    let (spool, leftovers) = spool::Spool::open(
+        &settings.daemon.spool_dir,
+        settings.daemon.spool_max_messages,
+        settings.daemon.spool_max_bytes,
+    )
+    .with_context(|| {
+        format!(
+            "opening the answer spool {}",
+            settings.daemon.spool_dir.display()
+        )
+    })?;
     if !leftovers.is_empty() {
-        tracing::info!(answers = leftovers.len(), "answers spooled by the previous run will be sent after connecting");
+        tracing::info!(
+            answers = leftovers.len(),
+            "answers spooled by the previous run will be sent after connecting"
+        );
     }
     let (client, connection) = mqtt::connect(options, 4096);
     let outbox = Outbox::new(client.clone(), spool, leftovers, counters.clone());
-    let mut ledger = Ledger::new(settings.daemon.dedup_window, settings.daemon.answer_cache_bytes);
+    let mut ledger = Ledger::new(
+        settings.daemon.dedup_window,
+        settings.daemon.answer_cache_bytes,
+    );
     let saved = settings.daemon.spool_dir.join(ANSWERED_FILE);
     if let Ok(text) = std::fs::read_to_string(&saved) {
         for id in text.lines().filter(|l| !l.is_empty()) {
@@ -340,7 +444,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         port => {
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
                 .await
-                .with_context(|| format!("daemon.metrics_port: cannot listen on 127.0.0.1:{port}"))?;
+                .with_context(|| {
+                    format!("daemon.metrics_port: cannot listen on 127.0.0.1:{port}")
+                })?;
             tracing::info!("metrics on http://127.0.0.1:{port}/metrics, health on /healthz");
             Some(tokio::spawn(metrics::serve(listener, shared.clone())))
         }
@@ -348,14 +454,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let worker = {
         let shared = shared.clone();
-        std::thread::Builder::new().name("shitud-pipeline".into()).spawn(move || worker::run(pipeline, rx, &shared))?
+        std::thread::Builder::new()
+            .name("shitud-pipeline".into())
+            .spawn(move || worker::run(pipeline, rx, &shared))?
     };
 
     if let Some(u) = &updater {
         u.watch_trial(settings.ota.trial_s);
         if !settings.ota.watch_dir.as_os_str().is_empty() {
             let (shared, dir) = (shared.clone(), settings.ota.watch_dir.clone());
-            std::thread::Builder::new().name("shitud-watch".into()).spawn(move || updater::watch_folder(shared, dir))?;
+            std::thread::Builder::new()
+                .name("shitud-watch".into())
+                .spawn(move || updater::watch_folder(shared, dir))?;
         }
     }
     tracing::info!(
@@ -390,7 +500,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 shared.publish_status();
-                if shared.service.is_ready() && !shared.service.is_stalled() && shared.outbox.is_connected() {
+                if shared.service.is_ready()
+                    && !shared.service.is_stalled()
+                    && shared.outbox.is_connected()
+                {
                     shared.service.status(&shared.service_summary());
                 }
             }
@@ -398,9 +511,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
 
     wait_for_stop_signal().await?;
-    tracing::info!(queued = shared.queued.load(Ordering::Relaxed), "stopping: no new requests; finishing the queue");
+    tracing::info!(
+        queued = shared.queued.load(Ordering::Relaxed),
+        "stopping: no new requests; finishing the queue"
+    );
     shared.stopping.store(true, Ordering::Relaxed);
-    shared.service.stopping(&format!("stopping: finishing {} queued requests", shared.queued.load(Ordering::Relaxed)));
+    shared.service.stopping(&format!(
+        "stopping: finishing {} queued requests",
+        shared.queued.load(Ordering::Relaxed)
+    ));
     status_timer.abort();
     ready_timer.abort();
     // Dropping the sender lets the pipeline thread drain the queue and end.
@@ -416,7 +535,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     shared.outbox.spool_all();
     let left = shared.outbox.spooled();
     save_answered(&shared);
-    shared.outbox.submit(Message::status(topics.status.clone(), status::offline()));
+    shared
+        .outbox
+        .submit(Message::status(topics.status.clone(), status::offline()));
     let deadline = Instant::now() + Duration::from_secs(2);
     while shared.outbox.unacknowledged() > shared.outbox.spooled() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -482,10 +603,20 @@ async fn event_loop(mut connection: Connection, client: Client, shared: Arc<Shar
                 if connected_once && !session_present {
                     tracing::warn!("the broker did not keep this client's session (restarted without persistence, or the session expired): requests sent meanwhile are lost at the broker");
                 }
-                tracing::info!(session_present, spooled = shared.outbox.spooled(), "connected to the broker");
+                tracing::info!(
+                    session_present,
+                    spooled = shared.outbox.spooled(),
+                    "connected to the broker"
+                );
                 connected_once = true;
                 let t = &shared.topics;
-                for filter in [&t.recognize_filter, &t.gallery_add, &t.gallery_remove, &t.ota_apply, &t.ota_rollback] {
+                for filter in [
+                    &t.recognize_filter,
+                    &t.gallery_add,
+                    &t.gallery_remove,
+                    &t.ota_apply,
+                    &t.ota_rollback,
+                ] {
                     if let Err(e) = client.try_subscribe(filter) {
                         tracing::error!(filter = %filter, "cannot subscribe: {e}");
                     }
@@ -498,14 +629,21 @@ async fn event_loop(mut connection: Connection, client: Client, shared: Arc<Shar
             Ok(Event::Received(m)) => shared.on_request(m),
             Ok(Event::Acknowledged(pkid)) => shared.outbox.on_puback(pkid),
             Ok(Event::SubscriptionRefused(codes)) => {
-                tracing::error!(codes, "the broker refused a subscription (check its ACL for this client)");
+                tracing::error!(
+                    codes,
+                    "the broker refused a subscription (check its ACL for this client)"
+                );
             }
-            Ok(Event::BrokerDisconnect(reason)) => tracing::warn!(reason, "the broker closed the connection"),
+            Ok(Event::BrokerDisconnect(reason)) => {
+                tracing::warn!(reason, "the broker closed the connection")
+            }
             Ok(Event::Sent(pkid)) => shared.outbox.on_sent(pkid),
             Ok(Event::Other) => shared.outbox.on_progress(),
             Err(e) => {
                 shared.outbox.on_disconnect(&mut connection);
-                if shared.stopping.load(Ordering::Relaxed) && shared.outbox.unacknowledged() == shared.outbox.spooled() {
+                if shared.stopping.load(Ordering::Relaxed)
+                    && shared.outbox.unacknowledged() == shared.outbox.spooled()
+                {
                     // Nothing left to send; the stop sequence will finish.
                     tokio::time::sleep(min).await;
                     continue;
@@ -514,7 +652,10 @@ async fn event_loop(mut connection: Connection, client: Client, shared: Arc<Shar
                     tracing::debug!("broker still unreachable: {e}; retrying in {backoff:?}");
                 } else {
                     if shared.service.is_ready() {
-                        shared.service.status(&format!("degraded: broker {}:{} unreachable ({e}); answers are spooled", m.host, m.port));
+                        shared.service.status(&format!(
+                            "degraded: broker {}:{} unreachable ({e}); answers are spooled",
+                            m.host, m.port
+                        ));
                     }
                     tracing::warn!(
                         broker = %format!("{}:{}", m.host, m.port),
@@ -533,14 +674,30 @@ async fn event_loop(mut connection: Connection, client: Client, shared: Arc<Shar
 /// Opens the current OTA version; if it does not open and a previous version
 /// exists, goes back to that one (logged), so a bad version on disk cannot keep
 /// the daemon from starting.
-fn open_version(u: &updater::Updater, settings: &Settings, version: Option<String>) -> anyhow::Result<(Pipeline, Option<String>)> {
+fn open_version(
+    u: &updater::Updater,
+    settings: &Settings,
+    version: Option<String>,
+) -> anyhow::Result<(Pipeline, Option<String>)> {
     match Pipeline::open_writable(settings) {
         Ok(p) => Ok((p, version)),
         Err(e) if version.is_some() => {
-            tracing::error!(version = version.as_deref().unwrap_or_default(), "the current version does not open: {e}; going back");
-            let (settings, back) = u.fall_back().with_context(|| format!("the current version does not open ({e}) and cannot be left"))?;
-            tracing::warn!(version = back.as_deref().unwrap_or("(config's own files)"), "serving after falling back");
-            Ok((Pipeline::open_writable(&settings).context("loading the pipeline we fell back to")?, back))
+            tracing::error!(
+                version = version.as_deref().unwrap_or_default(),
+                "the current version does not open: {e}; going back"
+            );
+            let (settings, back) = u.fall_back().with_context(|| {
+                format!("the current version does not open ({e}) and cannot be left")
+            })?;
+            tracing::warn!(
+                version = back.as_deref().unwrap_or("(config's own files)"),
+                "serving after falling back"
+            );
+            Ok((
+                Pipeline::open_writable(&settings)
+                    .context("loading the pipeline we fell back to")?,
+                back,
+            ))
         }
         Err(e) => Err(e).context("loading the pipeline"),
     }

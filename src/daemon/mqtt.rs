@@ -110,7 +110,13 @@ pub fn connect(options: Options, capacity: usize) -> (Client, Connection) {
 
 impl Client {
     /// Queues a QoS 1 publish. `correlation` is sent only where the protocol can.
-    pub fn try_publish(&self, topic: &str, retain: bool, payload: Bytes, correlation: Option<Bytes>) -> Result<(), String> {
+    pub fn try_publish(
+        &self,
+        topic: &str,
+        retain: bool,
+        payload: Bytes,
+        correlation: Option<Bytes>,
+    ) -> Result<(), String> {
         match self {
             Client::V5(c) => {
                 let props = p5::PublishProperties {
@@ -119,10 +125,18 @@ impl Client {
                     payload_format_indicator: Some(1),
                     ..Default::default()
                 };
-                c.try_publish_with_properties(topic, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, retain, payload, props)
-                    .map_err(|e| e.to_string())
+                c.try_publish_with_properties(
+                    topic,
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    retain,
+                    payload,
+                    props,
+                )
+                .map_err(|e| e.to_string())
             }
-            Client::V311(c) => c.try_publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload).map_err(|e| e.to_string()),
+            Client::V311(c) => c
+                .try_publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -138,8 +152,12 @@ impl Client {
     /// Queues a QoS 1 subscription.
     pub fn try_subscribe(&self, filter: &str) -> Result<(), String> {
         match self {
-            Client::V5(c) => c.try_subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce).map_err(|e| e.to_string()),
-            Client::V311(c) => c.try_subscribe(filter, rumqttc::QoS::AtLeastOnce).map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+                .map_err(|e| e.to_string()),
+            Client::V311(c) => c
+                .try_subscribe(filter, rumqttc::QoS::AtLeastOnce)
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -168,11 +186,21 @@ impl Connection {
         match self {
             Connection::V5(e) => {
                 e.clean();
-                e.pending.retain(|r| !matches!(r, rumqttc::v5::Request::Publish(_) | rumqttc::v5::Request::PubAck(_)));
+                e.pending.retain(|r| {
+                    !matches!(
+                        r,
+                        rumqttc::v5::Request::Publish(_) | rumqttc::v5::Request::PubAck(_)
+                    )
+                });
             }
             Connection::V311(e) => {
                 e.clean();
-                e.pending.retain(|r| !matches!(r, rumqttc::Request::Publish(_) | rumqttc::Request::PubAck(_)));
+                e.pending.retain(|r| {
+                    !matches!(
+                        r,
+                        rumqttc::Request::Publish(_) | rumqttc::Request::PubAck(_)
+                    )
+                });
             }
         }
     }
@@ -181,7 +209,9 @@ impl Connection {
 fn event_v5(e: rumqttc::v5::Event) -> Event {
     use rumqttc::v5::Event as E;
     match e {
-        E::Incoming(p5::Packet::ConnAck(a)) => Event::Connected { session_present: a.session_present },
+        E::Incoming(p5::Packet::ConnAck(a)) => Event::Connected {
+            session_present: a.session_present,
+        },
         E::Incoming(p5::Packet::Publish(p)) => {
             let props = p.properties.as_ref();
             Event::Received(Box::new(Inbound {
@@ -194,10 +224,16 @@ fn event_v5(e: rumqttc::v5::Event) -> Event {
             }))
         }
         E::Incoming(p5::Packet::PubAck(a)) => Event::Acknowledged(a.pkid),
-        E::Incoming(p5::Packet::SubAck(s)) if s.return_codes.iter().any(|c| !matches!(c, p5::SubscribeReasonCode::Success(_))) => {
+        E::Incoming(p5::Packet::SubAck(s))
+            if s.return_codes
+                .iter()
+                .any(|c| !matches!(c, p5::SubscribeReasonCode::Success(_))) =>
+        {
             Event::SubscriptionRefused(format!("{:?}", s.return_codes))
         }
-        E::Incoming(p5::Packet::Disconnect(d)) => Event::BrokerDisconnect(format!("{:?}", d.reason_code)),
+        E::Incoming(p5::Packet::Disconnect(d)) => {
+            Event::BrokerDisconnect(format!("{:?}", d.reason_code))
+        }
         E::Outgoing(Outgoing::Publish(pkid)) => Event::Sent(pkid),
         _ => Event::Other,
     }
@@ -206,7 +242,9 @@ fn event_v5(e: rumqttc::v5::Event) -> Event {
 fn event_v311(e: rumqttc::Event) -> Event {
     use rumqttc::Event as E;
     match e {
-        E::Incoming(p4::Packet::ConnAck(a)) => Event::Connected { session_present: a.session_present },
+        E::Incoming(p4::Packet::ConnAck(a)) => Event::Connected {
+            session_present: a.session_present,
+        },
         E::Incoming(p4::Packet::Publish(p)) => Event::Received(Box::new(Inbound {
             topic: Some(p.topic.clone()),
             payload: p.payload.clone(),
@@ -216,7 +254,11 @@ fn event_v311(e: rumqttc::Event) -> Event {
             delivery: Delivery::V311(p),
         })),
         E::Incoming(p4::Packet::PubAck(a)) => Event::Acknowledged(a.pkid),
-        E::Incoming(p4::Packet::SubAck(s)) if s.return_codes.iter().any(|c| !matches!(c, p4::SubscribeReasonCode::Success(_))) => {
+        E::Incoming(p4::Packet::SubAck(s))
+            if s.return_codes
+                .iter()
+                .any(|c| !matches!(c, p4::SubscribeReasonCode::Success(_))) =>
+        {
             Event::SubscriptionRefused(format!("{:?}", s.return_codes))
         }
         E::Outgoing(Outgoing::Publish(pkid)) => Event::Sent(pkid),
@@ -230,7 +272,11 @@ mod tests {
 
     #[test]
     fn both_protocols_map_to_the_same_events() {
-        let p = p4::Publish::new("shitu/a/recognize", rumqttc::QoS::AtLeastOnce, b"{}".to_vec());
+        let p = p4::Publish::new(
+            "shitu/a/recognize",
+            rumqttc::QoS::AtLeastOnce,
+            b"{}".to_vec(),
+        );
         match event_v311(rumqttc::Event::Incoming(p4::Packet::Publish(p))) {
             Event::Received(i) => {
                 assert_eq!(i.topic.as_deref(), Some("shitu/a/recognize"));
@@ -245,26 +291,54 @@ mod tests {
             user_properties: vec![("request_id".into(), "r1".into())],
             ..Default::default()
         };
-        let p = p5::Publish::new("shitu/a/recognize", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, b"{}".to_vec(), Some(props));
+        let p = p5::Publish::new(
+            "shitu/a/recognize",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            b"{}".to_vec(),
+            Some(props),
+        );
         match event_v5(rumqttc::v5::Event::Incoming(p5::Packet::Publish(p))) {
             Event::Received(i) => {
                 assert_eq!(i.response_topic.as_deref(), Some("me/answers"));
                 assert_eq!(i.correlation.as_deref(), Some(&b"c1"[..]));
-                assert_eq!(i.user_properties, vec![("request_id".to_string(), "r1".to_string())]);
+                assert_eq!(
+                    i.user_properties,
+                    vec![("request_id".to_string(), "r1".to_string())]
+                );
             }
             other => panic!("{other:?}"),
         }
         let refused = p4::SubAck::new(1, vec![p4::SubscribeReasonCode::Failure]);
-        assert!(matches!(event_v311(rumqttc::Event::Incoming(p4::Packet::SubAck(refused))), Event::SubscriptionRefused(_)));
-        let granted = p4::SubAck::new(1, vec![p4::SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce)]);
-        assert!(matches!(event_v311(rumqttc::Event::Incoming(p4::Packet::SubAck(granted))), Event::Other));
-        assert!(matches!(event_v311(rumqttc::Event::Outgoing(Outgoing::Publish(7))), Event::Sent(7)));
+        assert!(matches!(
+            event_v311(rumqttc::Event::Incoming(p4::Packet::SubAck(refused))),
+            Event::SubscriptionRefused(_)
+        ));
+        let granted = p4::SubAck::new(
+            1,
+            vec![p4::SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce)],
+        );
+        assert!(matches!(
+            event_v311(rumqttc::Event::Incoming(p4::Packet::SubAck(granted))),
+            Event::Other
+        ));
+        assert!(matches!(
+            event_v311(rumqttc::Event::Outgoing(Outgoing::Publish(7))),
+            Event::Sent(7)
+        ));
     }
 
     #[test]
     fn an_ack_of_the_other_protocol_is_refused_not_sent() {
-        let (c, _conn) = connect(Options::V311(Box::new(rumqttc::MqttOptions::new("t", "localhost", 1))), 4);
-        let p = p5::Publish::new("t", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, b"x".to_vec(), None);
+        let (c, _conn) = connect(
+            Options::V311(Box::new(rumqttc::MqttOptions::new("t", "localhost", 1))),
+            4,
+        );
+        let p = p5::Publish::new(
+            "t",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            b"x".to_vec(),
+            None,
+        );
         assert!(c.try_ack(&Delivery::V5(p)).is_err());
     }
 }

@@ -26,8 +26,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
 use super::mqtt::{Client, Connection, Delivery};
+use bytes::Bytes;
 
 use super::spool::{Spool, Spooled};
 use super::status::Counters;
@@ -54,13 +54,35 @@ pub struct Message {
 
 impl Message {
     /// An answer to `request_id`: durable, and acknowledging `acks` once the broker has it.
-    pub fn answer(topic: String, payload: Bytes, correlation: Option<Bytes>, request_id: String, acks: Vec<Delivery>) -> Message {
-        Message { topic, payload, correlation, retain: false, durable: true, request_id: Some(request_id), acks }
+    pub fn answer(
+        topic: String,
+        payload: Bytes,
+        correlation: Option<Bytes>,
+        request_id: String,
+        acks: Vec<Delivery>,
+    ) -> Message {
+        Message {
+            topic,
+            payload,
+            correlation,
+            retain: false,
+            durable: true,
+            request_id: Some(request_id),
+            acks,
+        }
     }
 
     /// A retained status message: not spooled, since a fresh one follows every reconnect.
     pub fn status(topic: String, payload: Vec<u8>) -> Message {
-        Message { topic, payload: Bytes::from(payload), correlation: None, retain: true, durable: false, request_id: None, acks: Vec::new() }
+        Message {
+            topic,
+            payload: Bytes::from(payload),
+            correlation: None,
+            retain: true,
+            durable: false,
+            request_id: None,
+            acks: Vec::new(),
+        }
     }
 }
 
@@ -97,7 +119,12 @@ pub struct Outbox {
 impl Outbox {
     /// An outbox over `client`, with the answers a previous run spooled
     /// queued for the first connection.
-    pub fn new(client: Client, spool: Spool, leftovers: Vec<Spooled>, counters: Arc<Counters>) -> Outbox {
+    pub fn new(
+        client: Client,
+        spool: Spool,
+        leftovers: Vec<Spooled>,
+        counters: Arc<Counters>,
+    ) -> Outbox {
         let next_seq = spool.last_seq().map_or(1, |s| s + 1);
         let waiting = leftovers
             .into_iter()
@@ -106,7 +133,10 @@ impl Outbox {
                 msg: Message {
                     topic: s.topic,
                     payload: Bytes::from(s.payload),
-                    correlation: s.correlation_hex.and_then(|h| hex::decode(h).ok()).map(Bytes::from),
+                    correlation: s
+                        .correlation_hex
+                        .and_then(|h| hex::decode(h).ok())
+                        .map(Bytes::from),
                     retain: false,
                     durable: true,
                     request_id: Some(s.request_id),
@@ -124,7 +154,11 @@ impl Outbox {
             backlogged: false,
             spool,
         };
-        Outbox { state: Mutex::new(state), client, counters }
+        Outbox {
+            state: Mutex::new(state),
+            client,
+            counters,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -156,7 +190,12 @@ impl Outbox {
     /// with it, if that answer is still unacknowledged; else gives it back.
     pub fn attach(&self, request_id: &str, delivery: Delivery) -> Option<Delivery> {
         let mut st = self.lock();
-        let State { handed, inflight, waiting, .. } = &mut *st;
+        let State {
+            handed,
+            inflight,
+            waiting,
+            ..
+        } = &mut *st;
         let target = handed
             .iter_mut()
             .chain(inflight.values_mut())
@@ -260,7 +299,8 @@ impl Outbox {
         connection.take_back_publishes();
         let mut back: Vec<Pending> = st.inflight.drain().map(|(_, p)| p).collect();
         back.extend(st.handed.drain(..));
-        st.waiting.extend(back.into_iter().filter(|p| p.msg.durable));
+        st.waiting
+            .extend(back.into_iter().filter(|p| p.msg.durable));
         st.waiting.make_contiguous().sort_by_key(|p| p.seq);
         // Acks belong to the session's deliveries; the broker redelivers those
         // and the duplicate filter re-attaches them.
@@ -299,7 +339,10 @@ impl Outbox {
     /// Request ids of answers not yet acknowledged (for the duplicate filter at start-up).
     pub fn request_ids(&self) -> Vec<String> {
         let st = self.lock();
-        st.waiting.iter().filter_map(|p| p.msg.request_id.clone()).collect()
+        st.waiting
+            .iter()
+            .filter_map(|p| p.msg.request_id.clone())
+            .collect()
     }
 
     /// Spools every durable message still unacknowledged (last step of a stop).
@@ -307,12 +350,18 @@ impl Outbox {
         let mut st = self.lock();
         let mut back: Vec<Pending> = st.inflight.drain().map(|(_, p)| p).collect();
         back.extend(st.handed.drain(..));
-        st.waiting.extend(back.into_iter().filter(|p| p.msg.durable));
+        st.waiting
+            .extend(back.into_iter().filter(|p| p.msg.durable));
         self.spool_waiting(&mut st);
     }
 
     fn hand(&self, msg: &Message) -> Result<(), String> {
-        self.client.try_publish(&msg.topic, msg.retain, msg.payload.clone(), msg.correlation.clone())
+        self.client.try_publish(
+            &msg.topic,
+            msg.retain,
+            msg.payload.clone(),
+            msg.correlation.clone(),
+        )
     }
 
     fn park(&self, st: &mut State, p: Pending) {
@@ -352,7 +401,9 @@ impl Outbox {
                         self.counters.spool_dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Err(e) => tracing::error!(topic = %s.topic, "cannot spool answer, keeping it in memory only: {e}"),
+                Err(e) => {
+                    tracing::error!(topic = %s.topic, "cannot spool answer, keeping it in memory only: {e}")
+                }
             }
         }
     }

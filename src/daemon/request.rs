@@ -80,7 +80,9 @@ impl GalleryCommand {
     /// The command's request id.
     pub fn request_id(&self) -> &str {
         match self {
-            GalleryCommand::Add { request_id, .. } | GalleryCommand::Remove { request_id, .. } => request_id,
+            GalleryCommand::Add { request_id, .. } | GalleryCommand::Remove { request_id, .. } => {
+                request_id
+            }
         }
     }
 }
@@ -169,7 +171,11 @@ fn looks_like_json(payload: &[u8]) -> bool {
 }
 
 fn reject(id: &str, code: ErrorCode, message: impl Into<String>) -> Rejection {
-    Rejection { request_id: id.to_string(), code, message: message.into() }
+    Rejection {
+        request_id: id.to_string(),
+        code,
+        message: message.into(),
+    }
 }
 
 /// Longest request id accepted: ids are echoed in answers and kept for dedup.
@@ -177,7 +183,11 @@ const MAX_ID_LEN: usize = 256;
 
 fn check_id(id: String, fallback: impl FnOnce() -> String) -> Result<String, Rejection> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
-        return Err(reject(&fallback(), ErrorCode::BadRequest, format!("request_id must be 1 to {MAX_ID_LEN} characters")));
+        return Err(reject(
+            &fallback(),
+            ErrorCode::BadRequest,
+            format!("request_id must be 1 to {MAX_ID_LEN} characters"),
+        ));
     }
     Ok(id)
 }
@@ -186,7 +196,10 @@ fn check_id(id: String, fallback: impl FnOnce() -> String) -> Result<String, Rej
 /// JSON is well formed and names a valid one (a wrong field type, say), so
 /// that the caller can match it; MQTT 3.1.1 callers have nothing else to
 /// match by. Otherwise it is filed under the derived id.
-fn parse_json<T: serde::de::DeserializeOwned>(payload: &[u8], derived: &impl Fn() -> String) -> Result<T, Rejection> {
+fn parse_json<T: serde::de::DeserializeOwned>(
+    payload: &[u8],
+    derived: &impl Fn() -> String,
+) -> Result<T, Rejection> {
     #[derive(Deserialize)]
     struct IdOnly {
         #[serde(default)]
@@ -194,11 +207,20 @@ fn parse_json<T: serde::de::DeserializeOwned>(payload: &[u8], derived: &impl Fn(
     }
     serde_json::from_slice(payload).map_err(|e| {
         if e.is_data() {
-            let named = serde_json::from_slice::<IdOnly>(payload).ok().and_then(|j| j.request_id).map(IdValue::into_string);
-            let id = named.filter(|id| !id.is_empty() && id.len() <= MAX_ID_LEN).unwrap_or_else(derived);
+            let named = serde_json::from_slice::<IdOnly>(payload)
+                .ok()
+                .and_then(|j| j.request_id)
+                .map(IdValue::into_string);
+            let id = named
+                .filter(|id| !id.is_empty() && id.len() <= MAX_ID_LEN)
+                .unwrap_or_else(derived);
             reject(&id, ErrorCode::BadRequest, format!("invalid request: {e}"))
         } else {
-            reject(&derived(), ErrorCode::BadRequest, format!("malformed JSON: {e}"))
+            reject(
+                &derived(),
+                ErrorCode::BadRequest,
+                format!("malformed JSON: {e}"),
+            )
         }
     })
 }
@@ -212,7 +234,11 @@ fn resolve_id(given: Option<IdValue>, derived: &impl Fn() -> String) -> Result<S
 }
 
 /// Parses a recognise request. `max_bytes` is checked before anything else.
-pub fn parse_recognize(payload: &[u8], env: &Envelope<'_>, max_bytes: usize) -> Result<Recognize, Rejection> {
+pub fn parse_recognize(
+    payload: &[u8],
+    env: &Envelope<'_>,
+    max_bytes: usize,
+) -> Result<Recognize, Rejection> {
     // Hashing a large payload costs milliseconds on the network thread, so
     // the derived id is computed only for requests that need it.
     let derived = || derived_id(payload, env);
@@ -222,7 +248,10 @@ pub fn parse_recognize(payload: &[u8], env: &Envelope<'_>, max_bytes: usize) -> 
         return Err(reject(
             &id,
             ErrorCode::TooLarge,
-            format!("payload is {} bytes, over the limit of {max_bytes} (daemon.max_payload_bytes)", payload.len()),
+            format!(
+                "payload is {} bytes, over the limit of {max_bytes} (daemon.max_payload_bytes)",
+                payload.len()
+            ),
         ));
     }
     if !looks_like_json(payload) {
@@ -233,26 +262,49 @@ pub fn parse_recognize(payload: &[u8], env: &Envelope<'_>, max_bytes: usize) -> 
     let id = request_id.as_str();
     let image = image_source(json.image, json.path, id)?;
     let query = Query {
-        return_k: json.return_k.map(|v| return_k(&v.to_string(), id)).transpose()?,
-        score_threshold: json.score_threshold.map(|v| score_threshold(&v.to_string(), id)).transpose()?,
+        return_k: json
+            .return_k
+            .map(|v| return_k(&v.to_string(), id))
+            .transpose()?,
+        score_threshold: json
+            .score_threshold
+            .map(|v| score_threshold(&v.to_string(), id))
+            .transpose()?,
     };
     let ignored = json.rest.into_keys().collect();
-    Ok(Recognize { request_id, image, query, ignored })
+    Ok(Recognize {
+        request_id,
+        image,
+        query,
+        ignored,
+    })
 }
 
 /// A raw image payload: options come from user properties.
-fn parse_raw(payload: &[u8], env: &Envelope<'_>, derived: impl Fn() -> String) -> Result<Recognize, Rejection> {
+fn parse_raw(
+    payload: &[u8],
+    env: &Envelope<'_>,
+    derived: impl Fn() -> String,
+) -> Result<Recognize, Rejection> {
     let request_id = match property(env, "request_id") {
         Some(v) => check_id(v.to_string(), &derived)?,
         None => derived(),
     };
     let id = request_id.as_str();
     if payload.is_empty() {
-        return Err(reject(id, ErrorCode::BadRequest, "empty payload: expected JSON or an encoded image"));
+        return Err(reject(
+            id,
+            ErrorCode::BadRequest,
+            "empty payload: expected JSON or an encoded image",
+        ));
     }
     let query = Query {
-        return_k: property(env, "return_k").map(|v| return_k(v, id)).transpose()?,
-        score_threshold: property(env, "score_threshold").map(|v| score_threshold(v, id)).transpose()?,
+        return_k: property(env, "return_k")
+            .map(|v| return_k(v, id))
+            .transpose()?,
+        score_threshold: property(env, "score_threshold")
+            .map(|v| score_threshold(v, id))
+            .transpose()?,
     };
     let ignored = env
         .user_properties
@@ -261,14 +313,31 @@ fn parse_raw(payload: &[u8], env: &Envelope<'_>, derived: impl Fn() -> String) -
         .filter(|k| !["request_id", "return_k", "score_threshold"].contains(&k.as_str()))
         .cloned()
         .collect();
-    Ok(Recognize { request_id, image: ImageSource::Bytes(payload.to_vec()), query, ignored })
+    Ok(Recognize {
+        request_id,
+        image: ImageSource::Bytes(payload.to_vec()),
+        query,
+        ignored,
+    })
 }
 
 /// Parses a `gallery/add` (`add == true`) or `gallery/remove` command (JSON only).
-pub fn parse_gallery(payload: &[u8], env: &Envelope<'_>, max_bytes: usize, add: bool) -> Result<GalleryCommand, Rejection> {
+pub fn parse_gallery(
+    payload: &[u8],
+    env: &Envelope<'_>,
+    max_bytes: usize,
+    add: bool,
+) -> Result<GalleryCommand, Rejection> {
     let derived = || derived_id(payload, env);
     if payload.len() > max_bytes {
-        return Err(reject(&derived(), ErrorCode::TooLarge, format!("payload is {} bytes, over the limit of {max_bytes}", payload.len())));
+        return Err(reject(
+            &derived(),
+            ErrorCode::TooLarge,
+            format!(
+                "payload is {} bytes, over the limit of {max_bytes}",
+                payload.len()
+            ),
+        ));
     }
     let json: GalleryJson = parse_json(payload, &derived)?;
     let request_id = resolve_id(json.request_id, &derived)?;
@@ -278,16 +347,38 @@ pub fn parse_gallery(payload: &[u8], env: &Envelope<'_>, max_bytes: usize, add: 
     }
     let label = json.label.filter(|l| !l.trim().is_empty());
     if add {
-        let label = label.ok_or_else(|| reject(id, ErrorCode::BadRequest, "gallery/add needs a non-empty \"label\""))?;
-        let source = json.source.or_else(|| json.path.clone()).unwrap_or_else(|| format!("mqtt:{id}"));
+        let label = label.ok_or_else(|| {
+            reject(
+                id,
+                ErrorCode::BadRequest,
+                "gallery/add needs a non-empty \"label\"",
+            )
+        })?;
+        let source = json
+            .source
+            .or_else(|| json.path.clone())
+            .unwrap_or_else(|| format!("mqtt:{id}"));
         let image = image_source(json.image, json.path, id)?;
-        Ok(GalleryCommand::Add { request_id, label, image, source })
+        Ok(GalleryCommand::Add {
+            request_id,
+            label,
+            image,
+            source,
+        })
     } else {
         let ids = json.ids.unwrap_or_default();
         if label.is_some() != ids.is_empty() {
-            return Err(reject(id, ErrorCode::BadRequest, "gallery/remove needs either \"label\" or a non-empty \"ids\" list"));
+            return Err(reject(
+                id,
+                ErrorCode::BadRequest,
+                "gallery/remove needs either \"label\" or a non-empty \"ids\" list",
+            ));
         }
-        Ok(GalleryCommand::Remove { request_id, label, ids })
+        Ok(GalleryCommand::Remove {
+            request_id,
+            label,
+            ids,
+        })
     }
 }
 
@@ -313,10 +404,18 @@ struct OtaJson {
 
 /// Parses `P/ota/apply` (`apply`: `{"url": …}` or `{"path": …}`) or
 /// `P/ota/rollback` (`{}` or an empty payload), with an optional `request_id`.
-pub fn parse_ota(payload: &[u8], env: &Envelope<'_>, apply: bool) -> Result<(String, OtaCommand), Rejection> {
+pub fn parse_ota(
+    payload: &[u8],
+    env: &Envelope<'_>,
+    apply: bool,
+) -> Result<(String, OtaCommand), Rejection> {
     let derived = || derived_id(payload, env);
     let json: OtaJson = if payload.iter().all(u8::is_ascii_whitespace) && !apply {
-        OtaJson { request_id: None, url: None, path: None }
+        OtaJson {
+            request_id: None,
+            url: None,
+            path: None,
+        }
     } else {
         parse_json(payload, &derived)?
     };
@@ -324,54 +423,119 @@ pub fn parse_ota(payload: &[u8], env: &Envelope<'_>, apply: bool) -> Result<(Str
     let id = request_id.as_str();
     if !apply {
         if json.url.is_some() || json.path.is_some() {
-            return Err(reject(id, ErrorCode::BadRequest, "ota/rollback takes no \"url\" or \"path\""));
+            return Err(reject(
+                id,
+                ErrorCode::BadRequest,
+                "ota/rollback takes no \"url\" or \"path\"",
+            ));
         }
         return Ok((request_id, OtaCommand::Rollback));
     }
     let source = match (json.url, json.path) {
-        (Some(u), None) if u.starts_with("http://") || u.starts_with("https://") => crate::ota::fetch::Source::Url(u),
-        (Some(u), None) => return Err(reject(id, ErrorCode::BadRequest, format!("\"url\" must start with http:// or https://, got {u:?}"))),
-        (None, Some(p)) if Path::new(&p).is_absolute() => crate::ota::fetch::Source::Path(PathBuf::from(p)),
-        (None, Some(p)) => return Err(reject(id, ErrorCode::BadRequest, format!("\"path\" must be absolute, got {p:?}"))),
-        (Some(_), Some(_)) => return Err(reject(id, ErrorCode::BadRequest, "give either \"url\" or \"path\", not both")),
-        (None, None) => return Err(reject(id, ErrorCode::BadRequest, "ota/apply needs \"url\" (http/https) or \"path\" (absolute) of a bundle")),
+        (Some(u), None) if u.starts_with("http://") || u.starts_with("https://") => {
+            crate::ota::fetch::Source::Url(u)
+        }
+        (Some(u), None) => {
+            return Err(reject(
+                id,
+                ErrorCode::BadRequest,
+                format!("\"url\" must start with http:// or https://, got {u:?}"),
+            ))
+        }
+        (None, Some(p)) if Path::new(&p).is_absolute() => {
+            crate::ota::fetch::Source::Path(PathBuf::from(p))
+        }
+        (None, Some(p)) => {
+            return Err(reject(
+                id,
+                ErrorCode::BadRequest,
+                format!("\"path\" must be absolute, got {p:?}"),
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(reject(
+                id,
+                ErrorCode::BadRequest,
+                "give either \"url\" or \"path\", not both",
+            ))
+        }
+        (None, None) => {
+            return Err(reject(
+                id,
+                ErrorCode::BadRequest,
+                "ota/apply needs \"url\" (http/https) or \"path\" (absolute) of a bundle",
+            ))
+        }
     };
     Ok((request_id, OtaCommand::Apply(source)))
 }
 
-fn image_source(image: Option<String>, path: Option<String>, id: &str) -> Result<ImageSource, Rejection> {
+fn image_source(
+    image: Option<String>,
+    path: Option<String>,
+    id: &str,
+) -> Result<ImageSource, Rejection> {
     match (image, path) {
         (Some(b64), None) => base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
             .map(ImageSource::Bytes)
-            .map_err(|e| reject(id, ErrorCode::BadRequest, format!("\"image\" is not valid base64: {e}"))),
+            .map_err(|e| {
+                reject(
+                    id,
+                    ErrorCode::BadRequest,
+                    format!("\"image\" is not valid base64: {e}"),
+                )
+            }),
         (None, Some(p)) => {
             let path = PathBuf::from(&p);
             if !path.is_absolute() {
-                return Err(reject(id, ErrorCode::BadRequest, format!("\"path\" must be absolute, got {p:?}")));
+                return Err(reject(
+                    id,
+                    ErrorCode::BadRequest,
+                    format!("\"path\" must be absolute, got {p:?}"),
+                ));
             }
             Ok(ImageSource::Path(path))
         }
-        (Some(_), Some(_)) => Err(reject(id, ErrorCode::BadRequest, "give either \"image\" or \"path\", not both")),
-        (None, None) => Err(reject(id, ErrorCode::BadRequest, "missing \"image\" (base64) or \"path\"")),
+        (Some(_), Some(_)) => Err(reject(
+            id,
+            ErrorCode::BadRequest,
+            "give either \"image\" or \"path\", not both",
+        )),
+        (None, None) => Err(reject(
+            id,
+            ErrorCode::BadRequest,
+            "missing \"image\" (base64) or \"path\"",
+        )),
     }
 }
 
 fn property<'a>(env: &'a Envelope<'_>, key: &str) -> Option<&'a str> {
-    env.user_properties.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    env.user_properties
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 fn return_k(text: &str, id: &str) -> Result<usize, Rejection> {
     match text.trim().parse::<usize>() {
         Ok(k) if (1..=MAX_RETURN_K).contains(&k) => Ok(k),
-        _ => Err(reject(id, ErrorCode::BadRequest, format!("return_k must be an integer from 1 to {MAX_RETURN_K}, got {text}"))),
+        _ => Err(reject(
+            id,
+            ErrorCode::BadRequest,
+            format!("return_k must be an integer from 1 to {MAX_RETURN_K}, got {text}"),
+        )),
     }
 }
 
 fn score_threshold(text: &str, id: &str) -> Result<f32, Rejection> {
     match text.trim().parse::<f32>() {
         Ok(t) if (0.0..=1.0).contains(&t) => Ok(t),
-        _ => Err(reject(id, ErrorCode::BadRequest, format!("score_threshold must be a number from 0 to 1, got {text}"))),
+        _ => Err(reject(
+            id,
+            ErrorCode::BadRequest,
+            format!("score_threshold must be a number from 0 to 1, got {text}"),
+        )),
     }
 }
 
@@ -379,16 +543,31 @@ fn score_threshold(text: &str, id: &str) -> Result<f32, Rejection> {
 /// `..` are resolved first, so a link inside an allowed folder cannot point out of it.
 pub fn resolve_path(path: &Path, allowed: &[PathBuf]) -> Result<PathBuf, (ErrorCode, String)> {
     if allowed.is_empty() {
-        return Err((ErrorCode::BadRequest, "path requests are disabled (daemon.allowed_dirs is empty)".into()));
+        return Err((
+            ErrorCode::BadRequest,
+            "path requests are disabled (daemon.allowed_dirs is empty)".into(),
+        ));
     }
-    let real = path
-        .canonicalize()
-        .map_err(|e| (ErrorCode::BadRequest, format!("cannot open {}: {e}", path.display())))?;
-    let inside = allowed.iter().filter_map(|d| d.canonicalize().ok()).any(|d| real.starts_with(d));
+    let real = path.canonicalize().map_err(|e| {
+        (
+            ErrorCode::BadRequest,
+            format!("cannot open {}: {e}", path.display()),
+        )
+    })?;
+    let inside = allowed
+        .iter()
+        .filter_map(|d| d.canonicalize().ok())
+        .any(|d| real.starts_with(d));
     if inside {
         Ok(real)
     } else {
-        Err((ErrorCode::BadRequest, format!("{} is outside the allowed folders (daemon.allowed_dirs)", path.display())))
+        Err((
+            ErrorCode::BadRequest,
+            format!(
+                "{} is outside the allowed folders (daemon.allowed_dirs)",
+                path.display()
+            ),
+        ))
     }
 }
 
@@ -404,16 +583,32 @@ mod tests {
 
     #[test]
     fn json_with_base64_image_and_options() {
-        let r = parse_recognize(br#"{"request_id":"a1","image":"/9j/AA==","return_k":3,"score_threshold":0.4}"#, &env(), MAX).unwrap();
+        let r = parse_recognize(
+            br#"{"request_id":"a1","image":"/9j/AA==","return_k":3,"score_threshold":0.4}"#,
+            &env(),
+            MAX,
+        )
+        .unwrap();
         assert_eq!(r.request_id, "a1");
         assert_eq!(r.image, ImageSource::Bytes(vec![0xff, 0xd8, 0xff, 0x00]));
-        assert_eq!(r.query, Query { return_k: Some(3), score_threshold: Some(0.4) });
+        assert_eq!(
+            r.query,
+            Query {
+                return_k: Some(3),
+                score_threshold: Some(0.4)
+            }
+        );
         assert!(r.ignored.is_empty());
     }
 
     #[test]
     fn numeric_ids_and_unknown_fields() {
-        let r = parse_recognize(br#"{"request_id":17,"path":"/srv/a.jpg","colour":"red"}"#, &env(), MAX).unwrap();
+        let r = parse_recognize(
+            br#"{"request_id":17,"path":"/srv/a.jpg","colour":"red"}"#,
+            &env(),
+            MAX,
+        )
+        .unwrap();
         assert_eq!(r.request_id, "17");
         assert_eq!(r.image, ImageSource::Path("/srv/a.jpg".into()));
         assert_eq!(r.ignored, vec!["colour".to_string()]);
@@ -421,8 +616,14 @@ mod tests {
 
     #[test]
     fn raw_payload_takes_options_from_user_properties() {
-        let props = vec![("request_id".to_string(), "r9".to_string()), ("return_k".to_string(), "2".to_string())];
-        let e = Envelope { user_properties: &props, correlation_data: None };
+        let props = vec![
+            ("request_id".to_string(), "r9".to_string()),
+            ("return_k".to_string(), "2".to_string()),
+        ];
+        let e = Envelope {
+            user_properties: &props,
+            correlation_data: None,
+        };
         let r = parse_recognize(&[0xff, 0xd8, 0xff, 0xe0], &e, MAX).unwrap();
         assert_eq!(r.request_id, "r9");
         assert_eq!(r.query.return_k, Some(2));
@@ -434,25 +635,44 @@ mod tests {
         assert_eq!(code(b"{\"image\": "), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"image":"***"}"#), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"path":"relative.jpg"}"#), ErrorCode::BadRequest);
-        assert_eq!(code(br#"{"image":"AA==","path":"/a"}"#), ErrorCode::BadRequest);
-        assert_eq!(code(br#"{"image":"AA==","return_k":0}"#), ErrorCode::BadRequest);
-        assert_eq!(code(br#"{"image":"AA==","score_threshold":"high"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(br#"{"image":"AA==","path":"/a"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(br#"{"image":"AA==","return_k":0}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(br#"{"image":"AA==","score_threshold":"high"}"#),
+            ErrorCode::BadRequest
+        );
         assert_eq!(code(b""), ErrorCode::BadRequest);
         let big = vec![b' '; 101];
-        assert_eq!(parse_recognize(&big, &env(), 100).unwrap_err().code, ErrorCode::TooLarge);
+        assert_eq!(
+            parse_recognize(&big, &env(), 100).unwrap_err().code,
+            ErrorCode::TooLarge
+        );
     }
 
     #[test]
     fn rejections_keep_the_request_id() {
         // A field of the wrong type: the JSON is well formed, so the id is read.
         let e = parse_recognize(br#"{"request_id":"x8","image":7}"#, &env(), MAX).unwrap_err();
-        assert_eq!((e.request_id.as_str(), e.code), ("x8", ErrorCode::BadRequest));
+        assert_eq!(
+            (e.request_id.as_str(), e.code),
+            ("x8", ErrorCode::BadRequest)
+        );
         assert!(e.message.starts_with("invalid request"), "{}", e.message);
-        let e = parse_gallery(br#"{"request_id":"g8","ids":"all"}"#, &env(), MAX, false).unwrap_err();
+        let e =
+            parse_gallery(br#"{"request_id":"g8","ids":"all"}"#, &env(), MAX, false).unwrap_err();
         assert_eq!(e.request_id, "g8");
         // Broken JSON, or an unusable id: the derived id.
         let e = parse_recognize(br#"{"request_id":"x9","image":"#, &env(), MAX).unwrap_err();
-        assert!(e.request_id.starts_with("sha256:") && e.message.starts_with("malformed JSON"), "{e:?}");
+        assert!(
+            e.request_id.starts_with("sha256:") && e.message.starts_with("malformed JSON"),
+            "{e:?}"
+        );
         let e = parse_recognize(br#"{"request_id":"","image":7}"#, &env(), MAX).unwrap_err();
         assert!(e.request_id.starts_with("sha256:"), "{e:?}");
         let e = parse_recognize(br#"{"request_id":"x7","image":"%%"}"#, &env(), MAX).unwrap_err();
@@ -463,10 +683,24 @@ mod tests {
     #[test]
     fn ota_commands() {
         let env = Envelope::default();
-        let (id, c) = parse_ota(br#"{"request_id":"u1","url":"http://fleet/b.tar"}"#, &env, true).unwrap();
-        assert_eq!((id.as_str(), c), ("u1", OtaCommand::Apply(crate::ota::fetch::Source::Url("http://fleet/b.tar".into()))));
+        let (id, c) = parse_ota(
+            br#"{"request_id":"u1","url":"http://fleet/b.tar"}"#,
+            &env,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            (id.as_str(), c),
+            (
+                "u1",
+                OtaCommand::Apply(crate::ota::fetch::Source::Url("http://fleet/b.tar".into()))
+            )
+        );
         let (_, c) = parse_ota(br#"{"path":"/srv/b.tar"}"#, &env, true).unwrap();
-        assert_eq!(c, OtaCommand::Apply(crate::ota::fetch::Source::Path("/srv/b.tar".into())));
+        assert_eq!(
+            c,
+            OtaCommand::Apply(crate::ota::fetch::Source::Path("/srv/b.tar".into()))
+        );
         assert_eq!(parse_ota(b"", &env, false).unwrap().1, OtaCommand::Rollback);
         for (bad, why) in [
             (&br#"{"url":"ftp://x"}"#[..], "http"),
@@ -479,21 +713,42 @@ mod tests {
             assert!(e.message.contains(why), "{e:?}");
             assert_eq!(e.code, ErrorCode::BadRequest);
         }
-        assert!(parse_ota(br#"{"url":"http://a"}"#, &env, false).is_err(), "rollback takes no source");
+        assert!(
+            parse_ota(br#"{"url":"http://a"}"#, &env, false).is_err(),
+            "rollback takes no source"
+        );
     }
 
     #[test]
     fn derived_ids_are_stable_and_depend_on_correlation() {
-        let a = parse_recognize(br#"{"image":"AA=="}"#, &env(), MAX).unwrap().request_id;
-        let b = parse_recognize(br#"{"image":"AA=="}"#, &env(), MAX).unwrap().request_id;
+        let a = parse_recognize(br#"{"image":"AA=="}"#, &env(), MAX)
+            .unwrap()
+            .request_id;
+        let b = parse_recognize(br#"{"image":"AA=="}"#, &env(), MAX)
+            .unwrap()
+            .request_id;
         assert_eq!(a, b);
-        let e = Envelope { user_properties: &[], correlation_data: Some(b"c1") };
-        assert_ne!(a, parse_recognize(br#"{"image":"AA=="}"#, &e, MAX).unwrap().request_id);
+        let e = Envelope {
+            user_properties: &[],
+            correlation_data: Some(b"c1"),
+        };
+        assert_ne!(
+            a,
+            parse_recognize(br#"{"image":"AA=="}"#, &e, MAX)
+                .unwrap()
+                .request_id
+        );
     }
 
     #[test]
     fn gallery_commands() {
-        let add = parse_gallery(br#"{"request_id":"g1","label":"tea","image":"AA=="}"#, &env(), MAX, true).unwrap();
+        let add = parse_gallery(
+            br#"{"request_id":"g1","label":"tea","image":"AA=="}"#,
+            &env(),
+            MAX,
+            true,
+        )
+        .unwrap();
         assert!(matches!(add, GalleryCommand::Add { ref label, .. } if label == "tea"));
         let rm = parse_gallery(br#"{"ids":[3,4]}"#, &env(), MAX, false).unwrap();
         assert!(matches!(rm, GalleryCommand::Remove { ref ids, .. } if ids == &[3, 4]));
@@ -560,7 +815,10 @@ mod tests {
                     _ => p.extend_from_slice(&p.clone()),
                 }
             }
-            let env = Envelope { user_properties: if i % 3 == 0 { &props } else { &[] }, correlation_data: None };
+            let env = Envelope {
+                user_properties: if i % 3 == 0 { &props } else { &[] },
+                correlation_data: None,
+            };
             for result in [
                 parse_recognize(&p, &env, 4096).map(|_| ()),
                 parse_gallery(&p, &env, 4096, i % 2 == 0).map(|_| ()),

@@ -65,9 +65,14 @@ impl Service {
 /// kills and restarts the service. Returns at once when the unit has no
 /// `WatchdogSec=`.
 pub async fn watchdog(service: Arc<Service>, health: Arc<Health>) {
-    let Some(interval) = sd_notify::watchdog_enabled() else { return };
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
     let every = (interval / 2).max(Duration::from_millis(50));
-    tracing::info!(interval_ms = interval.as_millis() as u64, "systemd watchdog on: pinging while the pipeline is healthy");
+    tracing::info!(
+        interval_ms = interval.as_millis() as u64,
+        "systemd watchdog on: pinging while the pipeline is healthy"
+    );
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
@@ -81,7 +86,9 @@ pub async fn watchdog(service: Arc<Service>, health: Arc<Health>) {
             Err(why) => {
                 if !service.stalled.swap(true, Ordering::Relaxed) {
                     tracing::error!("pipeline stalled: {why}; watchdog pings stopped, the service manager will restart the daemon");
-                    send(&[NotifyState::Status(&format!("stalled: {why}; watchdog pings stopped"))]);
+                    send(&[NotifyState::Status(&format!(
+                        "stalled: {why}; watchdog pings stopped"
+                    ))]);
                 }
             }
         }

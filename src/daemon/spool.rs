@@ -45,11 +45,21 @@ impl Spool {
     /// Opens (creating) the directory and loads what a previous run left.
     pub fn open(dir: &Path, max_messages: usize, max_bytes: u64) -> Result<(Spool, Vec<Spooled>)> {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let mut spool = Spool { dir: dir.to_path_buf(), max_messages, max_bytes, bytes: 0, files: Default::default() };
+        let mut spool = Spool {
+            dir: dir.to_path_buf(),
+            max_messages,
+            max_bytes,
+            bytes: 0,
+            files: Default::default(),
+        };
         let mut found = Vec::new();
         for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
             let path = entry.map_err(|e| Error::io(dir, e))?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
             if name.ends_with(".tmp") {
                 // A write that never finished: its answer was not spooled.
                 let _ = fs::remove_file(&path);
@@ -112,8 +122,12 @@ impl Spool {
         self.files.insert(s.seq, s.payload.len() as u64);
         self.bytes += s.payload.len() as u64;
         let mut dropped = Vec::new();
-        while self.files.len() > self.max_messages.max(1) || (self.bytes > self.max_bytes && self.files.len() > 1) {
-            let Some((&oldest, _)) = self.files.iter().next() else { break };
+        while self.files.len() > self.max_messages.max(1)
+            || (self.bytes > self.max_bytes && self.files.len() > 1)
+        {
+            let Some((&oldest, _)) = self.files.iter().next() else {
+                break;
+            };
             self.remove(oldest);
             dropped.push(oldest);
         }
@@ -142,8 +156,12 @@ impl Spool {
 
 fn read_file(path: &Path) -> std::result::Result<Spooled, String> {
     let bytes = fs::read(path).map_err(|e| e.to_string())?;
-    let nl = bytes.iter().position(|&b| b == b'\n').ok_or("no header line")?;
-    let mut s: Spooled = serde_json::from_slice(&bytes[..nl]).map_err(|e| format!("bad header: {e}"))?;
+    let nl = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("no header line")?;
+    let mut s: Spooled =
+        serde_json::from_slice(&bytes[..nl]).map_err(|e| format!("bad header: {e}"))?;
     s.payload = bytes[nl + 1..].to_vec();
     Ok(s)
 }
@@ -153,7 +171,13 @@ mod tests {
     use super::*;
 
     fn msg(seq: u64, n: usize) -> Spooled {
-        Spooled { seq, topic: "t/result".into(), request_id: format!("r{seq}"), correlation_hex: Some("0a".into()), payload: vec![b'x'; n] }
+        Spooled {
+            seq,
+            topic: "t/result".into(),
+            request_id: format!("r{seq}"),
+            correlation_hex: Some("0a".into()),
+            payload: vec![b'x'; n],
+        }
     }
 
     #[test]

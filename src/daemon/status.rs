@@ -101,7 +101,12 @@ impl std::fmt::Display for CounterValues {
 }
 
 /// The payload of an `online` status.
-pub fn online(started: Instant, versions: &Versions, counters: &Counters, queued: usize) -> Vec<u8> {
+pub fn online(
+    started: Instant,
+    versions: &Versions,
+    counters: &Counters,
+    queued: usize,
+) -> Vec<u8> {
     super::answer::to_vec(&Status {
         state: "online",
         uptime_s: started.elapsed().as_secs(),
@@ -113,5 +118,11 @@ pub fn online(started: Instant, versions: &Versions, counters: &Counters, queued
 
 /// The payload of an `offline` status (the Last Will, and the last word of a clean stop).
 pub fn offline() -> Vec<u8> {
-    super::answer::to_vec(&Status { state: "offline", uptime_s: 0, versions: None, counters: None, queued: None })
+    super::answer::to_vec(&Status {
+        state: "offline",
+        uptime_s: 0,
+        versions: None,
+        counters: None,
+        queued: None,
+    })
 }

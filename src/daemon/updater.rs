@@ -62,21 +62,36 @@ impl Updater {
         if o.root.as_os_str().is_empty() {
             return Ok(None);
         }
-        let store = Store::open(&o.root).with_context(|| format!("ota.root {}", o.root.display()))?;
-        let lock = store
-            .try_lock()?
-            .with_context(|| format!("ota.root {}: another shitud (or `shitud ota`) is using it", o.root.display()))?;
-        let trusted = o.trusted_keys.iter().map(|k| crate::ota::keys::read_public(k)).collect::<Result<Vec<_>, _>>()?;
+        let store =
+            Store::open(&o.root).with_context(|| format!("ota.root {}", o.root.display()))?;
+        let lock = store.try_lock()?.with_context(|| {
+            format!(
+                "ota.root {}: another shitud (or `shitud ota`) is using it",
+                o.root.display()
+            )
+        })?;
+        let trusted = o
+            .trusted_keys
+            .iter()
+            .map(|k| crate::ota::keys::read_public(k))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut status = json!({"state": "idle"});
         match store.recover()? {
             Recovery::Clean => {}
             Recovery::RolledBack { from, to } => {
-                let to = if to.is_empty() { "the config's own models and gallery".to_string() } else { format!("version {to}") };
+                let to = if to.is_empty() {
+                    "the config's own models and gallery".to_string()
+                } else {
+                    format!("version {to}")
+                };
                 let message = format!("version {from} stopped without a clean stop within ota.trial_s of its switch; rolled back to {to}");
                 tracing::error!("{message}");
-                status = json!({"state": "rolled_back", "failed_version": from, "message": message});
+                status =
+                    json!({"state": "rolled_back", "failed_version": from, "message": message});
             }
-            Recovery::TrialContinues(t) => tracing::info!(version = %t.version, "version on trial since its switch; the trial goes on"),
+            Recovery::TrialContinues(t) => {
+                tracing::info!(version = %t.version, "version on trial since its switch; the trial goes on")
+            }
         }
         let (settings, version) = store.settings_current(base)?;
         if let Some(v) = &version {
@@ -91,7 +106,11 @@ impl Updater {
             status: Mutex::new(status),
             _lock: lock,
         };
-        Ok(Some(Startup { updater, settings, version }))
+        Ok(Some(Startup {
+            updater,
+            settings,
+            version,
+        }))
     }
 
     /// Whether an update or rollback is running.
@@ -106,7 +125,11 @@ impl Updater {
 
     /// The retained status, with the versions on disk.
     pub fn status_payload(&self) -> Vec<u8> {
-        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut s = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         s["current"] = json!(self.store.current());
         s["previous"] = json!(self.store.previous());
         s["time_unix"] = json!(store::now());
@@ -153,28 +176,51 @@ impl Shared {
     pub(super) fn publish_ota_status(&self, fields: serde_json::Value) {
         let Some(u) = self.updater() else { return };
         *u.status.lock().unwrap_or_else(|p| p.into_inner()) = fields;
-        self.outbox.submit(Message::status(self.topics.ota_status.clone(), u.status_payload()));
+        self.outbox.submit(Message::status(
+            self.topics.ota_status.clone(),
+            u.status_payload(),
+        ));
     }
 
     /// Republishes the last OTA status (after a reconnect).
     pub(super) fn republish_ota_status(&self) {
         if let Some(u) = self.updater() {
-            self.outbox.submit(Message::status(self.topics.ota_status.clone(), u.status_payload()));
+            self.outbox.submit(Message::status(
+                self.topics.ota_status.clone(),
+                u.status_payload(),
+            ));
         }
     }
 
     /// Starts `command` on the OTA thread, answering `reply` (if any) when it ends.
     /// Refused at once when updates are off or one is already running.
-    pub(super) fn start_ota(self: &Arc<Self>, command: Command, reply: Option<ReplyTo>, on_done: Option<OnDone>) {
+    pub(super) fn start_ota(
+        self: &Arc<Self>,
+        command: Command,
+        reply: Option<ReplyTo>,
+        on_done: Option<OnDone>,
+    ) {
         let Some(u) = self.updater().cloned() else {
             if let Some(r) = reply {
-                self.ota_answer(r, Err((ErrorCode::BadRequest, "updates are off on this box (ota.root is empty)".into())));
+                self.ota_answer(
+                    r,
+                    Err((
+                        ErrorCode::BadRequest,
+                        "updates are off on this box (ota.root is empty)".into(),
+                    )),
+                );
             }
             return;
         };
         if u.busy.swap(true, Ordering::SeqCst) {
             if let Some(r) = reply {
-                self.ota_answer(r, Err((ErrorCode::Busy, "an update is already running; see P/ota/status".into())));
+                self.ota_answer(
+                    r,
+                    Err((
+                        ErrorCode::Busy,
+                        "an update is already running; see P/ota/status".into(),
+                    )),
+                );
             }
             if let Some(f) = on_done {
                 f(Err("an update is already running".into()));
@@ -215,13 +261,26 @@ impl Shared {
     pub(super) fn ota_answer(&self, reply: ReplyTo, outcome: Result<String, (ErrorCode, String)>) {
         let payload = match &outcome {
             Ok(v) => json!({"request_id": reply.request_id, "ok": true, "version": v}),
-            Err((code, message)) => json!({"request_id": reply.request_id, "ok": false, "error": {"code": code.as_str(), "message": message}}),
+            Err((code, message)) => {
+                json!({"request_id": reply.request_id, "ok": false, "error": {"code": code.as_str(), "message": message}})
+            }
         };
         let bytes = Bytes::from(serde_json::to_vec(&payload).unwrap_or_default());
-        self.outbox.submit(Message::answer(reply.topic, bytes, reply.correlation, reply.request_id, Vec::new()));
+        self.outbox.submit(Message::answer(
+            reply.topic,
+            bytes,
+            reply.correlation,
+            reply.request_id,
+            Vec::new(),
+        ));
     }
 
-    fn apply(&self, u: &Updater, source: &Source, request_id: Option<&str>) -> Result<String, String> {
+    fn apply(
+        &self,
+        u: &Updater,
+        source: &Source,
+        request_id: Option<&str>,
+    ) -> Result<String, String> {
         let started = Instant::now();
         let o = &self.settings.ota;
         let update = Update {
@@ -251,13 +310,21 @@ impl Shared {
             }
         };
         let v = staged.info.version.clone();
-        apply::enter(Step::Switch, &mut progress, &format!("current -> versions/{v}"));
+        apply::enter(
+            Step::Switch,
+            &mut progress,
+            &format!("current -> versions/{v}"),
+        );
         if let Err(e) = u.store.switch(&v) {
             let message = format!("switching to {v}: {e}");
             self.publish_ota_status(json!({"state": "refused", "source": source.describe(), "request_id": request_id, "message": message}));
             return Err(message);
         }
-        apply::enter(Step::Reload, &mut progress, "handing the new pipeline to the pipeline thread");
+        apply::enter(
+            Step::Reload,
+            &mut progress,
+            "handing the new pipeline to the pipeline thread",
+        );
         self.swap_in(u, staged.pipeline, Some(v.clone()))?;
         let pruned = u.store.prune(o.keep_versions);
         if !pruned.is_empty() {
@@ -266,7 +333,11 @@ impl Shared {
         if let Some(u) = self.updater() {
             u.watch_trial(o.trial_s);
         }
-        let message = format!("version {v} serving after {:.1} s; on trial for {} s", started.elapsed().as_secs_f64(), o.trial_s);
+        let message = format!(
+            "version {v} serving after {:.1} s; on trial for {} s",
+            started.elapsed().as_secs_f64(),
+            o.trial_s
+        );
         tracing::info!("update applied: {message}");
         self.publish_ota_status(json!({"state": "applied", "version": v, "source": source.describe(), "request_id": request_id, "message": message}));
         Ok(v)
@@ -274,12 +345,19 @@ impl Shared {
 
     fn rollback(&self, u: &Updater, request_id: Option<&str>) -> Result<String, String> {
         let refuse = |message: String| {
-            self.publish_ota_status(json!({"state": "rollback_refused", "request_id": request_id, "message": message}));
+            self.publish_ota_status(
+                json!({"state": "rollback_refused", "request_id": request_id, "message": message}),
+            );
             Err(message)
         };
-        let Some(prev) = u.store.previous() else { return refuse("no previous version to roll back to".into()) };
+        let Some(prev) = u.store.previous() else {
+            return refuse("no previous version to roll back to".into());
+        };
         // Opened before any link moves: a previous version that no longer opens is refused.
-        let opened = u.store.settings_for(&u.base, &prev).and_then(|s| Pipeline::open_writable(&s));
+        let opened = u
+            .store
+            .settings_for(&u.base, &prev)
+            .and_then(|s| Pipeline::open_writable(&s));
         let pipeline = match opened {
             Ok(p) => p,
             Err(e) => return refuse(format!("version {prev} does not open: {e}")),
@@ -296,9 +374,18 @@ impl Shared {
     }
 
     /// Hands `pipeline` to the pipeline thread and waits until it serves.
-    fn swap_in(&self, u: &Updater, pipeline: Pipeline, version: Option<String>) -> Result<(), String> {
+    fn swap_in(
+        &self,
+        u: &Updater,
+        pipeline: Pipeline,
+        version: Option<String>,
+    ) -> Result<(), String> {
         let (done, old) = mpsc::channel();
-        *u.swap.lock().unwrap_or_else(|p| p.into_inner()) = Some(Swap { pipeline, version, done });
+        *u.swap.lock().unwrap_or_else(|p| p.into_inner()) = Some(Swap {
+            pipeline,
+            version,
+            done,
+        });
         match old.recv_timeout(Duration::from_secs(120)) {
             Ok(old) => {
                 drop(old);
@@ -318,7 +405,9 @@ impl Shared {
 /// poll is moved into the store's staging folder and applied. A refused
 /// bundle leaves `<name>.rejected` beside where it was, with the reason.
 pub fn watch_folder(shared: Arc<Shared>, dir: PathBuf) {
-    let Some(u) = shared.updater.clone() else { return };
+    let Some(u) = shared.updater.clone() else {
+        return;
+    };
     if let Err(e) = std::fs::create_dir_all(&dir) {
         tracing::error!(dir = %dir.display(), "ota.watch_dir cannot be created: {e}; not watching");
         return;
@@ -330,11 +419,14 @@ pub fn watch_folder(shared: Arc<Shared>, dir: PathBuf) {
         if shared.stopping.load(Ordering::Relaxed) {
             return;
         }
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         let mut seen = std::collections::HashMap::new();
         for e in entries.flatten() {
             let p = e.path();
-            if p.extension().is_none_or(|x| x != "tar") || !e.file_type().is_ok_and(|t| t.is_file()) {
+            if p.extension().is_none_or(|x| x != "tar") || !e.file_type().is_ok_and(|t| t.is_file())
+            {
                 continue;
             }
             let size = e.metadata().map(|m| m.len()).unwrap_or(0);
@@ -349,10 +441,14 @@ pub fn watch_folder(shared: Arc<Shared>, dir: PathBuf) {
 }
 
 fn take_dropped(shared: &Arc<Shared>, u: &Updater, path: &Path) {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let staged = u.store.staging().join(format!("dropped-{name}"));
     // Moved out first: a bundle that kills the daemon is not picked up again at every start.
-    let moved = std::fs::rename(path, &staged).or_else(|_| std::fs::copy(path, &staged).and_then(|_| std::fs::remove_file(path)));
+    let moved = std::fs::rename(path, &staged)
+        .or_else(|_| std::fs::copy(path, &staged).and_then(|_| std::fs::remove_file(path)));
     if let Err(e) = moved {
         tracing::error!(file = %path.display(), "cannot take the dropped bundle: {e}");
         return;

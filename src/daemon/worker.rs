@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use super::mqtt::Delivery;
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::answer::{self, ErrorCode, GalleryAnswer, RecognizeAnswer, Timings, Versions};
@@ -95,7 +95,10 @@ fn serve_jobs(mut pipeline: Pipeline, jobs: Receiver<Job>, shared: &Shared) {
         if let Some(swap) = shared.take_swap() {
             let old = std::mem::replace(&mut pipeline, swap.pipeline);
             shared.set_versions(versions(&pipeline, swap.version.clone()));
-            tracing::info!(version = swap.version.as_deref().unwrap_or("(config)"), "pipeline thread: now serving the new version");
+            tracing::info!(
+                version = swap.version.as_deref().unwrap_or("(config)"),
+                "pipeline thread: now serving the new version"
+            );
             // Dropped by the updater, off this thread.
             let _ = swap.done.send(old);
         }
@@ -113,7 +116,11 @@ fn serve_jobs(mut pipeline: Pipeline, jobs: Receiver<Job>, shared: &Shared) {
         let mut batch = Vec::with_capacity(max_batch);
         let mut gallery = None;
         match first {
-            Job::Recognize { reply, image, query } => batch.push((reply, image, query)),
+            Job::Recognize {
+                reply,
+                image,
+                query,
+            } => batch.push((reply, image, query)),
             Job::Gallery { reply, command } => gallery = Some((reply, command)),
         }
         // Gather whatever arrives within max_wait of the first request; a
@@ -122,7 +129,11 @@ fn serve_jobs(mut pipeline: Pipeline, jobs: Receiver<Job>, shared: &Shared) {
         while gallery.is_none() && batch.len() < max_batch {
             let left = deadline.saturating_duration_since(Instant::now());
             match jobs.recv_timeout(left) {
-                Ok(Job::Recognize { reply, image, query }) => batch.push((reply, image, query)),
+                Ok(Job::Recognize {
+                    reply,
+                    image,
+                    query,
+                }) => batch.push((reply, image, query)),
                 Ok(Job::Gallery { reply, command }) => gallery = Some((reply, command)),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
@@ -145,7 +156,13 @@ pub fn versions(pipeline: &Pipeline, bundle: Option<String>) -> Versions {
     let g = pipeline.gallery();
     Versions {
         shitud: env!("CARGO_PKG_VERSION").to_string(),
-        detector: pipeline.detector().engine().model_sha256().chars().take(16).collect(),
+        detector: pipeline
+            .detector()
+            .engine()
+            .model_sha256()
+            .chars()
+            .take(16)
+            .collect(),
         recognizer: g.manifest().model_sha256.chars().take(16).collect(),
         gallery_seq: g.version(),
         gallery_items: g.len(),
@@ -156,7 +173,11 @@ pub fn versions(pipeline: &Pipeline, bundle: Option<String>) -> Versions {
 
 /// `cuda`, or `detector cpu, embedder cpu (configured tensorrt)` after a fallback.
 fn provider_text((det, emb): (Provider, Provider), configured: Provider) -> String {
-    let running = if det == emb { det.to_string() } else { format!("detector {det}, embedder {emb}") };
+    let running = if det == emb {
+        det.to_string()
+    } else {
+        format!("detector {det}, embedder {emb}")
+    };
     if det == configured && emb == configured {
         running
     } else {
@@ -164,14 +185,23 @@ fn provider_text((det, emb): (Provider, Provider), configured: Provider) -> Stri
     }
 }
 
-fn recognize_batch(pipeline: &mut Pipeline, batch: Vec<(ReplyTo, ImageSource, Query)>, shared: &Shared) {
+fn recognize_batch(
+    pipeline: &mut Pipeline,
+    batch: Vec<(ReplyTo, ImageSource, Query)>,
+    shared: &Shared,
+) {
     let started = Instant::now();
     let limits = pipeline.settings().input.clone();
     let mut frames = Vec::with_capacity(batch.len());
     let mut accepted = Vec::with_capacity(batch.len());
     for (reply, image, query) in batch {
         let t = Instant::now();
-        match load(&image, &reply.request_id, &limits, &shared.settings.daemon.allowed_dirs) {
+        match load(
+            &image,
+            &reply.request_id,
+            &limits,
+            &shared.settings.daemon.allowed_dirs,
+        ) {
             Ok((frame, _)) => {
                 frames.push(frame);
                 accepted.push((reply, query, t.elapsed().as_secs_f64() * 1e3));
@@ -186,7 +216,9 @@ fn recognize_batch(pipeline: &mut Pipeline, batch: Vec<(ReplyTo, ImageSource, Qu
     shared.counters.batches.fetch_add(1, Ordering::Relaxed);
     shared.histograms.observe_batch(frames.len());
     // A panic in native code must cost this batch, not the daemon.
-    let outcome = catch_unwind(AssertUnwindSafe(|| pipeline.recognize_with(&frames, &queries)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        pipeline.recognize_with(&frames, &queries)
+    }));
     let n = frames.len();
     match outcome {
         Ok(Ok(results)) => {
@@ -195,7 +227,10 @@ fn recognize_batch(pipeline: &mut Pipeline, batch: Vec<(ReplyTo, ImageSource, Qu
                 let mut stages = r.timings;
                 stages.decode = decode;
                 let timings = Timings {
-                    queue: started.saturating_duration_since(reply.arrived).as_secs_f64() * 1e3,
+                    queue: started
+                        .saturating_duration_since(reply.arrived)
+                        .as_secs_f64()
+                        * 1e3,
                     stages,
                     total: reply.arrived.elapsed().as_secs_f64() * 1e3,
                     batch: n,
@@ -215,56 +250,96 @@ fn recognize_batch(pipeline: &mut Pipeline, batch: Vec<(ReplyTo, ImageSource, Qu
         Ok(Err(e)) => {
             tracing::error!("batch of {n} failed: {e}");
             for (reply, _, _) in accepted {
-                shared.reply_error(reply, ErrorCode::Internal, &format!("recognition failed: {e}"));
+                shared.reply_error(
+                    reply,
+                    ErrorCode::Internal,
+                    &format!("recognition failed: {e}"),
+                );
             }
         }
         Err(_) => {
             tracing::error!("batch of {n} panicked; answering internal errors and carrying on");
             for (reply, _, _) in accepted {
-                shared.reply_error(reply, ErrorCode::Internal, "recognition failed (internal panic; see the daemon log)");
+                shared.reply_error(
+                    reply,
+                    ErrorCode::Internal,
+                    "recognition failed (internal panic; see the daemon log)",
+                );
             }
         }
     }
 }
 
-fn change_gallery(pipeline: &mut Pipeline, reply: ReplyTo, command: GalleryCommand, shared: &Shared) {
+fn change_gallery(
+    pipeline: &mut Pipeline,
+    reply: ReplyTo,
+    command: GalleryCommand,
+    shared: &Shared,
+) {
     let limits = pipeline.settings().input.clone();
-    let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<(Vec<i64>, Vec<i64>), (ErrorCode, String)> {
-        match command {
-            GalleryCommand::Add { label, image, source, request_id } => {
-                let (frame, bytes) = load(&image, &request_id, &limits, &shared.settings.daemon.allowed_dirs)?;
-                let sha = hex::encode(Sha256::digest(&bytes));
-                let id = pipeline.enroll(&frame, &label, &source, Some(sha)).map_err(classify)?;
-                tracing::info!(id, label = %label, source = %source, "gallery: item added");
-                Ok((vec![id], vec![]))
-            }
-            GalleryCommand::Remove { label, ids, .. } => {
-                let ids = match label {
-                    Some(l) => {
-                        let ids = pipeline.gallery().ids_with_label(&l);
-                        if ids.is_empty() {
-                            return Err((ErrorCode::BadRequest, format!("no gallery item has label {l:?}; nothing was removed")));
+    let outcome = catch_unwind(AssertUnwindSafe(
+        || -> Result<(Vec<i64>, Vec<i64>), (ErrorCode, String)> {
+            match command {
+                GalleryCommand::Add {
+                    label,
+                    image,
+                    source,
+                    request_id,
+                } => {
+                    let (frame, bytes) = load(
+                        &image,
+                        &request_id,
+                        &limits,
+                        &shared.settings.daemon.allowed_dirs,
+                    )?;
+                    let sha = hex::encode(Sha256::digest(&bytes));
+                    let id = pipeline
+                        .enroll(&frame, &label, &source, Some(sha))
+                        .map_err(classify)?;
+                    tracing::info!(id, label = %label, source = %source, "gallery: item added");
+                    Ok((vec![id], vec![]))
+                }
+                GalleryCommand::Remove { label, ids, .. } => {
+                    let ids = match label {
+                        Some(l) => {
+                            let ids = pipeline.gallery().ids_with_label(&l);
+                            if ids.is_empty() {
+                                return Err((
+                                    ErrorCode::BadRequest,
+                                    format!("no gallery item has label {l:?}; nothing was removed"),
+                                ));
+                            }
+                            ids
                         }
-                        ids
-                    }
-                    None => ids,
-                };
-                pipeline.remove(&ids).map_err(classify)?;
-                tracing::info!(?ids, "gallery: items removed");
-                Ok((vec![], ids))
+                        None => ids,
+                    };
+                    pipeline.remove(&ids).map_err(classify)?;
+                    tracing::info!(?ids, "gallery: items removed");
+                    Ok((vec![], ids))
+                }
             }
-        }
-    }));
+        },
+    ));
     shared.set_versions(versions(pipeline, shared.versions().bundle));
     match outcome {
         Ok(Ok((added, removed))) => {
             let v = shared.versions();
-            let payload = answer::to_vec(&GalleryAnswer { request_id: &reply.request_id, ok: true, added, removed, versions: &v });
+            let payload = answer::to_vec(&GalleryAnswer {
+                request_id: &reply.request_id,
+                ok: true,
+                added,
+                removed,
+                versions: &v,
+            });
             shared.counters.answered.fetch_add(1, Ordering::Relaxed);
             shared.reply(reply, payload);
         }
         Ok(Err((code, message))) => shared.reply_error(reply, code, &message),
-        Err(_) => shared.reply_error(reply, ErrorCode::Internal, "gallery change failed (internal panic; see the daemon log)"),
+        Err(_) => shared.reply_error(
+            reply,
+            ErrorCode::Internal,
+            "gallery change failed (internal panic; see the daemon log)",
+        ),
     }
 }
 
@@ -279,27 +354,63 @@ fn classify(e: Error) -> (ErrorCode, String) {
 
 /// Reads (for path requests) and decodes a request's image, with the limits
 /// checked on the header before any pixel is decoded.
-fn load(image: &ImageSource, id: &str, limits: &InputSettings, allowed: &[std::path::PathBuf]) -> Result<(Frame, Vec<u8>), (ErrorCode, String)> {
+fn load(
+    image: &ImageSource,
+    id: &str,
+    limits: &InputSettings,
+    allowed: &[std::path::PathBuf],
+) -> Result<(Frame, Vec<u8>), (ErrorCode, String)> {
     let bytes = match image {
         ImageSource::Bytes(b) => b.clone(),
         ImageSource::Path(p) => {
             let real = resolve_path(p, allowed)?;
-            let len = std::fs::metadata(&real).map(|m| m.len()).map_err(|e| (ErrorCode::BadRequest, format!("cannot read {}: {e}", p.display())))?;
+            let len = std::fs::metadata(&real).map(|m| m.len()).map_err(|e| {
+                (
+                    ErrorCode::BadRequest,
+                    format!("cannot read {}: {e}", p.display()),
+                )
+            })?;
             if len > limits.max_file_bytes {
-                return Err((ErrorCode::TooLarge, format!("{} is {len} bytes, over input.max_file_bytes ({})", p.display(), limits.max_file_bytes)));
+                return Err((
+                    ErrorCode::TooLarge,
+                    format!(
+                        "{} is {len} bytes, over input.max_file_bytes ({})",
+                        p.display(),
+                        limits.max_file_bytes
+                    ),
+                ));
             }
-            std::fs::read(&real).map_err(|e| (ErrorCode::BadRequest, format!("cannot read {}: {e}", p.display())))?
+            std::fs::read(&real).map_err(|e| {
+                (
+                    ErrorCode::BadRequest,
+                    format!("cannot read {}: {e}", p.display()),
+                )
+            })?
         }
     };
     if bytes.len() as u64 > limits.max_file_bytes {
-        return Err((ErrorCode::TooLarge, format!("image is {} bytes, over input.max_file_bytes ({})", bytes.len(), limits.max_file_bytes)));
+        return Err((
+            ErrorCode::TooLarge,
+            format!(
+                "image is {} bytes, over input.max_file_bytes ({})",
+                bytes.len(),
+                limits.max_file_bytes
+            ),
+        ));
     }
     if let Ok(Some(h)) = input::sniff(&bytes) {
         let pixels = u64::from(h.width) * u64::from(h.height);
         if pixels > limits.max_pixels {
-            return Err((ErrorCode::TooLarge, format!("image is {}x{}, over input.max_pixels ({})", h.width, h.height, limits.max_pixels)));
+            return Err((
+                ErrorCode::TooLarge,
+                format!(
+                    "image is {}x{}, over input.max_pixels ({})",
+                    h.width, h.height, limits.max_pixels
+                ),
+            ));
         }
     }
-    let frame = input::decode(format!("request {id}"), &bytes, limits).map_err(|e| (ErrorCode::DecodeFailed, e.to_string()))?;
+    let frame = input::decode(format!("request {id}"), &bytes, limits)
+        .map_err(|e| (ErrorCode::DecodeFailed, e.to_string()))?;
     Ok((frame, bytes))
 }

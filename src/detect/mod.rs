@@ -25,12 +25,21 @@ pub struct Detection {
 /// those scoring at least `threshold`. After that, what the reference gets
 /// wrong is done right: boxes are clipped to the image and boxes under 1 px
 /// are dropped, so no empty or wrapped crop reaches the recogniser.
-pub fn select(mut dets: Vec<Detection>, max_results: usize, threshold: f32, width: u32, height: u32) -> Vec<Detection> {
+pub fn select(
+    mut dets: Vec<Detection>,
+    max_results: usize,
+    threshold: f32,
+    width: u32,
+    height: u32,
+) -> Vec<Detection> {
     dets.sort_by(|a, b| b.score.total_cmp(&a.score));
     dets.truncate(max_results);
     dets.into_iter()
         .filter(|d| d.score >= threshold)
-        .map(|d| Detection { bbox: d.bbox.clip(width, height), ..d })
+        .map(|d| Detection {
+            bbox: d.bbox.clip(width, height),
+            ..d
+        })
         .filter(|d| d.bbox.width() >= 1.0 && d.bbox.height() >= 1.0)
         .collect()
 }
@@ -40,7 +49,11 @@ mod tests {
     use super::*;
 
     fn det(x1: f32, y1: f32, x2: f32, y2: f32, score: f32) -> Detection {
-        Detection { bbox: BBox::new(x1, y1, x2, y2), score, class_id: 0 }
+        Detection {
+            bbox: BBox::new(x1, y1, x2, y2),
+            score,
+            class_id: 0,
+        }
     }
 
     #[test]

@@ -64,12 +64,17 @@ impl PicoDet {
             }
         }
         let image = image_input.ok_or_else(|| {
-            bad(format!("no image input f32[N,3,640,640]; the model's inputs are: {}", describe(engine.inputs())))
+            bad(format!(
+                "no image input f32[N,3,640,640]; the model's inputs are: {}",
+                describe(engine.inputs())
+            ))
         })?;
         let side = DET_SIZE as i64;
         let fits = |got: i64, want: i64| got == want || got < 0;
         if !(fits(image.shape[1], 3) && fits(image.shape[2], side) && fits(image.shape[3], side)) {
-            return Err(bad(format!("detector input {image} does not take [N,3,{side},{side}] images")));
+            return Err(bad(format!(
+                "detector input {image} does not take [N,3,{side},{side}] images"
+            )));
         }
         let form = form_of(engine.outputs()).ok_or_else(|| {
             bad(format!(
@@ -83,10 +88,22 @@ impl PicoDet {
         let max_batch = match (form, image.shape[0]) {
             (ExportForm::NmsInGraph, _) | (_, 1) => 1,
             (ExportForm::PreNms, n) if n < 0 => settings.max_batch,
-            (_, n) => return Err(bad(format!("fixed batch of {n} is not supported; export with a dynamic or unit batch"))),
+            (_, n) => {
+                return Err(bad(format!(
+                    "fixed batch of {n} is not supported; export with a dynamic or unit batch"
+                )))
+            }
         };
         tracing::info!(model = %path.display(), ?form, max_batch, "detector ready");
-        Ok(PicoDet { engine, form, image_input: image.name, scale_input, im_shape_input, max_batch, settings: settings.clone() })
+        Ok(PicoDet {
+            engine,
+            form,
+            image_input: image.name,
+            scale_input,
+            im_shape_input,
+            max_batch,
+            settings: settings.clone(),
+        })
     }
 
     /// The export form in use.
@@ -108,7 +125,8 @@ impl PicoDet {
     pub fn infer(&mut self, input: &DetectorInput) -> Result<RawDetections> {
         let n = input.image.shape()[0];
         let im_shape = ndarray::Array2::<f32>::from_elem((n, 2), DET_SIZE as f32);
-        let mut feeds: Vec<(&str, ArrayViewD<'_, f32>)> = vec![(&self.image_input, input.image.view().into_dyn())];
+        let mut feeds: Vec<(&str, ArrayViewD<'_, f32>)> =
+            vec![(&self.image_input, input.image.view().into_dyn())];
         if let Some(name) = &self.scale_input {
             feeds.push((name, input.scale_factor.view().into_dyn()));
         }
@@ -119,17 +137,28 @@ impl PicoDet {
     }
 
     /// Turns raw outputs into the selected detections of each frame, in original pixels.
-    pub fn decode(&self, raw: RawDetections, frames: &[&Frame], input: &DetectorInput) -> Result<Vec<Vec<Detection>>> {
+    pub fn decode(
+        &self,
+        raw: RawDetections,
+        frames: &[&Frame],
+        input: &DetectorInput,
+    ) -> Result<Vec<Vec<Detection>>> {
         let all = match self.form {
             ExportForm::NmsInGraph => self.decode_nms_rows(&raw.0, frames.len())?,
             ExportForm::PreNms => self.decode_pre_nms(&raw.0, input)?,
         };
         let s = &self.settings;
-        Ok(all.into_iter().zip(frames).map(|(dets, f)| select(dets, s.max_results, s.threshold, f.width, f.height)).collect())
+        Ok(all
+            .into_iter()
+            .zip(frames)
+            .map(|(dets, f)| select(dets, s.max_results, s.threshold, f.width, f.height))
+            .collect())
     }
 
     fn decode_nms_rows(&self, out: &[Output], frames: usize) -> Result<Vec<Vec<Detection>>> {
-        let [a, b] = out else { return Err(self.bad_output()) };
+        let [a, b] = out else {
+            return Err(self.bad_output());
+        };
         let (rows, counts) = if a.shape.len() == 2 { (a, b) } else { (b, a) };
         if rows.shape.len() != 2 || rows.shape[1] != 6 {
             return Err(self.bad_output());
@@ -138,7 +167,11 @@ impl PicoDet {
         let mut per_frame = Vec::with_capacity(frames);
         let mut start = 0usize;
         for i in 0..frames {
-            let count = counts.data.get(i).map_or(total, |&c| c.max(0.0) as usize).min(total - start);
+            let count = counts
+                .data
+                .get(i)
+                .map_or(total, |&c| c.max(0.0) as usize)
+                .min(total - start);
             let dets = rows.data[start * 6..(start + count) * 6]
                 .chunks_exact(6)
                 // Paddle pads "no detection" with a row of class -1.
@@ -152,8 +185,14 @@ impl PicoDet {
     }
 
     fn decode_pre_nms(&self, out: &[Output], input: &DetectorInput) -> Result<Vec<Vec<Detection>>> {
-        let [a, b] = out else { return Err(self.bad_output()) };
-        let (boxes, scores) = if a.shape.last() == Some(&4) { (a, b) } else { (b, a) };
+        let [a, b] = out else {
+            return Err(self.bad_output());
+        };
+        let (boxes, scores) = if a.shape.last() == Some(&4) {
+            (a, b)
+        } else {
+            (b, a)
+        };
         if boxes.shape.len() != 3 || scores.shape.len() != 3 {
             return Err(self.bad_output());
         }
@@ -172,7 +211,15 @@ impl PicoDet {
             let (sy, sx) = (input.scale_factor[[i, 0]], input.scale_factor[[i, 1]]);
             let dets = nms::multiclass_nms(&b, s, classes, &self.settings.nms)
                 .into_iter()
-                .map(|d| Detection { bbox: BBox::new(d.bbox.x1 / sx, d.bbox.y1 / sy, d.bbox.x2 / sx, d.bbox.y2 / sy), ..d })
+                .map(|d| Detection {
+                    bbox: BBox::new(
+                        d.bbox.x1 / sx,
+                        d.bbox.y1 / sy,
+                        d.bbox.x2 / sx,
+                        d.bbox.y2 / sy,
+                    ),
+                    ..d
+                })
                 .collect();
             per_frame.push(dets);
         }
@@ -180,7 +227,13 @@ impl PicoDet {
     }
 
     fn bad_output(&self) -> Error {
-        Error::model(self.engine.path(), format!("detector returned outputs of unexpected shape for the {:?} form", self.form))
+        Error::model(
+            self.engine.path(),
+            format!(
+                "detector returned outputs of unexpected shape for the {:?} form",
+                self.form
+            ),
+        )
     }
 }
 
@@ -193,7 +246,9 @@ fn form_of(outputs: &[TensorSpec]) -> Option<ExportForm> {
     match ranks {
         (2, 1) if last(&outputs[0]) == Some(6) => Some(ExportForm::NmsInGraph),
         (1, 2) if last(&outputs[1]) == Some(6) => Some(ExportForm::NmsInGraph),
-        (3, 3) if last(&outputs[0]) == Some(4) || last(&outputs[1]) == Some(4) => Some(ExportForm::PreNms),
+        (3, 3) if last(&outputs[0]) == Some(4) || last(&outputs[1]) == Some(4) => {
+            Some(ExportForm::PreNms)
+        }
         _ => None,
     }
 }
@@ -203,14 +258,27 @@ mod tests {
     use super::*;
 
     fn spec(shape: Vec<i64>) -> TensorSpec {
-        TensorSpec { name: "fetch_name_0".into(), shape, dtype: "float32".into() }
+        TensorSpec {
+            name: "fetch_name_0".into(),
+            shape,
+            dtype: "float32".into(),
+        }
     }
 
     #[test]
     fn tells_the_export_forms_apart_by_shape() {
-        assert_eq!(form_of(&[spec(vec![-1, 6]), spec(vec![-1])]), Some(ExportForm::NmsInGraph));
-        assert_eq!(form_of(&[spec(vec![-1, 8500, 4]), spec(vec![-1, 1, 8500])]), Some(ExportForm::PreNms));
-        assert_eq!(form_of(&[spec(vec![-1, 1, 8500]), spec(vec![-1, 8500, 4])]), Some(ExportForm::PreNms));
+        assert_eq!(
+            form_of(&[spec(vec![-1, 6]), spec(vec![-1])]),
+            Some(ExportForm::NmsInGraph)
+        );
+        assert_eq!(
+            form_of(&[spec(vec![-1, 8500, 4]), spec(vec![-1, 1, 8500])]),
+            Some(ExportForm::PreNms)
+        );
+        assert_eq!(
+            form_of(&[spec(vec![-1, 1, 8500]), spec(vec![-1, 8500, 4])]),
+            Some(ExportForm::PreNms)
+        );
         assert_eq!(form_of(&[spec(vec![-1, 512])]), None);
         assert_eq!(form_of(&[spec(vec![-1, 5]), spec(vec![-1])]), None);
     }

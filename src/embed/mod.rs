@@ -8,7 +8,11 @@ pub use pplcnet::Embedder;
 /// PaddleClas's `feature_normalize`. A zero row stays zero rather than NaN.
 pub fn l2_normalize(features: &mut [f32], dim: usize) {
     for row in features.chunks_exact_mut(dim) {
-        let norm = row.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt() as f32;
+        let norm = row
+            .iter()
+            .map(|&x| (x as f64) * (x as f64))
+            .sum::<f64>()
+            .sqrt() as f32;
         if norm > 0.0 {
             row.iter_mut().for_each(|x| *x /= norm);
         }

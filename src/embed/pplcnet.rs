@@ -26,21 +26,42 @@ impl Embedder {
         let side = REC_SIZE as i64;
         let fits = |got: i64, want: i64| got == want || got < 0;
         let [input] = engine.inputs() else {
-            return Err(bad(format!("expected one input x f32[N,3,{side},{side}], found: {}", describe(engine.inputs()))));
+            return Err(bad(format!(
+                "expected one input x f32[N,3,{side},{side}], found: {}",
+                describe(engine.inputs())
+            )));
         };
-        if input.shape.len() != 4 || !fits(input.shape[1], 3) || !fits(input.shape[2], side) || !fits(input.shape[3], side) {
-            return Err(bad(format!("input {input} does not take [N,3,{side},{side}] crops")));
+        if input.shape.len() != 4
+            || !fits(input.shape[1], 3)
+            || !fits(input.shape[2], side)
+            || !fits(input.shape[3], side)
+        {
+            return Err(bad(format!(
+                "input {input} does not take [N,3,{side},{side}] crops"
+            )));
         }
         let [output] = engine.outputs() else {
-            return Err(bad(format!("expected one output features f32[N,D], found: {}", describe(engine.outputs()))));
+            return Err(bad(format!(
+                "expected one output features f32[N,D], found: {}",
+                describe(engine.outputs())
+            )));
         };
         let dim = match output.shape.as_slice() {
             [_, d] if *d > 0 => *d as usize,
-            _ => return Err(bad(format!("output {output} is not [N,D] features with a fixed D"))),
+            _ => {
+                return Err(bad(format!(
+                    "output {output} is not [N,D] features with a fixed D"
+                )))
+            }
         };
         let max_batch = if input.shape[0] == 1 { 1 } else { max_batch };
         tracing::info!(model = %path.display(), dim, max_batch, "embedder ready");
-        Ok(Embedder { input: input.name.clone(), engine, dim, max_batch })
+        Ok(Embedder {
+            input: input.name.clone(),
+            engine,
+            dim,
+            max_batch,
+        })
     }
 
     /// Feature length.
@@ -77,10 +98,17 @@ impl Embedder {
 
     /// Runs a prepared batch; returns `N × dim` unit-length features, row-major.
     pub fn infer(&mut self, batch: &Array4<f32>) -> Result<Vec<f32>> {
-        let mut out = self.engine.run("embedder", &[(&self.input, batch.view().into_dyn())])?;
-        let features = out.pop().ok_or_else(|| Error::model(self.engine.path(), "embedder returned no output"))?;
+        let mut out = self
+            .engine
+            .run("embedder", &[(&self.input, batch.view().into_dyn())])?;
+        let features = out
+            .pop()
+            .ok_or_else(|| Error::model(self.engine.path(), "embedder returned no output"))?;
         if features.shape != [batch.shape()[0], self.dim] {
-            return Err(Error::model(self.engine.path(), format!("embedder returned shape {:?}", features.shape)));
+            return Err(Error::model(
+                self.engine.path(),
+                format!("embedder returned shape {:?}", features.shape),
+            ));
         }
         let mut data = features.data;
         l2_normalize(&mut data, self.dim);

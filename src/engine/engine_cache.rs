@@ -67,7 +67,12 @@ pub struct CacheKey {
 
 impl CacheKey {
     /// The key for `model_sha256` built with these options on `platform`.
-    pub fn new(model_sha256: &str, fp16: bool, profile: BatchProfile, platform: &Platform) -> CacheKey {
+    pub fn new(
+        model_sha256: &str,
+        fp16: bool,
+        profile: BatchProfile,
+        platform: &Platform,
+    ) -> CacheKey {
         let (maj, min) = platform.compute_capability;
         CacheKey {
             model_sha256: model_sha256.to_string(),
@@ -216,18 +221,26 @@ impl EngineCache {
     /// start-up in plain words instead of as a TensorRT failure minutes later.
     pub fn open(dir: &Path) -> Result<EngineCache> {
         let advice = "set engine.engine_cache_dir to a writable folder; under systemd the unit's StateDirectory= (/var/lib/shitu-edge) is writable by the service user";
-        fs::create_dir_all(dir).map_err(|e| Error::engine_cache(dir, format!("cannot create the folder: {e}; {advice}")))?;
+        fs::create_dir_all(dir).map_err(|e| {
+            Error::engine_cache(dir, format!("cannot create the folder: {e}; {advice}"))
+        })?;
         let probe = dir.join(format!(".write-test-{}", std::process::id()));
         let wrote = File::create(&probe).and_then(|mut f| f.write_all(b"ok"));
         let _ = fs::remove_file(&probe);
-        wrote.map_err(|e| Error::engine_cache(dir, format!("the folder is not writable: {e}; {advice}")))?;
-        Ok(EngineCache { dir: dir.to_path_buf() })
+        wrote.map_err(|e| {
+            Error::engine_cache(dir, format!("the folder is not writable: {e}; {advice}"))
+        })?;
+        Ok(EngineCache {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// The cache at `dir` as it is, for reading (`shitud engines list`): not
     /// created, not checked for write access. A missing folder is an empty cache.
     pub fn existing(dir: &Path) -> EngineCache {
-        EngineCache { dir: dir.to_path_buf() }
+        EngineCache {
+            dir: dir.to_path_buf(),
+        }
     }
 
     /// The cache folder.
@@ -245,7 +258,10 @@ impl EngineCache {
     /// model reuses what the first one measured.
     pub fn timing_dir(&self, key: &CacheKey) -> Result<PathBuf> {
         let mut h = Sha256::new();
-        h.update(format!("{}\0{}\0{}", key.gpu, key.compute_capability, key.tensorrt));
+        h.update(format!(
+            "{}\0{}\0{}",
+            key.gpu, key.compute_capability, key.tensorrt
+        ));
         let dir = self.dir.join(TIMING).join(hex::encode(&h.finalize()[..8]));
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         Ok(dir)
@@ -261,14 +277,23 @@ impl EngineCache {
                 Ok(m) if m.version == MANIFEST_VERSION => m,
                 Ok(m) => {
                     tracing::warn!(path = %path.display(), version = m.version, "engine cache manifest has an unknown version; engines will be rebuilt");
-                    Manifest { version: MANIFEST_VERSION, entries: Vec::new() }
+                    Manifest {
+                        version: MANIFEST_VERSION,
+                        entries: Vec::new(),
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "engine cache manifest is unreadable ({e}); engines will be rebuilt");
-                    Manifest { version: MANIFEST_VERSION, entries: Vec::new() }
+                    Manifest {
+                        version: MANIFEST_VERSION,
+                        entries: Vec::new(),
+                    }
                 }
             },
-            Err(_) => Manifest { version: MANIFEST_VERSION, entries: Vec::new() },
+            Err(_) => Manifest {
+                version: MANIFEST_VERSION,
+                entries: Vec::new(),
+            },
         }
     }
 
@@ -277,7 +302,9 @@ impl EngineCache {
     pub fn lookup(&self, key: &CacheKey) -> Lookup {
         let id = key.id();
         match self.manifest().entries.into_iter().find(|e| e.id == id) {
-            Some(e) if e.state == State::Ready && dir_size(&self.dir.join(&id)) > 0 => Lookup::Ready(e),
+            Some(e) if e.state == State::Ready && dir_size(&self.dir.join(&id)) > 0 => {
+                Lookup::Ready(e)
+            }
             _ => Lookup::Missing,
         }
     }
@@ -335,7 +362,11 @@ impl EngineCache {
     /// Every engine folder, judged against the models the config names
     /// (`current`, their sha256s) and this box's platform. `platform` is
     /// `None` where no GPU can be probed; entries are then judged by model only.
-    pub fn judge(&self, current_models: &BTreeSet<String>, platform: Option<&Platform>) -> Result<Vec<Judged>> {
+    pub fn judge(
+        &self,
+        current_models: &BTreeSet<String>,
+        platform: Option<&Platform>,
+    ) -> Result<Vec<Judged>> {
         let manifest = self.manifest();
         let mut out: Vec<Judged> = manifest
             .entries
@@ -350,7 +381,11 @@ impl EngineCache {
                 } else {
                     Verdict::Current
                 };
-                Judged { id: e.id.clone(), entry: Some(e.clone()), verdict }
+                Judged {
+                    id: e.id.clone(),
+                    entry: Some(e.clone()),
+                    verdict,
+                }
             })
             .collect();
         let known: BTreeSet<&str> = manifest.entries.iter().map(|e| e.id.as_str()).collect();
@@ -363,7 +398,11 @@ impl EngineCache {
         for item in listing.flatten() {
             let name = item.file_name().to_string_lossy().into_owned();
             if item.path().is_dir() && name != TIMING && !known.contains(name.as_str()) {
-                orphans.push(Judged { id: name, entry: None, verdict: Verdict::Orphan });
+                orphans.push(Judged {
+                    id: name,
+                    entry: None,
+                    verdict: Verdict::Orphan,
+                });
             }
         }
         orphans.sort_by(|a, b| a.id.cmp(&b.id));
@@ -373,9 +412,17 @@ impl EngineCache {
 
     /// Removes every stale folder (see [`Verdict`]) and its manifest entry;
     /// returns what was removed. With `dry_run` nothing is touched.
-    pub fn prune(&self, current_models: &BTreeSet<String>, platform: Option<&Platform>, dry_run: bool) -> Result<Vec<Judged>> {
+    pub fn prune(
+        &self,
+        current_models: &BTreeSet<String>,
+        platform: Option<&Platform>,
+        dry_run: bool,
+    ) -> Result<Vec<Judged>> {
         let stale = |c: &EngineCache| -> Result<Vec<Judged>> {
-            Ok(c.judge(current_models, platform)?.into_iter().filter(|j| j.verdict.is_stale()).collect())
+            Ok(c.judge(current_models, platform)?
+                .into_iter()
+                .filter(|j| j.verdict.is_stale())
+                .collect())
         };
         if dry_run {
             return stale(self);
@@ -406,19 +453,29 @@ impl EngineCache {
 
     fn write(&self, m: &Manifest) -> Result<()> {
         let path = self.dir.join(MANIFEST);
-        let tmp = self.dir.join(format!("{MANIFEST}.tmp-{}", std::process::id()));
+        let tmp = self
+            .dir
+            .join(format!("{MANIFEST}.tmp-{}", std::process::id()));
         let mut m = m.clone();
         m.version = MANIFEST_VERSION;
-        let text = serde_json::to_vec_pretty(&m).map_err(|e| Error::engine_cache(&path, e.to_string()))?;
+        let text =
+            serde_json::to_vec_pretty(&m).map_err(|e| Error::engine_cache(&path, e.to_string()))?;
         let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(&text).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(&text)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(&tmp, e))?;
         // Renamed in one step: a crash leaves the old manifest or the new one, never half of one.
         fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
     }
 
     fn lock(&self) -> Result<FileLock> {
         let path = self.dir.join(LOCK);
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
         use std::os::fd::AsRawFd;
         // SAFETY: flock on a descriptor this function owns; released when the file closes.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
@@ -433,7 +490,11 @@ struct FileLock(#[allow(dead_code)] File);
 
 /// Runs `build`, calling `tick` with the time so far every `every` until it
 /// returns, so that a multi-minute TensorRT build is visibly alive in the journal.
-pub fn with_progress<T>(every: Duration, tick: impl Fn(Duration) + Send + 'static, build: impl FnOnce() -> T) -> T {
+pub fn with_progress<T>(
+    every: Duration,
+    tick: impl Fn(Duration) + Send + 'static,
+    build: impl FnOnce() -> T,
+) -> T {
     let (done, wait) = mpsc::channel::<()>();
     let started = Instant::now();
     let ticker = std::thread::spawn(move || {
@@ -458,11 +519,16 @@ pub fn elapsed(d: Duration) -> String {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn dir_size(dir: &Path) -> u64 {
-    let Ok(items) = fs::read_dir(dir) else { return 0 };
+    let Ok(items) = fs::read_dir(dir) else {
+        return 0;
+    };
     items
         .flatten()
         .map(|i| match i.metadata() {
@@ -478,11 +544,24 @@ mod tests {
     use super::*;
 
     fn platform(gpu: &str, trt: &str) -> Platform {
-        Platform { gpu: gpu.into(), compute_capability: (8, 7), tensorrt: Some(trt.into()) }
+        Platform {
+            gpu: gpu.into(),
+            compute_capability: (8, 7),
+            tensorrt: Some(trt.into()),
+        }
     }
 
     fn key(sha: &str, p: &Platform) -> CacheKey {
-        CacheKey::new(sha, true, BatchProfile { min: 1, opt: 4, max: 8 }, p)
+        CacheKey::new(
+            sha,
+            true,
+            BatchProfile {
+                min: 1,
+                opt: 4,
+                max: 8,
+            },
+            p,
+        )
     }
 
     fn built(cache: &EngineCache, k: &CacheKey, role: &str) {
@@ -498,14 +577,27 @@ mod tests {
         let mut variants = vec![
             key("ab", &orin),
             CacheKey::new("aa", false, base.profile, &orin),
-            CacheKey::new("aa", true, BatchProfile { min: 1, opt: 8, max: 8 }, &orin),
+            CacheKey::new(
+                "aa",
+                true,
+                BatchProfile {
+                    min: 1,
+                    opt: 8,
+                    max: 8,
+                },
+                &orin,
+            ),
             key("aa", &platform("Xavier", "10.3.0")),
             key("aa", &platform("Orin", "8.6.2")),
         ];
         let mut other_cc = orin.clone();
         other_cc.compute_capability = (7, 2);
         variants.push(key("aa", &other_cc));
-        let ids: BTreeSet<String> = variants.iter().map(CacheKey::id).chain([base.id()]).collect();
+        let ids: BTreeSet<String> = variants
+            .iter()
+            .map(CacheKey::id)
+            .chain([base.id()])
+            .collect();
         assert_eq!(ids.len(), variants.len() + 1, "{ids:?}");
         assert_eq!(base.id(), key("aa", &orin).id(), "ids are stable");
         assert_eq!(base.id().len(), 16);
@@ -520,12 +612,24 @@ mod tests {
         assert_eq!(cache.lookup(&k), Lookup::Missing);
         let dir = cache.begin(&k, "embedder", Path::new("rec.onnx")).unwrap();
         fs::write(dir.join("engine.bin"), vec![0u8; 100]).unwrap();
-        assert_eq!(cache.lookup(&k), Lookup::Missing, "a build in progress is not usable");
+        assert_eq!(
+            cache.lookup(&k),
+            Lookup::Missing,
+            "a build in progress is not usable"
+        );
         cache.finish(&k, Duration::from_secs(130)).unwrap();
-        let Lookup::Ready(e) = cache.lookup(&k) else { panic!("finished entry not found") };
-        assert_eq!((e.role.as_str(), e.bytes, e.build_seconds), ("embedder", 100, 130.0));
+        let Lookup::Ready(e) = cache.lookup(&k) else {
+            panic!("finished entry not found")
+        };
+        assert_eq!(
+            (e.role.as_str(), e.bytes, e.build_seconds),
+            ("embedder", 100, 130.0)
+        );
         // Another platform is a different key: a stale engine is never reused.
-        assert_eq!(cache.lookup(&key("aa", &platform("Orin", "10.4.0"))), Lookup::Missing);
+        assert_eq!(
+            cache.lookup(&key("aa", &platform("Orin", "10.4.0"))),
+            Lookup::Missing
+        );
         // An emptied folder is not trusted.
         fs::remove_file(dir.join("engine.bin")).unwrap();
         assert_eq!(cache.lookup(&k), Lookup::Missing);
@@ -553,28 +657,54 @@ mod tests {
         let old_trt = key("rec1", &platform("Orin", "8.6.2"));
         let old_model = key("rec0", &orin);
         let unfinished = key("det1", &platform("Orin", "10.4.0"));
-        for (k, role) in [(&keep_det, "detector"), (&keep_rec, "embedder"), (&old_trt, "embedder"), (&old_model, "embedder")] {
+        for (k, role) in [
+            (&keep_det, "detector"),
+            (&keep_rec, "embedder"),
+            (&old_trt, "embedder"),
+            (&old_model, "embedder"),
+        ] {
             built(&cache, k, role);
         }
-        cache.begin(&unfinished, "detector", Path::new("det.onnx")).unwrap();
+        cache
+            .begin(&unfinished, "detector", Path::new("det.onnx"))
+            .unwrap();
         fs::create_dir_all(tmp.path().join("0123456789abcdef")).unwrap();
         cache.timing_dir(&keep_det).unwrap();
 
         let current: BTreeSet<String> = ["det1".to_string(), "rec1".to_string()].into();
-        let verdicts: Vec<(String, Verdict)> =
-            cache.judge(&current, Some(&orin)).unwrap().into_iter().map(|j| (j.id, j.verdict)).collect();
-        let of = |k: &CacheKey| verdicts.iter().find(|(id, _)| *id == k.id()).map(|(_, v)| v.clone());
+        let verdicts: Vec<(String, Verdict)> = cache
+            .judge(&current, Some(&orin))
+            .unwrap()
+            .into_iter()
+            .map(|j| (j.id, j.verdict))
+            .collect();
+        let of = |k: &CacheKey| {
+            verdicts
+                .iter()
+                .find(|(id, _)| *id == k.id())
+                .map(|(_, v)| v.clone())
+        };
         assert_eq!(of(&keep_det), Some(Verdict::Current));
         assert_eq!(of(&keep_rec), Some(Verdict::Current));
         assert_eq!(of(&old_trt), Some(Verdict::OtherPlatform));
         assert_eq!(of(&old_model), Some(Verdict::OtherModel));
         assert_eq!(of(&unfinished), Some(Verdict::Unfinished));
-        assert!(verdicts.contains(&("0123456789abcdef".into(), Verdict::Orphan)), "{verdicts:?}");
-        assert_eq!(verdicts.len(), 6, "the timing folder is not an engine: {verdicts:?}");
+        assert!(
+            verdicts.contains(&("0123456789abcdef".into(), Verdict::Orphan)),
+            "{verdicts:?}"
+        );
+        assert_eq!(
+            verdicts.len(),
+            6,
+            "the timing folder is not an engine: {verdicts:?}"
+        );
 
         let dry = cache.prune(&current, Some(&orin), true).unwrap();
         assert_eq!(dry.len(), 4);
-        assert!(tmp.path().join(old_trt.id()).exists(), "a dry run removes nothing");
+        assert!(
+            tmp.path().join(old_trt.id()).exists(),
+            "a dry run removes nothing"
+        );
 
         let gone = cache.prune(&current, Some(&orin), false).unwrap();
         assert_eq!(gone.len(), 4);
@@ -585,7 +715,10 @@ mod tests {
         }
         assert!(!tmp.path().join("0123456789abcdef").exists());
         assert!(tmp.path().join(keep_det.id()).join("engine.bin").exists());
-        assert!(tmp.path().join(TIMING).exists(), "timing caches survive pruning");
+        assert!(
+            tmp.path().join(TIMING).exists(),
+            "timing caches survive pruning"
+        );
     }
 
     #[test]
@@ -595,11 +728,20 @@ mod tests {
         let k = key("det1", &platform("Orin", "10.3.0"));
         built(&cache, &k, "detector");
         let current: BTreeSet<String> = ["det1".to_string()].into();
-        assert_eq!(cache.judge(&current, None).unwrap()[0].verdict, Verdict::Current);
+        assert_eq!(
+            cache.judge(&current, None).unwrap()[0].verdict,
+            Verdict::Current
+        );
         let nowhere = EngineCache::existing(&tmp.path().join("missing"));
         assert!(nowhere.judge(&current, None).unwrap().is_empty());
-        assert!(!tmp.path().join("missing").exists(), "reading does not create the folder");
-        assert_eq!(cache.judge(&BTreeSet::new(), None).unwrap()[0].verdict, Verdict::OtherModel);
+        assert!(
+            !tmp.path().join("missing").exists(),
+            "reading does not create the folder"
+        );
+        assert_eq!(
+            cache.judge(&BTreeSet::new(), None).unwrap()[0].verdict,
+            Verdict::OtherModel
+        );
     }
 
     #[test]
@@ -629,13 +771,23 @@ mod tests {
             Err(e) => {
                 let msg = e.to_string();
                 assert!(!probe_ok);
-                assert!(msg.contains("not writable") && msg.contains("engine.engine_cache_dir") && msg.contains(&dir.display().to_string()), "{msg}");
+                assert!(
+                    msg.contains("not writable")
+                        && msg.contains("engine.engine_cache_dir")
+                        && msg.contains(&dir.display().to_string()),
+                    "{msg}"
+                );
             }
         }
         // A path under a regular file cannot be created at all.
         fs::write(tmp.path().join("file"), b"").unwrap();
-        let msg = EngineCache::open(&tmp.path().join("file/engines")).unwrap_err().to_string();
-        assert!(msg.contains("cannot create the folder") && msg.contains("file/engines"), "{msg}");
+        let msg = EngineCache::open(&tmp.path().join("file/engines"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("cannot create the folder") && msg.contains("file/engines"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -645,15 +797,26 @@ mod tests {
         let ticks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = ticks.clone();
         let started = Instant::now();
-        let out = with_progress(Duration::from_millis(20), move |so_far| seen.lock().unwrap().push(so_far), || {
-            std::thread::sleep(Duration::from_millis(110));
-            7
-        });
+        let out = with_progress(
+            Duration::from_millis(20),
+            move |so_far| seen.lock().unwrap().push(so_far),
+            || {
+                std::thread::sleep(Duration::from_millis(110));
+                7
+            },
+        );
         assert_eq!(out, 7);
-        assert!(started.elapsed() < Duration::from_secs(1), "the ticker must stop with the build");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the ticker must stop with the build"
+        );
         let after = ticks.lock().unwrap().len();
         assert!((2..=6).contains(&after), "{after} ticks in 110 ms at 20 ms");
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(ticks.lock().unwrap().len(), after, "no ticks after the build returned");
+        assert_eq!(
+            ticks.lock().unwrap().len(),
+            after,
+            "no ticks after the build returned"
+        );
     }
 }

@@ -21,7 +21,12 @@ pub struct Platform {
 impl fmt::Display for Platform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (maj, min) = self.compute_capability;
-        write!(f, "{} (sm_{maj}{min}), TensorRT {}", self.gpu, self.tensorrt.as_deref().unwrap_or("not installed"))
+        write!(
+            f,
+            "{} (sm_{maj}{min}), TensorRT {}",
+            self.gpu,
+            self.tensorrt.as_deref().unwrap_or("not installed")
+        )
     }
 }
 
@@ -51,21 +56,35 @@ pub fn probe(ordinal: i32) -> Result<Platform, NoGpu> {
         return Err(NoGpu("no CUDA driver (libcuda.so not found): this box has no NVIDIA GPU, or its driver is not installed".into()));
     }
     result::init().map_err(|e| NoGpu(format!("the CUDA driver did not initialise: {e}")))?;
-    let count = device::get_count().map_err(|e| NoGpu(format!("cannot count CUDA devices: {e}")))?;
+    let count =
+        device::get_count().map_err(|e| NoGpu(format!("cannot count CUDA devices: {e}")))?;
     if ordinal < 0 || ordinal >= count {
-        return Err(NoGpu(format!("engine.device_id = {ordinal}, but this box has {count} CUDA device(s)")));
+        return Err(NoGpu(format!(
+            "engine.device_id = {ordinal}, but this box has {count} CUDA device(s)"
+        )));
     }
     let dev = device::get(ordinal).map_err(|e| NoGpu(format!("CUDA device {ordinal}: {e}")))?;
     let gpu = device::get_name(dev).map_err(|e| NoGpu(format!("CUDA device {ordinal}: {e}")))?;
     // SAFETY: `dev` came from cuDeviceGet above.
     let cc = unsafe {
-        (device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR), device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR))
+        (
+            device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
+            device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR),
+        )
     };
     let compute_capability = match cc {
         (Ok(maj), Ok(min)) => (maj, min),
-        (Err(e), _) | (_, Err(e)) => return Err(NoGpu(format!("CUDA device {ordinal}: compute capability: {e}"))),
+        (Err(e), _) | (_, Err(e)) => {
+            return Err(NoGpu(format!(
+                "CUDA device {ordinal}: compute capability: {e}"
+            )))
+        }
     };
-    Ok(Platform { gpu, compute_capability, tensorrt: tensorrt_version() })
+    Ok(Platform {
+        gpu,
+        compute_capability,
+        tensorrt: tensorrt_version(),
+    })
 }
 
 /// The TensorRT release `libnvinfer` reports, if it can be opened.
@@ -75,8 +94,12 @@ pub fn tensorrt_version() -> Option<String> {
         // SAFETY: libnvinfer's initialisers only register its plugins; the
         // symbol is the documented `int32_t getInferLibVersion()`.
         let version = unsafe {
-            let Ok(lib) = libloading::Library::new(name) else { continue };
-            let Ok(get) = lib.get::<unsafe extern "C" fn() -> i32>(b"getInferLibVersion\0") else { continue };
+            let Ok(lib) = libloading::Library::new(name) else {
+                continue;
+            };
+            let Ok(get) = lib.get::<unsafe extern "C" fn() -> i32>(b"getInferLibVersion\0") else {
+                continue;
+            };
             get()
         };
         return Some(decode_trt_version(version));
@@ -106,7 +129,6 @@ mod tests {
             let _ = writeln!(std::io::stderr(), $($arg)*);
         }};
     }
-
 
     #[test]
     fn tensorrt_versions_decode_in_both_packings() {

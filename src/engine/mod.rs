@@ -37,14 +37,22 @@ pub struct TensorSpec {
 
 impl std::fmt::Display for TensorSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let dims: Vec<String> = self.shape.iter().map(|d| if *d < 0 { "?".into() } else { d.to_string() }).collect();
+        let dims: Vec<String> = self
+            .shape
+            .iter()
+            .map(|d| if *d < 0 { "?".into() } else { d.to_string() })
+            .collect();
         write!(f, "{} {}[{}]", self.name, self.dtype, dims.join(","))
     }
 }
 
 /// Formats a list of specs for error messages.
 pub fn describe(specs: &[TensorSpec]) -> String {
-    specs.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+    specs
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// An output tensor copied out of the runtime.
@@ -82,7 +90,10 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("path", &self.path).field("provider", &self.provider).finish()
+        f.debug_struct("Engine")
+            .field("path", &self.path)
+            .field("provider", &self.provider)
+            .finish()
     }
 }
 
@@ -93,7 +104,12 @@ impl Engine {
     /// With `engine.fallback`, a provider that cannot start hands over to the
     /// next one down (tensorrt → cuda → cpu), with an error in the log that
     /// says why; without it, the first failure is the error.
-    pub fn open(role: &'static str, path: &Path, settings: &EngineSettings, profile: BatchProfile) -> Result<Engine> {
+    pub fn open(
+        role: &'static str,
+        path: &Path,
+        settings: &EngineSettings,
+        profile: BatchProfile,
+    ) -> Result<Engine> {
         if !path.is_file() {
             return Err(Error::model(path, "file not found"));
         }
@@ -107,21 +123,39 @@ impl Engine {
             let opened = match provider {
                 Provider::Cpu => session(path, env, settings, Vec::new()).map(|s| (s, None)),
                 Provider::Cuda => cuda_session(path, env, library, settings).map(|s| (s, None)),
-                Provider::Tensorrt => tensorrt_session(role, path, &model_sha256, env, library, settings, profile).map(|(s, c)| (s, Some(c))),
+                Provider::Tensorrt => {
+                    tensorrt_session(role, path, &model_sha256, env, library, settings, profile)
+                        .map(|(s, c)| (s, Some(c)))
+                }
             };
             match opened {
                 Ok((session, cache_use)) => {
                     if i > 0 {
-                        tracing::error!(model = role, "running on {provider}, NOT the configured {} (engine.fallback = true)", settings.provider);
+                        tracing::error!(
+                            model = role,
+                            "running on {provider}, NOT the configured {} (engine.fallback = true)",
+                            settings.provider
+                        );
                     }
                     let (inputs, outputs) = specs(&session);
                     tracing::debug!(model = %path.display(), ?provider, inputs = %describe(&inputs), "model loaded");
-                    return Ok(Engine { session, path: path.to_path_buf(), provider, model_sha256, cache_use, inputs, outputs });
+                    return Ok(Engine {
+                        session,
+                        path: path.to_path_buf(),
+                        provider,
+                        model_sha256,
+                        cache_use,
+                        inputs,
+                        outputs,
+                    });
                 }
                 Err(e) => {
                     let why = e.to_string();
                     if let Some(next) = chain.get(i + 1) {
-                        tracing::error!(model = role, "{provider} cannot run the {role}: {why}; falling back to {next}");
+                        tracing::error!(
+                            model = role,
+                            "{provider} cannot run the {role}: {why}; falling back to {next}"
+                        );
                     }
                     failures.push(format!("{provider}: {why}"));
                 }
@@ -132,7 +166,13 @@ impl Engine {
         } else {
             " (engine.fallback = true would run it on the next provider down instead)"
         };
-        Err(Error::model(path, format!("no execution provider could load it{hint}: {}", failures.join("; "))))
+        Err(Error::model(
+            path,
+            format!(
+                "no execution provider could load it{hint}: {}",
+                failures.join("; ")
+            ),
+        ))
     }
 
     /// The model file.
@@ -166,12 +206,19 @@ impl Engine {
     }
 
     /// Runs the model on named float inputs and copies every output out.
-    pub fn run(&mut self, stage: &'static str, inputs: &[(&str, ArrayViewD<'_, f32>)]) -> Result<Vec<Output>> {
+    pub fn run(
+        &mut self,
+        stage: &'static str,
+        inputs: &[(&str, ArrayViewD<'_, f32>)],
+    ) -> Result<Vec<Output>> {
         let fail = |source| Error::Inference { stage, source };
         let mut values = Vec::with_capacity(inputs.len());
         for (name, view) in inputs {
             let tensor = TensorRef::from_array_view(view.view()).map_err(fail)?;
-            values.push((std::borrow::Cow::Borrowed(*name), ort::session::SessionInputValue::from(tensor)));
+            values.push((
+                std::borrow::Cow::Borrowed(*name),
+                ort::session::SessionInputValue::from(tensor),
+            ));
         }
         let outputs = self.session.run(values).map_err(fail)?;
         let mut out = Vec::with_capacity(outputs.len());
@@ -187,7 +234,10 @@ impl Engine {
                 }
             }
             .map_err(fail)?;
-            out.push(Output { shape: shape.iter().map(|&d| d.max(0) as usize).collect(), data });
+            out.push(Output {
+                shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+                data,
+            });
         }
         Ok(out)
     }
@@ -202,29 +252,57 @@ fn session(
     let fail = |e: String| Error::model(path, e);
     let mut builder = Session::builder(env).map_err(|e| fail(e.to_string()))?;
     if settings.intra_threads > 0 {
-        builder = builder.with_intra_threads(settings.intra_threads).map_err(|e| fail(e.to_string()))?;
+        builder = builder
+            .with_intra_threads(settings.intra_threads)
+            .map_err(|e| fail(e.to_string()))?;
     }
-    builder = builder.with_intra_op_spinning(settings.spinning).map_err(|e| fail(e.to_string()))?;
-    builder = builder.with_inter_op_spinning(settings.spinning).map_err(|e| fail(e.to_string()))?;
+    builder = builder
+        .with_intra_op_spinning(settings.spinning)
+        .map_err(|e| fail(e.to_string()))?;
+    builder = builder
+        .with_inter_op_spinning(settings.spinning)
+        .map_err(|e| fail(e.to_string()))?;
     if settings.cpu_arena {
-        builder = builder.with_env_allocators().map_err(|e| fail(e.to_string()))?;
+        builder = builder
+            .with_env_allocators()
+            .map_err(|e| fail(e.to_string()))?;
     }
     // The CPU provider comes last in every list: it runs whatever the GPU providers do not.
     let mut eps = eps;
-    eps.push(ort::ep::CPU::default().with_arena_allocator(settings.cpu_arena).build());
-    builder = builder
-        .with_execution_providers(eps)
-        .map_err(|e| fail(format!("execution provider {:?} is not available: {e}", settings.provider)))?;
-    builder.commit_from_file(path).map_err(|e| fail(format!("cannot load: {e}")))
+    eps.push(
+        ort::ep::CPU::default()
+            .with_arena_allocator(settings.cpu_arena)
+            .build(),
+    );
+    builder = builder.with_execution_providers(eps).map_err(|e| {
+        fail(format!(
+            "execution provider {:?} is not available: {e}",
+            settings.provider
+        ))
+    })?;
+    builder
+        .commit_from_file(path)
+        .map_err(|e| fail(format!("cannot load: {e}")))
 }
 
 fn specs(session: &Session) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
     let spec = |o: &ort::value::Outlet| TensorSpec {
         name: o.name().to_string(),
-        shape: o.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default(),
-        dtype: o.dtype().tensor_type().map(|t| format!("{t:?}").to_lowercase()).unwrap_or_else(|| "non-tensor".into()),
+        shape: o
+            .dtype()
+            .tensor_shape()
+            .map(|s| s.to_vec())
+            .unwrap_or_default(),
+        dtype: o
+            .dtype()
+            .tensor_type()
+            .map(|t| format!("{t:?}").to_lowercase())
+            .unwrap_or_else(|| "non-tensor".into()),
     };
-    (session.inputs().iter().map(spec).collect(), session.outputs().iter().map(spec).collect())
+    (
+        session.inputs().iter().map(spec).collect(),
+        session.outputs().iter().map(spec).collect(),
+    )
 }
 
 /// The providers tried, in order: the configured one, then (with
@@ -253,10 +331,18 @@ fn require_provider<P: ort::ep::ExecutionProvider>(library: &Path, name: &str) -
 }
 
 fn cuda_ep(settings: &EngineSettings) -> ort::ep::ExecutionProviderDispatch {
-    ort::ep::CUDA::default().with_device_id(settings.device_id).build().error_on_failure()
+    ort::ep::CUDA::default()
+        .with_device_id(settings.device_id)
+        .build()
+        .error_on_failure()
 }
 
-fn cuda_session(path: &Path, env: &ort::environment::Environment, library: &Path, settings: &EngineSettings) -> Result<Session> {
+fn cuda_session(
+    path: &Path,
+    env: &ort::environment::Environment,
+    library: &Path,
+    settings: &EngineSettings,
+) -> Result<Session> {
     require_provider::<ort::ep::CUDA>(library, "CUDA")?;
     gpu::probe(settings.device_id).map_err(|e| Error::Runtime(e.0))?;
     session(path, env, settings, vec![cuda_ep(settings)])
@@ -296,7 +382,10 @@ fn tensorrt_session(
             .with_timing_cache(true)
             .with_timing_cache_path(timing.display().to_string());
         if let Some((min, opt, max)) = profile_shapes(&inputs, profile) {
-            trt = trt.with_profile_min_shapes(min).with_profile_opt_shapes(opt).with_profile_max_shapes(max);
+            trt = trt
+                .with_profile_min_shapes(min)
+                .with_profile_opt_shapes(opt)
+                .with_profile_max_shapes(max);
         }
         Ok(trt.build().error_on_failure())
     };
@@ -308,7 +397,15 @@ fn tensorrt_session(
             if let Err(e) = cache.touch(&key) {
                 tracing::warn!("engine cache: {e}");
             }
-            Ok((session, CacheUse { id: entry.id, dir, built: false, build_seconds: entry.build_seconds }))
+            Ok((
+                session,
+                CacheUse {
+                    id: entry.id,
+                    dir,
+                    built: false,
+                    build_seconds: entry.build_seconds,
+                },
+            ))
         }
         Lookup::Missing => {
             let dir = cache.begin(&key, role, path)?;
@@ -321,22 +418,42 @@ fn tensorrt_session(
             );
             let started = std::time::Instant::now();
             let what = format!("building TensorRT engine for {role} model");
-            let tick = move |so_far| tracing::info!("{what}, {} so far", engine_cache::elapsed(so_far));
+            let tick =
+                move |so_far| tracing::info!("{what}, {} so far", engine_cache::elapsed(so_far));
             let eps = vec![trt(&dir)?, cuda_ep(settings)];
-            let session = engine_cache::with_progress(Duration::from_secs(10), tick, || session(path, env, settings, eps))?;
+            let session = engine_cache::with_progress(Duration::from_secs(10), tick, || {
+                session(path, env, settings, eps)
+            })?;
             let took = started.elapsed();
             cache.finish(&key, took)?;
-            tracing::info!(model = role, "TensorRT engine built in {}", engine_cache::elapsed(took));
-            Ok((session, CacheUse { id: key.id(), dir, built: true, build_seconds: took.as_secs_f64() }))
+            tracing::info!(
+                model = role,
+                "TensorRT engine built in {}",
+                engine_cache::elapsed(took)
+            );
+            Ok((
+                session,
+                CacheUse {
+                    id: key.id(),
+                    dir,
+                    built: true,
+                    build_seconds: took.as_secs_f64(),
+                },
+            ))
         }
     }
 }
 
 /// TensorRT profile strings (`image:1x3x640x640,...`) covering the batch
 /// range of `profile` for every input whose only dynamic dimension is the batch.
-pub fn profile_shapes(inputs: &[TensorSpec], profile: BatchProfile) -> Option<(String, String, String)> {
-    let batched: Vec<&TensorSpec> =
-        inputs.iter().filter(|s| s.shape.first() == Some(&-1) && s.shape[1..].iter().all(|&d| d > 0)).collect();
+pub fn profile_shapes(
+    inputs: &[TensorSpec],
+    profile: BatchProfile,
+) -> Option<(String, String, String)> {
+    let batched: Vec<&TensorSpec> = inputs
+        .iter()
+        .filter(|s| s.shape.first() == Some(&-1) && s.shape[1..].iter().all(|&d| d > 0))
+        .collect();
     if batched.is_empty() {
         return None;
     }
@@ -384,9 +501,21 @@ mod tests {
 
     #[test]
     fn profiles_cover_the_dynamic_batch_only() {
-        let spec = |name: &str, shape: Vec<i64>| TensorSpec { name: name.into(), shape, dtype: "float32".into() };
-        let inputs = [spec("image", vec![-1, 3, 640, 640]), spec("scale_factor", vec![-1, 2]), spec("odd", vec![-1, 3, -1, -1])];
-        let profile = BatchProfile { min: 1, opt: 4, max: 8 };
+        let spec = |name: &str, shape: Vec<i64>| TensorSpec {
+            name: name.into(),
+            shape,
+            dtype: "float32".into(),
+        };
+        let inputs = [
+            spec("image", vec![-1, 3, 640, 640]),
+            spec("scale_factor", vec![-1, 2]),
+            spec("odd", vec![-1, 3, -1, -1]),
+        ];
+        let profile = BatchProfile {
+            min: 1,
+            opt: 4,
+            max: 8,
+        };
         let (min, opt, max) = profile_shapes(&inputs, profile).unwrap();
         assert_eq!(min, "image:1x3x640x640,scale_factor:1x2");
         assert_eq!(opt, "image:4x3x640x640,scale_factor:4x2");

@@ -36,7 +36,12 @@ pub fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
             out.push(dir.join(local));
         }
     }
-    for sys in ["/usr/lib/libonnxruntime.so", "/usr/local/lib/libonnxruntime.so", "/usr/lib/x86_64-linux-gnu/libonnxruntime.so", "/usr/lib/aarch64-linux-gnu/libonnxruntime.so"] {
+    for sys in [
+        "/usr/lib/libonnxruntime.so",
+        "/usr/local/lib/libonnxruntime.so",
+        "/usr/lib/x86_64-linux-gnu/libonnxruntime.so",
+        "/usr/lib/aarch64-linux-gnu/libonnxruntime.so",
+    ] {
         out.push(PathBuf::from(sys));
     }
     out.dedup();
@@ -71,9 +76,15 @@ pub fn environment(configured: Option<&Path>) -> Result<&'static (Environment, P
         })?
     };
     let builder = ort::init_from(&found).map_err(|e| {
-        Error::Runtime(format!("cannot use {}: {e}. shitu-edge needs ONNX Runtime {MIN_ORT_VERSION} or newer", found.display()))
+        Error::Runtime(format!(
+            "cannot use {}: {e}. shitu-edge needs ONNX Runtime {MIN_ORT_VERSION} or newer",
+            found.display()
+        ))
     })?;
-    let env = builder.with_name("shitu-edge").build().map_err(|e| Error::Runtime(format!("cannot start ONNX Runtime: {e}")))?;
+    let env = builder
+        .with_name("shitu-edge")
+        .build()
+        .map_err(|e| Error::Runtime(format!("cannot start ONNX Runtime: {e}")))?;
     tracing::info!(library = %found.display(), "loaded ONNX Runtime");
     if let Err(e) = register_shared_cpu_arena(&env) {
         // Sessions then fall back to an arena each: more memory, same answers.
@@ -100,19 +111,36 @@ fn register_shared_cpu_arena(env: &Environment) -> std::result::Result<(), Strin
         }
         // SAFETY: a non-null status comes from the runtime and is released once, here.
         unsafe {
-            let msg = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0)).to_string_lossy().into_owned();
+            let msg = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0))
+                .to_string_lossy()
+                .into_owned();
             (api.ReleaseStatus)(status.0);
             Err(msg)
         }
     };
-    let info = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Arena, MemoryType::Default).map_err(|e| e.to_string())?;
+    let info = MemoryInfo::new(
+        AllocationDevice::CPU,
+        0,
+        AllocatorType::Arena,
+        MemoryType::Default,
+    )
+    .map_err(|e| e.to_string())?;
     let keys = [c"arena_extend_strategy".as_ptr()];
     let values = [1usize]; // kSameAsRequested
     let mut cfg: *mut ort::sys::OrtArenaCfg = std::ptr::null_mut();
     // SAFETY: the key/value arrays outlive the call; cfg is released below.
     unsafe {
-        check((api.CreateArenaCfgV2)(keys.as_ptr(), values.as_ptr(), keys.len(), &mut cfg))?;
-        let registered = check((api.CreateAndRegisterAllocator)(env.ptr().cast_mut(), info.ptr(), cfg));
+        check((api.CreateArenaCfgV2)(
+            keys.as_ptr(),
+            values.as_ptr(),
+            keys.len(),
+            &mut cfg,
+        ))?;
+        let registered = check((api.CreateAndRegisterAllocator)(
+            env.ptr().cast_mut(),
+            info.ptr(),
+            cfg,
+        ));
         (api.ReleaseArenaCfg)(cfg);
         registered
     }

@@ -43,7 +43,11 @@ pub fn sniff(b: &[u8]) -> Result<Option<Header>, String> {
     } else if b.starts_with(b"BM") && b.len() >= 26 {
         let w = i32::from_le_bytes([b[18], b[19], b[20], b[21]]);
         let h = i32::from_le_bytes([b[22], b[23], b[24], b[25]]);
-        Ok(Some(Header { format: Format::Bmp, width: w.unsigned_abs(), height: h.unsigned_abs() }))
+        Ok(Some(Header {
+            format: Format::Bmp,
+            width: w.unsigned_abs(),
+            height: h.unsigned_abs(),
+        }))
     } else {
         Ok(None)
     }
@@ -59,7 +63,11 @@ fn png(b: &[u8]) -> Result<Header, String> {
     if b.len() < 12 || &b[b.len() - 8..b.len() - 4] != b"IEND" {
         return Err("truncated PNG: no IEND chunk at the end".into());
     }
-    Ok(Header { format: Format::Png, width, height })
+    Ok(Header {
+        format: Format::Png,
+        width,
+        height,
+    })
 }
 
 fn jpeg(b: &[u8]) -> Result<Header, String> {
@@ -90,7 +98,8 @@ fn jpeg(b: &[u8]) -> Result<Header, String> {
         }
         i += 2 + len;
     }
-    let (width, height) = dims.ok_or("corrupt JPEG: no frame header (SOF) before the image data")?;
+    let (width, height) =
+        dims.ok_or("corrupt JPEG: no frame header (SOF) before the image data")?;
     // Entropy-coded data never contains FF D9 (FF is stuffed as FF 00), so an
     // EOI anywhere after the first scan means the file is complete.
     let scan = &b[i..];
@@ -98,5 +107,9 @@ fn jpeg(b: &[u8]) -> Result<Header, String> {
     if !scan.windows(2).rev().any(|w| w == [0xFF, 0xD9]) {
         return Err("truncated JPEG: image data ends without an end-of-image marker".into());
     }
-    Ok(Header { format: Format::Jpeg, width, height })
+    Ok(Header {
+        format: Format::Jpeg,
+        width,
+        height,
+    })
 }

@@ -49,11 +49,16 @@ pub fn read(path: &Path, limits: &InputSettings) -> Result<Frame> {
 /// before reading it. For callers that need the bytes too (hashing).
 pub fn read_bytes(path: &Path, limits: &InputSettings) -> Result<Vec<u8>> {
     let name = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|e| Error::image(&name, format!("cannot read: {e}")))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| Error::image(&name, format!("cannot read: {e}")))?;
     if meta.len() > limits.max_file_bytes {
         return Err(Error::image(
             &name,
-            format!("file is {} bytes, over the limit of {} (input.max_file_bytes)", meta.len(), limits.max_file_bytes),
+            format!(
+                "file is {} bytes, over the limit of {} (input.max_file_bytes)",
+                meta.len(),
+                limits.max_file_bytes
+            ),
         ));
     }
     std::fs::read(path).map_err(|e| Error::image(&name, format!("cannot read: {e}")))
@@ -68,7 +73,11 @@ pub fn decode(name: impl Into<String>, bytes: &[u8], limits: &InputSettings) -> 
     if bytes.len() as u64 > limits.max_file_bytes {
         return Err(Error::image(
             name,
-            format!("{} bytes, over the limit of {} (input.max_file_bytes)", bytes.len(), limits.max_file_bytes),
+            format!(
+                "{} bytes, over the limit of {} (input.max_file_bytes)",
+                bytes.len(),
+                limits.max_file_bytes
+            ),
         ));
     }
     let header = sniff(bytes).map_err(|reason| Error::image(&name, reason))?;
@@ -93,7 +102,12 @@ pub fn decode(name: impl Into<String>, bytes: &[u8], limits: &InputSettings) -> 
     let mut rgb = Mat::default();
     imgproc::cvt_color_def(&bgr, &mut rgb, imgproc::COLOR_BGR2RGB)
         .map_err(|e| Error::image(&name, format!("colour conversion failed: {e}")))?;
-    Ok(Frame { name, rgb, width, height })
+    Ok(Frame {
+        name,
+        rgb,
+        width,
+        height,
+    })
 }
 
 fn check_size(name: &str, width: u32, height: u32, limits: &InputSettings) -> Result<()> {
@@ -107,7 +121,10 @@ fn check_size(name: &str, width: u32, height: u32, limits: &InputSettings) -> Re
     if pixels > limits.max_pixels {
         return Err(Error::image(
             name,
-            format!("{width}x{height} = {pixels} pixels, over the limit of {} (input.max_pixels)", limits.max_pixels),
+            format!(
+                "{width}x{height} = {pixels} pixels, over the limit of {} (input.max_pixels)",
+                limits.max_pixels
+            ),
         ));
     }
     Ok(())
@@ -121,7 +138,12 @@ impl Frame {
             return Err(Error::image(name, "frame must be 8-bit, 3-channel"));
         }
         let (width, height) = (rgb.cols() as u32, rgb.rows() as u32);
-        Ok(Frame { name, rgb, width, height })
+        Ok(Frame {
+            name,
+            rgb,
+            width,
+            height,
+        })
     }
 }
 
@@ -134,7 +156,13 @@ mod tests {
     }
 
     fn encode(w: i32, h: i32, ext: &str) -> Vec<u8> {
-        let img = Mat::new_rows_cols_with_default(h, w, opencv::core::CV_8UC3, opencv::core::Scalar::all(90.0)).unwrap();
+        let img = Mat::new_rows_cols_with_default(
+            h,
+            w,
+            opencv::core::CV_8UC3,
+            opencv::core::Scalar::all(90.0),
+        )
+        .unwrap();
         let mut out = Vector::<u8>::new();
         imgcodecs::imencode_def(ext, &img, &mut out).unwrap();
         out.iter().collect()
@@ -153,21 +181,41 @@ mod tests {
     fn refuses_truncated_jpeg_and_png() {
         for ext in [".jpg", ".png"] {
             let bytes = encode(64, 64, ext);
-            let err = decode("cut", &bytes[..bytes.len() * 2 / 3], &limits()).unwrap_err().to_string();
-            assert!(err.contains("cut") && err.contains("truncated"), "{ext}: {err}");
+            let err = decode("cut", &bytes[..bytes.len() * 2 / 3], &limits())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("cut") && err.contains("truncated"),
+                "{ext}: {err}"
+            );
         }
     }
 
     #[test]
     fn refuses_tiny_huge_empty_and_non_images() {
-        let err = decode("one", &encode(1, 1, ".png"), &limits()).unwrap_err().to_string();
+        let err = decode("one", &encode(1, 1, ".png"), &limits())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("1x1 is too small"), "{err}");
-        let small = InputSettings { max_pixels: 1000, ..limits() };
-        let err = decode("big", &encode(40, 30, ".jpg"), &small).unwrap_err().to_string();
-        assert!(err.contains("40x30") && err.contains("input.max_pixels"), "{err}");
+        let small = InputSettings {
+            max_pixels: 1000,
+            ..limits()
+        };
+        let err = decode("big", &encode(40, 30, ".jpg"), &small)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("40x30") && err.contains("input.max_pixels"),
+            "{err}"
+        );
         let err = decode("e", &[], &limits()).unwrap_err().to_string();
         assert!(err.contains("empty"), "{err}");
-        let err = decode("t.txt", b"hello, I am text", &limits()).unwrap_err().to_string();
-        assert!(err.contains("t.txt") && err.contains("not an image"), "{err}");
+        let err = decode("t.txt", b"hello, I am text", &limits())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.txt") && err.contains("not an image"),
+            "{err}"
+        );
     }
 }

@@ -38,7 +38,15 @@ pub enum Step {
 
 impl Step {
     /// Every step, in order.
-    pub const ALL: [Step; 7] = [Step::Download, Step::Verify, Step::Unpack, Step::Build, Step::Check, Step::Switch, Step::Reload];
+    pub const ALL: [Step; 7] = [
+        Step::Download,
+        Step::Verify,
+        Step::Unpack,
+        Step::Build,
+        Step::Check,
+        Step::Switch,
+        Step::Reload,
+    ];
 
     /// Its name on `P/ota/status` and in `SHITU_FAULT_OTA_KILL_AT`.
     pub fn as_str(self) -> &'static str {
@@ -65,7 +73,10 @@ pub type Progress<'a> = &'a mut dyn FnMut(Step, &str);
 /// Reports `step` and honours [`KILL_AT_ENV`].
 pub fn enter(step: Step, progress: Progress<'_>, what: &str) {
     if std::env::var(KILL_AT_ENV).is_ok_and(|v| v == step.as_str()) {
-        tracing::error!("{KILL_AT_ENV}={}: killing this process (fault injection)", step.as_str());
+        tracing::error!(
+            "{KILL_AT_ENV}={}: killing this process (fault injection)",
+            step.as_str()
+        );
         // SAFETY: kill(2) on our own pid.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
     }
@@ -102,12 +113,18 @@ impl Update<'_> {
         let (file, downloaded) = match source {
             Source::Path(p) => {
                 if !p.is_file() {
-                    return Err(Error::Bundle { path: p.clone(), reason: "no such file".into() });
+                    return Err(Error::Bundle {
+                        path: p.clone(),
+                        reason: "no such file".into(),
+                    });
                 }
                 (p.clone(), false)
             }
             Source::Url(url) => {
-                let name = format!("download-{}.tar", &hex::encode(Sha256::digest(url.as_bytes()))[..16]);
+                let name = format!(
+                    "download-{}.tar",
+                    &hex::encode(Sha256::digest(url.as_bytes()))[..16]
+                );
                 let dir = match &self.base.ota.download_dir {
                     d if d.as_os_str().is_empty() => self.store.staging(),
                     d => d.clone(),
@@ -135,7 +152,10 @@ impl Update<'_> {
         let m = verified.manifest;
         check_version_name(file, &m.version)?;
         if self.store.current().as_deref() == Some(m.version.as_str()) {
-            return Err(Error::Bundle { path: file.to_path_buf(), reason: format!("version {} is already current", m.version) });
+            return Err(Error::Bundle {
+                path: file.to_path_buf(),
+                reason: format!("version {} is already current", m.version),
+            });
         }
 
         enter(Step::Unpack, progress, &format!("version {}", m.version));
@@ -158,11 +178,23 @@ impl Update<'_> {
         let dir = self.store.version_dir(&m.version);
         let built = (|| {
             let settings = self.store.settings_for(self.base, &m.version)?;
-            enter(Step::Build, progress, "opening the new pipeline (TensorRT engines are built now if the cache lacks them)");
+            enter(
+                Step::Build,
+                progress,
+                "opening the new pipeline (TensorRT engines are built now if the cache lacks them)",
+            );
             let mut pipeline = Pipeline::open_writable(&settings)?;
-            enter(Step::Check, progress, &format!("{} golden images", info.golden.len()));
+            enter(
+                Step::Check,
+                progress,
+                &format!("{} golden images", info.golden.len()),
+            );
             health_check(&mut pipeline, &dir, &info)?;
-            Ok(Staged { info: info.clone(), settings, pipeline })
+            Ok(Staged {
+                info: info.clone(),
+                settings,
+                pipeline,
+            })
         })();
         if built.is_err() {
             let _ = fs::remove_dir_all(&dir);
@@ -175,16 +207,29 @@ impl Update<'_> {
     /// rollback needs nothing else.
     fn complete(&self, partial: &Path, m: &BundleManifest) -> Result<VersionInfo> {
         let (from_settings, from) = self.store.settings_current(self.base)?;
-        let part = |role: &str| m.parts.iter().find(|p| p.role == role).map(|p| p.path.clone());
+        let part = |role: &str| {
+            m.parts
+                .iter()
+                .find(|p| p.role == role)
+                .map(|p| p.path.clone())
+        };
         let model = |role: &str, src: &Path| -> Result<String> {
             if let Some(p) = part(role) {
                 return Ok(p);
             }
-            let name = src.file_name().and_then(|n| n.to_str()).unwrap_or("model.onnx");
+            let name = src
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("model.onnx");
             // Carried over from a version that already named it `<role>-…`: keep the name.
-            let rel = if name.starts_with(&format!("{role}-")) { format!("models/{name}") } else { format!("models/{role}-{name}") };
+            let rel = if name.starts_with(&format!("{role}-")) {
+                format!("models/{name}")
+            } else {
+                format!("models/{role}-{name}")
+            };
             let dest = partial.join(&rel);
-            fs::create_dir_all(dest.parent().unwrap_or(partial)).map_err(|e| Error::io(partial, e))?;
+            fs::create_dir_all(dest.parent().unwrap_or(partial))
+                .map_err(|e| Error::io(partial, e))?;
             // Models are never written in place, so a hard link is as good as a copy.
             if fs::hard_link(src, &dest).is_err() {
                 fs::copy(src, &dest).map_err(|e| Error::io(src, e))?;
@@ -206,12 +251,18 @@ impl Update<'_> {
             detector,
             embedder,
             gallery,
-            golden: m.golden.iter().map(|g| (g.image.clone(), g.label.clone())).collect(),
+            golden: m
+                .golden
+                .iter()
+                .map(|g| (g.image.clone(), g.label.clone()))
+                .collect(),
             staged_unix: store::now(),
             from: from.unwrap_or_default(),
         };
-        let manifest_text = serde_json::to_vec_pretty(m).map_err(|e| Error::Config(e.to_string()))?;
-        fs::write(partial.join(bundle::MANIFEST), manifest_text).map_err(|e| Error::io(partial, e))?;
+        let manifest_text =
+            serde_json::to_vec_pretty(m).map_err(|e| Error::Config(e.to_string()))?;
+        fs::write(partial.join(bundle::MANIFEST), manifest_text)
+            .map_err(|e| Error::io(partial, e))?;
         let text = serde_json::to_vec_pretty(&info).map_err(|e| Error::Config(e.to_string()))?;
         store::write_synced(&partial.join(VERSION_FILE), &text)?;
         store::sync_tree(partial)?;
@@ -230,7 +281,10 @@ pub fn health_check(pipeline: &mut Pipeline, dir: &Path, info: &VersionInfo) -> 
         let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
         let frame = crate::input::decode(image.as_str(), &bytes, &pipeline.settings().input)?;
         let r = pipeline.recognize(std::slice::from_ref(&frame))?;
-        let got: Vec<&str> = r.iter().flat_map(|x| x.results.iter().map(|m| m.rec_docs.as_str())).collect();
+        let got: Vec<&str> = r
+            .iter()
+            .flat_map(|x| x.results.iter().map(|m| m.rec_docs.as_str()))
+            .collect();
         if !got.contains(&label.as_str()) {
             return Err(Error::Bundle {
                 path: path.clone(),
@@ -246,11 +300,17 @@ fn check_version_name(file: &Path, v: &str) -> Result<()> {
         && v.len() <= 64
         && v != "."
         && v != ".."
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'));
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'));
     if ok {
         Ok(())
     } else {
-        Err(Error::Bundle { path: file.to_path_buf(), reason: format!("version {v:?} cannot name a folder: use letters, digits, '.', '-', '_', '+'") })
+        Err(Error::Bundle {
+            path: file.to_path_buf(),
+            reason: format!(
+                "version {v:?} cannot name a folder: use letters, digits, '.', '-', '_', '+'"
+            ),
+        })
     }
 }
 

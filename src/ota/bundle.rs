@@ -122,13 +122,19 @@ pub struct Verified {
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Bundle { path: path.to_path_buf(), reason: reason.into() }
+    Error::Bundle {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 /// Makes a bundle at `out` (signed if `key` is given) and returns its manifest.
 pub fn pack(spec: &PackSpec, out: &Path, key: Option<&SigningKey>) -> Result<BundleManifest> {
     if spec.detector.is_none() && spec.embedder.is_none() && spec.gallery.is_none() {
-        return Err(bad(out, "nothing to pack: give a detector, an embedder or a gallery"));
+        return Err(bad(
+            out,
+            "nothing to pack: give a detector, an embedder or a gallery",
+        ));
     }
     // (path in bundle, source file)
     let mut sources: Vec<(String, PathBuf)> = Vec::new();
@@ -137,40 +143,66 @@ pub fn pack(spec: &PackSpec, out: &Path, key: Option<&SigningKey>) -> Result<Bun
         let Some(model) = model else { continue };
         let name = file_name(model)?;
         let inside = format!("models/{role}-{name}");
-        parts.push(Part { role: role.into(), path: inside.clone(), version: crate::engine::sha256_file(model)?[..16].to_string() });
+        parts.push(Part {
+            role: role.into(),
+            path: inside.clone(),
+            version: crate::engine::sha256_file(model)?[..16].to_string(),
+        });
         sources.push((inside, model.clone()));
     }
     if let Some(dir) = &spec.gallery {
-        let manifest: crate::search::Manifest = serde_json::from_slice(&fs::read(dir.join(crate::search::gallery::MANIFEST)).map_err(|e| Error::io(dir, e))?)
-            .map_err(|e| Error::gallery(dir, format!("unreadable manifest: {e}")))?;
-        parts.push(Part { role: "gallery".into(), path: "gallery".into(), version: format!("{} items, seq {}", manifest.count, manifest.wal_seq) });
+        let manifest: crate::search::Manifest = serde_json::from_slice(
+            &fs::read(dir.join(crate::search::gallery::MANIFEST)).map_err(|e| Error::io(dir, e))?,
+        )
+        .map_err(|e| Error::gallery(dir, format!("unreadable manifest: {e}")))?;
+        parts.push(Part {
+            role: "gallery".into(),
+            path: "gallery".into(),
+            version: format!("{} items, seq {}", manifest.count, manifest.wal_seq),
+        });
         for file in walk_dir(dir)? {
-            let rel = file.strip_prefix(dir).map_err(|_| bad(dir, "file outside the gallery"))?;
+            let rel = file
+                .strip_prefix(dir)
+                .map_err(|_| bad(dir, "file outside the gallery"))?;
             sources.push((format!("gallery/{}", rel.to_string_lossy()), file.clone()));
         }
     }
     let mut golden = Vec::new();
     for (i, (image, label)) in spec.golden.iter().enumerate() {
         let inside = format!("golden/{i:03}-{}", file_name(image)?);
-        golden.push(Golden { image: inside.clone(), label: label.clone() });
+        golden.push(Golden {
+            image: inside.clone(),
+            label: label.clone(),
+        });
         sources.push((inside, image.clone()));
     }
     let mut files = Vec::new();
     for (inside, src) in &sources {
         let (size, sha256) = hash_file(src)?;
-        files.push(FileEntry { path: inside.clone(), size, sha256 });
+        files.push(FileEntry {
+            path: inside.clone(),
+            size,
+            sha256,
+        });
     }
     let manifest = BundleManifest {
         format: FORMAT,
         version: spec.version.clone(),
-        created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        min_daemon_version: spec.min_daemon_version.clone().unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        min_daemon_version: spec
+            .min_daemon_version
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string()),
         targets: spec.targets.clone(),
         parts,
         files,
         golden,
     };
-    let manifest_bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| bad(out, e.to_string()))?;
+    let manifest_bytes =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| bad(out, e.to_string()))?;
     let signature = key.map(|k| signature_bytes(k, &manifest_bytes));
     write_tar(out, &manifest_bytes, signature.as_deref(), |tar| {
         for (inside, src) in &sources {
@@ -187,18 +219,27 @@ pub fn pack(spec: &PackSpec, out: &Path, key: Option<&SigningKey>) -> Result<Bun
 pub fn sign(path: &Path, key: &SigningKey) -> Result<String> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut archive = tar::Archive::new(BufReader::new(file));
-    let mut entries = archive.entries().map_err(|e| bad(path, format!("not a tar file: {e}")))?;
+    let mut entries = archive
+        .entries()
+        .map_err(|e| bad(path, format!("not a tar file: {e}")))?;
     let manifest_bytes = read_head(path, &mut entries, MANIFEST)?;
     let signature = signature_bytes(key, &manifest_bytes);
     let tmp = path.with_extension("signing");
     write_tar(&tmp, &manifest_bytes, Some(&signature), |tar| {
         for entry in entries {
             let mut entry = entry.map_err(|e| bad(path, format!("unreadable entry: {e}")))?;
-            let name = entry.path().map_err(|e| bad(path, e.to_string()))?.to_string_lossy().into_owned();
+            let name = entry
+                .path()
+                .map_err(|e| bad(path, e.to_string()))?
+                .to_string_lossy()
+                .into_owned();
             if name == SIGNATURE {
                 continue;
             }
-            let size = entry.header().size().map_err(|e| bad(path, e.to_string()))?;
+            let size = entry
+                .header()
+                .size()
+                .map_err(|e| bad(path, e.to_string()))?;
             append(tar, &name, size, &mut entry).map_err(|e| Error::io(&tmp, e))?;
         }
         Ok(())
@@ -233,28 +274,54 @@ fn walk(path: &Path, trusted: &[VerifyingKey], dest: Option<&Path>) -> Result<Ve
     }
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut archive = tar::Archive::new(BufReader::new(file));
-    let mut entries = archive.entries().map_err(|e| bad(path, format!("not a tar file: {e}")))?;
+    let mut entries = archive
+        .entries()
+        .map_err(|e| bad(path, format!("not a tar file: {e}")))?;
     let manifest_bytes = read_head(path, &mut entries, MANIFEST)?;
     let sig_bytes = read_head(path, &mut entries, SIGNATURE).map_err(|e| match e {
-        Error::Bundle { reason, .. } if reason.contains("expected manifest.sig") => bad(path, "unsigned: sign it with `shitud bundle sign --key KEY`"),
+        Error::Bundle { reason, .. } if reason.contains("expected manifest.sig") => bad(
+            path,
+            "unsigned: sign it with `shitud bundle sign --key KEY`",
+        ),
         e => e,
     })?;
-    let sig: SignatureFile = serde_json::from_slice(&sig_bytes).map_err(|e| bad(path, format!("{SIGNATURE} is unreadable: {e}")))?;
-    let key = trusted.iter().find(|k| keys::key_id(k) == sig.key_id).ok_or_else(|| {
-        bad(path, format!("signed by key {}, which is not trusted (trusted: {})", sig.key_id, trusted.iter().map(keys::key_id).collect::<Vec<_>>().join(", ")))
-    })?;
+    let sig: SignatureFile = serde_json::from_slice(&sig_bytes)
+        .map_err(|e| bad(path, format!("{SIGNATURE} is unreadable: {e}")))?;
+    let key = trusted
+        .iter()
+        .find(|k| keys::key_id(k) == sig.key_id)
+        .ok_or_else(|| {
+            bad(
+                path,
+                format!(
+                    "signed by key {}, which is not trusted (trusted: {})",
+                    sig.key_id,
+                    trusted
+                        .iter()
+                        .map(keys::key_id)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
     if !keys::verify(key, &manifest_bytes, &sig.signature) {
         return Err(bad(path, format!("the signature of {MANIFEST} does not match key {}: the manifest was changed after signing", sig.key_id)));
     }
-    let manifest: BundleManifest = serde_json::from_slice(&manifest_bytes).map_err(|e| bad(path, format!("{MANIFEST} is unreadable: {e}")))?;
+    let manifest: BundleManifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| bad(path, format!("{MANIFEST} is unreadable: {e}")))?;
     check_compatible(path, &manifest)?;
 
-    let mut expected: BTreeMap<&str, &FileEntry> = manifest.files.iter().map(|f| (f.path.as_str(), f)).collect();
+    let mut expected: BTreeMap<&str, &FileEntry> = manifest
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f))
+        .collect();
     if expected.len() != manifest.files.len() {
         return Err(bad(path, "the manifest lists a file twice"));
     }
     for f in &manifest.files {
-        safe_relative(f.path.as_str()).map_err(|why| bad(path, format!("manifest entry {:?}: {why}", f.path)))?;
+        safe_relative(f.path.as_str())
+            .map_err(|why| bad(path, format!("manifest entry {:?}: {why}", f.path)))?;
     }
     let mut seen = BTreeSet::new();
     for entry in entries {
@@ -262,16 +329,35 @@ fn walk(path: &Path, trusted: &[VerifyingKey], dest: Option<&Path>) -> Result<Ve
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let kind = entry.header().entry_type();
         if !kind.is_file() {
-            return Err(bad(path, format!("entry {name:?} is a {}; bundles hold regular files only", kind_name(kind))));
+            return Err(bad(
+                path,
+                format!(
+                    "entry {name:?} is a {}; bundles hold regular files only",
+                    kind_name(kind)
+                ),
+            ));
         }
         safe_relative(&name).map_err(|why| bad(path, format!("entry {name:?}: {why}")))?;
         let Some(want) = expected.remove(name.as_str()) else {
-            let why = if seen.contains(&name) { "appears twice" } else { "is not in the manifest" };
+            let why = if seen.contains(&name) {
+                "appears twice"
+            } else {
+                "is not in the manifest"
+            };
             return Err(bad(path, format!("entry {name:?} {why}")));
         };
-        let size = entry.header().size().map_err(|e| bad(path, format!("entry {name:?}: {e}")))?;
+        let size = entry
+            .header()
+            .size()
+            .map_err(|e| bad(path, format!("entry {name:?}: {e}")))?;
         if size != want.size {
-            return Err(bad(path, format!("entry {name:?} is {size} bytes, the manifest says {}", want.size)));
+            return Err(bad(
+                path,
+                format!(
+                    "entry {name:?} is {size} bytes, the manifest says {}",
+                    want.size
+                ),
+            ));
         }
         let mut sink: Box<dyn Write> = match dest {
             Some(dest) => {
@@ -279,7 +365,9 @@ fn walk(path: &Path, trusted: &[VerifyingKey], dest: Option<&Path>) -> Result<Ve
                 if let Some(parent) = target.parent() {
                     fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
                 }
-                Box::new(BufWriter::new(File::create(&target).map_err(|e| Error::io(&target, e))?))
+                Box::new(BufWriter::new(
+                    File::create(&target).map_err(|e| Error::io(&target, e))?,
+                ))
             }
             None => Box::new(std::io::sink()),
         };
@@ -287,17 +375,24 @@ fn walk(path: &Path, trusted: &[VerifyingKey], dest: Option<&Path>) -> Result<Ve
         let mut buf = vec![0u8; 1 << 16];
         let mut got = 0u64;
         loop {
-            let n = entry.read(&mut buf).map_err(|e| bad(path, format!("entry {name:?} is truncated: {e}")))?;
+            let n = entry
+                .read(&mut buf)
+                .map_err(|e| bad(path, format!("entry {name:?} is truncated: {e}")))?;
             if n == 0 {
                 break;
             }
             got += n as u64;
             hasher.update(&buf[..n]);
-            sink.write_all(&buf[..n]).map_err(|e| bad(path, format!("writing {name:?}: {e}")))?;
+            sink.write_all(&buf[..n])
+                .map_err(|e| bad(path, format!("writing {name:?}: {e}")))?;
         }
-        sink.flush().map_err(|e| bad(path, format!("writing {name:?}: {e}")))?;
+        sink.flush()
+            .map_err(|e| bad(path, format!("writing {name:?}: {e}")))?;
         if got != want.size {
-            return Err(bad(path, format!("entry {name:?} is truncated: {got} of {} bytes", want.size)));
+            return Err(bad(
+                path,
+                format!("entry {name:?} is truncated: {got} of {} bytes", want.size),
+            ));
         }
         let sha = hex::encode(hasher.finalize());
         if sha != want.sha256 {
@@ -306,26 +401,53 @@ fn walk(path: &Path, trusted: &[VerifyingKey], dest: Option<&Path>) -> Result<Ve
         seen.insert(name);
     }
     if let Some((missing, _)) = expected.into_iter().next() {
-        return Err(bad(path, format!("ends before {missing:?}, which the manifest lists: truncated")));
+        return Err(bad(
+            path,
+            format!("ends before {missing:?}, which the manifest lists: truncated"),
+        ));
     }
-    Ok(Verified { manifest, key_id: sig.key_id })
+    Ok(Verified {
+        manifest,
+        key_id: sig.key_id,
+    })
 }
 
 /// Refuses bundles for another CPU, or that need a newer daemon.
 fn check_compatible(path: &Path, m: &BundleManifest) -> Result<()> {
     if m.format != FORMAT {
-        return Err(bad(path, format!("bundle format {} is not supported (this build reads {FORMAT})", m.format)));
+        return Err(bad(
+            path,
+            format!(
+                "bundle format {} is not supported (this build reads {FORMAT})",
+                m.format
+            ),
+        ));
     }
     let arch = std::env::consts::ARCH;
     if !m.targets.is_empty() && !m.targets.iter().any(|t| t == arch) {
-        return Err(bad(path, format!("made for {}, this box is {arch}", m.targets.join(", "))));
+        return Err(bad(
+            path,
+            format!("made for {}, this box is {arch}", m.targets.join(", ")),
+        ));
     }
     let ours = env!("CARGO_PKG_VERSION");
     if version_key(&m.min_daemon_version).is_none() {
-        return Err(bad(path, format!("min_daemon_version {:?} is not a version", m.min_daemon_version)));
+        return Err(bad(
+            path,
+            format!(
+                "min_daemon_version {:?} is not a version",
+                m.min_daemon_version
+            ),
+        ));
     }
     if version_key(&m.min_daemon_version) > version_key(ours) {
-        return Err(bad(path, format!("needs shitud {} or newer, this is {ours}", m.min_daemon_version)));
+        return Err(bad(
+            path,
+            format!(
+                "needs shitud {} or newer, this is {ours}",
+                m.min_daemon_version
+            ),
+        ));
     }
     Ok(())
 }
@@ -365,7 +487,11 @@ fn kind_name(kind: tar::EntryType) -> &'static str {
     }
 }
 
-fn read_head<R: Read>(path: &Path, entries: &mut tar::Entries<'_, R>, want: &str) -> Result<Vec<u8>> {
+fn read_head<R: Read>(
+    path: &Path,
+    entries: &mut tar::Entries<'_, R>,
+    want: &str,
+) -> Result<Vec<u8>> {
     let mut entry = match entries.next() {
         Some(Ok(e)) => e,
         Some(Err(e)) => return Err(bad(path, format!("truncated or corrupt: {e}"))),
@@ -373,23 +499,42 @@ fn read_head<R: Read>(path: &Path, entries: &mut tar::Entries<'_, R>, want: &str
     };
     let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
     if name != want || !entry.header().entry_type().is_file() {
-        return Err(bad(path, format!("expected {want} as the next entry, found {name:?}")));
+        return Err(bad(
+            path,
+            format!("expected {want} as the next entry, found {name:?}"),
+        ));
     }
-    let size = entry.header().size().map_err(|e| bad(path, e.to_string()))?;
+    let size = entry
+        .header()
+        .size()
+        .map_err(|e| bad(path, e.to_string()))?;
     if size > MAX_HEAD_BYTES {
-        return Err(bad(path, format!("{want} is {size} bytes; at most {MAX_HEAD_BYTES}")));
+        return Err(bad(
+            path,
+            format!("{want} is {size} bytes; at most {MAX_HEAD_BYTES}"),
+        ));
     }
     let mut out = Vec::with_capacity(size as usize);
-    entry.read_to_end(&mut out).map_err(|e| bad(path, format!("{want} is truncated: {e}")))?;
+    entry
+        .read_to_end(&mut out)
+        .map_err(|e| bad(path, format!("{want} is truncated: {e}")))?;
     Ok(out)
 }
 
 fn signature_bytes(key: &SigningKey, manifest: &[u8]) -> Vec<u8> {
-    let sig = SignatureFile { key_id: keys::key_id(&key.verifying_key()), signature: keys::sign(key, manifest) };
+    let sig = SignatureFile {
+        key_id: keys::key_id(&key.verifying_key()),
+        signature: keys::sign(key, manifest),
+    };
     serde_json::to_vec_pretty(&sig).unwrap_or_default()
 }
 
-fn write_tar(out: &Path, manifest: &[u8], signature: Option<&[u8]>, payload: impl FnOnce(&mut tar::Builder<BufWriter<File>>) -> Result<()>) -> Result<()> {
+fn write_tar(
+    out: &Path,
+    manifest: &[u8],
+    signature: Option<&[u8]>,
+    payload: impl FnOnce(&mut tar::Builder<BufWriter<File>>) -> Result<()>,
+) -> Result<()> {
     let file = File::create(out).map_err(|e| Error::io(out, e))?;
     let mut tar = tar::Builder::new(BufWriter::new(file));
     append(&mut tar, MANIFEST, manifest.len() as u64, manifest).map_err(|e| Error::io(out, e))?;
@@ -402,7 +547,12 @@ fn write_tar(out: &Path, manifest: &[u8], signature: Option<&[u8]>, payload: imp
     inner.get_ref().sync_all().map_err(|e| Error::io(out, e))
 }
 
-fn append<W: Write, R: Read>(tar: &mut tar::Builder<W>, name: &str, size: u64, data: R) -> std::io::Result<()> {
+fn append<W: Write, R: Read>(
+    tar: &mut tar::Builder<W>,
+    name: &str,
+    size: u64,
+    data: R,
+) -> std::io::Result<()> {
     let mut header = tar::Header::new_gnu();
     header.set_size(size);
     header.set_mode(0o644);
@@ -411,7 +561,9 @@ fn append<W: Write, R: Read>(tar: &mut tar::Builder<W>, name: &str, size: u64, d
 }
 
 fn file_name(p: &Path) -> Result<String> {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| bad(p, "not a file"))
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| bad(p, "not a file"))
 }
 
 fn hash_file(path: &Path) -> Result<(u64, String)> {
@@ -432,7 +584,10 @@ fn walk_dir(dir: &Path) -> Result<Vec<PathBuf>> {
             } else if kind.is_file() {
                 out.push(item.path());
             } else {
-                return Err(bad(&item.path(), "not a regular file; a bundle holds regular files only"));
+                return Err(bad(
+                    &item.path(),
+                    "not a regular file; a bundle holds regular files only",
+                ));
             }
         }
     }
@@ -449,7 +604,15 @@ mod tests {
         for ok in ["models/rec.onnx", "gallery/snap-1/vector.index", "a"] {
             assert_eq!(safe_relative(ok), Ok(()), "{ok}");
         }
-        for bad in ["../etc/passwd", "models/../../x", "/etc/shadow", "", "./x", "a\\b", "manifest.json"] {
+        for bad in [
+            "../etc/passwd",
+            "models/../../x",
+            "/etc/shadow",
+            "",
+            "./x",
+            "a\\b",
+            "manifest.json",
+        ] {
             assert!(safe_relative(bad).is_err(), "{bad}");
         }
     }

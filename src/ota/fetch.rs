@@ -56,13 +56,22 @@ pub struct Limits {
 impl Limits {
     /// The limits `[ota]` sets: its size limit, 4 resuming attempts of at most 10 minutes each.
     pub fn from_settings(o: &crate::config::OtaSettings) -> Limits {
-        Limits { max_bytes: o.max_download_bytes, attempts: 4, timeout: Duration::from_secs(600) }
+        Limits {
+            max_bytes: o.max_download_bytes,
+            attempts: 4,
+            timeout: Duration::from_secs(600),
+        }
     }
 }
 
 /// Downloads `url` into `dest` (resuming `dest.part` if a previous attempt
 /// left one), calling `progress(bytes, total)` about once a second.
-pub fn download(url: &str, dest: &Path, limits: Limits, progress: &mut dyn FnMut(u64, Option<u64>)) -> Result<PathBuf> {
+pub fn download(
+    url: &str,
+    dest: &Path,
+    limits: Limits,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<PathBuf> {
     let part = dest.with_extension("part");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(limits.timeout))
@@ -88,7 +97,13 @@ pub fn download(url: &str, dest: &Path, limits: Limits, progress: &mut dyn FnMut
             }
         }
     }
-    Err(refused(url, format!("download failed after {} attempts: {last_error}", limits.attempts.max(1))))
+    Err(refused(
+        url,
+        format!(
+            "download failed after {} attempts: {last_error}",
+            limits.attempts.max(1)
+        ),
+    ))
 }
 
 enum Attempt {
@@ -96,7 +111,13 @@ enum Attempt {
     Fatal(String),
 }
 
-fn attempt_once(agent: &ureq::Agent, url: &str, part: &Path, max: u64, progress: &mut dyn FnMut(u64, Option<u64>)) -> std::result::Result<(), Attempt> {
+fn attempt_once(
+    agent: &ureq::Agent,
+    url: &str,
+    part: &Path,
+    max: u64,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> std::result::Result<(), Attempt> {
     let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     let mut req = agent.get(url);
     if have > 0 {
@@ -109,15 +130,27 @@ fn attempt_once(agent: &ureq::Agent, url: &str, part: &Path, max: u64, progress:
         200 => (false, 0),
         // Asked for bytes past the end: the partial file is already whole.
         416 if have > 0 => return Ok(()),
-        404 | 410 => return Err(Attempt::Fatal(format!("the server answered {status}: no such bundle"))),
-        401 | 403 => return Err(Attempt::Fatal(format!("the server answered {status}: not allowed"))),
-        s if (500..600).contains(&s) => return Err(Attempt::Retry(format!("the server answered {s}"))),
+        404 | 410 => {
+            return Err(Attempt::Fatal(format!(
+                "the server answered {status}: no such bundle"
+            )))
+        }
+        401 | 403 => {
+            return Err(Attempt::Fatal(format!(
+                "the server answered {status}: not allowed"
+            )))
+        }
+        s if (500..600).contains(&s) => {
+            return Err(Attempt::Retry(format!("the server answered {s}")))
+        }
         s => return Err(Attempt::Fatal(format!("the server answered {s}"))),
     };
     let length = resp.body().content_length();
     let total = length.map(|l| l + start);
     if let Some(t) = total.filter(|&t| t > max) {
-        return Err(Attempt::Fatal(format!("the bundle is {t} bytes, over the limit of {max} (ota.max_download_bytes)")));
+        return Err(Attempt::Fatal(format!(
+            "the bundle is {t} bytes, over the limit of {max} (ota.max_download_bytes)"
+        )));
     }
     let mut file = OpenOptions::new()
         .create(true)
@@ -141,22 +174,31 @@ fn attempt_once(agent: &ureq::Agent, url: &str, part: &Path, max: u64, progress:
         };
         got += n as u64;
         if got > max {
-            return Err(Attempt::Fatal(format!("the download passed the limit of {max} bytes (ota.max_download_bytes)")));
+            return Err(Attempt::Fatal(format!(
+                "the download passed the limit of {max} bytes (ota.max_download_bytes)"
+            )));
         }
-        file.write_all(&buf[..n]).map_err(|e| Attempt::Fatal(format!("{}: {e}", part.display())))?;
+        file.write_all(&buf[..n])
+            .map_err(|e| Attempt::Fatal(format!("{}: {e}", part.display())))?;
         if last.elapsed() >= Duration::from_secs(1) {
             progress(got, total);
             last = Instant::now();
         }
     }
-    file.sync_all().map_err(|e| Attempt::Fatal(format!("{}: {e}", part.display())))?;
+    file.sync_all()
+        .map_err(|e| Attempt::Fatal(format!("{}: {e}", part.display())))?;
     progress(got, total);
     if let Some(t) = total.filter(|&t| got < t) {
-        return Err(Attempt::Retry(format!("the connection closed after {got} of {t} bytes")));
+        return Err(Attempt::Retry(format!(
+            "the connection closed after {got} of {t} bytes"
+        )));
     }
     Ok(())
 }
 
 fn refused(url: &str, why: impl Into<String>) -> Error {
-    Error::Bundle { path: PathBuf::from(url), reason: why.into() }
+    Error::Bundle {
+        path: PathBuf::from(url),
+        reason: why.into(),
+    }
 }

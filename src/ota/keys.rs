@@ -29,7 +29,10 @@ pub fn key_id(key: &VerifyingKey) -> String {
 /// overwritten) and the public key beside it as `<secret>.pub`.
 pub fn generate(secret: &Path) -> Result<VerifyingKey> {
     let mut seed = [0u8; 32];
-    getrandom::getrandom(&mut seed).map_err(|e| Error::Bundle { path: secret.to_path_buf(), reason: format!("no randomness for a key: {e}") })?;
+    getrandom::getrandom(&mut seed).map_err(|e| Error::Bundle {
+        path: secret.to_path_buf(),
+        reason: format!("no randomness for a key: {e}"),
+    })?;
     let key = SigningKey::from_bytes(&seed);
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -41,7 +44,8 @@ pub fn generate(secret: &Path) -> Result<VerifyingKey> {
     writeln!(f, "{SECRET_HEADER}\n{}", b64().encode(seed)).map_err(|e| Error::io(secret, e))?;
     let public = key.verifying_key();
     let pub_path = public_path(secret);
-    std::fs::write(&pub_path, format!("{}\n", b64().encode(public.as_bytes()))).map_err(|e| Error::io(&pub_path, e))?;
+    std::fs::write(&pub_path, format!("{}\n", b64().encode(public.as_bytes())))
+        .map_err(|e| Error::io(&pub_path, e))?;
     Ok(public)
 }
 
@@ -54,26 +58,43 @@ pub fn public_path(secret: &Path) -> std::path::PathBuf {
 
 /// Reads a secret key file written by [`generate`].
 pub fn read_secret(path: &Path) -> Result<SigningKey> {
-    let bad = |reason: &str| Error::Bundle { path: path.to_path_buf(), reason: reason.to_string() };
+    let bad = |reason: &str| Error::Bundle {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut lines = text.lines();
     if lines.next() != Some(SECRET_HEADER) {
-        return Err(bad("not a shitu-edge secret key (made by `shitud bundle keygen`)"));
+        return Err(bad(
+            "not a shitu-edge secret key (made by `shitud bundle keygen`)",
+        ));
     }
-    let seed = lines.next().and_then(|l| b64().decode(l.trim()).ok()).ok_or_else(|| bad("the key is not base64"))?;
-    let seed: [u8; 32] = seed.try_into().map_err(|_| bad("the key is not 32 bytes"))?;
+    let seed = lines
+        .next()
+        .and_then(|l| b64().decode(l.trim()).ok())
+        .ok_or_else(|| bad("the key is not base64"))?;
+    let seed: [u8; 32] = seed
+        .try_into()
+        .map_err(|_| bad("the key is not 32 bytes"))?;
     Ok(SigningKey::from_bytes(&seed))
 }
 
 /// A trusted public key: base64 text, or the path of a `.pub` file holding it.
 pub fn read_public(spec: &str) -> Result<VerifyingKey> {
     let (text, origin) = if Path::new(spec).is_file() {
-        (std::fs::read_to_string(spec).map_err(|e| Error::io(spec, e))?, format!("key file {spec}"))
+        (
+            std::fs::read_to_string(spec).map_err(|e| Error::io(spec, e))?,
+            format!("key file {spec}"),
+        )
     } else {
         (spec.to_string(), format!("key {spec:?}"))
     };
-    let bad = |reason: &str| Error::Config(format!("{origin}: {reason} (expected 32 bytes of base64, as `shitud bundle keygen` writes to KEY.pub)"));
-    let bytes = b64().decode(text.trim()).map_err(|_| bad("not base64, and no such file"))?;
+    let bad = |reason: &str| {
+        Error::Config(format!("{origin}: {reason} (expected 32 bytes of base64, as `shitud bundle keygen` writes to KEY.pub)"))
+    };
+    let bytes = b64()
+        .decode(text.trim())
+        .map_err(|_| bad("not base64, and no such file"))?;
     let bytes: [u8; 32] = bytes.try_into().map_err(|_| bad("not 32 bytes"))?;
     VerifyingKey::from_bytes(&bytes).map_err(|_| bad("not a valid ed25519 public key"))
 }
@@ -85,9 +106,14 @@ pub fn sign(key: &SigningKey, message: &[u8]) -> String {
 
 /// Checks a base64 `signature` of `message` under `key` (strict: no malleable signatures).
 pub fn verify(key: &VerifyingKey, message: &[u8], signature: &str) -> bool {
-    let Ok(bytes) = b64().decode(signature.trim()) else { return false };
-    let Ok(bytes) = <[u8; 64]>::try_from(bytes) else { return false };
-    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&bytes)).is_ok()
+    let Ok(bytes) = b64().decode(signature.trim()) else {
+        return false;
+    };
+    let Ok(bytes) = <[u8; 64]>::try_from(bytes) else {
+        return false;
+    };
+    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&bytes))
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -100,8 +126,14 @@ mod tests {
         let secret = tmp.path().join("fleet.key");
         let public = generate(&secret).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
-        assert!(generate(&secret).is_err(), "an existing key is never overwritten");
+        assert_eq!(
+            std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(
+            generate(&secret).is_err(),
+            "an existing key is never overwritten"
+        );
         let key = read_secret(&secret).unwrap();
         assert_eq!(key.verifying_key(), public);
         let pub_file = public_path(&secret);
@@ -123,9 +155,18 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let f = tmp.path().join("k");
         std::fs::write(&f, "hello\n").unwrap();
-        assert!(read_secret(&f).unwrap_err().to_string().contains("not a shitu-edge secret key"));
+        assert!(read_secret(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("not a shitu-edge secret key"));
         let msg = read_public("AAAA").unwrap_err().to_string();
-        assert!(msg.contains("not 32 bytes") && msg.contains("keygen"), "{msg}");
-        assert!(read_public("/no/such.pub").unwrap_err().to_string().contains("no such file"));
+        assert!(
+            msg.contains("not 32 bytes") && msg.contains("keygen"),
+            "{msg}"
+        );
+        assert!(read_public("/no/such.pub")
+            .unwrap_err()
+            .to_string()
+            .contains("no such file"));
     }
 }

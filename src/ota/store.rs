@@ -96,10 +96,16 @@ pub struct StoreLock(#[allow(dead_code)] File);
 impl Store {
     /// The store at `root`, creating its folders.
     pub fn open(root: &Path) -> Result<Store> {
-        for d in [root.to_path_buf(), root.join("versions"), root.join("staging")] {
+        for d in [
+            root.to_path_buf(),
+            root.join("versions"),
+            root.join("staging"),
+        ] {
             fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
         }
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
     }
 
     /// The root folder.
@@ -120,12 +126,21 @@ impl Store {
     /// Takes the store's lock, failing at once if someone else holds it.
     pub fn try_lock(&self) -> Result<Option<StoreLock>> {
         let path = self.root.join("lock");
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
         use std::os::fd::AsRawFd;
         // SAFETY: flock on a descriptor this function owns; released when the file closes.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();
-            return if e.kind() == std::io::ErrorKind::WouldBlock { Ok(None) } else { Err(Error::io(&path, e)) };
+            return if e.kind() == std::io::ErrorKind::WouldBlock {
+                Ok(None)
+            } else {
+                Err(Error::io(&path, e))
+            };
         }
         Ok(Some(StoreLock(file)))
     }
@@ -133,7 +148,10 @@ impl Store {
     fn link_target(&self, name: &str) -> Option<String> {
         let target = fs::read_link(self.root.join(name)).ok()?;
         let v = target.file_name()?.to_str()?.to_string();
-        self.version_dir(&v).join(VERSION_FILE).is_file().then_some(v)
+        self.version_dir(&v)
+            .join(VERSION_FILE)
+            .is_file()
+            .then_some(v)
     }
 
     /// The version that serves, if any.
@@ -162,7 +180,8 @@ impl Store {
     pub fn info(&self, v: &str) -> Result<VersionInfo> {
         let path = self.version_dir(v).join(VERSION_FILE);
         let text = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_slice(&text).map_err(|e| Error::Config(format!("{}: unreadable: {e}", path.display())))
+        serde_json::from_slice(&text)
+            .map_err(|e| Error::Config(format!("{}: unreadable: {e}", path.display())))
     }
 
     /// `base` with the models and gallery of version `v`.
@@ -204,10 +223,18 @@ impl Store {
     /// `previous` and starting a trial. `v` must be a committed version.
     pub fn switch(&self, v: &str) -> Result<()> {
         if !self.version_dir(v).join(VERSION_FILE).is_file() {
-            return Err(Error::Config(format!("version {v} is not in {}", self.root.join("versions").display())));
+            return Err(Error::Config(format!(
+                "version {v} is not in {}",
+                self.root.join("versions").display()
+            )));
         }
         let old = self.current().unwrap_or_default();
-        self.write_trial(&Trial { version: v.to_string(), previous: old.clone(), switched_unix: now(), clean_stop: false })?;
+        self.write_trial(&Trial {
+            version: v.to_string(),
+            previous: old.clone(),
+            switched_unix: now(),
+            clean_stop: false,
+        })?;
         if !old.is_empty() && old != v {
             self.set_link("previous", &old)?;
         }
@@ -240,7 +267,10 @@ impl Store {
     /// previous version if the one on trial died (see the module docs).
     pub fn recover(&self) -> Result<Recovery> {
         let staging = self.staging();
-        for e in fs::read_dir(&staging).map_err(|e| Error::io(&staging, e))?.flatten() {
+        for e in fs::read_dir(&staging)
+            .map_err(|e| Error::io(&staging, e))?
+            .flatten()
+        {
             let p = e.path();
             let name = e.file_name().to_string_lossy().into_owned();
             if p.extension().is_some_and(|x| x == "partial") {
@@ -252,14 +282,19 @@ impl Store {
                 let _ = fs::remove_file(&p);
             }
         }
-        let Some(trial) = self.trial() else { return Ok(Recovery::Clean) };
+        let Some(trial) = self.trial() else {
+            return Ok(Recovery::Clean);
+        };
         if self.current().as_deref() != Some(trial.version.as_str()) {
             // The switch itself never happened (killed between trial.json and the rename).
             self.clear_trial();
             return Ok(Recovery::Clean);
         }
         if trial.clean_stop {
-            let t = Trial { clean_stop: false, ..trial.clone() };
+            let t = Trial {
+                clean_stop: false,
+                ..trial.clone()
+            };
             self.write_trial(&t)?;
             return Ok(Recovery::TrialContinues(t));
         }
@@ -271,7 +306,10 @@ impl Store {
         }
         let _ = fs::remove_file(self.root.join("previous"));
         self.clear_trial();
-        Ok(Recovery::RolledBack { from: trial.version, to: trial.previous })
+        Ok(Recovery::RolledBack {
+            from: trial.version,
+            to: trial.previous,
+        })
     }
 
     /// The trial in progress, if any.
@@ -289,7 +327,10 @@ impl Store {
     /// Marks the trial (if any) as ended by a clean stop.
     pub fn note_clean_stop(&self) {
         if let Some(t) = self.trial() {
-            let _ = self.write_trial(&Trial { clean_stop: true, ..t });
+            let _ = self.write_trial(&Trial {
+                clean_stop: true,
+                ..t
+            });
         }
     }
 
@@ -323,7 +364,8 @@ impl Store {
         let link = self.root.join(name);
         let tmp = self.root.join(format!(".{name}.new"));
         let _ = fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(Path::new("versions").join(v), &tmp).map_err(|e| Error::io(&tmp, e))?;
+        std::os::unix::fs::symlink(Path::new("versions").join(v), &tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
         fs::rename(&tmp, &link).map_err(|e| Error::io(&link, e))?;
         sync_dir(&self.root);
         Ok(())
@@ -335,7 +377,9 @@ pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     if let Some(parent) = path.parent() {
         sync_dir(parent);
@@ -352,7 +396,9 @@ pub fn sync_tree(dir: &Path) -> Result<()> {
         if t.is_dir() {
             sync_tree(&p)?;
         } else if t.is_file() {
-            File::open(&p).and_then(|f| f.sync_all()).map_err(|err| Error::io(&p, err))?;
+            File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(|err| Error::io(&p, err))?;
         }
     }
     sync_dir(dir);
@@ -368,7 +414,10 @@ fn sync_dir(dir: &Path) {
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -387,7 +436,11 @@ mod tests {
             staged_unix: t,
             from: String::new(),
         };
-        write_synced(&partial.join(VERSION_FILE), &serde_json::to_vec(&info).unwrap()).unwrap();
+        write_synced(
+            &partial.join(VERSION_FILE),
+            &serde_json::to_vec(&info).unwrap(),
+        )
+        .unwrap();
         store.commit(&partial, v).unwrap();
     }
 
@@ -401,9 +454,15 @@ mod tests {
         store.clear_trial();
         version(&store, "b", 2);
         store.switch("b").unwrap();
-        assert_eq!((store.current().as_deref(), store.previous().as_deref()), (Some("b"), Some("a")));
+        assert_eq!(
+            (store.current().as_deref(), store.previous().as_deref()),
+            (Some("b"), Some("a"))
+        );
         assert_eq!(store.rollback().unwrap(), "a");
-        assert_eq!((store.current().as_deref(), store.previous().as_deref()), (Some("a"), Some("b")));
+        assert_eq!(
+            (store.current().as_deref(), store.previous().as_deref()),
+            (Some("a"), Some("b"))
+        );
         for (v, t) in [("c", 3), ("d", 4)] {
             version(&store, v, t);
         }
@@ -411,7 +470,10 @@ mod tests {
         assert_eq!(store.prune(3), vec!["c".to_string()]);
         assert_eq!(store.prune(2), vec!["d".to_string()]);
         assert_eq!(store.versions().len(), 2);
-        assert!(store.switch("nope").is_err(), "only committed versions can be switched to");
+        assert!(
+            store.switch("nope").is_err(),
+            "only committed versions can be switched to"
+        );
     }
 
     #[test]
@@ -424,10 +486,18 @@ mod tests {
         version(&store, "b", 2);
         store.switch("b").unwrap();
         store.note_clean_stop();
-        assert!(matches!(store.recover().unwrap(), Recovery::TrialContinues(t) if t.version == "b"));
+        assert!(
+            matches!(store.recover().unwrap(), Recovery::TrialContinues(t) if t.version == "b")
+        );
         assert_eq!(store.current().as_deref(), Some("b"));
         // No clean stop this time: b died on trial.
-        assert_eq!(store.recover().unwrap(), Recovery::RolledBack { from: "b".into(), to: "a".into() });
+        assert_eq!(
+            store.recover().unwrap(),
+            Recovery::RolledBack {
+                from: "b".into(),
+                to: "a".into()
+            }
+        );
         assert_eq!(store.current().as_deref(), Some("a"));
         assert_eq!(store.recover().unwrap(), Recovery::Clean);
         // The first version ever dying on trial leaves the config's own files serving.
@@ -436,8 +506,17 @@ mod tests {
         version(&store, "x", 1);
         store.switch("x").unwrap();
         fs::create_dir_all(store.staging().join("y.partial")).unwrap();
-        assert_eq!(store.recover().unwrap(), Recovery::RolledBack { from: "x".into(), to: String::new() });
+        assert_eq!(
+            store.recover().unwrap(),
+            Recovery::RolledBack {
+                from: "x".into(),
+                to: String::new()
+            }
+        );
         assert_eq!(store.current(), None);
-        assert!(!store.staging().join("y.partial").exists(), "unfinished unpacks are cleared");
+        assert!(
+            !store.staging().join("y.partial").exists(),
+            "unfinished unpacks are cleared"
+        );
     }
 }

@@ -17,7 +17,9 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
 
 use super::{Normalizer, DET_SIZE, REC_SIZE};
 use crate::engine::gpu;
@@ -67,22 +69,42 @@ impl GpuPreprocess {
         gpu::probe(ordinal as i32).map_err(|e| Error::Config(format!("GPU preprocessing: {e}")))?;
         // SAFETY: only tries to dlopen the library by name.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            return Err(Error::Config("GPU preprocessing needs libnvrtc (the CUDA toolkit's runtime compiler)".into()));
+            return Err(Error::Config(
+                "GPU preprocessing needs libnvrtc (the CUDA toolkit's runtime compiler)".into(),
+            ));
         }
         let ctx = CudaContext::new(ordinal).map_err(err("opening the device"))?;
         let stream = ctx.default_stream();
-        let ptx = cudarc::nvrtc::compile_ptx(KERNELS).map_err(|e| Error::Config(format!("GPU preprocessing: compiling the kernels: {e}")))?;
+        let ptx = cudarc::nvrtc::compile_ptx(KERNELS)
+            .map_err(|e| Error::Config(format!("GPU preprocessing: compiling the kernels: {e}")))?;
         let module = ctx.load_module(ptx).map_err(err("loading the kernels"))?;
-        let det = module.load_function("det_preprocess").map_err(err("det_preprocess"))?;
-        let rec = module.load_function("rec_preprocess").map_err(err("rec_preprocess"))?;
-        let det_lut = stream.clone_htod(&Normalizer::detector().table()).map_err(err("uploading tables"))?;
-        let rec_lut = stream.clone_htod(&Normalizer::embedder().table()).map_err(err("uploading tables"))?;
-        Ok(GpuPreprocess { stream, det, rec, det_lut, rec_lut })
+        let det = module
+            .load_function("det_preprocess")
+            .map_err(err("det_preprocess"))?;
+        let rec = module
+            .load_function("rec_preprocess")
+            .map_err(err("rec_preprocess"))?;
+        let det_lut = stream
+            .clone_htod(&Normalizer::detector().table())
+            .map_err(err("uploading tables"))?;
+        let rec_lut = stream
+            .clone_htod(&Normalizer::embedder().table())
+            .map_err(err("uploading tables"))?;
+        Ok(GpuPreprocess {
+            stream,
+            det,
+            rec,
+            det_lut,
+            rec_lut,
+        })
     }
 
     /// Uploads `frames` (each once, for both stages).
     pub fn upload(&self, frames: &[&Frame]) -> Result<DeviceFrames> {
-        let raw = frames.iter().map(|f| Ok((super::bytes(&f.name, &f.rgb)?, f.width, f.height))).collect::<Result<Vec<_>>>()?;
+        let raw = frames
+            .iter()
+            .map(|f| Ok((super::bytes(&f.name, &f.rgb)?, f.width, f.height)))
+            .collect::<Result<Vec<_>>>()?;
         self.upload_raw(&raw)
     }
 
@@ -92,12 +114,19 @@ impl GpuPreprocess {
         let mut table = Vec::with_capacity(frames.len() * 4);
         for &(bytes, w, h) in frames {
             if bytes.len() != (w * h * 3) as usize {
-                return Err(Error::Config(format!("GPU preprocessing: a {w}x{h} RGB frame needs {} bytes, got {}", w * h * 3, bytes.len())));
+                return Err(Error::Config(format!(
+                    "GPU preprocessing: a {w}x{h} RGB frame needs {} bytes, got {}",
+                    w * h * 3,
+                    bytes.len()
+                )));
             }
             table.extend([host.len() as i64, w as i64, h as i64, 3 * w as i64]);
             host.extend_from_slice(bytes);
         }
-        let bytes = self.stream.clone_htod(&host).map_err(err("uploading frames"))?;
+        let bytes = self
+            .stream
+            .clone_htod(&host)
+            .map_err(err("uploading frames"))?;
         Ok(DeviceFrames { bytes, table })
     }
 
@@ -109,7 +138,10 @@ impl GpuPreprocess {
     /// The detector's input for every uploaded frame: `n × 3 × 640 × 640`.
     pub fn detector(&self, frames: &DeviceFrames) -> Result<CudaSlice<f32>> {
         let plane = (DET_SIZE * DET_SIZE) as usize;
-        let mut out = self.stream.alloc_zeros::<f32>(frames.table.len() / 4 * 3 * plane).map_err(err("allocating the detector input"))?;
+        let mut out = self
+            .stream
+            .alloc_zeros::<f32>(frames.table.len() / 4 * 3 * plane)
+            .map_err(err("allocating the detector input"))?;
         self.detector_into(frames, &mut out)?;
         Ok(out)
     }
@@ -140,7 +172,11 @@ impl GpuPreprocess {
                     .arg(&mut dst)
                     .arg(&side)
                     .arg(&self.det_lut)
-                    .launch(LaunchConfig { grid_dim: grid, block_dim: BLOCK, shared_mem_bytes: 0 })
+                    .launch(LaunchConfig {
+                        grid_dim: grid,
+                        block_dim: BLOCK,
+                        shared_mem_bytes: 0,
+                    })
             }
             .map_err(err("det_preprocess"))?;
         }
@@ -149,16 +185,27 @@ impl GpuPreprocess {
 
     /// The recogniser's input for `crops` (frame index, box), in one launch:
     /// `crops.len() × 3 × 224 × 224`. Boxes must lie inside their frames.
-    pub fn embedder(&self, frames: &DeviceFrames, crops: &[(usize, CropBox)]) -> Result<CudaSlice<f32>> {
+    pub fn embedder(
+        &self,
+        frames: &DeviceFrames,
+        crops: &[(usize, CropBox)],
+    ) -> Result<CudaSlice<f32>> {
         let plane = (REC_SIZE * REC_SIZE) as usize;
-        let mut out = self.stream.alloc_zeros::<f32>(crops.len().max(1) * 3 * plane).map_err(err("allocating the recogniser input"))?;
+        let mut out = self
+            .stream
+            .alloc_zeros::<f32>(crops.len().max(1) * 3 * plane)
+            .map_err(err("allocating the recogniser input"))?;
         let crops = self.upload_crops(frames, crops)?;
         self.embedder_into(frames, &crops, &mut out)?;
         Ok(out)
     }
 
     /// Checks that every crop (frame index, box) lies inside its frame, and uploads them.
-    pub fn upload_crops(&self, frames: &DeviceFrames, crops: &[(usize, CropBox)]) -> Result<DeviceCrops> {
+    pub fn upload_crops(
+        &self,
+        frames: &DeviceFrames,
+        crops: &[(usize, CropBox)],
+    ) -> Result<DeviceCrops> {
         let n = frames.table.len() / 4;
         let mut boxes = Vec::with_capacity(crops.len() * 5);
         for &(f, c) in crops {
@@ -170,7 +217,10 @@ impl GpuPreprocess {
                 && c.x2 as i64 <= frames.table[f * 4 + 1]
                 && c.y2 as i64 <= frames.table[f * 4 + 2];
             if !inside {
-                return Err(Error::Config(format!("GPU preprocessing: crop {:?} of frame {f} is empty or outside it", c.to_array())));
+                return Err(Error::Config(format!(
+                    "GPU preprocessing: crop {:?} of frame {f} is empty or outside it",
+                    c.to_array()
+                )));
             }
             boxes.extend([f as i32, c.x1, c.y1, c.x2, c.y2]);
         }
@@ -178,8 +228,14 @@ impl GpuPreprocess {
             boxes.extend([0; 5]); // a zero-length upload is refused; `count` stays 0
         }
         Ok(DeviceCrops {
-            boxes: self.stream.clone_htod(&boxes).map_err(err("uploading boxes"))?,
-            table: self.stream.clone_htod(&frames.table).map_err(err("uploading frame table"))?,
+            boxes: self
+                .stream
+                .clone_htod(&boxes)
+                .map_err(err("uploading boxes"))?,
+            table: self
+                .stream
+                .clone_htod(&frames.table)
+                .map_err(err("uploading frame table"))?,
             count: crops.len(),
             checked_for: (frames.table.clone(), frames.bytes.len()),
         })
@@ -187,19 +243,32 @@ impl GpuPreprocess {
 
     /// Writes the recogniser's input for `crops` into `out` (at least
     /// `crops × 3 × 224 × 224`), in one launch.
-    pub fn embedder_into(&self, frames: &DeviceFrames, crops: &DeviceCrops, out: &mut CudaSlice<f32>) -> Result<()> {
+    pub fn embedder_into(
+        &self,
+        frames: &DeviceFrames,
+        crops: &DeviceCrops,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
         let plane = (REC_SIZE * REC_SIZE) as usize;
         if out.len() < crops.count * 3 * plane {
             return Err(Error::Config(format!("GPU preprocessing: the recogniser input of {} crops needs {} floats, the buffer has {}", crops.count, crops.count * 3 * plane, out.len())));
         }
-        if (&crops.checked_for.0[..], crops.checked_for.1) != (&frames.table[..], frames.bytes.len()) {
-            return Err(Error::Config("GPU preprocessing: these crops were checked against other frames".into()));
+        if (&crops.checked_for.0[..], crops.checked_for.1)
+            != (&frames.table[..], frames.bytes.len())
+        {
+            return Err(Error::Config(
+                "GPU preprocessing: these crops were checked against other frames".into(),
+            ));
         }
         if crops.count == 0 {
             return Ok(());
         }
         let side = REC_SIZE as i32;
-        let grid = (REC_SIZE.div_ceil(BLOCK.0), REC_SIZE.div_ceil(BLOCK.1), crops.count as u32);
+        let grid = (
+            REC_SIZE.div_ceil(BLOCK.0),
+            REC_SIZE.div_ceil(BLOCK.1),
+            crops.count as u32,
+        );
         // SAFETY: every box was checked to lie inside its frame, in frames of
         // this very layout; writes crops·3·224·224 floats, as checked above.
         unsafe {
@@ -211,7 +280,11 @@ impl GpuPreprocess {
                 .arg(out)
                 .arg(&side)
                 .arg(&self.rec_lut)
-                .launch(LaunchConfig { grid_dim: grid, block_dim: BLOCK, shared_mem_bytes: 0 })
+                .launch(LaunchConfig {
+                    grid_dim: grid,
+                    block_dim: BLOCK,
+                    shared_mem_bytes: 0,
+                })
         }
         .map_err(err("rec_preprocess"))?;
         Ok(())

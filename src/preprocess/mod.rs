@@ -42,12 +42,18 @@ pub fn detector_input(frames: &[&Frame]) -> Result<DetectorInput> {
     for (i, frame) in frames.iter().enumerate() {
         let resized = resize(&frame.name, &frame.rgb, DET_SIZE, imgproc::INTER_CUBIC)?;
         let out = image.index_axis_mut(ndarray::Axis(0), i);
-        norm.hwc_to_chw(bytes(&frame.name, &resized)?, out.into_slice().expect("fresh array is contiguous"));
+        norm.hwc_to_chw(
+            bytes(&frame.name, &resized)?,
+            out.into_slice().expect("fresh array is contiguous"),
+        );
         // Paddle computes these in double precision, then casts to float32.
         scale_factor[[i, 0]] = (DET_SIZE as f64 / frame.height as f64) as f32;
         scale_factor[[i, 1]] = (DET_SIZE as f64 / frame.width as f64) as f32;
     }
-    Ok(DetectorInput { image, scale_factor })
+    Ok(DetectorInput {
+        image,
+        scale_factor,
+    })
 }
 
 /// Crops `frame[y1:y2, x1:x2]`, resizes to 224×224 with `INTER_LINEAR` and
@@ -55,26 +61,54 @@ pub fn detector_input(frames: &[&Frame]) -> Result<DetectorInput> {
 /// (`3 × 224 × 224` floats).
 pub fn embedder_crop(frame: &Frame, crop: CropBox, out: &mut [f32]) -> Result<()> {
     let rect = Rect::new(crop.x1, crop.y1, crop.x2 - crop.x1, crop.y2 - crop.y1);
-    if rect.width < 1 || rect.height < 1 || crop.x2 > frame.width as i32 || crop.y2 > frame.height as i32 || crop.x1 < 0 || crop.y1 < 0 {
-        return Err(Error::image(&frame.name, format!("crop {:?} is empty or outside the {}x{} image", crop.to_array(), frame.width, frame.height)));
+    if rect.width < 1
+        || rect.height < 1
+        || crop.x2 > frame.width as i32
+        || crop.y2 > frame.height as i32
+        || crop.x1 < 0
+        || crop.y1 < 0
+    {
+        return Err(Error::image(
+            &frame.name,
+            format!(
+                "crop {:?} is empty or outside the {}x{} image",
+                crop.to_array(),
+                frame.width,
+                frame.height
+            ),
+        ));
     }
-    let roi = Mat::roi(&frame.rgb, rect).map_err(|e| Error::image(&frame.name, format!("crop failed: {e}")))?;
+    let roi = Mat::roi(&frame.rgb, rect)
+        .map_err(|e| Error::image(&frame.name, format!("crop failed: {e}")))?;
     let resized = resize(&frame.name, &roi, REC_SIZE, imgproc::INTER_LINEAR)?;
     Normalizer::embedder().hwc_to_chw(bytes(&frame.name, &resized)?, out);
     Ok(())
 }
 
-fn resize(name: &str, src: &impl opencv::core::ToInputArray, side: u32, interpolation: i32) -> Result<Mat> {
+fn resize(
+    name: &str,
+    src: &impl opencv::core::ToInputArray,
+    side: u32,
+    interpolation: i32,
+) -> Result<Mat> {
     let mut dst = Mat::default();
     // dsize with fx = fy = 0 makes OpenCV use side/width as the scale, the same
     // double that `cv2.resize(fx=side/width)` passes in the reference.
-    imgproc::resize(src, &mut dst, Size::new(side as i32, side as i32), 0.0, 0.0, interpolation)
-        .map_err(|e| Error::image(name, format!("resize failed: {e}")))?;
+    imgproc::resize(
+        src,
+        &mut dst,
+        Size::new(side as i32, side as i32),
+        0.0,
+        0.0,
+        interpolation,
+    )
+    .map_err(|e| Error::image(name, format!("resize failed: {e}")))?;
     Ok(dst)
 }
 
 fn bytes<'m>(name: &str, mat: &'m Mat) -> Result<&'m [u8]> {
-    mat.data_bytes().map_err(|e| Error::image(name, format!("unexpected pixel layout: {e}")))
+    mat.data_bytes()
+        .map_err(|e| Error::image(name, format!("unexpected pixel layout: {e}")))
 }
 
 #[cfg(test)]
@@ -83,7 +117,8 @@ mod tests {
     use opencv::core::{Scalar, CV_8UC3};
 
     fn frame(w: i32, h: i32) -> Frame {
-        let m = Mat::new_rows_cols_with_default(h, w, CV_8UC3, Scalar::new(0.0, 128.0, 255.0, 0.0)).unwrap();
+        let m = Mat::new_rows_cols_with_default(h, w, CV_8UC3, Scalar::new(0.0, 128.0, 255.0, 0.0))
+            .unwrap();
         Frame::from_rgb("t", m).unwrap()
     }
 
@@ -103,9 +138,39 @@ mod tests {
     fn crop_outside_the_image_is_an_error() {
         let f = frame(50, 40);
         let mut out = vec![0.0; 3 * 224 * 224];
-        assert!(embedder_crop(&f, CropBox { x1: 0, y1: 0, x2: 50, y2: 40 }, &mut out).is_ok());
-        let err = embedder_crop(&f, CropBox { x1: 10, y1: 0, x2: 10, y2: 40 }, &mut out).unwrap_err();
+        assert!(embedder_crop(
+            &f,
+            CropBox {
+                x1: 0,
+                y1: 0,
+                x2: 50,
+                y2: 40
+            },
+            &mut out
+        )
+        .is_ok());
+        let err = embedder_crop(
+            &f,
+            CropBox {
+                x1: 10,
+                y1: 0,
+                x2: 10,
+                y2: 40,
+            },
+            &mut out,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("empty or outside"));
-        assert!(embedder_crop(&f, CropBox { x1: 0, y1: 0, x2: 51, y2: 40 }, &mut out).is_err());
+        assert!(embedder_crop(
+            &f,
+            CropBox {
+                x1: 0,
+                y1: 0,
+                x2: 51,
+                y2: 40
+            },
+            &mut out
+        )
+        .is_err());
     }
 }

@@ -33,7 +33,12 @@ pub struct ErrorLine<'a> {
 
 /// The line for one image.
 pub fn result_line(image: &str, results: &[Recognition], timings: &StageTimes) -> String {
-    serde_json::to_string(&ResultLine { image, results, timings_ms: timings }).unwrap_or_default()
+    serde_json::to_string(&ResultLine {
+        image,
+        results,
+        timings_ms: timings,
+    })
+    .unwrap_or_default()
 }
 
 /// The line for an image that failed.
@@ -47,8 +52,13 @@ mod tests {
 
     #[test]
     fn lines_have_the_documented_fields() {
-        let r = [Recognition { bbox: [1, 2, 3, 4], rec_docs: "tea box".into(), rec_scores: 0.75 }];
-        let v: serde_json::Value = serde_json::from_str(&result_line("a.jpg", &r, &StageTimes::default())).unwrap();
+        let r = [Recognition {
+            bbox: [1, 2, 3, 4],
+            rec_docs: "tea box".into(),
+            rec_scores: 0.75,
+        }];
+        let v: serde_json::Value =
+            serde_json::from_str(&result_line("a.jpg", &r, &StageTimes::default())).unwrap();
         assert_eq!(v["image"], "a.jpg");
         assert_eq!(v["results"][0]["bbox"], serde_json::json!([1, 2, 3, 4]));
         assert_eq!(v["results"][0]["rec_docs"], "tea box");

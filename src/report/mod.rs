@@ -43,7 +43,13 @@ pub struct StageTimes {
 impl StageTimes {
     /// Sum of all stages.
     pub fn total(&self) -> f64 {
-        self.decode + self.det_pre + self.det_infer + self.det_post + self.rec_pre + self.rec_infer + self.search
+        self.decode
+            + self.det_pre
+            + self.det_infer
+            + self.det_post
+            + self.rec_pre
+            + self.rec_infer
+            + self.search
     }
 }
 
@@ -51,7 +57,10 @@ impl StageTimes {
 /// recognition score, with the +1 pixel area convention; a result is dropped
 /// when its IoU with a kept one exceeds `threshold`.
 pub fn rec_nms(results: Vec<Recognition>, threshold: f32) -> Vec<Recognition> {
-    rec_nms_keep(&results, threshold).into_iter().map(|i| results[i].clone()).collect()
+    rec_nms_keep(&results, threshold)
+        .into_iter()
+        .map(|i| results[i].clone())
+        .collect()
 }
 
 /// [`rec_nms`] as the indices of the kept results, best first.
@@ -91,21 +100,40 @@ pub struct Match {
 /// The final answer from the crops' best matches: keep those scoring at least
 /// `score_threshold`, then [`rec_nms`].
 pub fn finalize(matches: &[Match], score_threshold: f32, nms_threshold: f32) -> Vec<Recognition> {
-    finalize_indexed(matches, score_threshold, nms_threshold).into_iter().map(|(_, r)| r).collect()
+    finalize_indexed(matches, score_threshold, nms_threshold)
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect()
 }
 
 /// [`finalize`], with each result's index into `matches`, so callers can
 /// attach what they know per crop (the daemon's top-k lists).
-pub fn finalize_indexed(matches: &[Match], score_threshold: f32, nms_threshold: f32) -> Vec<(usize, Recognition)> {
+pub fn finalize_indexed(
+    matches: &[Match],
+    score_threshold: f32,
+    nms_threshold: f32,
+) -> Vec<(usize, Recognition)> {
     let (crops, kept): (Vec<usize>, Vec<Recognition>) = matches
         .iter()
         .enumerate()
         .filter(|(_, m)| m.score >= score_threshold)
         .filter_map(|(i, m)| {
-            m.label.as_ref().map(|l| (i, Recognition { bbox: m.crop.to_array(), rec_docs: l.clone(), rec_scores: m.score }))
+            m.label.as_ref().map(|l| {
+                (
+                    i,
+                    Recognition {
+                        bbox: m.crop.to_array(),
+                        rec_docs: l.clone(),
+                        rec_scores: m.score,
+                    },
+                )
+            })
         })
         .unzip();
-    rec_nms_keep(&kept, nms_threshold).into_iter().map(|k| (crops[k], kept[k].clone())).collect()
+    rec_nms_keep(&kept, nms_threshold)
+        .into_iter()
+        .map(|k| (crops[k], kept[k].clone()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -113,7 +141,11 @@ mod tests {
     use super::*;
 
     fn rec(b: [i32; 4], s: f32) -> Recognition {
-        Recognition { bbox: b, rec_docs: format!("{s}"), rec_scores: s }
+        Recognition {
+            bbox: b,
+            rec_docs: format!("{s}"),
+            rec_scores: s,
+        }
     }
 
     #[test]
@@ -121,7 +153,10 @@ mod tests {
         // Two 10x10 (11x11 with +1) boxes sharing one column: IoU = 11/231 = 0.0476 <= 0.05, both kept.
         let a = rec([0, 0, 10, 10], 0.9);
         let b = rec([10, 0, 20, 10], 0.8);
-        assert_eq!(rec_nms(vec![b.clone(), a.clone()], 0.05), vec![a.clone(), b]);
+        assert_eq!(
+            rec_nms(vec![b.clone(), a.clone()], 0.05),
+            vec![a.clone(), b]
+        );
         // Sharing two columns: IoU = 22/220 = 0.1 > 0.05, the weaker one goes.
         let c = rec([9, 0, 19, 10], 0.95);
         assert_eq!(rec_nms(vec![a, c.clone()], 0.05), vec![c]);
@@ -129,7 +164,16 @@ mod tests {
 
     #[test]
     fn finalize_applies_the_score_threshold() {
-        let m = |s: f32| Match { crop: CropBox { x1: 0, y1: 0, x2: 5, y2: 5 }, label: Some("x".into()), score: s };
+        let m = |s: f32| Match {
+            crop: CropBox {
+                x1: 0,
+                y1: 0,
+                x2: 5,
+                y2: 5,
+            },
+            label: Some("x".into()),
+            score: s,
+        };
         assert_eq!(finalize(&[m(0.49)], 0.5, 0.05).len(), 0);
         assert_eq!(finalize(&[m(0.5)], 0.5, 0.05).len(), 1);
     }

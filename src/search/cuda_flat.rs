@@ -20,7 +20,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
 
 use super::{fp16, FaissIndex, Index, Method, Neighbor};
 use crate::config::GpuPrecision;
@@ -135,19 +138,36 @@ enum Matrix {
 }
 
 /// A buffer of `len` elements holding the first `used` of `old`.
-fn grown<T: DeviceRepr + ValidAsZeroBits>(stream: &Arc<CudaStream>, old: &CudaSlice<T>, used: usize, len: usize) -> Result<CudaSlice<T>> {
-    let mut bigger = stream.alloc_zeros::<T>(len).map_err(cuda_err("growing the gallery"))?;
+fn grown<T: DeviceRepr + ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    old: &CudaSlice<T>,
+    used: usize,
+    len: usize,
+) -> Result<CudaSlice<T>> {
+    let mut bigger = stream
+        .alloc_zeros::<T>(len)
+        .map_err(cuda_err("growing the gallery"))?;
     if used > 0 {
-        stream.memcpy_dtod(&old.slice(..used), &mut bigger.slice_mut(..used)).map_err(cuda_err("growing the gallery"))?;
+        stream
+            .memcpy_dtod(&old.slice(..used), &mut bigger.slice_mut(..used))
+            .map_err(cuda_err("growing the gallery"))?;
     }
     Ok(bigger)
 }
 
 /// Copies row `from` over row `to` (rows of `d`), on the device; `from > to`.
-fn move_row<T: DeviceRepr>(stream: &Arc<CudaStream>, m: &mut CudaSlice<T>, from: usize, to: usize, d: usize) -> Result<()> {
+fn move_row<T: DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    m: &mut CudaSlice<T>,
+    from: usize,
+    to: usize,
+    d: usize,
+) -> Result<()> {
     let (mut head, tail) = m.split_at_mut(from * d);
     let mut hole = head.slice_mut(to * d..(to + 1) * d);
-    stream.memcpy_dtod(&tail.slice(..d), &mut hole).map_err(cuda_err("removing"))
+    stream
+        .memcpy_dtod(&tail.slice(..d), &mut hole)
+        .map_err(cuda_err("removing"))
 }
 
 fn cuda_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
@@ -160,7 +180,12 @@ impl CudaFlat {
     pub fn new(ordinal: usize, precision: GpuPrecision, dim: usize) -> Result<CudaFlat> {
         gpu::probe(ordinal as i32).map_err(|e| Error::Index(format!("GPU search: {e}")))?;
         // SAFETY: these only try to dlopen the libraries by name.
-        let (nvrtc, cublas) = unsafe { (cudarc::nvrtc::sys::is_culib_present(), cudarc::cublas::sys::is_culib_present()) };
+        let (nvrtc, cublas) = unsafe {
+            (
+                cudarc::nvrtc::sys::is_culib_present(),
+                cudarc::cublas::sys::is_culib_present(),
+            )
+        };
         if !nvrtc || !cublas {
             return Err(Error::Index(format!(
                 "GPU search needs the CUDA toolkit's runtime libraries: {}{}not found",
@@ -171,16 +196,29 @@ impl CudaFlat {
         let ctx = CudaContext::new(ordinal).map_err(cuda_err("opening the device"))?;
         let device = ctx.name().unwrap_or_else(|_| format!("GPU {ordinal}"));
         let stream = ctx.default_stream();
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::Index(format!("GPU search: cuBLAS: {e}")))?;
-        let ptx = cudarc::nvrtc::compile_ptx(KERNELS).map_err(|e| Error::Index(format!("GPU search: compiling the top-k kernels: {e}")))?;
-        let module = ctx.load_module(ptx).map_err(cuda_err("loading the top-k kernels"))?;
-        let topk_rows = module.load_function("topk_rows").map_err(cuda_err("topk_rows"))?;
-        let topk_merge = module.load_function("topk_merge").map_err(cuda_err("topk_merge"))?;
+        let blas = CudaBlas::new(stream.clone())
+            .map_err(|e| Error::Index(format!("GPU search: cuBLAS: {e}")))?;
+        let ptx = cudarc::nvrtc::compile_ptx(KERNELS)
+            .map_err(|e| Error::Index(format!("GPU search: compiling the top-k kernels: {e}")))?;
+        let module = ctx
+            .load_module(ptx)
+            .map_err(cuda_err("loading the top-k kernels"))?;
+        let topk_rows = module
+            .load_function("topk_rows")
+            .map_err(cuda_err("topk_rows"))?;
+        let topk_merge = module
+            .load_function("topk_merge")
+            .map_err(cuda_err("topk_merge"))?;
         let capacity = 1024;
         let alloc = cuda_err("allocating the gallery");
         let matrix = match precision {
-            GpuPrecision::Fp32 => Matrix::F32(stream.alloc_zeros::<f32>(capacity * dim).map_err(alloc)?),
-            GpuPrecision::Fp16 => Matrix::F16(stream.alloc_zeros::<u16>(capacity * dim).map_err(alloc)?, Vec::new()),
+            GpuPrecision::Fp32 => {
+                Matrix::F32(stream.alloc_zeros::<f32>(capacity * dim).map_err(alloc)?)
+            }
+            GpuPrecision::Fp16 => Matrix::F16(
+                stream.alloc_zeros::<u16>(capacity * dim).map_err(alloc)?,
+                Vec::new(),
+            ),
         };
         Ok(CudaFlat {
             stream,
@@ -200,7 +238,13 @@ impl CudaFlat {
 
     /// Copies the vectors `ids` of `index` onto GPU `ordinal`; saving writes
     /// a faiss index of kind `saved_as`.
-    pub fn from_index(ordinal: usize, precision: GpuPrecision, index: &dyn Index, ids: &[i64], saved_as: Method) -> Result<CudaFlat> {
+    pub fn from_index(
+        ordinal: usize,
+        precision: GpuPrecision,
+        index: &dyn Index,
+        ids: &[i64],
+        saved_as: Method,
+    ) -> Result<CudaFlat> {
         let mut flat = CudaFlat::new(ordinal, precision, index.dim())?;
         flat.saved_as = saved_as;
         let mut vectors = Vec::with_capacity(ids.len() * index.dim());
@@ -237,7 +281,9 @@ impl CudaFlat {
     fn scores(&self, queries: &[f32], scores: &mut CudaSlice<f32>) -> Result<()> {
         let (d, rows, nq) = (self.dim, self.rows, queries.len() / self.dim);
         let err = cuda_err("search");
-        let blas_err = |e: cudarc::cublas::result::CublasError| Error::Index(format!("GPU search: cuBLAS: {e}"));
+        let blas_err = |e: cudarc::cublas::result::CublasError| {
+            Error::Index(format!("GPU search: cuBLAS: {e}"))
+        };
         // Column-major view: the gallery is dim×rows (lda = dim), the queries
         // dim×nq; scores = galleryᵀ·queries is rows×nq, i.e. nq row-major rows of `rows`.
         match &self.matrix {
@@ -256,11 +302,15 @@ impl CudaFlat {
                     ldc: rows as i32,
                 };
                 // SAFETY: the shapes above match the buffers: gallery rows·d, queries nq·d, scores nq·rows.
-                unsafe { self.blas.gemm(cfg, &m.slice(..rows * d), &q_dev, scores) }.map_err(blas_err)
+                unsafe { self.blas.gemm(cfg, &m.slice(..rows * d), &q_dev, scores) }
+                    .map_err(blas_err)
             }
             Matrix::F16(m, _) => {
                 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
-                let q_dev = self.stream.clone_htod(&fp16::from_f32_slice(queries)).map_err(&err)?;
+                let q_dev = self
+                    .stream
+                    .clone_htod(&fp16::from_f32_slice(queries))
+                    .map_err(&err)?;
                 let gallery = m.slice(..rows * d);
                 let (alpha, beta) = (1.0f32, 0.0f32);
                 let (a, _a) = gallery.device_ptr(&self.stream);
@@ -309,10 +359,15 @@ impl Index for CudaFlat {
     fn search(&mut self, queries: &[f32], k: usize) -> Result<Vec<Vec<Neighbor>>> {
         let d = self.dim;
         if !queries.len().is_multiple_of(d) {
-            return Err(Error::Index(format!("GPU search: {} query floats is not a multiple of the dimension {d}", queries.len())));
+            return Err(Error::Index(format!(
+                "GPU search: {} query floats is not a multiple of the dimension {d}",
+                queries.len()
+            )));
         }
         if k > MAX_K {
-            return Err(Error::Index(format!("GPU search returns at most {MAX_K} neighbours; {k} were asked for")));
+            return Err(Error::Index(format!(
+                "GPU search returns at most {MAX_K} neighbours; {k} were asked for"
+            )));
         }
         let nq = queries.len() / d;
         let k = k.min(self.rows);
@@ -325,11 +380,21 @@ impl Index for CudaFlat {
         self.scores(queries, &mut scores)?;
 
         let parts = rows.div_ceil(ROWS_PER_BLOCK);
-        let mut part_s = self.stream.alloc_zeros::<f32>(nq * parts * k).map_err(&err)?;
-        let mut part_i = self.stream.alloc_zeros::<i32>(nq * parts * k).map_err(&err)?;
+        let mut part_s = self
+            .stream
+            .alloc_zeros::<f32>(nq * parts * k)
+            .map_err(&err)?;
+        let mut part_i = self
+            .stream
+            .alloc_zeros::<i32>(nq * parts * k)
+            .map_err(&err)?;
         let shared = THREADS * k as u32 * 8;
         let (rows_i, chunk_i, k_i) = (rows as i32, ROWS_PER_BLOCK as i32, k as i32);
-        let first = LaunchConfig { grid_dim: (parts as u32, nq as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: shared };
+        let first = LaunchConfig {
+            grid_dim: (parts as u32, nq as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: shared,
+        };
         // SAFETY: the kernel reads nq·rows scores and writes nq·parts·k candidates, as allocated.
         unsafe {
             self.stream
@@ -346,7 +411,11 @@ impl Index for CudaFlat {
         let mut out_s = self.stream.alloc_zeros::<f32>(nq * k).map_err(&err)?;
         let mut out_i = self.stream.alloc_zeros::<i32>(nq * k).map_err(&err)?;
         let n_i = (parts * k) as i32;
-        let second = LaunchConfig { grid_dim: (nq as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: shared };
+        let second = LaunchConfig {
+            grid_dim: (nq as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: shared,
+        };
         // SAFETY: reads nq·parts·k candidates, writes nq·k results, as allocated.
         unsafe {
             self.stream
@@ -368,7 +437,10 @@ impl Index for CudaFlat {
                 (0..k)
                     .filter_map(|j| {
                         let row = ix[q * k + j];
-                        (row >= 0).then(|| Neighbor { id: self.ids[row as usize], score: s[q * k + j] })
+                        (row >= 0).then(|| Neighbor {
+                            id: self.ids[row as usize],
+                            score: s[q * k + j],
+                        })
                     })
                     .collect()
             })
@@ -378,10 +450,16 @@ impl Index for CudaFlat {
     fn add(&mut self, vectors: &[f32], ids: &[i64]) -> Result<()> {
         let d = self.dim;
         if vectors.len() != ids.len() * d {
-            return Err(Error::Index(format!("GPU search: {} floats for {} ids of dimension {d}", vectors.len(), ids.len())));
+            return Err(Error::Index(format!(
+                "GPU search: {} floats for {} ids of dimension {d}",
+                vectors.len(),
+                ids.len()
+            )));
         }
         if let Some(dup) = ids.iter().find(|id| self.row_of.contains_key(id)) {
-            return Err(Error::Index(format!("GPU search: id {dup} is already in the index")));
+            return Err(Error::Index(format!(
+                "GPU search: id {dup} is already in the index"
+            )));
         }
         self.reserve(self.rows + ids.len())?;
         let range = self.rows * d..(self.rows + ids.len()) * d;
@@ -389,7 +467,9 @@ impl Index for CudaFlat {
             Matrix::F32(m) => self.stream.memcpy_htod(vectors, &mut m.slice_mut(range)),
             Matrix::F16(m, host) => {
                 // The host copy grows only once the device has the rows, so a failed add leaves both as they were.
-                let copied = self.stream.memcpy_htod(&fp16::from_f32_slice(vectors), &mut m.slice_mut(range));
+                let copied = self
+                    .stream
+                    .memcpy_htod(&fp16::from_f32_slice(vectors), &mut m.slice_mut(range));
                 if copied.is_ok() {
                     host.extend_from_slice(vectors);
                 }
@@ -408,7 +488,9 @@ impl Index for CudaFlat {
     fn remove(&mut self, ids: &[i64]) -> Result<bool> {
         let d = self.dim;
         for id in ids {
-            let Some(row) = self.row_of.remove(id) else { continue };
+            let Some(row) = self.row_of.remove(id) else {
+                continue;
+            };
             let last = self.rows - 1;
             if row != last {
                 // The last row fills the hole: one row copied, on the device.
@@ -433,12 +515,20 @@ impl Index for CudaFlat {
     }
 
     fn reconstruct(&self, id: i64) -> Result<Vec<f32>> {
-        let row = *self.row_of.get(&id).ok_or_else(|| Error::Index(format!("GPU search: no id {id}")))?;
+        let row = *self
+            .row_of
+            .get(&id)
+            .ok_or_else(|| Error::Index(format!("GPU search: no id {id}")))?;
         let span = row * self.dim..(row + 1) * self.dim;
         match &self.matrix {
             Matrix::F32(m) => {
-                let v = self.stream.clone_dtoh(&m.slice(span)).map_err(cuda_err("reading a vector"))?;
-                self.stream.synchronize().map_err(cuda_err("reading a vector"))?;
+                let v = self
+                    .stream
+                    .clone_dtoh(&m.slice(span))
+                    .map_err(cuda_err("reading a vector"))?;
+                self.stream
+                    .synchronize()
+                    .map_err(cuda_err("reading a vector"))?;
                 Ok(v)
             }
             Matrix::F16(_, host) => Ok(host[span].to_vec()),
@@ -452,7 +542,10 @@ impl Index for CudaFlat {
         let from_device;
         let all: &[f32] = match &self.matrix {
             Matrix::F32(m) => {
-                from_device = self.stream.clone_dtoh(&m.slice(..used)).map_err(cuda_err("saving"))?;
+                from_device = self
+                    .stream
+                    .clone_dtoh(&m.slice(..used))
+                    .map_err(cuda_err("saving"))?;
                 self.stream.synchronize().map_err(cuda_err("saving"))?;
                 &from_device
             }

@@ -30,7 +30,9 @@ impl std::str::FromStr for Method {
             "FLAT" => Ok(Method::Flat),
             "HNSW32" | "HNSW" => Ok(Method::Hnsw32),
             "IVF" => Ok(Method::Ivf),
-            _ => Err(format!("unknown index method '{s}' (expected Flat, HNSW32 or IVF)")),
+            _ => Err(format!(
+                "unknown index method '{s}' (expected Flat, HNSW32 or IVF)"
+            )),
         }
     }
 }
@@ -53,7 +55,9 @@ impl Method {
 /// million items, whose k-means training takes hours on an edge CPU; the
 /// two agree below 1 024 items.
 pub fn ivf_lists(n: usize) -> usize {
-    (n / 8).min((4.0 * (n as f64).sqrt()) as usize).clamp(1, 65536)
+    (n / 8)
+        .min((4.0 * (n as f64).sqrt()) as usize)
+        .clamp(1, 65536)
 }
 
 /// A faiss index in memory.
@@ -72,34 +76,64 @@ impl FaissIndex {
     pub fn build(method: Method, dim: usize, vectors: &[f32], ids: &[i64]) -> Result<FaissIndex> {
         let factory = method.factory(ids.len());
         let fail = |e: faiss::error::Error| Error::Index(format!("{factory}: {e}"));
-        let mut inner = faiss::index_factory(dim as u32, &factory, MetricType::InnerProduct).map_err(fail)?;
+        let mut inner =
+            faiss::index_factory(dim as u32, &factory, MetricType::InnerProduct).map_err(fail)?;
         if !inner.is_trained() {
             inner.train(vectors).map_err(fail)?;
         }
         let ids: Vec<Idx> = ids.iter().map(|&i| Idx::new(i as u64)).collect();
         inner.add_with_ids(vectors, &ids).map_err(fail)?;
-        Ok(FaissIndex { inner, factory, method: Some(method) })
+        Ok(FaissIndex {
+            inner,
+            factory,
+            method: Some(method),
+        })
     }
 
     /// Reads an index written by [`FaissIndex::save`] or by `faiss.write_index`.
     pub fn load(path: &Path) -> Result<FaissIndex> {
-        let name = path.to_str().ok_or_else(|| Error::Index(format!("{}: path is not UTF-8", path.display())))?;
+        let name = path
+            .to_str()
+            .ok_or_else(|| Error::Index(format!("{}: path is not UTF-8", path.display())))?;
         if !path.is_file() {
             return Err(Error::Index(format!("{name}: file not found")));
         }
-        let inner = faiss::read_index(name).map_err(|e| Error::Index(format!("{name}: not a readable faiss index: {e}")))?;
+        let inner = faiss::read_index(name)
+            .map_err(|e| Error::Index(format!("{name}: not a readable faiss index: {e}")))?;
         if inner.metric_type() != MetricType::InnerProduct {
-            return Err(Error::Index(format!("{name}: metric is {:?}, but features are compared by inner product", inner.metric_type())));
+            return Err(Error::Index(format!(
+                "{name}: metric is {:?}, but features are compared by inner product",
+                inner.metric_type()
+            )));
         }
-        Ok(FaissIndex { inner, factory: "read from file".into(), method: None })
+        Ok(FaissIndex {
+            inner,
+            factory: "read from file".into(),
+            method: None,
+        })
     }
 
     /// The ids of an ID-mapped index (`IndexIDMap`/`IndexIDMap2`), in storage order.
     pub fn into_ids(self) -> Result<(FaissIndex, Vec<i64>)> {
         use faiss::index::UpcastIndex;
-        let map = self.inner.into_id_map().map_err(|_| Error::Index("the index has no id map (expected IndexIDMap2, as PaddleClas writes)".into()))?;
-        let ids = map.id_map().iter().map(|i| i.get().map_or(-1, |v| v as i64)).collect();
-        Ok((FaissIndex { inner: map.upcast(), factory: self.factory, method: self.method }, ids))
+        let map = self.inner.into_id_map().map_err(|_| {
+            Error::Index(
+                "the index has no id map (expected IndexIDMap2, as PaddleClas writes)".into(),
+            )
+        })?;
+        let ids = map
+            .id_map()
+            .iter()
+            .map(|i| i.get().map_or(-1, |v| v as i64))
+            .collect();
+        Ok((
+            FaissIndex {
+                inner: map.upcast(),
+                factory: self.factory,
+                method: self.method,
+            },
+            ids,
+        ))
     }
 
     /// Tells the index kind of a file read from disk by the parameters it accepts.
@@ -124,7 +158,10 @@ impl FaissIndex {
 
     fn is_id_mapped(&self) -> bool {
         // SAFETY: a checked dynamic cast on a live index; nothing is taken over.
-        unsafe { !faiss_sys::faiss_IndexIDMap_cast(faiss::index::NativeIndex::inner_ptr(&self.inner)).is_null() }
+        unsafe {
+            !faiss_sys::faiss_IndexIDMap_cast(faiss::index::NativeIndex::inner_ptr(&self.inner))
+                .is_null()
+        }
     }
 
     /// Sets the IVF lists probed per query. Only IVF indexes have the parameter.
@@ -139,7 +176,8 @@ impl FaissIndex {
 
     /// Sets a faiss search parameter; faiss refuses one the index kind does not have.
     fn set_param(&mut self, name: &str, value: usize) -> Result<()> {
-        let space = faiss::index::autotune::ParameterSpace::new().map_err(|e| Error::Index(e.to_string()))?;
+        let space = faiss::index::autotune::ParameterSpace::new()
+            .map_err(|e| Error::Index(e.to_string()))?;
         space
             .set_index_parameter(&self.inner, name, value as f64)
             .map_err(|e| Error::Index(format!("cannot set {name} on {}: {e}", self.factory)))
@@ -147,7 +185,9 @@ impl FaissIndex {
 
     /// Writes the index with `faiss.write_index`'s format.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let name = path.to_str().ok_or_else(|| Error::Index(format!("{}: path is not UTF-8", path.display())))?;
+        let name = path
+            .to_str()
+            .ok_or_else(|| Error::Index(format!("{}: path is not UTF-8", path.display())))?;
         faiss::write_index(&self.inner, name).map_err(|e| Error::Index(format!("{name}: {e}")))
     }
 }
@@ -167,9 +207,15 @@ impl Index for FaissIndex {
             return Ok(Vec::new());
         }
         if !queries.len().is_multiple_of(dim) {
-            return Err(Error::Index(format!("query length {} is not a multiple of the dimension {dim}", queries.len())));
+            return Err(Error::Index(format!(
+                "query length {} is not a multiple of the dimension {dim}",
+                queries.len()
+            )));
         }
-        let res = self.inner.search(queries, k).map_err(|e| Error::Index(e.to_string()))?;
+        let res = self
+            .inner
+            .search(queries, k)
+            .map_err(|e| Error::Index(e.to_string()))?;
         Ok(res
             .labels
             .chunks(k)
@@ -177,7 +223,12 @@ impl Index for FaissIndex {
             .map(|(ids, scores)| {
                 ids.iter()
                     .zip(scores)
-                    .filter_map(|(id, &score)| id.get().map(|id| Neighbor { id: id as i64, score }))
+                    .filter_map(|(id, &score)| {
+                        id.get().map(|id| Neighbor {
+                            id: id as i64,
+                            score,
+                        })
+                    })
                     .collect()
             })
             .collect())
@@ -185,26 +236,36 @@ impl Index for FaissIndex {
 
     fn add(&mut self, vectors: &[f32], ids: &[i64]) -> Result<()> {
         let ids: Vec<Idx> = ids.iter().map(|&i| Idx::new(i as u64)).collect();
-        self.inner.add_with_ids(vectors, &ids).map_err(|e| Error::Index(e.to_string()))
+        self.inner
+            .add_with_ids(vectors, &ids)
+            .map_err(|e| Error::Index(e.to_string()))
     }
 
     fn remove(&mut self, ids: &[i64]) -> Result<bool> {
         // Safe in faiss: an ID-mapped Flat (renumbers in order), or an index
         // that keeps ids itself (IVF). HNSW cannot remove at all, and an
         // ID-mapped IVF (PaddleClas's layout) would corrupt its map.
-        let safe = matches!((self.method, self.is_id_mapped()), (Some(Method::Flat), true) | (Some(Method::Ivf), false));
+        let safe = matches!(
+            (self.method, self.is_id_mapped()),
+            (Some(Method::Flat), true) | (Some(Method::Ivf), false)
+        );
         if !safe {
             return Ok(false);
         }
         let ids: Vec<Idx> = ids.iter().map(|&i| Idx::new(i as u64)).collect();
-        let selector = faiss::selector::IdSelector::batch(&ids).map_err(|e| Error::Index(e.to_string()))?;
-        self.inner.remove_ids(&selector).map_err(|e| Error::Index(format!("remove: {e}")))?;
+        let selector =
+            faiss::selector::IdSelector::batch(&ids).map_err(|e| Error::Index(e.to_string()))?;
+        self.inner
+            .remove_ids(&selector)
+            .map_err(|e| Error::Index(format!("remove: {e}")))?;
         Ok(true)
     }
 
     fn reconstruct(&self, id: i64) -> Result<Vec<f32>> {
         let mut out = vec![0.0; self.dim()];
-        self.inner.reconstruct(Idx::new(id as u64), &mut out).map_err(|e| Error::Index(format!("cannot read back vector {id}: {e}")))?;
+        self.inner
+            .reconstruct(Idx::new(id as u64), &mut out)
+            .map_err(|e| Error::Index(format!("cannot read back vector {id}: {e}")))?;
         Ok(out)
     }
 
@@ -213,7 +274,12 @@ impl Index for FaissIndex {
     }
 
     fn describe(&self) -> String {
-        format!("faiss {}, {} vectors of {}", self.factory, self.len(), self.dim())
+        format!(
+            "faiss {}, {} vectors of {}",
+            self.factory,
+            self.len(),
+            self.dim()
+        )
     }
 }
 
@@ -225,7 +291,9 @@ mod tests {
         let mut state = 12345u64;
         let mut v: Vec<f32> = (0..n * dim)
             .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
             })
             .collect();

@@ -12,7 +12,13 @@ pub fn from_f32(x: f32) -> u16 {
     let man = b & 0x7f_ffff;
     if exp == 0xff {
         // A quiet NaN keeps some payload bits; infinity stays infinity.
-        return sign | 0x7c00 | if man != 0 { 0x200 | (man >> 13) as u16 } else { 0 };
+        return sign
+            | 0x7c00
+            | if man != 0 {
+                0x200 | (man >> 13) as u16
+            } else {
+                0
+            };
     }
     let e = exp - 127 + 15;
     if e >= 0x1f {
@@ -45,7 +51,9 @@ pub fn to_f32(h: u16) -> f32 {
         0 => sign * man as f32 * f32::powi(2.0, -24),
         0x1f if man == 0 => sign * f32::INFINITY,
         0x1f => f32::NAN,
-        _ => f32::from_bits(((h as u32 & 0x8000) << 16) | ((exp as u32 + 127 - 15) << 23) | (man << 13)),
+        _ => f32::from_bits(
+            ((h as u32 & 0x8000) << 16) | ((exp as u32 + 127 - 15) << 23) | (man << 13),
+        ),
     }
 }
 
@@ -75,7 +83,7 @@ mod tests {
             (f32::powi(2.0, -25), 0x0000), // a tie with 0, which is even
             (f32::powi(2.0, -25) * 1.5, 0x0001),
             (f32::powi(2.0, -14), 0x0400),
-            (1.0 + f32::powi(2.0, -11), 0x3c00),       // tie, to even (down)
+            (1.0 + f32::powi(2.0, -11), 0x3c00), // tie, to even (down)
             (1.0 + 3.0 * f32::powi(2.0, -11), 0x3c02), // tie, to even (up)
         ] {
             assert_eq!(from_f32(x), h, "{x:e}");
@@ -104,7 +112,8 @@ mod tests {
             s ^= s << 13;
             s ^= s >> 7;
             s ^= s << 17;
-            let x = f32::from_bits(s as u32 & 0x7fff_ffff) % 4.0 * if s >> 63 == 1 { -1.0 } else { 1.0 };
+            let x = f32::from_bits(s as u32 & 0x7fff_ffff) % 4.0
+                * if s >> 63 == 1 { -1.0 } else { 1.0 };
             if !x.is_finite() {
                 continue;
             }
@@ -113,7 +122,11 @@ mod tests {
             for n in [h.wrapping_sub(1), h.wrapping_add(1)] {
                 let y = to_f32(n);
                 if y.is_finite() && (n & 0x7fff) != 0x7fff && (h & 0x7fff) != 0 {
-                    assert!(err <= (y as f64 - x as f64).abs(), "{x:e}: {h:#06x} ({}) but {n:#06x} ({y:e}) is nearer", to_f32(h));
+                    assert!(
+                        err <= (y as f64 - x as f64).abs(),
+                        "{x:e}: {h:#06x} ({}) but {n:#06x} ({y:e}) is nearer",
+                        to_f32(h)
+                    );
                 }
             }
         }

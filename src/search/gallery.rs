@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::search::wal::{self, Record, Wal};
 use crate::search::cuda_flat::CudaFlat;
+use crate::search::wal::{self, Record, Wal};
 use crate::search::{FaissIndex, Index, Method, Neighbor};
 
 /// The manifest's file name.
@@ -61,7 +61,13 @@ impl Default for Tuning {
 
 impl From<&crate::config::SearchSettings> for Tuning {
     fn from(s: &crate::config::SearchSettings) -> Self {
-        Tuning { nprobe: s.nprobe, ef_search: s.ef_search, device: s.device, device_id: s.device_id, gpu_precision: s.gpu_precision }
+        Tuning {
+            nprobe: s.nprobe,
+            ef_search: s.ef_search,
+            device: s.device,
+            device_id: s.device_id,
+            gpu_precision: s.gpu_precision,
+        }
     }
 }
 
@@ -124,23 +130,48 @@ pub struct Gallery {
 
 impl std::fmt::Debug for Gallery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Gallery({}, {})", self.dir.display(), self.index.describe())
+        write!(
+            f,
+            "Gallery({}, {})",
+            self.dir.display(),
+            self.index.describe()
+        )
     }
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Gallery {
     /// Indexes `vectors` (one row of `dim` per item) with `method` and writes a new gallery to `dir`.
-    pub fn create(dir: &Path, method: Method, dim: usize, model_sha256: &str, model_file: &str, items: Vec<GalleryItem>, vectors: &[f32]) -> Result<Gallery> {
+    pub fn create(
+        dir: &Path,
+        method: Method,
+        dim: usize,
+        model_sha256: &str,
+        model_file: &str,
+        items: Vec<GalleryItem>,
+        vectors: &[f32],
+    ) -> Result<Gallery> {
         if items.is_empty() {
-            return Err(Error::gallery(dir, "no images to index: the gallery would be empty"));
+            return Err(Error::gallery(
+                dir,
+                "no images to index: the gallery would be empty",
+            ));
         }
         if vectors.len() != items.len() * dim {
-            return Err(Error::gallery(dir, format!("{} vectors for {} items", vectors.len() / dim.max(1), items.len())));
+            return Err(Error::gallery(
+                dir,
+                format!(
+                    "{} vectors for {} items",
+                    vectors.len() / dim.max(1),
+                    items.len()
+                ),
+            ));
         }
         let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
         let index = FaissIndex::build(method, dim, vectors, &ids)?;
@@ -148,10 +179,21 @@ impl Gallery {
     }
 
     /// Writes an already built index and its items as a new gallery in `dir`.
-    pub fn write(dir: &Path, method: Method, dim: usize, model_sha256: &str, model_file: &str, items: Vec<GalleryItem>, index: FaissIndex) -> Result<Gallery> {
+    pub fn write(
+        dir: &Path,
+        method: Method,
+        dim: usize,
+        model_sha256: &str,
+        model_file: &str,
+        items: Vec<GalleryItem>,
+        index: FaissIndex,
+    ) -> Result<Gallery> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         if dir.join(MANIFEST).exists() {
-            return Err(Error::gallery(dir, "a gallery already exists here; remove it first or choose another directory"));
+            return Err(Error::gallery(
+                dir,
+                "a gallery already exists here; remove it first or choose another directory",
+            ));
         }
         let next_id = items.iter().map(|i| i.id + 1).max().unwrap_or(0);
         let manifest = Manifest {
@@ -170,7 +212,16 @@ impl Gallery {
         write_snapshot(&dir.join(&manifest.snapshot), &items, &index)?;
         write_json(&dir.join(MANIFEST), &manifest)?;
         let labels = items.into_iter().map(|i| (i.id, i)).collect();
-        Ok(Gallery { dir: dir.to_path_buf(), manifest, labels, index: Box::new(index), tombstones: HashSet::new(), last_seq: 0, wal_records: 0, wal: None })
+        Ok(Gallery {
+            dir: dir.to_path_buf(),
+            manifest,
+            labels,
+            index: Box::new(index),
+            tombstones: HashSet::new(),
+            last_seq: 0,
+            wal_records: 0,
+            wal: None,
+        })
     }
 
     /// Opens the gallery in `dir` to search or read it; nothing on disk changes.
@@ -189,7 +240,12 @@ impl Gallery {
     fn load(dir: &Path, tuning: Tuning, writable: bool) -> Result<Gallery> {
         let manifest_path = dir.join(MANIFEST);
         if !manifest_path.is_file() {
-            return Err(Error::gallery(dir, format!("not a gallery: {MANIFEST} is missing. Build one with `shitud gallery build`")));
+            return Err(Error::gallery(
+                dir,
+                format!(
+                    "not a gallery: {MANIFEST} is missing. Build one with `shitud gallery build`"
+                ),
+            ));
         }
         // The version is checked before the fields, so an old gallery says so.
         let raw: serde_json::Value = read_json(&manifest_path)?;
@@ -197,10 +253,12 @@ impl Gallery {
         if format != FORMAT as u64 {
             return Err(Error::gallery(dir, format!("format {format} is not supported (this build reads format {FORMAT}); rebuild it with `shitud gallery build`")));
         }
-        let manifest: Manifest = serde_json::from_value(raw).map_err(|e| Error::gallery(&manifest_path, format!("unreadable: {e}")))?;
+        let manifest: Manifest = serde_json::from_value(raw)
+            .map_err(|e| Error::gallery(&manifest_path, format!("unreadable: {e}")))?;
         let snap = dir.join(&manifest.snapshot);
         let items: Vec<GalleryItem> = read_json(&snap.join(LABELS))?;
-        let mut index = FaissIndex::load(&snap.join(VECTORS)).map_err(|e| Error::gallery(dir, e.to_string()))?;
+        let mut index = FaissIndex::load(&snap.join(VECTORS))
+            .map_err(|e| Error::gallery(dir, e.to_string()))?;
         index.set_method(manifest.method);
         match manifest.method {
             Method::Ivf => index.set_nprobe(tuning.nprobe)?,
@@ -208,12 +266,24 @@ impl Gallery {
             Method::Flat => {}
         }
         if index.dim() != manifest.dim {
-            return Err(Error::gallery(dir, format!("{VECTORS} has dimension {}, but the manifest says {}", index.dim(), manifest.dim)));
+            return Err(Error::gallery(
+                dir,
+                format!(
+                    "{VECTORS} has dimension {}, but the manifest says {}",
+                    index.dim(),
+                    manifest.dim
+                ),
+            ));
         }
         if index.len() != items.len() || items.len() != manifest.count {
             return Err(Error::gallery(
                 dir,
-                format!("{VECTORS} holds {} vectors, {LABELS} {} labels, the manifest says {}", index.len(), items.len(), manifest.count),
+                format!(
+                    "{VECTORS} holds {} vectors, {LABELS} {} labels, the manifest says {}",
+                    index.len(),
+                    items.len(),
+                    manifest.count
+                ),
             ));
         }
         let index = on_device(index, &items, &manifest, tuning);
@@ -255,7 +325,10 @@ impl Gallery {
             Record::Add { item, vector, .. } => {
                 if !self.labels.contains_key(&item.id) && !self.tombstones.contains(&item.id) {
                     if vector.len() != self.manifest.dim {
-                        return Err(Error::gallery(&self.dir, format!("{WAL}: record {} has a {}-d vector", r.seq(), vector.len())));
+                        return Err(Error::gallery(
+                            &self.dir,
+                            format!("{WAL}: record {} has a {}-d vector", r.seq(), vector.len()),
+                        ));
                     }
                     self.index.add(vector, &[item.id])?;
                     self.labels.insert(item.id, item.clone());
@@ -275,29 +348,61 @@ impl Gallery {
     }
 
     fn log(&mut self, r: Record) -> Result<()> {
-        let wal = self.wal.as_mut().ok_or_else(|| Error::gallery(&self.dir, "opened read-only"))?;
+        let wal = self
+            .wal
+            .as_mut()
+            .ok_or_else(|| Error::gallery(&self.dir, "opened read-only"))?;
         wal.append(&r)?;
         self.wal_records += 1;
         self.apply(&r)
     }
 
     /// Adds one item; returns its id once the change is durable.
-    pub fn add(&mut self, label: &str, source: &str, sha256: Option<String>, vector: &[f32]) -> Result<i64> {
+    pub fn add(
+        &mut self,
+        label: &str,
+        source: &str,
+        sha256: Option<String>,
+        vector: &[f32],
+    ) -> Result<i64> {
         if vector.len() != self.manifest.dim {
-            return Err(Error::gallery(&self.dir, format!("a {}-d feature cannot go into a {}-d gallery", vector.len(), self.manifest.dim)));
+            return Err(Error::gallery(
+                &self.dir,
+                format!(
+                    "a {}-d feature cannot go into a {}-d gallery",
+                    vector.len(),
+                    self.manifest.dim
+                ),
+            ));
         }
         let id = self.manifest.next_id;
-        let item = GalleryItem { id, label: label.to_string(), source: source.to_string(), sha256, added_unix: Some(unix_now()) };
-        self.log(Record::Add { seq: self.last_seq + 1, item, vector: vector.to_vec() })?;
+        let item = GalleryItem {
+            id,
+            label: label.to_string(),
+            source: source.to_string(),
+            sha256,
+            added_unix: Some(unix_now()),
+        };
+        self.log(Record::Add {
+            seq: self.last_seq + 1,
+            item,
+            vector: vector.to_vec(),
+        })?;
         Ok(id)
     }
 
     /// Removes items by id, all or none: an unknown id changes nothing.
     pub fn remove(&mut self, ids: &[i64]) -> Result<()> {
         if let Some(bad) = ids.iter().find(|id| !self.labels.contains_key(id)) {
-            return Err(Error::gallery(&self.dir, format!("no item with id {bad}; nothing was removed (see `shitud gallery list`)")));
+            return Err(Error::gallery(
+                &self.dir,
+                format!("no item with id {bad}; nothing was removed (see `shitud gallery list`)"),
+            ));
         }
-        self.log(Record::Remove { seq: self.last_seq + 1, ids: ids.to_vec() })
+        self.log(Record::Remove {
+            seq: self.last_seq + 1,
+            ids: ids.to_vec(),
+        })
     }
 
     /// Sequence number of the last change: it grows with every add and
@@ -308,7 +413,11 @@ impl Gallery {
 
     /// Ids of the items carrying `label`.
     pub fn ids_with_label(&self, label: &str) -> Vec<i64> {
-        let mut ids: Vec<i64> = self.items().filter(|i| i.label == label).map(|i| i.id).collect();
+        let mut ids: Vec<i64> = self
+            .items()
+            .filter(|i| i.label == label)
+            .map(|i| i.id)
+            .collect();
         ids.sort_unstable();
         ids
     }
@@ -335,7 +444,12 @@ impl Gallery {
             for &id in &ids {
                 vectors.extend(self.index.reconstruct(id)?);
             }
-            self.index = Box::new(FaissIndex::build(self.manifest.method, self.manifest.dim, &vectors, &ids)?);
+            self.index = Box::new(FaissIndex::build(
+                self.manifest.method,
+                self.manifest.dim,
+                &vectors,
+                &ids,
+            )?);
             self.tombstones.clear();
         }
         let mut items: Vec<GalleryItem> = self.labels.values().cloned().collect();
@@ -345,7 +459,13 @@ impl Gallery {
         if snapshot != old {
             write_snapshot(&self.dir.join(&snapshot), &items, self.index.as_ref())?;
         }
-        let manifest = Manifest { count: items.len(), created_unix: unix_now(), snapshot: snapshot.clone(), wal_seq: self.last_seq, ..self.manifest.clone() };
+        let manifest = Manifest {
+            count: items.len(),
+            created_unix: unix_now(),
+            snapshot: snapshot.clone(),
+            wal_seq: self.last_seq,
+            ..self.manifest.clone()
+        };
         write_json(&self.dir.join(MANIFEST), &manifest)?;
         self.manifest = manifest;
         if let Some(wal) = self.wal.as_mut() {
@@ -440,14 +560,29 @@ fn short(sha: &str) -> &str {
 /// The loaded faiss index, or (with `search.device = "cuda"`) a copy of
 /// its vectors in GPU memory. A GPU that cannot be used is an error in the
 /// log and a CPU search, not a gallery that fails to open.
-fn on_device(index: FaissIndex, items: &[GalleryItem], manifest: &Manifest, tuning: Tuning) -> Box<dyn Index> {
+fn on_device(
+    index: FaissIndex,
+    items: &[GalleryItem],
+    manifest: &Manifest,
+    tuning: Tuning,
+) -> Box<dyn Index> {
     if tuning.device == crate::config::SearchDevice::Cpu {
         return Box::new(index);
     }
     let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
-    match CudaFlat::from_index(tuning.device_id, tuning.gpu_precision, &index, &ids, manifest.method) {
+    match CudaFlat::from_index(
+        tuning.device_id,
+        tuning.gpu_precision,
+        &index,
+        &ids,
+        manifest.method,
+    ) {
         Ok(gpu) => {
-            tracing::info!("gallery search on the GPU: {} (exact; the {:?} index is kept for the files)", gpu.describe(), manifest.method);
+            tracing::info!(
+                "gallery search on the GPU: {} (exact; the {:?} index is kept for the files)",
+                gpu.describe(),
+                manifest.method
+            );
             Box::new(gpu)
         }
         Err(e) => {
@@ -476,11 +611,15 @@ fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
 }
 
 fn sync_and_rename(tmp: &Path, dest: &Path) -> Result<()> {
-    std::fs::File::open(tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(tmp, e))?;
+    std::fs::File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(tmp, e))?;
     std::fs::rename(tmp, dest).map_err(|e| Error::io(dest, e))?;
     if let Some(parent) = dest.parent() {
         // The rename is durable only once the directory entry is.
-        std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(|e| Error::io(parent, e))?;
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(parent, e))?;
     }
     Ok(())
 }
@@ -495,7 +634,15 @@ mod tests {
     use super::*;
 
     fn items(n: usize) -> (Vec<GalleryItem>, Vec<f32>) {
-        let items = (0..n).map(|i| GalleryItem { id: i as i64, label: format!("item {i}"), source: format!("{i}.jpg"), sha256: None, added_unix: None }).collect();
+        let items = (0..n)
+            .map(|i| GalleryItem {
+                id: i as i64,
+                label: format!("item {i}"),
+                source: format!("{i}.jpg"),
+                sha256: None,
+                added_unix: None,
+            })
+            .collect();
         let mut v = vec![0.0; n * 4];
         for i in 0..n {
             v[i * 4 + i % 4] = 1.0;
@@ -513,21 +660,33 @@ mod tests {
         let hit = g.search(&v[4..8], 1).unwrap()[0][0];
         assert_eq!(g.item(hit.id).unwrap().label, "item 1");
         assert!(g.check_model("abc", Path::new("rec.onnx")).is_ok());
-        let err = g.check_model("def", Path::new("other.onnx")).unwrap_err().to_string();
-        assert!(err.contains("rebuild") && err.contains("other.onnx"), "{err}");
+        let err = g
+            .check_model("def", Path::new("other.onnx"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rebuild") && err.contains("other.onnx"),
+            "{err}"
+        );
     }
 
     #[test]
     fn refuses_empty_missing_and_inconsistent_galleries() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Gallery::create(dir.path(), Method::Flat, 4, "abc", "rec.onnx", vec![], &[]).unwrap_err().to_string();
+        let err = Gallery::create(dir.path(), Method::Flat, 4, "abc", "rec.onnx", vec![], &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("empty"), "{err}");
-        let err = Gallery::open(dir.path(), Tuning::default()).unwrap_err().to_string();
+        let err = Gallery::open(dir.path(), Tuning::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("manifest.json is missing"), "{err}");
         let (it, v) = items(3);
         Gallery::create(dir.path(), Method::Flat, 4, "abc", "rec.onnx", it, &v).unwrap();
         std::fs::write(dir.path().join("snap-0").join(LABELS), "[]").unwrap();
-        let err = Gallery::open(dir.path(), Tuning::default()).unwrap_err().to_string();
+        let err = Gallery::open(dir.path(), Tuning::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("3 vectors, labels.json 0 labels"), "{err}");
     }
 
@@ -538,7 +697,9 @@ mod tests {
             let (it, v) = items(4);
             Gallery::create(dir.path(), method, 4, "abc", "rec.onnx", it, &v).unwrap();
             let mut g = Gallery::open_for_write(dir.path(), Tuning::default()).unwrap();
-            let new = g.add("new one", "n.jpg", None, &[0.6, 0.8, 0.0, 0.0]).unwrap();
+            let new = g
+                .add("new one", "n.jpg", None, &[0.6, 0.8, 0.0, 0.0])
+                .unwrap();
             assert_eq!(new, 4, "ids continue after the largest");
             g.remove(&[0]).unwrap();
             let err = g.remove(&[1, 99]).unwrap_err().to_string();
@@ -556,8 +717,17 @@ mod tests {
                 g.compact().unwrap();
                 assert_eq!(g.logged_changes(), 0);
             }
-            let dirs: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("snap-")).collect();
-            assert_eq!(dirs, vec!["snap-2".to_string()], "old snapshots are deleted");
+            let dirs: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("snap-"))
+                .collect();
+            assert_eq!(
+                dirs,
+                vec!["snap-2".to_string()],
+                "old snapshots are deleted"
+            );
         }
     }
 }

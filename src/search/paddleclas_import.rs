@@ -26,18 +26,29 @@ pub struct ModelStamp {
 
 /// Imports `from/{vector.index,id_map.pkl}` as a shitu-edge gallery in `out`.
 pub fn import(from: &Path, out: &Path, model: &ModelStamp) -> Result<Gallery> {
-    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        return Err(Error::gallery(out, "already exists and is not empty; choose another --out or remove it"));
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(Error::gallery(
+            out,
+            "already exists and is not empty; choose another --out or remove it",
+        ));
     }
     let pkl = from.join("id_map.pkl");
     let bytes = std::fs::read(&pkl).map_err(|e| Error::io(&pkl, e))?;
     let id_map = read_id_map(&bytes).map_err(|e| Error::gallery(&pkl, e.to_string()))?;
     if id_map.is_empty() {
-        return Err(Error::gallery(&pkl, "the id map is empty: there is nothing to import"));
+        return Err(Error::gallery(
+            &pkl,
+            "the id map is empty: there is nothing to import",
+        ));
     }
 
     let vectors = from.join("vector.index");
-    let mut index = FaissIndex::load(&vectors).map_err(|e| Error::gallery(&vectors, e.to_string()))?;
+    let mut index =
+        FaissIndex::load(&vectors).map_err(|e| Error::gallery(&vectors, e.to_string()))?;
     if index.dim() != model.dim {
         return Err(Error::gallery(
             &vectors,
@@ -45,7 +56,9 @@ pub fn import(from: &Path, out: &Path, model: &ModelStamp) -> Result<Gallery> {
         ));
     }
     let method = index.detect_method();
-    let (index, ids) = index.into_ids().map_err(|e| Error::gallery(&vectors, e.to_string()))?;
+    let (index, ids) = index
+        .into_ids()
+        .map_err(|e| Error::gallery(&vectors, e.to_string()))?;
     let in_index: BTreeSet<i64> = ids.iter().copied().collect();
     let in_map: BTreeSet<i64> = id_map.keys().copied().collect();
     if in_index != in_map {
@@ -63,14 +76,35 @@ pub fn import(from: &Path, out: &Path, model: &ModelStamp) -> Result<Gallery> {
         let (source, label) = line
             .split_once('\t')
             .or_else(|| line.split_once(char::is_whitespace))
-            .ok_or_else(|| Error::gallery(&pkl, format!("id {id}: line {line:?} has no label after the path")))?;
-        items.push(GalleryItem { id, label: label.trim().to_string(), source: source.to_string(), sha256: None, added_unix: None });
+            .ok_or_else(|| {
+                Error::gallery(
+                    &pkl,
+                    format!("id {id}: line {line:?} has no label after the path"),
+                )
+            })?;
+        items.push(GalleryItem {
+            id,
+            label: label.trim().to_string(),
+            source: source.to_string(),
+            sha256: None,
+            added_unix: None,
+        });
     }
 
-    let name = out.file_name().map_or_else(|| "gallery".into(), |n| n.to_string_lossy().into_owned());
+    let name = out
+        .file_name()
+        .map_or_else(|| "gallery".into(), |n| n.to_string_lossy().into_owned());
     let tmp = out.with_file_name(format!(".{name}.import-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    let written = Gallery::write(&tmp, method, model.dim, &model.sha256, &model.file, items, index);
+    let written = Gallery::write(
+        &tmp,
+        method,
+        model.dim,
+        &model.sha256,
+        &model.file,
+        items,
+        index,
+    );
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);

@@ -55,7 +55,13 @@ impl Value {
 
 /// Reads a pickled `dict[int, str]`, as `id_map.pkl` holds.
 pub fn read_id_map(data: &[u8]) -> Result<BTreeMap<i64, String>, PickleError> {
-    let root = Machine { data, pos: 0, stack: Vec::new(), memo: Vec::new() }.run()?;
+    let root = Machine {
+        data,
+        pos: 0,
+        stack: Vec::new(),
+        memo: Vec::new(),
+    }
+    .run()?;
     match root {
         Value::Dict(items) => {
             let mut out = BTreeMap::new();
@@ -75,7 +81,10 @@ pub fn read_id_map(data: &[u8]) -> Result<BTreeMap<i64, String>, PickleError> {
             }
             Ok(out)
         }
-        other => Err(PickleError(format!("expected a dict of int -> str, found a {}", other.kind()))),
+        other => Err(PickleError(format!(
+            "expected a dict of int -> str, found a {}",
+            other.kind()
+        ))),
     }
 }
 
@@ -111,7 +120,10 @@ impl Machine<'_> {
 
     fn line(&mut self) -> Result<String, PickleError> {
         let rest = &self.data[self.pos..];
-        let end = rest.iter().position(|&b| b == b'\n').ok_or_else(|| PickleError("truncated pickle: unterminated line".into()))?;
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| PickleError("truncated pickle: unterminated line".into()))?;
         let s = String::from_utf8_lossy(&rest[..end]).into_owned();
         self.pos += end + 1;
         Ok(s)
@@ -119,7 +131,9 @@ impl Machine<'_> {
 
     fn text(&mut self, n: usize) -> Result<Value, PickleError> {
         let b = self.take(n)?.to_vec();
-        String::from_utf8(b).map(Value::Str).or_else(|_| self.err("string is not UTF-8"))
+        String::from_utf8(b)
+            .map(Value::Str)
+            .or_else(|_| self.err("string is not UTF-8"))
     }
 
     fn pop(&mut self) -> Result<Value, PickleError> {
@@ -130,14 +144,20 @@ impl Machine<'_> {
     }
 
     fn pop_mark(&mut self) -> Result<Vec<Value>, PickleError> {
-        let Some(at) = self.stack.iter().rposition(|v| *v == Value::Mark) else { return self.err("no MARK on the stack") };
+        let Some(at) = self.stack.iter().rposition(|v| *v == Value::Mark) else {
+            return self.err("no MARK on the stack");
+        };
         let items = self.stack.split_off(at + 1);
         self.stack.pop();
         Ok(items)
     }
 
     fn put(&mut self, idx: usize) -> Result<(), PickleError> {
-        let top = self.stack.last().cloned().ok_or_else(|| PickleError("memoize with an empty stack".into()))?;
+        let top = self
+            .stack
+            .last()
+            .cloned()
+            .ok_or_else(|| PickleError("memoize with an empty stack".into()))?;
         if idx > self.data.len() {
             return self.err("memo index out of range");
         }
@@ -170,7 +190,9 @@ impl Machine<'_> {
         if !items.len().is_multiple_of(2) {
             return self.err("odd number of items for a dict");
         }
-        let Some(Value::Dict(d)) = self.stack.last_mut() else { return self.err("SETITEMS without a dict") };
+        let Some(Value::Dict(d)) = self.stack.last_mut() else {
+            return self.err("SETITEMS without a dict");
+        };
         let mut it = items.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
             d.push((k, v));
@@ -179,16 +201,32 @@ impl Machine<'_> {
     }
 
     fn reduce(&mut self, callable: Value, args: Value) -> Result<Value, PickleError> {
-        let Value::Tuple(args) = args else { return self.err("REDUCE arguments are not a tuple") };
+        let Value::Tuple(args) = args else {
+            return self.err("REDUCE arguments are not a tuple");
+        };
         match (callable, args.as_slice()) {
-            (Value::NumpyDtype, [Value::Str(code), ..]) => Ok(Value::Dtype { code: code.clone(), little_endian: true }),
-            (Value::NumpyScalar, [Value::Dtype { code, little_endian }, Value::Bytes(b)]) => {
+            (Value::NumpyDtype, [Value::Str(code), ..]) => Ok(Value::Dtype {
+                code: code.clone(),
+                little_endian: true,
+            }),
+            (
+                Value::NumpyScalar,
+                [Value::Dtype {
+                    code,
+                    little_endian,
+                }, Value::Bytes(b)],
+            ) => {
                 let code = code.trim_start_matches(['<', '=', '|']);
                 let v = match (code, b.len()) {
                     ("i8", 8) => i64::from_le_bytes(b[..8].try_into().unwrap_or_default()),
                     ("i4", 4) => i32::from_le_bytes(b[..4].try_into().unwrap_or_default()) as i64,
                     ("u4", 4) => u32::from_le_bytes(b[..4].try_into().unwrap_or_default()) as i64,
-                    _ => return self.err(format!("numpy scalar of dtype {code} with {} bytes is not an integer id", b.len())),
+                    _ => {
+                        return self.err(format!(
+                            "numpy scalar of dtype {code} with {} bytes is not an integer id",
+                            b.len()
+                        ))
+                    }
                 };
                 if !little_endian {
                     return self.err("big-endian numpy scalars are not supported");
@@ -242,7 +280,11 @@ impl Machine<'_> {
                     self.put(i)?;
                 }
                 b'p' => {
-                    let i = self.line()?.trim().parse().or_else(|_| self.err("bad PUT index"))?;
+                    let i = self
+                        .line()?
+                        .trim()
+                        .parse()
+                        .or_else(|_| self.err("bad PUT index"))?;
                     self.put(i)?;
                 }
                 b'h' => {
@@ -254,7 +296,11 @@ impl Machine<'_> {
                     self.get(i)?;
                 }
                 b'g' => {
-                    let i = self.line()?.trim().parse().or_else(|_| self.err("bad GET index"))?;
+                    let i = self
+                        .line()?
+                        .trim()
+                        .parse()
+                        .or_else(|_| self.err("bad GET index"))?;
                     self.get(i)?;
                 }
                 b'J' => {
@@ -338,7 +384,9 @@ impl Machine<'_> {
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    let (Value::Str(module), Value::Str(name)) = (module, name) else { return self.err("STACK_GLOBAL needs two strings") };
+                    let (Value::Str(module), Value::Str(name)) = (module, name) else {
+                        return self.err("STACK_GLOBAL needs two strings");
+                    };
                     let g = self.global(&module, &name)?;
                     self.stack.push(g);
                 }
@@ -357,7 +405,9 @@ impl Machine<'_> {
                 b'b' => {
                     // dtype.__setstate__((version, byteorder, ...)): only the byte order matters.
                     let state = self.pop()?;
-                    let Some(Value::Dtype { little_endian, .. }) = self.stack.last_mut() else { return self.err("BUILD on something other than a numpy dtype") };
+                    let Some(Value::Dtype { little_endian, .. }) = self.stack.last_mut() else {
+                        return self.err("BUILD on something other than a numpy dtype");
+                    };
                     if let Value::Tuple(t) = state {
                         if let Some(Value::Str(order)) = t.get(1) {
                             *little_endian = order != ">";
@@ -376,7 +426,10 @@ mod tests {
 
     #[test]
     fn reads_paddleclas_id_map_with_numpy_keys() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/reference/paddleclas_index/id_map.pkl");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/reference/paddleclas_index/id_map.pkl"
+        );
         let map = read_id_map(&std::fs::read(path).unwrap()).unwrap();
         assert_eq!(map.len(), 25);
         assert_eq!(map[&0], "Blender_Suzanne1.jpg\tBlender_Suzanne1");
@@ -385,13 +438,17 @@ mod tests {
     #[test]
     fn reads_plain_protocol_2_and_0_dicts() {
         // pickle.dumps({0: 'a.jpg\ta b', 300: 'x'}, protocol=2)
-        let p2 = b"\x80\x02}q\x00(K\x00X\x09\x00\x00\x00a.jpg\ta bq\x01M,\x01X\x01\x00\x00\x00xq\x02u.";
+        let p2 =
+            b"\x80\x02}q\x00(K\x00X\x09\x00\x00\x00a.jpg\ta bq\x01M,\x01X\x01\x00\x00\x00xq\x02u.";
         let m = read_id_map(p2).unwrap();
         assert_eq!((m[&0].as_str(), m[&300].as_str()), ("a.jpg\ta b", "x"));
         // pickle.dumps({7: 'y'}, protocol=0)
         let p0 = b"(dp0\nI7\nVy\np1\ns.";
         // protocol 0's UNICODE opcode 'V' is not needed by PaddleClas and is refused clearly.
-        assert!(read_id_map(p0).unwrap_err().0.contains("unsupported pickle opcode 0x56"));
+        assert!(read_id_map(p0)
+            .unwrap_err()
+            .0
+            .contains("unsupported pickle opcode 0x56"));
     }
 
     #[test]
@@ -401,12 +458,16 @@ mod tests {
         let e = read_id_map(evil).unwrap_err().0;
         assert!(e.contains("refusing to load posix.system"), "{e}");
         // {'a': 'b'}
-        let e = read_id_map(b"\x80\x02}q\x00X\x01\x00\x00\x00aX\x01\x00\x00\x00bs.").unwrap_err().0;
+        let e = read_id_map(b"\x80\x02}q\x00X\x01\x00\x00\x00aX\x01\x00\x00\x00bs.")
+            .unwrap_err()
+            .0;
         assert!(e.contains("maps str to str"), "{e}");
         // [1, 2]
         let e = read_id_map(b"\x80\x02]q\x00(K\x01K\x02e.").unwrap_err().0;
         assert!(e.contains("unsupported pickle opcode 0x5d"), "{e}");
-        let e = read_id_map(b"\x80\x02}q\x00(K\x00X\x09\x00\x00\x00a.j").unwrap_err().0;
+        let e = read_id_map(b"\x80\x02}q\x00(K\x00X\x09\x00\x00\x00a.j")
+            .unwrap_err()
+            .0;
         assert!(e.contains("truncated"), "{e}");
         let e = read_id_map(b"\x80\x02K\x05.").unwrap_err().0;
         assert!(e.contains("found a int"), "{e}");

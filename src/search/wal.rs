@@ -59,7 +59,11 @@ pub struct TornTail {
 
 impl std::fmt::Display for TornTail {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} bytes at offset {} ({}): a write that was never acknowledged", self.bytes, self.offset, self.reason)
+        write!(
+            f,
+            "{} bytes at offset {} ({}): a write that was never acknowledged",
+            self.bytes, self.offset, self.reason
+        )
     }
 }
 
@@ -79,11 +83,18 @@ pub fn read(path: &Path) -> Result<(Vec<Record>, u64, Option<TornTail>)> {
         if pos == data.len() {
             break None;
         }
-        let bad = |reason: &str| Some(TornTail { offset: pos as u64, bytes: (data.len() - pos) as u64, reason: reason.into() });
+        let bad = |reason: &str| {
+            Some(TornTail {
+                offset: pos as u64,
+                bytes: (data.len() - pos) as u64,
+                reason: reason.into(),
+            })
+        };
         if data.len() - pos < 8 {
             break bad("incomplete frame header");
         }
-        let len = u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]) as usize;
+        let len =
+            u32::from_le_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]) as usize;
         let crc = u32::from_le_bytes([data[pos + 4], data[pos + 5], data[pos + 6], data[pos + 7]]);
         if len > data.len() - pos - 8 {
             break bad("frame runs past the end of the file");
@@ -110,34 +121,52 @@ pub struct Wal {
 impl Wal {
     /// Opens the log for appending after its last good record, cutting off a torn tail.
     pub fn open(path: &Path, good_len: u64) -> Result<Wal> {
-        let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path).map_err(|e| Error::io(path, e))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
         // Two writers appending would interleave frames; the lock goes with the process.
         use std::os::fd::AsRawFd;
         // SAFETY: flock on a descriptor this function owns.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(Error::gallery(path, "another process is changing this gallery; try again when it has finished"));
+            return Err(Error::gallery(
+                path,
+                "another process is changing this gallery; try again when it has finished",
+            ));
         }
         file.set_len(good_len).map_err(|e| Error::io(path, e))?;
-        file.seek(SeekFrom::Start(good_len)).map_err(|e| Error::io(path, e))?;
+        file.seek(SeekFrom::Start(good_len))
+            .map_err(|e| Error::io(path, e))?;
         file.sync_all().map_err(|e| Error::io(path, e))?;
-        Ok(Wal { file, path: path.to_path_buf() })
+        Ok(Wal {
+            file,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Appends a record and makes it durable.
     pub fn append(&mut self, record: &Record) -> Result<()> {
-        let payload = serde_json::to_vec(record).map_err(|e| Error::gallery(&self.path, e.to_string()))?;
+        let payload =
+            serde_json::to_vec(record).map_err(|e| Error::gallery(&self.path, e.to_string()))?;
         let mut frame = Vec::with_capacity(payload.len() + 8);
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         frame.extend_from_slice(&payload);
-        self.file.write_all(&frame).map_err(|e| Error::io(&self.path, e))?;
+        self.file
+            .write_all(&frame)
+            .map_err(|e| Error::io(&self.path, e))?;
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
     }
 
     /// Empties the log (after its records went into a snapshot).
     pub fn reset(&mut self) -> Result<()> {
         self.file.set_len(0).map_err(|e| Error::io(&self.path, e))?;
-        self.file.seek(SeekFrom::Start(0)).map_err(|e| Error::io(&self.path, e))?;
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io(&self.path, e))?;
         self.file.sync_all().map_err(|e| Error::io(&self.path, e))
     }
 }
@@ -147,7 +176,17 @@ mod tests {
     use super::*;
 
     fn add(seq: u64) -> Record {
-        Record::Add { seq, item: GalleryItem { id: seq as i64, label: "a b".into(), source: "x.jpg".into(), sha256: None, added_unix: Some(1) }, vector: vec![0.5, -0.25] }
+        Record::Add {
+            seq,
+            item: GalleryItem {
+                id: seq as i64,
+                label: "a b".into(),
+                source: "x.jpg".into(),
+                sha256: None,
+                added_unix: Some(1),
+            },
+            vector: vec![0.5, -0.25],
+        }
     }
 
     #[test]

@@ -26,7 +26,12 @@ pub fn install_into(dest: &Path) {
         .env("SHITUD", env!("CARGO_BIN_EXE_shitud"))
         .output()
         .expect("bash runs");
-    assert!(out.status.success(), "install.sh failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "install.sh failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A file under tests/data.
@@ -59,7 +64,8 @@ pub fn build_gallery(s: &mut Settings, out: &Path, method: Method) {
 
 /// The reference outputs of PaddleClas's pipeline.
 pub fn reference() -> serde_json::Value {
-    let text = std::fs::read_to_string(data("reference/paddleclas_scenes.json")).expect("reference json");
+    let text =
+        std::fs::read_to_string(data("reference/paddleclas_scenes.json")).expect("reference json");
     serde_json::from_str(&text).expect("reference parses")
 }
 
@@ -82,5 +88,9 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 /// A JSON array of numbers as f32s.
 pub fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number") as f32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
 }

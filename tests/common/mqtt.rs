@@ -23,7 +23,10 @@ pub struct Broker {
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 fn wait_for_port(port: u16, up: bool) {
@@ -34,7 +37,10 @@ fn wait_for_port(port: u16, up: bool) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("port {port} did not become {}", if up { "reachable" } else { "free" });
+    panic!(
+        "port {port} did not become {}",
+        if up { "reachable" } else { "free" }
+    );
 }
 
 impl Broker {
@@ -49,12 +55,20 @@ impl Broker {
     /// Writes the config (in `dir`, created if needed) and picks the port, without starting the broker.
     pub fn prepare(dir: &Path) -> Broker {
         std::fs::create_dir_all(dir).unwrap();
-        let b = Broker { port: free_port(), dir: dir.to_path_buf(), child: None };
+        let b = Broker {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            child: None,
+        };
         let conf = dir.join("mosquitto.conf");
         // Started as root, mosquitto drops to user `mosquitto`, which cannot
         // write the persistence file in our temp dir: sessions would not survive a restart.
         // SAFETY: geteuid has no preconditions.
-        let user = if unsafe { libc::geteuid() } == 0 { "user root\n" } else { "" };
+        let user = if unsafe { libc::geteuid() } == 0 {
+            "user root\n"
+        } else {
+            ""
+        };
         std::fs::write(
             &conf,
             format!(
@@ -71,20 +85,28 @@ impl Broker {
     /// Appends lines to the broker's config (extra listeners, TLS).
     pub fn add_config(&self, text: &str) {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(self.dir.join("mosquitto.conf")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("mosquitto.conf"))
+            .unwrap();
         f.write_all(text.as_bytes()).unwrap();
     }
 
     /// Starts (or starts again) the broker process.
     pub fn spawn(&mut self) {
-        let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("mosquitto");
+        let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("mosquitto");
         let child = Command::new(exe)
             .arg("-c")
             .arg(self.dir.join("mosquitto.conf"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("mosquitto must be installed (apt-get install mosquitto; scripts/setup.sh does it)");
+            .expect(
+                "mosquitto must be installed (apt-get install mosquitto; scripts/setup.sh does it)",
+            );
         self.child = Some(child);
         wait_for_port(self.port, true);
     }
@@ -150,7 +172,11 @@ impl Daemon {
 
     /// Starts it with extra environment variables.
     pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_shitud"))
             .args(["run", "--config"])
             .arg(config)
@@ -165,7 +191,10 @@ impl Daemon {
             .stderr(out)
             .spawn()
             .expect("shitud starts");
-        Daemon { child, log: log.to_path_buf() }
+        Daemon {
+            child,
+            log: log.to_path_buf(),
+        }
     }
 
     /// SIGTERM, then the exit code.
@@ -176,7 +205,10 @@ impl Daemon {
             if let Ok(Some(st)) = self.child.try_wait() {
                 return st.code();
             }
-            assert!(Instant::now() < deadline, "shitud did not stop within 60 s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "shitud did not stop within 60 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -246,10 +278,19 @@ impl Controller {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let json = serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null);
+                        let json =
+                            serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null);
                         let topic = String::from_utf8_lossy(&p.topic).to_string();
                         let correlation = p.properties.and_then(|x| x.correlation_data);
-                        if tx.send(Received { topic, json, correlation, retain: p.retain }).is_err() {
+                        if tx
+                            .send(Received {
+                                topic,
+                                json,
+                                correlation,
+                                retain: p.retain,
+                            })
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -259,27 +300,49 @@ impl Controller {
             }
         });
         let reply_topic = format!("test/replies/{name}");
-        client.subscribe(reply_topic.clone(), QoS::AtLeastOnce).await.unwrap();
+        client
+            .subscribe(reply_topic.clone(), QoS::AtLeastOnce)
+            .await
+            .unwrap();
         for f in extra {
-            client.subscribe(f.to_string(), QoS::AtLeastOnce).await.unwrap();
+            client
+                .subscribe(f.to_string(), QoS::AtLeastOnce)
+                .await
+                .unwrap();
         }
-        Controller { client, rx, reply_topic }
+        Controller {
+            client,
+            rx,
+            reply_topic,
+        }
     }
 
     /// Publishes `payload` to `topic` with this controller's response topic.
-    pub async fn request(&self, topic: &str, payload: Vec<u8>, correlation: &str, user: Vec<(String, String)>) {
+    pub async fn request(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        correlation: &str,
+        user: Vec<(String, String)>,
+    ) {
         let props = PublishProperties {
             response_topic: Some(self.reply_topic.clone()),
             correlation_data: Some(Bytes::from(correlation.to_string())),
             user_properties: user,
             ..Default::default()
         };
-        self.client.publish_with_properties(topic, QoS::AtLeastOnce, false, payload, props).await.unwrap();
+        self.client
+            .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, props)
+            .await
+            .unwrap();
     }
 
     /// Next message, or `None` after `wait`.
     pub async fn next(&mut self, wait: Duration) -> Option<Received> {
-        tokio::time::timeout(wait, self.rx.recv()).await.ok().flatten()
+        tokio::time::timeout(wait, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The next message on this controller's reply topic, or `None` at
@@ -297,7 +360,12 @@ impl Controller {
     }
 
     /// Waits for a message on `topic` whose JSON satisfies `pred`.
-    pub async fn wait_for(&mut self, topic: &str, wait: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> Option<Received> {
+    pub async fn wait_for(
+        &mut self,
+        topic: &str,
+        wait: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<Received> {
         let deadline = Instant::now() + wait;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.next(left).await {
@@ -336,16 +404,27 @@ pub fn scenes_with_expected(gallery: &Path) -> Vec<(Vec<u8>, Expected)> {
     let mut s = super::settings("det_prenms.onnx");
     s.search.index = gallery.to_path_buf();
     let mut p = shitu_edge::Pipeline::open(&s).expect("pipeline");
-    ["scene_00000.jpg", "scene_00001.jpg", "scene_00002.jpg", "scene_00003.jpg"]
-        .iter()
-        .map(|n| {
-            let path = super::data("images/scenes").join(n);
-            let bytes = std::fs::read(&path).unwrap();
-            let frame = shitu_edge::input::decode(*n, &bytes, &s.input).unwrap();
-            let r = p.recognize(&[frame]).unwrap().remove(0);
-            (bytes, r.results.iter().map(|x| (x.rec_docs.clone(), x.bbox, x.rec_scores)).collect())
-        })
-        .collect()
+    [
+        "scene_00000.jpg",
+        "scene_00001.jpg",
+        "scene_00002.jpg",
+        "scene_00003.jpg",
+    ]
+    .iter()
+    .map(|n| {
+        let path = super::data("images/scenes").join(n);
+        let bytes = std::fs::read(&path).unwrap();
+        let frame = shitu_edge::input::decode(*n, &bytes, &s.input).unwrap();
+        let r = p.recognize(&[frame]).unwrap().remove(0);
+        (
+            bytes,
+            r.results
+                .iter()
+                .map(|x| (x.rec_docs.clone(), x.bbox, x.rec_scores))
+                .collect(),
+        )
+    })
+    .collect()
 }
 
 /// Checks a recognise answer against what the in-process pipeline gave.
@@ -355,16 +434,35 @@ pub fn check_answer(a: &serde_json::Value, expected: &[(String, [i32; 4], f32)])
     assert_eq!(got.len(), expected.len(), "{a}");
     for (g, (label, bbox, score)) in got.iter().zip(expected) {
         assert_eq!(g["rec_docs"], label.as_str(), "{a}");
-        let b: Vec<i64> = g["bbox"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let b: Vec<i64> = g["bbox"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
         assert_eq!(b, bbox.map(i64::from).to_vec(), "{a}");
         // Batch composition changes the order of float sums inside the runtime, slightly.
-        assert!((g["rec_scores"].as_f64().unwrap() - *score as f64).abs() < 2e-3, "{a}");
+        assert!(
+            (g["rec_scores"].as_f64().unwrap() - *score as f64).abs() < 2e-3,
+            "{a}"
+        );
         assert_eq!(g["top_k"][0]["label"], label.as_str(), "{a}");
     }
-    for key in ["queue", "det_infer", "rec_infer", "search", "total", "batch"] {
+    for key in [
+        "queue",
+        "det_infer",
+        "rec_infer",
+        "search",
+        "total",
+        "batch",
+    ] {
         assert!(a["timings_ms"][key].is_number(), "{key} missing in {a}");
     }
-    assert_eq!(a["versions"]["recognizer"].as_str().map(str::len), Some(16), "{a}");
+    assert_eq!(
+        a["versions"]["recognizer"].as_str().map(str::len),
+        Some(16),
+        "{a}"
+    );
     assert_eq!(a["versions"]["provider"], "cpu", "{a}");
 }
 
