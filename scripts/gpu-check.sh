@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks, from binaries built on another machine.
 #
-#   scripts/gpu-check.sh --pack DIR [--cuda 12|13]   # build machine: build the GPU test binaries into DIR, and DIR.tar.gz
+#   scripts/gpu-check.sh --pack DIR [--cuda 13|12]   # build machine: build the test binary (its gpu:: tests run there) into DIR, and DIR.tar.gz
 #   scripts/gpu-check.sh DIR.tar.gz                  # GPU machine (no Rust needed): run them (DIR works too)
 #
 # Carry DIR.tar.gz: about 24 MB, where DIR is about 65 MB (OpenBLAS alone is
@@ -13,18 +13,18 @@ set -euo pipefail
 
 if [[ "${1:-}" == "--pack" ]]; then
   out=${2:?usage: gpu-check.sh --pack DIR [--cuda 12|13]}
-  cuda=12
+  cuda=13 # the GPU test machine's CUDA
   [[ "${3:-}" == "--cuda" ]] && cuda=${4:?--cuda 12 or 13}
   cd "$(dirname "$0")/.."
   mkdir -p "$out"
   features=(--no-default-features --features "cuda-$cuda")
   echo "building GPU test binaries (CUDA $cuda) into $out" >&2
-  cargo test --release --locked "${features[@]}" --test gpu --no-run --message-format=json \
+  cargo test --release --locked "${features[@]}" --test it --no-run --message-format=json \
     | python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "it":
         shutil.copy(m["executable"], sys.argv[1] + "/gpu")
 ' "$out"
   test -x "$out/gpu"
@@ -32,7 +32,7 @@ for line in sys.stdin:
   # The preprocessing kernels are checked against OpenCV's levels, computed
   # here: the GPU machine has no OpenCV.
   SHITU_GPU_REFERENCE="$out/preprocess-reference.bin" \
-    cargo test --release --locked "${features[@]}" --test preprocess_kernels -- --ignored --exact write_gpu_reference
+    cargo test --release --locked "${features[@]}" --test it -- --ignored --exact preprocess_kernels::write_gpu_reference
   # The GPU machine (a bare Ubuntu) lacks BLAS/LAPACK (faiss links them) and
   # OpenCV's core (the library links it): carry every shared library the
   # binary needs except glibc's and the C++ runtime, which it has, newer.
@@ -65,7 +65,7 @@ for t in "$dir"/gpu; do
   name=$(basename "$t")
   echo "== $name"
   log=$(mktemp)
-  if ! "$t" --nocapture --test-threads 1 2>&1 | tee "$log"; then
+  if ! "$t" gpu:: --nocapture --test-threads 1 2>&1 | tee "$log"; then
     echo "gpu-check: $name FAILED" >&2
     status=1
   elif grep -q "skipped: no CUDA device" "$log"; then
@@ -76,9 +76,9 @@ for t in "$dir"/gpu; do
 done
 if [[ $status == 0 ]]; then
   echo "== GPU preprocessing benchmark (vs device copy bandwidth and OpenCV on this machine's CPU)"
-  "$dir/gpu" --ignored --exact gpu_preprocess_benchmark --nocapture --test-threads 1 || status=1
+  "$dir/gpu" --ignored --exact gpu::gpu_preprocess_benchmark --nocapture --test-threads 1 || status=1
   echo "== GPU search benchmark (CUDA flat vs faiss Flat on this machine's CPU)"
-  "$dir/gpu" --ignored --exact gpu_search_benchmark --nocapture --test-threads 1 || status=1
+  "$dir/gpu" --ignored --exact gpu::gpu_search_benchmark --nocapture --test-threads 1 || status=1
 fi
 if [[ $status == 0 ]]; then echo "gpu-check: all GPU checks passed"; fi
 exit $status

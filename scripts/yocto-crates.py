@@ -34,7 +34,7 @@ def render() -> str:
     crates.sort()
     out = [
         "# Generated from Cargo.lock by scripts/yocto-crates.py; do not edit.",
-        "# tests/yocto_layer.rs fails when it no longer matches Cargo.lock.",
+        "# tests/it/yocto_layer.rs fails when it no longer matches Cargo.lock.",
         "",
         'SRC_URI += "\\',
     ]

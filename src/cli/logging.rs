@@ -2,6 +2,7 @@
 //! stdout format, all on stderr.
 
 use std::fmt;
+use std::io::IsTerminal;
 
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -48,6 +49,13 @@ pub fn resolve(format: LogFormat) -> LogFormat {
     }
 }
 
+/// Colour codes only where a person reads them: stderr is a terminal and
+/// `NO_COLOR` (no-color.org) is not set. Log files, pipes and `journalctl`
+/// get plain text.
+fn colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides the level.
 pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
     let default = match (quiet, verbose) {
@@ -65,6 +73,6 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
     let _ = match resolve(format) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Journal => builder.with_ansi(false).event_format(Journal).try_init(),
-        LogFormat::Text | LogFormat::Auto => builder.try_init(),
+        LogFormat::Text | LogFormat::Auto => builder.with_ansi(colour()).try_init(),
     };
 }

@@ -723,6 +723,17 @@ impl Settings {
     /// run a benchmark need no gallery yet.
     pub fn missing_files(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
+        if !self.search.index.is_dir() {
+            // The one file a fresh checkout lacks: say how to make it.
+            out.push((
+                "search.index",
+                format!(
+                    "{}: no such directory; a gallery is made by `shitud gallery build` \
+                     (scripts/demo.sh builds the demo one, engines/demo/gallery)",
+                    self.search.index.display()
+                ),
+            ));
+        }
         let mut must = |path: Option<&Path>, key: &'static str, dir: bool| {
             if let Some(p) = path {
                 let ok = if dir { p.is_dir() } else { p.is_file() };
@@ -740,7 +751,6 @@ impl Settings {
         };
         must(Some(&self.detector.model), "detector.model", false);
         must(Some(&self.embedder.model), "embedder.model", false);
-        must(Some(&self.search.index), "search.index", true);
         must(
             self.engine.ort_library.as_deref(),
             "engine.ort_library",

@@ -374,8 +374,22 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Pinging starts now: loading (a first TensorRT engine build) is bounded by TimeoutStartSec instead.
     let watchdog = tokio::spawn(service::watchdog(service.clone(), health.clone()));
     service.status("loading models and gallery");
-    tracing::info!(gallery = %settings.search.index.display(), "loading models and gallery");
     let startup = updater::Updater::start(&settings)?;
+    // Name what will serve: with OTA on, the current version's files, not the config's.
+    match &startup {
+        Some(updater::Startup {
+            settings: s,
+            version: Some(v),
+            ..
+        }) => tracing::info!(
+            gallery = %s.search.index.display(),
+            version = %v,
+            "loading models and gallery"
+        ),
+        _ => {
+            tracing::info!(gallery = %settings.search.index.display(), "loading models and gallery")
+        }
+    }
     let (pipeline, bundle) = match &startup {
         Some(s) => open_version(&s.updater, &s.settings, s.version.clone())?,
         None => (

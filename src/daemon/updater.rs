@@ -403,7 +403,8 @@ impl Shared {
 
 /// Watches `dir` for `*.tar` bundles: a file whose size held still for one
 /// poll is moved into the store's staging folder and applied. A refused
-/// bundle leaves `<name>.rejected` beside where it was, with the reason.
+/// bundle leaves `<file>.rejected` beside where it was (`v7.tar` →
+/// `v7.tar.rejected`), with the reason.
 pub fn watch_folder(shared: Arc<Shared>, dir: PathBuf) {
     let Some(u) = shared.updater.clone() else {
         return;

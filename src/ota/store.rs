@@ -8,7 +8,8 @@
 //!   current  -> versions/<version>   the version that serves
 //!   previous -> versions/<version>   where a rollback goes
 //!   trial.json            the switch being tried (see below)
-//!   staging/              downloads (*.part) and unpacking (*.partial/)
+//!   staging/              downloads (*.part), unpacking (*.partial/), and
+//!                         <version>.unconfirmed: committed, never switched to
 //!   lock                  flock: one update at a time
 //! ```
 //!
@@ -22,6 +23,11 @@
 //! `ota.trial_s`, a start that finds `trial.json` without `clean_stop`
 //! means the new version died (crash, kill, power loss, watchdog): the start
 //! goes back to the previous version. See [`Store::recover`].
+//!
+//! A committed version is marked `staging/<version>.unconfirmed` until it is
+//! switched to. A start that finds the mark on a version that is neither
+//! current nor previous removes that version: the update was stopped while
+//! building or checking it, and it never served.
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -214,9 +220,16 @@ impl Store {
             }
             fs::remove_dir_all(&dest).map_err(|e| Error::io(&dest, e))?;
         }
+        // The mark goes first, so no committed version is ever without it
+        // before its switch.
+        write_synced(&self.unconfirmed_mark(v), b"")?;
         fs::rename(partial, &dest).map_err(|e| Error::io(&dest, e))?;
         sync_dir(&self.root.join("versions"));
         Ok(dest)
+    }
+
+    fn unconfirmed_mark(&self, v: &str) -> PathBuf {
+        self.staging().join(format!("{v}.unconfirmed"))
     }
 
     /// Makes `v` current (the second rename), remembering the old current as
@@ -238,7 +251,9 @@ impl Store {
         if !old.is_empty() && old != v {
             self.set_link("previous", &old)?;
         }
-        self.set_link("current", v)
+        self.set_link("current", v)?;
+        let _ = fs::remove_file(self.unconfirmed_mark(v));
+        Ok(())
     }
 
     /// Makes `previous` current again (no trial: it served before). Returns it.
@@ -275,6 +290,16 @@ impl Store {
             let name = e.file_name().to_string_lossy().into_owned();
             if p.extension().is_some_and(|x| x == "partial") {
                 let _ = fs::remove_dir_all(&p);
+            } else if let Some(v) = name.strip_suffix(".unconfirmed") {
+                let kept = [self.current(), self.previous()];
+                if !kept.iter().any(|k| k.as_deref() == Some(v)) && !v.is_empty() {
+                    let dir = self.version_dir(v);
+                    if dir.exists() {
+                        tracing::warn!(version = v, "version {v} was being built or checked when shitud stopped; it never served and is removed");
+                        let _ = fs::remove_dir_all(&dir);
+                    }
+                }
+                let _ = fs::remove_file(&p);
             } else if name.starts_with("dropped-") {
                 // A dropped bundle being applied when the daemon died: not tried
                 // again at every start (it may be what killed the daemon).
@@ -518,5 +543,34 @@ mod tests {
             !store.staging().join("y.partial").exists(),
             "unfinished unpacks are cleared"
         );
+    }
+
+    #[test]
+    fn a_version_never_switched_to_is_removed_at_the_next_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        version(&store, "a", 1);
+        store.switch("a").unwrap();
+        store.clear_trial();
+        version(&store, "b", 2);
+        store.switch("b").unwrap();
+        store.clear_trial();
+        // c is committed, then the update stops while building or checking it.
+        version(&store, "c", 3);
+        assert_eq!(store.recover().unwrap(), Recovery::Clean);
+        let left: Vec<_> = store.versions().into_iter().map(|i| i.version).collect();
+        assert_eq!(
+            left,
+            ["a", "b"],
+            "c never served, so it goes; a and b served"
+        );
+        assert_eq!(
+            fs::read_dir(store.staging()).unwrap().count(),
+            0,
+            "the marks are cleared"
+        );
+        // A switched-to version keeps its folder through any number of starts.
+        assert_eq!(store.recover().unwrap(), Recovery::Clean);
+        assert_eq!(store.versions().len(), 2);
     }
 }

@@ -11,9 +11,9 @@
 //! yet (issue 5), so today callers copy them back with [`GpuPreprocess::to_host`].
 //!
 //! Status: the arithmetic is checked against the OpenCV path on the CPU by
-//! compiling the same kernel source for the host (tests/preprocess_kernels.rs);
+//! compiling the same kernel source for the host (tests/it/preprocess_kernels.rs);
 //! the launches themselves are checked only where a GPU is present
-//! (tests/gpu.rs, run by scripts/gpu-check.sh, which also times them).
+//! (tests/it/gpu.rs, run by scripts/gpu-check.sh, which also times them).
 
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 // Preprocessing on the GPU, one thread per output pixel (all three channels).
 // Compiled at run time by NVRTC (src/preprocess/cuda.rs), and on the CPU by
-// tests/preprocess_kernels.rs through a small shim, so that the arithmetic
+// tests/it/preprocess_kernels.rs through a small shim, so that the arithmetic
 // is checked against OpenCV on boxes without a GPU too.
 //
 // Both kernels follow OpenCV's resize: the source coordinate of output pixel

@@ -3,7 +3,7 @@
 # overlay of this machine's root, with an installed shitu-edge layout on top,
 # so that the unit runs exactly as on a box: sysusers and tmpfiles at boot,
 # then shitu-edge.service with its whole sandbox. Used by
-# tests/systemd_boot.rs; handy by hand to try a unit change:
+# tests/it/systemd_boot.rs; handy by hand to try a unit change:
 #
 #   DESTDIR=/tmp/s/dest bash scripts/install.sh
 #   bash tests/systemd/boot.sh /tmp/s &          # root only

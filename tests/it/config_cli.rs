@@ -2,7 +2,7 @@
 //! shipped file passes, layers apply in order (file < conf.d < environment),
 //! every problem is named with its file and line or variable, secrets are masked.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -53,6 +53,11 @@ fn the_shipped_config_checks_clean() {
             "env SHITU__SEARCH__INDEX: search.index: /nonexistent/gallery: no such directory"
         ),
         "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("`shitud gallery build` (scripts/demo.sh builds the demo one"),
+        "a missing gallery says how to make one: {}",
         text(&o)
     );
 }
@@ -200,5 +205,10 @@ fn log_formats() {
         err.lines()
             .any(|l| l.contains("INFO") && l.contains("loading models and gallery")),
         "{err}"
+    );
+    // stderr is a pipe here, as it is for a log file: no colour codes in it.
+    assert!(
+        !err.contains("\u{1b}["),
+        "colour codes in text logs to a pipe:\n{err:?}"
     );
 }

@@ -4,13 +4,11 @@
 //! lists and prunes a real cache folder. On a GPU box with a GPU build of
 //! ONNX Runtime, the no-provider checks print why they were skipped.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use ort::ep::ExecutionProvider as _;
 use shitu_edge::config::Provider;
 use shitu_edge::engine::engine_cache::{BatchProfile, CacheKey, EngineCache};

@@ -5,8 +5,6 @@
 //! - each bad bundle is refused with a clear status while the old version serves;
 //! - a kill -9 at every step leaves exactly one complete version current, serving.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -14,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::mqtt::*;
-use common::*;
+use crate::common::mqtt::*;
+use crate::common::*;
 use shitu_edge::ota::bundle::{self, PackSpec};
 use shitu_edge::ota::keys;
 use shitu_edge::search::Method;
@@ -490,6 +488,16 @@ async fn an_update_under_load_swaps_without_a_failed_or_lost_request() {
     // The stop was clean: v2 stays current, and serves after the restart.
     let daemon = rig.start(&[]);
     online(&mut ctl, &daemon).await;
+    let log = daemon.log_text();
+    // The log file holds every start of this test; the last one is this start's.
+    let loading = log
+        .lines()
+        .rfind(|l| l.contains("loading models and gallery"))
+        .unwrap_or_else(|| panic!("no loading line:\n{log}"));
+    assert!(
+        loading.contains("versions/v2/") && loading.contains("version=v2"),
+        "the loading line names the gallery that serves (v2's), not the config's: {loading}"
+    );
     assert_eq!(
         recognise(&mut ctl, "after-restart", &daemon)
             .await
@@ -699,6 +707,14 @@ async fn a_kill_9_at_every_step_leaves_one_serving_version() {
             !inbox.join("v2.tar").exists(),
             "{step}: the bundle left the inbox"
         );
+        // Before the switch v2 never served: nothing of it stays in versions/.
+        if step != "reloading" {
+            assert!(
+                !rig.dir().join("ota/versions/v2").exists(),
+                "{step}: a version that never served is removed at the next start\n{}",
+                daemon.log_text()
+            );
+        }
         eprintln!("kill -9 at {step}: restarted on v1 and serving");
         assert_eq!(daemon.stop(), Some(0));
     }

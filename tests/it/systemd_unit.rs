@@ -4,7 +4,7 @@
 //! (exposure at most 2.0), `systemd-sysusers` and `systemd-tmpfiles` applied
 //! to that root.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

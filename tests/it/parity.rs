@@ -6,9 +6,7 @@
 //! ~0.3 px. An image whose answer sits on a threshold may then legitimately
 //! differ; such images are listed, not failed. Everything else must match.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use shitu_edge::detect::nms::iou as det_iou;
 use shitu_edge::geometry::{BBox, CropBox};
 use shitu_edge::input;

@@ -1,12 +1,10 @@
 //! Bad input gets a clear error that names it; the rest still goes through.
 //! These drive the real `shitud` binary, models and faiss.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 
 fn shitud(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shitud"))
@@ -60,17 +58,7 @@ fn broken_images_are_named_and_the_others_still_go_through() {
     let garbage = tmp.path().join("notes.jpg");
     std::fs::write(&garbage, "this is not an image").unwrap();
     let tiny = tmp.path().join("tiny.png");
-    // A valid 1x1 PNG.
-    std::fs::write(
-        &tiny,
-        [
-            0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 0x0D, 0x49, 0x48, 0x44, 0x52,
-            0, 0, 0, 1, 0, 0, 0, 1, 8, 2, 0, 0, 0, 0x90, 0x77, 0x53, 0xDE, 0, 0, 0, 0x0C, 0x49,
-            0x44, 0x41, 0x54, 0x08, 0xD7, 0x63, 0xF8, 0xCF, 0xC0, 0, 0, 0x03, 0x01, 0x01, 0, 0x18,
-            0xDD, 0x8D, 0xB0, 0, 0, 0, 0, 0x49, 0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
-        ],
-    )
-    .unwrap();
+    std::fs::write(&tiny, PNG_1X1).unwrap();
     let missing = tmp.path().join("missing.jpg");
     let other = data("images/scenes/scene_00002.jpg");
     let paths = [&good, &truncated, &garbage, &tiny, &missing, &other];

@@ -4,14 +4,12 @@
 //! After each kill the gallery must open, and every item the child
 //! acknowledged must be there with its label.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use shitu_edge::search::{Gallery, Method};
 
 #[test]

@@ -2,14 +2,14 @@
 //! `NOTIFY_SOCKET` this test listens on, as systemd would set it for a
 //! `Type=notify` unit with `WatchdogSec=`.
 
-mod common;
+use crate::common;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::mqtt::*;
-use common::*;
+use crate::common::mqtt::*;
+use crate::common::*;
 use shitu_edge::search::Method;
 
 /// The service manager's end of the notify socket.

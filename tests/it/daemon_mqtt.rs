@@ -2,14 +2,12 @@
 //! pipeline, nothing is lost or answered twice across broker and daemon
 //! restarts, and bad requests get error answers while service goes on.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::mqtt::*;
-use common::*;
+use crate::common::mqtt::*;
+use crate::common::*;
 
 const REQ: &str = "shitu/test/recognize";
 const STATUS: &str = "shitu/test/status";
@@ -232,6 +230,8 @@ async fn bad_requests_get_error_answers_and_a_flood_gets_busy() {
             "decode_failed",
         ),
         ("too-large", vec![b'x'; 400_000], vec![], "too_large"),
+        ("empty", vec![], vec![], "bad_request"),
+        ("tiny", PNG_1X1.to_vec(), vec![], "decode_failed"),
         (
             "outside",
             br#"{"request_id":"p1","path":"/etc/hostname"}"#.to_vec(),
@@ -321,6 +321,37 @@ async fn bad_requests_get_error_answers_and_a_flood_gets_busy() {
         "{}",
         daemon.log_text()
     );
+
+    // A response topic with a wildcard cannot be published to: the answer goes to P/result.
+    ctl.client
+        .subscribe(
+            "shitu/test/result",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
+        response_topic: Some("replies/+/me".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"wild")),
+        ..Default::default()
+    };
+    ctl.client
+        .publish_with_properties(
+            REQ,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            json_request("wild1", &jpeg),
+            props,
+        )
+        .await
+        .unwrap();
+    let a = ctl
+        .wait_for("shitu/test/result", Duration::from_secs(60), |j| {
+            j["request_id"] == "wild1"
+        })
+        .await
+        .unwrap_or_else(|| panic!("no answer on P/result\n{}", daemon.log_text()));
+    assert_eq!(a.json["ok"], true, "{}", a.json);
 
     // Gallery commands, acknowledged on the response topic.
     let photo = std::fs::read(

@@ -1,12 +1,10 @@
 //! `shitud recognize` and `gallery build` as a user runs them: output format,
 //! annotated images, config file versus flags, whole-image policy.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 use shitu_edge::config::WholeImage;
 use shitu_edge::input;
 use shitu_edge::search::Method;

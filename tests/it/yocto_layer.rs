@@ -2,7 +2,7 @@
 //! list is exactly Cargo.lock's crates.io packages, with their checksums, and
 //! the recipe installs the same files as `scripts/install.sh`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

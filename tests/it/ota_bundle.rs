@@ -3,13 +3,11 @@
 //! is wrong: unsigned, untrusted key, manifest changed after signing,
 //! tampered file, wrong target, path traversal, link entry, truncated.
 
-mod common;
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 use shitu_edge::ota::{bundle, keys};
 use shitu_edge::search::Method;
 

@@ -2,11 +2,9 @@
 //! gives the same answers as a gallery shitu-edge builds itself; broken
 //! inputs are refused and leave nothing behind.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use shitu_edge::input;
 use shitu_edge::search::paddleclas_import::{import, ModelStamp};
 use shitu_edge::search::{FaissIndex, Method};
@@ -51,7 +49,7 @@ fn imported_paddleclas_index_answers_like_our_own_build() {
         assert_eq!(a.crops, b.crops);
         for (ma, mb) in a.matches.iter().zip(&b.matches) {
             assert_eq!(ma.label, mb.label, "{name}: crop {:?}", ma.crop);
-            // Gallery features from Paddle versus ONNX Runtime: cosine >= 0.9999 (tests/parity.rs).
+            // Gallery features from Paddle versus ONNX Runtime: cosine >= 0.9999 (tests/it/parity.rs).
             assert!(
                 (ma.score - mb.score).abs() < 5e-3,
                 "{name}: {} vs {}",

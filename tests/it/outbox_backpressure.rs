@@ -5,13 +5,11 @@
 //! in-flight window for the daemon stayed full: a flood of `busy` answers
 //! stalled the daemon for good.)
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::mqtt::*;
 use bytes::Bytes;
-use common::mqtt::*;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::MqttOptions;
 use shitu_edge::daemon::mqtt::{self, Event, Options};

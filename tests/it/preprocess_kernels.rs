@@ -1,7 +1,7 @@
 //! The GPU preprocessing kernels' arithmetic against the OpenCV path, on
 //! any box: the kernel source (src/preprocess/kernels.cu) is compiled for
 //! the host with a shim that runs every thread of the grid in turn. On a
-//! GPU, tests/gpu_preprocess.rs checks the real launches the same way.
+//! GPU, tests/it/gpu.rs checks the real launches the same way.
 //!
 //! Tolerance (issue 5): one 8-bit level per pixel before normalisation
 //! (OpenCV resizes 8-bit images in fixed point, the kernels in float).
@@ -322,7 +322,7 @@ fn recogniser_kernel_matches_opencv_bilinear_within_one_level_for_all_boxes_in_o
     );
 }
 
-/// The frames and crops of the GPU check (tests/gpu.rs), with their expected
+/// The frames and crops of the GPU check (tests/it/gpu.rs), with their expected
 /// 8-bit levels from the OpenCV path. `scripts/gpu-check.sh --pack` runs this
 /// with `SHITU_GPU_REFERENCE=<file>`, because the GPU machine has no OpenCV.
 const REFERENCE_DET: (u32, u32, u64) = (1920, 1080, 1);

@@ -1,10 +1,8 @@
 //! `shitud eval` on the demo scenes.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn eval_reports_pipeline_and_recogniser_figures_as_json() {

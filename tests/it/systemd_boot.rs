@@ -3,7 +3,7 @@
 //! own namespaces on a throw-away overlay of this machine, and systemd runs
 //! sysusers, tmpfiles and `shitu-edge.service` with its whole sandbox.
 //!
-//! `tests/systemd_notify.rs` checks what the daemon says to a notify socket;
+//! `tests/it/systemd_notify.rs` checks what the daemon says to a notify socket;
 //! this checks that systemd, given the unit we ship, acts on it: the service
 //! becomes active only after `READY=1`, serves under the sandbox, is killed
 //! and restarted when the watchdog pings stop, and the request it hung on is
@@ -12,14 +12,12 @@
 //! Needs root (PID and mount namespaces); it says it skipped, and why,
 //! elsewhere.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::mqtt::*;
-use common::*;
+use crate::common::mqtt::*;
+use crate::common::*;
 use shitu_edge::search::Method;
 
 const REQ: &str = "shitu/boot/recognize";
