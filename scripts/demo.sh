@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+source scripts/env.sh
 echo "building shitud (release; the first build compiles OpenCV bindings and faiss, ~5 min)" >&2
 cargo build --release --locked
 shitud=target/release/shitud

@@ -4,7 +4,8 @@
 #   - Debian packages: OpenCV, clang (opencv bindings), cmake + BLAS/LAPACK (static faiss),
 #     mosquitto (integration tests), systemd (unit checks)
 #   - oelint-adv (PyPI) in .deps/oelint/, for the Yocto layer check
-#   - ONNX Runtime from the PyPI wheel, copied to .deps/onnxruntime/lib/
+#   - ONNX Runtime from the PyPI wheel, copied to .deps/onnxruntime/lib/ (scripts/fetch-ort.sh)
+#   - CMake from PyPI into .deps/cmake where the system's is older than 3.24
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,14 +36,17 @@ if ! command -v cargo >/dev/null; then
 fi
 
 lib=.deps/onnxruntime/lib/libonnxruntime.so
-if [ ! -f "$lib" ] || [ "$(cat .deps/onnxruntime/VERSION 2>/dev/null)" != "$ORT_VERSION" ]; then
-  say "installing ONNX Runtime $ORT_VERSION (PyPI wheel) into .deps/onnxruntime"
-  rm -rf .deps/onnxruntime-pkg .deps/onnxruntime
-  python3 -m pip install -q --disable-pip-version-check --no-deps --target .deps/onnxruntime-pkg "onnxruntime==$ORT_VERSION"
-  mkdir -p .deps/onnxruntime/lib
-  cp .deps/onnxruntime-pkg/onnxruntime/capi/libonnxruntime.so.* "$lib"
-  echo "$ORT_VERSION" > .deps/onnxruntime/VERSION
-  rm -rf .deps/onnxruntime-pkg
+bash scripts/fetch-ort.sh "$ORT_VERSION" "$(uname -m)" .deps/onnxruntime
+
+# Static faiss needs CMake 3.24 or newer: Debian 12 and Ubuntu 24.04 have it,
+# Ubuntu 22.04 (JetPack 6) has 3.22 and Ubuntu 20.04 (JetPack 5) 3.16. Then
+# CMake comes from PyPI into .deps/cmake, and scripts/env.sh points cargo at it.
+cmake_ok() { printf '%s\n3.24\n' "$("$1" --version 2>/dev/null | sed -n 's/^cmake version \([0-9.]*\).*/\1/p')" | sort -V -C -r 2>/dev/null; }
+if ! cmake_ok cmake && ! cmake_ok .deps/cmake/bin/cmake; then
+  say "cmake $(cmake --version | sed -n 's/^cmake version //p') is older than 3.24 (static faiss): installing cmake 3.31 (PyPI) into .deps/cmake"
+  rm -rf .deps/cmake
+  python3 -m venv .deps/cmake
+  .deps/cmake/bin/pip install -q --disable-pip-version-check "cmake>=3.24,<4"
 fi
 OELINT_VERSION="${OELINT_VERSION:-9.11.2}"
 if [ "$(.deps/oelint/bin/oelint-adv --version 2>/dev/null)" != "oelint-adv $OELINT_VERSION" ]; then
