@@ -1,9 +1,28 @@
 #!/usr/bin/env bash
-# Every test, as CI runs it: install, build, unit + integration tests.
+# Every test, as CI runs it: install, build, lint (fmt, clippy, docs), the
+# unit tests and the one integration-test binary (tests/it), then the aarch64
+# cross build run under qemu (scripts/arm64-check.sh).
 # Profile `ci` (Cargo.toml): release optimisation without LTO, 7 min instead
 # of 12.5 min for the first build on a 2-core box.
+# SHITU_SKIP_ARM64=1 leaves out the aarch64 check (it adds ~15 min to a first
+# run); CI never sets it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+t0=$SECONDS
+lap() { printf '\033[1mtest:\033[0m %s (%d s so far)\n' "$*" "$((SECONDS - t0))" >&2; }
 bash scripts/setup.sh
+source scripts/env.sh
+lap "setup done"
 cargo build --profile ci --locked --all-targets
+lap "build done"
+# After the build: clippy and rustdoc then reuse its dependencies' metadata.
+bash scripts/lint.sh
+lap "lint done"
 cargo test --profile ci --locked
+lap "tests done"
+if [ "${SHITU_SKIP_ARM64:-}" = 1 ]; then
+  echo "test: aarch64 check skipped (SHITU_SKIP_ARM64=1)" >&2
+else
+  bash scripts/arm64-check.sh
+  lap "aarch64 check done"
+fi
