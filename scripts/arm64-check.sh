@@ -15,7 +15,7 @@
 #   5. the glibc version the aarch64 binary needs (its newest GLIBC_ symbol).
 #
 # Needs the x86_64 binary built first (scripts/test.sh does that); the first
-# run downloads ~130 MB of packages and takes ~15 min on 2 cores, a rerun
+# run downloads ~130 MB of packages and takes ~11 min on 2 cores, a rerun
 # reuses .deps/arm64 and target/.
 #
 # Usage: scripts/arm64-check.sh [--scenes N]   (default 3 scenes; each takes

@@ -4,7 +4,7 @@
 # cross build run under qemu (scripts/arm64-check.sh).
 # Profile `ci` (Cargo.toml): release optimisation without LTO, 7 min instead
 # of 12.5 min for the first build on a 2-core box.
-# SHITU_SKIP_ARM64=1 leaves out the aarch64 check (it adds ~15 min to a first
+# SHITU_SKIP_ARM64=1 leaves out the aarch64 check (it adds ~11 min to a first
 # run); CI never sets it.
 set -euo pipefail
 cd "$(dirname "$0")/.."

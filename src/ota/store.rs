@@ -469,6 +469,17 @@ mod tests {
         store.commit(&partial, v).unwrap();
     }
 
+    /// A store where version a served through its trial and b is now on trial.
+    fn a_confirmed_then_b_on_trial(root: &Path) -> Store {
+        let store = Store::open(root).unwrap();
+        version(&store, "a", 1);
+        store.switch("a").unwrap();
+        store.clear_trial();
+        version(&store, "b", 2);
+        store.switch("b").unwrap();
+        store
+    }
+
     #[test]
     fn switch_rollback_and_prune_keep_one_current_version() {
         let tmp = tempfile::tempdir().unwrap();
@@ -504,12 +515,7 @@ mod tests {
     #[test]
     fn a_start_after_a_crash_on_trial_goes_back_and_a_clean_stop_does_not() {
         let tmp = tempfile::tempdir().unwrap();
-        let store = Store::open(tmp.path()).unwrap();
-        version(&store, "a", 1);
-        store.switch("a").unwrap();
-        store.clear_trial();
-        version(&store, "b", 2);
-        store.switch("b").unwrap();
+        let store = a_confirmed_then_b_on_trial(tmp.path());
         store.note_clean_stop();
         assert!(
             matches!(store.recover().unwrap(), Recovery::TrialContinues(t) if t.version == "b")
@@ -548,12 +554,7 @@ mod tests {
     #[test]
     fn a_version_never_switched_to_is_removed_at_the_next_start() {
         let tmp = tempfile::tempdir().unwrap();
-        let store = Store::open(tmp.path()).unwrap();
-        version(&store, "a", 1);
-        store.switch("a").unwrap();
-        store.clear_trial();
-        version(&store, "b", 2);
-        store.switch("b").unwrap();
+        let store = a_confirmed_then_b_on_trial(tmp.path());
         store.clear_trial();
         // c is committed, then the update stops while building or checking it.
         version(&store, "c", 3);
