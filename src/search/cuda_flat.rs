@@ -38,6 +38,9 @@ const THREADS: u32 = 128;
 const ROWS_PER_BLOCK: usize = 4096;
 
 const KERNELS: &str = r#"
+// NVRTC has no <math.h>, so no INFINITY: the bit pattern of -inf.
+#define NEG_INF __int_as_float(0xff800000)
+
 #define MAX_K 32
 
 // Sorted (descending) insertion of (v, i) into a list of k.
@@ -80,7 +83,7 @@ extern "C" __global__ void topk_rows(const float* scores, int rows, int chunk, i
     int q = blockIdx.y, part = blockIdx.x, parts = gridDim.x;
     const float* s = scores + (size_t)q * rows;
     float bs[MAX_K]; int bi[MAX_K];
-    for (int j = 0; j < k; ++j) { bs[j] = -INFINITY; bi[j] = -1; }
+    for (int j = 0; j < k; ++j) { bs[j] = NEG_INF; bi[j] = -1; }
     int end = min(rows, (part + 1) * chunk);
     for (int r = part * chunk + threadIdx.x; r < end; r += blockDim.x) push(bs, bi, k, s[r], r);
     for (int j = 0; j < k; ++j) { sh_s[threadIdx.x * k + j] = bs[j]; sh_i[threadIdx.x * k + j] = bi[j]; }
@@ -98,7 +101,7 @@ extern "C" __global__ void topk_merge(const float* part_s, const int* part_i, in
     const float* s = part_s + (size_t)q * n;
     const int* ix = part_i + (size_t)q * n;
     float bs[MAX_K]; int bi[MAX_K];
-    for (int j = 0; j < k; ++j) { bs[j] = -INFINITY; bi[j] = -1; }
+    for (int j = 0; j < k; ++j) { bs[j] = NEG_INF; bi[j] = -1; }
     for (int r = threadIdx.x; r < n; r += blockDim.x) if (ix[r] >= 0) push(bs, bi, k, s[r], ix[r]);
     for (int j = 0; j < k; ++j) { sh_s[threadIdx.x * k + j] = bs[j]; sh_i[threadIdx.x * k + j] = bi[j]; }
     merge_block(sh_s, sh_i, k, out_s + (size_t)q * k, out_i + (size_t)q * k);
