@@ -123,7 +123,8 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C link-arg=--sysroot=$
 # /proc/cpuinfo (ProcSubset=pid), see systemd/README.md.
 mkdir -p "$SYSROOT/proc"
 cp scripts/arm64/cpuinfo-orin "$SYSROOT/proc/cpuinfo"
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L $SYSROOT -E LD_LIBRARY_PATH=/usr/lib/aarch64-linux-gnu:/lib/aarch64-linux-gnu"
+QEMU=(qemu-aarch64 -L "$SYSROOT" -E LD_LIBRARY_PATH=/usr/lib/aarch64-linux-gnu:/lib/aarch64-linux-gnu)
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="${QEMU[*]}"
 export CMAKE_TOOLCHAIN_FILE_aarch64_unknown_linux_gnu="$PWD/scripts/arm64/toolchain.cmake"
 export CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++ CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
@@ -142,7 +143,7 @@ step "library unit tests under qemu"
 cargo test --profile ci --locked --target "$TARGET" --lib
 
 # --- 4. the same answers on both architectures --------------------------------
-QEMU=(qemu-aarch64 -L "$SYSROOT" -E LD_LIBRARY_PATH=/usr/lib/aarch64-linux-gnu:/lib/aarch64-linux-gnu -E "ORT_DYLIB_PATH=$ORT_ARM")
+QEMU+=(-E "ORT_DYLIB_PATH=$ORT_ARM")
 rm -rf "$OUT"; mkdir -p "$OUT/scenes"
 ls tests/data/images/scenes/*.jpg | head -n "$SCENES" | xargs -I{} cp {} "$OUT/scenes/"
 models=(--det-model engines/demo/det_prenms.onnx --rec-model engines/demo/rec.onnx)

@@ -723,25 +723,14 @@ impl Settings {
     /// run a benchmark need no gallery yet.
     pub fn missing_files(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        if !self.search.index.is_dir() {
-            // The one file a fresh checkout lacks: say how to make it.
-            out.push((
-                "search.index",
-                format!(
-                    "{}: no such directory; a gallery is made by `shitud gallery build` \
-                     (scripts/demo.sh builds the demo one, engines/demo/gallery)",
-                    self.search.index.display()
-                ),
-            ));
-        }
-        let mut must = |path: Option<&Path>, key: &'static str, dir: bool| {
+        let mut must = |path: Option<&Path>, key: &'static str, dir: bool, hint: &str| {
             if let Some(p) = path {
                 let ok = if dir { p.is_dir() } else { p.is_file() };
                 if !ok {
                     out.push((
                         key,
                         format!(
-                            "{}: no such {}",
+                            "{}: no such {}{hint}",
                             p.display(),
                             if dir { "directory" } else { "file" }
                         ),
@@ -749,29 +738,46 @@ impl Settings {
                 }
             }
         };
-        must(Some(&self.detector.model), "detector.model", false);
-        must(Some(&self.embedder.model), "embedder.model", false);
+        must(Some(&self.detector.model), "detector.model", false, "");
+        must(Some(&self.embedder.model), "embedder.model", false, "");
+        // The one file a fresh checkout lacks: say how to make it.
+        must(
+            Some(&self.search.index),
+            "search.index",
+            true,
+            "; a gallery is made by `shitud gallery build` \
+             (scripts/demo.sh builds the demo one, engines/demo/gallery)",
+        );
         must(
             self.engine.ort_library.as_deref(),
             "engine.ort_library",
             false,
+            "",
         );
         must(
             self.mqtt.password_file.as_deref(),
             "mqtt.password_file",
             false,
+            "",
         );
         if self.mqtt.tls.enabled {
-            must(self.mqtt.tls.ca_file.as_deref(), "mqtt.tls.ca_file", false);
+            must(
+                self.mqtt.tls.ca_file.as_deref(),
+                "mqtt.tls.ca_file",
+                false,
+                "",
+            );
             must(
                 self.mqtt.tls.client_cert.as_deref(),
                 "mqtt.tls.client_cert",
                 false,
+                "",
             );
             must(
                 self.mqtt.tls.client_key.as_deref(),
                 "mqtt.tls.client_key",
                 false,
+                "",
             );
         }
         out

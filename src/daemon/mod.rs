@@ -376,20 +376,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     service.status("loading models and gallery");
     let startup = updater::Updater::start(&settings)?;
     // Name what will serve: with OTA on, the current version's files, not the config's.
-    match &startup {
-        Some(updater::Startup {
-            settings: s,
-            version: Some(v),
-            ..
-        }) => tracing::info!(
-            gallery = %s.search.index.display(),
-            version = %v,
-            "loading models and gallery"
-        ),
-        _ => {
-            tracing::info!(gallery = %settings.search.index.display(), "loading models and gallery")
-        }
-    }
+    let (serving, version) = match &startup {
+        Some(s) => (&s.settings, s.version.as_deref()),
+        None => (&settings, None),
+    };
+    tracing::info!(
+        gallery = %serving.search.index.display(),
+        version = %version.unwrap_or("none (the config's files)"),
+        "loading models and gallery"
+    );
     let (pipeline, bundle) = match &startup {
         Some(s) => open_version(&s.updater, &s.settings, s.version.clone())?,
         None => (
