@@ -7,6 +7,8 @@
 //!
 //! [`pipeline::Pipeline`] runs them in order; [`enroll`] builds galleries;
 //! [`cli`] is the `shitud` command line, and [`daemon`] the MQTT service (`shitud run`).
+//! [`gpu`] is the platform code the GPU stages share: the device probe and
+//! the CUDA sources with the one set of compiler options they are built with.
 
 #![warn(missing_docs)]
 
@@ -22,6 +24,7 @@ pub mod enroll;
 pub mod error;
 pub mod eval;
 pub mod geometry;
+pub mod gpu;
 pub mod input;
 pub mod ota;
 pub mod pipeline;

@@ -90,7 +90,11 @@ impl Embedder {
                 max: e.max_batch,
             },
         )?;
-        Embedder::new(engine, settings.embedder.max_batch)
+        Embedder::new(
+            engine,
+            settings.embedder.max_batch,
+            settings.preprocess.backend,
+        )
     }
 }
 
@@ -192,7 +196,7 @@ impl Pipeline {
         for chunk in refs.chunks(self.detector.max_batch()) {
             let n = chunk.len() as f64;
             let t = Instant::now();
-            let input = preprocess::detector_input(chunk)?;
+            let input = preprocess::detector_input(chunk, self.settings.preprocess.backend)?;
             let pre = ms(t);
             let t = Instant::now();
             let raw = self.detector.infer(&input)?;

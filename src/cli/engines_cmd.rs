@@ -12,7 +12,8 @@ use crate::config::{Provider, Settings};
 use crate::detect::PicoDet;
 use crate::embed::Embedder;
 use crate::engine::engine_cache::{elapsed, EngineCache, Judged};
-use crate::engine::{gpu, sha256_file, Engine};
+use crate::engine::{sha256_file, Engine};
+use crate::gpu;
 
 /// Engine cache commands.
 #[derive(Debug, Subcommand)]

@@ -21,6 +21,8 @@ pub struct Settings {
     pub engine: EngineSettings,
     /// Input limits.
     pub input: InputSettings,
+    /// How frames and crops become tensors.
+    pub preprocess: PreprocessSettings,
     /// The mainbody detector.
     pub detector: DetectorSettings,
     /// The feature extractor.
@@ -203,6 +205,51 @@ impl Default for InputSettings {
             max_file_bytes: 64 << 20,
         }
     }
+}
+
+/// Which code resizes frames and crops on the CPU. Both give PaddleClas's
+/// pixels; they differ in where that is guaranteed.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PreprocessBackend {
+    /// `cv::resize` from the OpenCV the binary links: the reference's own
+    /// code on x86; on ARM, OpenCV's NEON path may differ by a grey level.
+    #[default]
+    Opencv,
+    /// The GPU kernels' source (`src/preprocess/kernels.cu`) compiled for the
+    /// host: OpenCV's x86 fixed-point arithmetic to the bit on any CPU, and
+    /// exactly what the GPU path computes.
+    Kernels,
+}
+
+impl std::str::FromStr for PreprocessBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "opencv" => Ok(PreprocessBackend::Opencv),
+            "kernels" => Ok(PreprocessBackend::Kernels),
+            other => Err(format!(
+                "unknown preprocessing backend '{other}' (expected opencv or kernels)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for PreprocessBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PreprocessBackend::Opencv => "opencv",
+            PreprocessBackend::Kernels => "kernels",
+        })
+    }
+}
+
+/// Preprocessing settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreprocessSettings {
+    /// `opencv` or `kernels` (see [`PreprocessBackend`]).
+    pub backend: PreprocessBackend,
 }
 
 /// When the whole frame is searched as one more candidate crop.

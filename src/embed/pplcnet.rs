@@ -7,7 +7,7 @@ use crate::engine::{describe, Engine};
 use crate::error::{Error, Result};
 use crate::geometry::CropBox;
 use crate::input::Frame;
-use crate::preprocess::{embedder_crop, REC_SIZE};
+use crate::preprocess::{embedder_crop, Backend, REC_SIZE};
 
 /// The recogniser: crops in, unit-length features out.
 #[derive(Debug)]
@@ -16,11 +16,13 @@ pub struct Embedder {
     input: String,
     dim: usize,
     max_batch: usize,
+    preprocess: Backend,
 }
 
 impl Embedder {
-    /// Wraps a loaded recogniser model, checking its input and output shapes.
-    pub fn new(engine: Engine, max_batch: usize) -> Result<Embedder> {
+    /// Wraps a loaded recogniser model, checking its input and output
+    /// shapes; crops are prepared by the `preprocess` backend.
+    pub fn new(engine: Engine, max_batch: usize, preprocess: Backend) -> Result<Embedder> {
         let path = engine.path().to_path_buf();
         let bad = |what: String| Error::model(&path, what);
         let side = REC_SIZE as i64;
@@ -61,6 +63,7 @@ impl Embedder {
             engine,
             dim,
             max_batch,
+            preprocess,
         })
     }
 
@@ -91,7 +94,7 @@ impl Embedder {
         let plane = 3 * s * s;
         let data = batch.as_slice_mut().expect("fresh array is contiguous");
         for ((frame, crop), out) in crops.iter().zip(data.chunks_exact_mut(plane)) {
-            embedder_crop(frame, *crop, out)?;
+            embedder_crop(frame, *crop, out, self.preprocess)?;
         }
         Ok(batch)
     }

@@ -6,7 +6,6 @@
 //! at start-up with both shapes in the message, not at the first frame.
 
 pub mod engine_cache;
-pub mod gpu;
 pub mod runtime;
 
 use std::io::Read;
@@ -23,6 +22,7 @@ pub use engine_cache::BatchProfile;
 
 use crate::config::{EngineSettings, Provider};
 use crate::error::{Error, Result};
+use crate::gpu;
 
 /// Name, element type and shape of a model input or output; `-1` marks a dynamic dimension.
 #[derive(Debug, Clone, PartialEq)]
@@ -363,7 +363,7 @@ fn tensorrt_session(
     let platform = gpu::probe(settings.device_id).map_err(|e| Error::Runtime(e.0))?;
     if platform.tensorrt.is_none() {
         return Err(Error::Runtime(
-            "TensorRT is not installed (libnvinfer.so.10 / .so.8 not found): install it (JetPack ships it; on x86_64 the tensorrt-libs wheel or NVIDIA's packages)".into(),
+            "TensorRT is not installed (libnvinfer.so.11 / .so.10 / .so.8 not found): install it (JetPack ships it; on x86_64 the tensorrt-libs wheel or NVIDIA's packages)".into(),
         ));
     }
     let cache = EngineCache::open(&settings.engine_cache_dir)?;

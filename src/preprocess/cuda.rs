@@ -1,19 +1,19 @@
 //! Preprocessing on an NVIDIA GPU: the kernels of `kernels.cu`, compiled by
-//! NVRTC at start-up, one launch per stage.
+//! NVRTC at start-up (options: [`crate::gpu::nvrtc`]), one launch per stage.
 //!
-//! - [`GpuPreprocess::detector`]: frames → 640×640 cubic → normalised CHW.
+//! - [`GpuPreprocess::detector`]: frames → 640×640 cubic → normalised CHW,
+//!   every frame of a batch in one launch (`blockIdx.z` = frame).
 //! - [`GpuPreprocess::embedder`]: every crop of every frame → 224×224
 //!   bilinear → normalised CHW, in one launch (`blockIdx.z` = crop).
 //!
+//! Both read OpenCV's resize tables computed on the host ([`super::plan`]),
+//! so the pixels are OpenCV's to the bit, the same as the host build of the
+//! same source (`preprocess.backend = "kernels"`, tests/it/preprocess_kernels.rs).
 //! The frames are uploaded once per batch and both stages read them on the
-//! device. The outputs stay on the device ([`CudaSlice`]), ready to be bound
-//! to ONNX Runtime's input through IO binding; that binding is not written
-//! yet (issue 5), so today callers copy them back with [`GpuPreprocess::to_host`].
-//!
-//! Status: the arithmetic is checked against the OpenCV path on the CPU by
-//! compiling the same kernel source for the host (tests/it/preprocess_kernels.rs);
-//! the launches themselves are checked only where a GPU is present
-//! (tests/it/gpu.rs, run by scripts/gpu-check.sh, which also times them).
+//! device. The outputs stay on the device ([`CudaSlice`]); binding them to
+//! the engine's input is not wired yet (issue 13), so callers copy them back
+//! with [`GpuPreprocess::to_host`]. The launches are checked where a GPU is
+//! present (tests/it/gpu.rs, run by scripts/gpu-check.sh).
 
 use std::sync::Arc;
 
@@ -21,14 +21,12 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 
+use super::plan::{DetectorPlan, FrameLayout, RecogniserPlan, Tables};
 use super::{Normalizer, DET_SIZE, REC_SIZE};
-use crate::engine::gpu;
 use crate::error::{Error, Result};
 use crate::geometry::CropBox;
+use crate::gpu;
 use crate::input::Frame;
-
-/// The kernels' source, shared with the CPU check.
-pub const KERNELS: &str = include_str!("kernels.cu");
 
 const BLOCK: (u32, u32, u32) = (32, 8, 1);
 
@@ -41,22 +39,31 @@ pub struct GpuPreprocess {
     rec_lut: CudaSlice<f32>,
 }
 
-/// Frames uploaded for one batch.
+/// A plan's tables on the device.
+struct DeviceTables {
+    xofs: CudaSlice<i32>,
+    alpha: CudaSlice<i16>,
+    yofs: CudaSlice<i32>,
+    beta: CudaSlice<i16>,
+}
+
+/// Frames uploaded for one batch, with the detector's tables for them.
 pub struct DeviceFrames {
     bytes: CudaSlice<u8>,
-    /// `(offset, width, height, pitch)` per frame.
-    table: Vec<i64>,
+    layouts: Vec<FrameLayout>,
+    plan: DetectorPlan,
+    table: CudaSlice<i64>,
+    tables: DeviceTables,
 }
 
 /// The crops of one batch, checked against their frames and uploaded.
 pub struct DeviceCrops {
-    /// `(frame, x1, y1, x2, y2)` per crop.
     boxes: CudaSlice<i32>,
-    table: CudaSlice<i64>,
+    tables: DeviceTables,
     count: usize,
-    /// The frames' table (and byte count) the boxes were checked against:
-    /// the kernel may only read frames of exactly that layout.
-    checked_for: (Vec<i64>, usize),
+    /// The frames (and byte count) the boxes were checked against: the
+    /// kernel may only read frames of exactly that layout.
+    checked_for: (Vec<FrameLayout>, usize),
 }
 
 fn err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
@@ -66,7 +73,8 @@ fn err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
 impl GpuPreprocess {
     /// Compiles the kernels for GPU `ordinal`; says why on boxes that cannot.
     pub fn new(ordinal: usize) -> Result<GpuPreprocess> {
-        gpu::probe(ordinal as i32).map_err(|e| Error::Config(format!("GPU preprocessing: {e}")))?;
+        let platform = gpu::probe(ordinal as i32)
+            .map_err(|e| Error::Config(format!("GPU preprocessing: {e}")))?;
         // SAFETY: only tries to dlopen the library by name.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
             return Err(Error::Config(
@@ -75,8 +83,8 @@ impl GpuPreprocess {
         }
         let ctx = CudaContext::new(ordinal).map_err(err("opening the device"))?;
         let stream = ctx.default_stream();
-        let ptx = cudarc::nvrtc::compile_ptx(KERNELS)
-            .map_err(|e| Error::Config(format!("GPU preprocessing: compiling the kernels: {e}")))?;
+        let ptx = gpu::nvrtc::compile(&gpu::nvrtc::PREPROCESS, platform.compute_capability)
+            .map_err(|e| Error::Config(format!("GPU preprocessing: {e}")))?;
         let module = ctx.load_module(ptx).map_err(err("loading the kernels"))?;
         let det = module
             .load_function("det_preprocess")
@@ -108,10 +116,23 @@ impl GpuPreprocess {
         self.upload_raw(&raw)
     }
 
+    fn upload_tables(&self, t: &Tables) -> Result<DeviceTables> {
+        let e = err("uploading resize tables");
+        // A zero-length upload is refused; an empty batch launches nothing.
+        let or1 = |v: &[i32]| if v.is_empty() { vec![0] } else { v.to_vec() };
+        let or1s = |v: &[i16]| if v.is_empty() { vec![0] } else { v.to_vec() };
+        Ok(DeviceTables {
+            xofs: self.stream.clone_htod(&or1(&t.xofs)).map_err(&e)?,
+            alpha: self.stream.clone_htod(&or1s(&t.alpha)).map_err(&e)?,
+            yofs: self.stream.clone_htod(&or1(&t.yofs)).map_err(&e)?,
+            beta: self.stream.clone_htod(&or1s(&t.beta)).map_err(&e)?,
+        })
+    }
+
     /// Uploads interleaved RGB frames given as `(bytes, width, height)`.
     pub fn upload_raw(&self, frames: &[(&[u8], u32, u32)]) -> Result<DeviceFrames> {
         let mut host = Vec::new();
-        let mut table = Vec::with_capacity(frames.len() * 4);
+        let mut layouts = Vec::with_capacity(frames.len());
         for &(bytes, w, h) in frames {
             if bytes.len() != (w * h * 3) as usize {
                 return Err(Error::Config(format!(
@@ -120,14 +141,36 @@ impl GpuPreprocess {
                     bytes.len()
                 )));
             }
-            table.extend([host.len() as i64, w as i64, h as i64, 3 * w as i64]);
+            layouts.push(FrameLayout {
+                offset: host.len(),
+                width: w,
+                height: h,
+                pitch: 3 * w as usize,
+            });
             host.extend_from_slice(bytes);
         }
+        if host.is_empty() {
+            host.push(0); // a zero-length upload is refused; no frame reads it
+        }
+        let plan = DetectorPlan::new(&layouts, host.len(), DET_SIZE)?;
         let bytes = self
             .stream
             .clone_htod(&host)
             .map_err(err("uploading frames"))?;
-        Ok(DeviceFrames { bytes, table })
+        let mut table = plan.frames.clone();
+        if table.is_empty() {
+            table.extend([0; 4]);
+        }
+        Ok(DeviceFrames {
+            table: self
+                .stream
+                .clone_htod(&table)
+                .map_err(err("uploading the frame table"))?,
+            tables: self.upload_tables(&plan.tables)?,
+            bytes,
+            layouts,
+            plan,
+        })
     }
 
     /// The stream every launch and copy goes to (to time them, or to order other work after them).
@@ -137,49 +180,58 @@ impl GpuPreprocess {
 
     /// The detector's input for every uploaded frame: `n × 3 × 640 × 640`.
     pub fn detector(&self, frames: &DeviceFrames) -> Result<CudaSlice<f32>> {
-        let plane = (DET_SIZE * DET_SIZE) as usize;
         let mut out = self
             .stream
-            .alloc_zeros::<f32>(frames.table.len() / 4 * 3 * plane)
+            .alloc_zeros::<f32>(frames.plan.output_len().max(1))
             .map_err(err("allocating the detector input"))?;
         self.detector_into(frames, &mut out)?;
         Ok(out)
     }
 
     /// Writes the detector's input for every uploaded frame into `out`
-    /// (at least `n × 3 × 640 × 640`): an engine's input buffer, say.
+    /// (at least `n × 3 × 640 × 640`), in one launch: an engine's input buffer, say.
     pub fn detector_into(&self, frames: &DeviceFrames, out: &mut CudaSlice<f32>) -> Result<()> {
-        let n = frames.table.len() / 4;
+        let plan = &frames.plan;
+        if out.len() < plan.output_len() {
+            return Err(Error::Config(format!(
+                "GPU preprocessing: the detector input of {} frames needs {} floats, the buffer has {}",
+                plan.len(),
+                plan.output_len(),
+                out.len()
+            )));
+        }
+        if plan.is_empty() {
+            return Ok(());
+        }
         let side = DET_SIZE as i32;
-        let plane = (DET_SIZE * DET_SIZE) as usize;
-        if out.len() < n * 3 * plane {
-            return Err(Error::Config(format!("GPU preprocessing: the detector input of {n} frames needs {} floats, the buffer has {}", n * 3 * plane, out.len())));
+        let grid = (
+            DET_SIZE.div_ceil(BLOCK.0),
+            DET_SIZE.div_ceil(BLOCK.1),
+            plan.len() as u32,
+        );
+        let t = &frames.tables;
+        // SAFETY: the plan checked every frame to lie inside the uploaded
+        // bytes and holds 640 table entries per frame; writes n·3·640·640
+        // floats, as checked above.
+        unsafe {
+            self.stream
+                .launch_builder(&self.det)
+                .arg(&frames.bytes)
+                .arg(&frames.table)
+                .arg(&t.xofs)
+                .arg(&t.alpha)
+                .arg(&t.yofs)
+                .arg(&t.beta)
+                .arg(&side)
+                .arg(&self.det_lut)
+                .arg(out)
+                .launch(LaunchConfig {
+                    grid_dim: grid,
+                    block_dim: BLOCK,
+                    shared_mem_bytes: 0,
+                })
         }
-        let grid = (DET_SIZE.div_ceil(BLOCK.0), DET_SIZE.div_ceil(BLOCK.1), 1);
-        for i in 0..n {
-            let t = &frames.table[i * 4..i * 4 + 4];
-            let src = frames.bytes.slice(t[0] as usize..);
-            let mut dst = out.slice_mut(i * 3 * plane..(i + 1) * 3 * plane);
-            let (w, h, pitch) = (t[1] as i32, t[2] as i32, t[3] as i32);
-            // SAFETY: reads h rows of `pitch` bytes from the frame's offset and writes 3·640·640 floats, as allocated.
-            unsafe {
-                self.stream
-                    .launch_builder(&self.det)
-                    .arg(&src)
-                    .arg(&w)
-                    .arg(&h)
-                    .arg(&pitch)
-                    .arg(&mut dst)
-                    .arg(&side)
-                    .arg(&self.det_lut)
-                    .launch(LaunchConfig {
-                        grid_dim: grid,
-                        block_dim: BLOCK,
-                        shared_mem_bytes: 0,
-                    })
-            }
-            .map_err(err("det_preprocess"))?;
-        }
+        .map_err(err("det_preprocess"))?;
         Ok(())
     }
 
@@ -200,44 +252,26 @@ impl GpuPreprocess {
         Ok(out)
     }
 
-    /// Checks that every crop (frame index, box) lies inside its frame, and uploads them.
+    /// Checks that every crop (frame index, box) lies inside its frame, and
+    /// uploads the boxes and their resize tables.
     pub fn upload_crops(
         &self,
         frames: &DeviceFrames,
         crops: &[(usize, CropBox)],
     ) -> Result<DeviceCrops> {
-        let n = frames.table.len() / 4;
-        let mut boxes = Vec::with_capacity(crops.len() * 5);
-        for &(f, c) in crops {
-            let inside = f < n
-                && c.x1 >= 0
-                && c.y1 >= 0
-                && c.x2 > c.x1
-                && c.y2 > c.y1
-                && c.x2 as i64 <= frames.table[f * 4 + 1]
-                && c.y2 as i64 <= frames.table[f * 4 + 2];
-            if !inside {
-                return Err(Error::Config(format!(
-                    "GPU preprocessing: crop {:?} of frame {f} is empty or outside it",
-                    c.to_array()
-                )));
-            }
-            boxes.extend([f as i32, c.x1, c.y1, c.x2, c.y2]);
-        }
+        let plan = RecogniserPlan::new(&frames.layouts, frames.bytes.len(), crops, REC_SIZE)?;
+        let mut boxes = plan.boxes.clone();
         if boxes.is_empty() {
-            boxes.extend([0; 5]); // a zero-length upload is refused; `count` stays 0
+            boxes.extend([0; 6]); // a zero-length upload is refused; `count` stays 0
         }
         Ok(DeviceCrops {
             boxes: self
                 .stream
                 .clone_htod(&boxes)
                 .map_err(err("uploading boxes"))?,
-            table: self
-                .stream
-                .clone_htod(&frames.table)
-                .map_err(err("uploading frame table"))?,
-            count: crops.len(),
-            checked_for: (frames.table.clone(), frames.bytes.len()),
+            tables: self.upload_tables(&plan.tables)?,
+            count: plan.len(),
+            checked_for: (frames.layouts.clone(), frames.bytes.len()),
         })
     }
 
@@ -254,7 +288,7 @@ impl GpuPreprocess {
             return Err(Error::Config(format!("GPU preprocessing: the recogniser input of {} crops needs {} floats, the buffer has {}", crops.count, crops.count * 3 * plane, out.len())));
         }
         if (&crops.checked_for.0[..], crops.checked_for.1)
-            != (&frames.table[..], frames.bytes.len())
+            != (&frames.layouts[..], frames.bytes.len())
         {
             return Err(Error::Config(
                 "GPU preprocessing: these crops were checked against other frames".into(),
@@ -269,17 +303,23 @@ impl GpuPreprocess {
             REC_SIZE.div_ceil(BLOCK.1),
             crops.count as u32,
         );
+        let t = &crops.tables;
         // SAFETY: every box was checked to lie inside its frame, in frames of
-        // this very layout; writes crops·3·224·224 floats, as checked above.
+        // this very layout, with 224 table entries per crop; writes
+        // crops·3·224·224 floats, as checked above.
         unsafe {
             self.stream
                 .launch_builder(&self.rec)
                 .arg(&frames.bytes)
-                .arg(&crops.table)
+                .arg(&frames.table)
                 .arg(&crops.boxes)
-                .arg(out)
+                .arg(&t.xofs)
+                .arg(&t.alpha)
+                .arg(&t.yofs)
+                .arg(&t.beta)
                 .arg(&side)
                 .arg(&self.rec_lut)
+                .arg(out)
                 .launch(LaunchConfig {
                     grid_dim: grid,
                     block_dim: BLOCK,
@@ -290,7 +330,7 @@ impl GpuPreprocess {
         Ok(())
     }
 
-    /// Copies a result back (until IO binding hands it to ONNX Runtime directly).
+    /// Copies a result back (until the engine reads it on the device).
     pub fn to_host(&self, data: &CudaSlice<f32>) -> Result<Vec<f32>> {
         let v = self.stream.clone_dtoh(data).map_err(err("copying back"))?;
         self.stream.synchronize().map_err(err("copying back"))?;

@@ -1,124 +1,206 @@
-// Preprocessing on the GPU, one thread per output pixel (all three channels).
-// Compiled at run time by NVRTC (src/preprocess/cuda.rs), and on the CPU by
-// tests/it/preprocess_kernels.rs through a small shim, so that the arithmetic
-// is checked against OpenCV on boxes without a GPU too.
+// Preprocessing kernels: OpenCV's 8-bit resize, reproduced to the bit, then
+// the per-channel normalisation table. One source, two compilers:
+//  - NVRTC at start-up (src/preprocess/cuda.rs), one thread per output pixel;
+//  - the host C++ compiler at build time (build.rs, the `cc` crate), one
+//    loop over the pixels, for `preprocess.backend = "kernels"` and for the
+//    tests that hold these functions against OpenCV on boxes without a GPU.
+// Everything between the two `#if` blocks at the end is shared.
 //
-// Both kernels follow OpenCV's resize: the source coordinate of output pixel
-// d is (d + 0.5) * scale - 0.5; the result is rounded to 8 bits (OpenCV's
-// saturate_cast) and then mapped through the same per-channel lookup table
-// as the CPU path (preprocess/normalize.rs), so a pixel that rounds to the
-// same level gives the same float. OpenCV computes 8-bit resizes in fixed
-// point; these kernels use float, so a level can differ by one.
+// How OpenCV 4.x resizes an 8-bit image (imgproc/src/resize.cpp,
+// resizeGeneric_ and its SIMD helpers), which these functions follow:
+//  - The source coordinate of output pixel d is (d + 0.5) * scale - 0.5,
+//    computed in double and rounded to float; its floor is the first tap,
+//    the fraction gives the weights in float, and the weights are rounded to
+//    11-bit fixed point (short, sum ~2048). The host computes these tables
+//    (src/preprocess/tables.rs); the functions below only read them.
+//  - Horizontal pass: integer sums of pixel * weight (exact; scale 2^11).
+//  - Vertical pass, as the SIMD path computes it for every full vector
+//    (each row here is a multiple of the vector width: 640 * 3 and 224 * 3):
+//      linear: ((h0 >> 4) * b0 >> 16) + ((h1 >> 4) * b1 >> 16), + 2, >> 2;
+//      cubic:  in float, h0*b0 + (h1*b1 + (h2*b2 + h3*b3)) with
+//              b = beta / 2^22, without fused multiply-add (SSE2 baseline),
+//              rounded to nearest even.
+//    Both then saturate to 0..255.
+//  - Rows and columns outside the image repeat the border pixel.
+//  - Linear with an exact 2x reduction both ways is OpenCV's "area fast"
+//    path: (a + b + c + d + 2) >> 2.
+// The float arithmetic must not be contracted into fused multiply-adds:
+// NVRTC gets --fmad=false, the host compiler -ffp-contract=off.
 
-extern "C" {
+#define SHITU_CUBIC_TAPS 4
+#define SHITU_LINEAR_TAPS 2
 
-__device__ __forceinline__ float cubic_weight(float x) {
-    // OpenCV's cubic: a = -0.75.
-    const float a = -0.75f;
-    x = fabsf(x);
-    if (x <= 1.0f) return ((a + 2.0f) * x - (a + 3.0f)) * x * x + 1.0f;
-    if (x < 2.0f) return ((a * x - 5.0f * a) * x + 8.0f * a) * x - 4.0f * a;
-    return 0.0f;
+#if defined(__CUDACC__)
+#define SHITU_FN __device__ __forceinline__
+#else
+#define SHITU_FN static inline
+#endif
+
+typedef unsigned char u8;
+
+SHITU_FN int shitu_clamp(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+SHITU_FN u8 shitu_sat_u8(int v) { return (u8)(v < 0 ? 0 : (v > 255 ? 255 : v)); }
+
+// Round to nearest, ties to even, as SSE's cvtps2dq in its default mode.
+SHITU_FN int shitu_round_even(float v) {
+#if defined(__CUDACC__)
+    return __float2int_rn(v);
+#else
+    return (int)__builtin_rintf(v);
+#endif
 }
 
-__device__ __forceinline__ int clampi(int v, int lo, int hi) {
-    return v < lo ? lo : (v > hi ? hi : v);
-}
-
-// OpenCV's source coordinate of output pixel d when n pixels become side:
-// (d + 0.5) * n / side - 0.5, split into its floor and the fraction.
-__device__ __forceinline__ int src_coord(int d, int n, int side, float* frac) {
-    float scale = (float)((double)n / side);
-    float f = ((float)d + 0.5f) * scale - 0.5f;
-    int i = (int)floorf(f);
-    *frac = f - (float)i;
-    return i;
-}
-
-__device__ __forceinline__ unsigned char to_level(float v) {
-    // saturate_cast<uchar>: round half to even is what cvRound does; ties are
-    // vanishingly rare after a weighted sum, so rintf (current mode: nearest even).
-    float r = rintf(v);
-    return (unsigned char)(r < 0.0f ? 0.0f : (r > 255.0f ? 255.0f : r));
-}
-
-// Detector input: an interleaved RGB frame (src, width sw, height sh, row
-// pitch in bytes) resized to side x side with INTER_CUBIC, normalised through
-// lut (3 x 256 floats), written planar (3 x side x side) at dst.
-__global__ void det_preprocess(const unsigned char* __restrict__ src, int sw, int sh, int pitch,
-                               float* __restrict__ dst, int side, const float* __restrict__ lut) {
-    int x = blockIdx.x * blockDim.x + threadIdx.x;
-    int y = blockIdx.y * blockDim.y + threadIdx.y;
-    if (x >= side || y >= side) return;
-    float fx, fy;
-    int ix = src_coord(x, sw, side, &fx);
-    int iy = src_coord(y, sh, side, &fy);
-    float wx[4], wy[4];
-    for (int k = 0; k < 4; ++k) {
-        wx[k] = cubic_weight(fx - (float)(k - 1));
-        wy[k] = cubic_weight(fy - (float)(k - 1));
+// One channel of one pixel of a bicubic resize. `src` is interleaved RGB
+// with `pitch` bytes per row; (xofs, alpha) and (yofs, beta) are the table
+// entries of this output column and row: the first tap and 4 weights.
+SHITU_FN u8 shitu_cubic(const u8* src, int pitch, int sw, int sh, int xofs, const short* alpha,
+                        int yofs, const short* beta, int c) {
+    int h[SHITU_CUBIC_TAPS];
+    for (int j = 0; j < SHITU_CUBIC_TAPS; ++j) {
+        const u8* row = src + (long long)shitu_clamp(yofs - 1 + j, 0, sh - 1) * pitch;
+        int acc = 0;
+        for (int i = 0; i < SHITU_CUBIC_TAPS; ++i)
+            acc += (int)row[3 * shitu_clamp(xofs - 1 + i, 0, sw - 1) + c] * (int)alpha[i];
+        h[j] = acc;
     }
-    float acc[3] = {0.0f, 0.0f, 0.0f};
-    for (int j = 0; j < 4; ++j) {
-        int sy = clampi(iy + j - 1, 0, sh - 1);
-        const unsigned char* row = src + (size_t)sy * pitch;
-        float rowacc[3] = {0.0f, 0.0f, 0.0f};
-        for (int i = 0; i < 4; ++i) {
-            int sx = clampi(ix + i - 1, 0, sw - 1);
-            const unsigned char* p = row + 3 * sx;
-            rowacc[0] += wx[i] * p[0];
-            rowacc[1] += wx[i] * p[1];
-            rowacc[2] += wx[i] * p[2];
-        }
-        acc[0] += wy[j] * rowacc[0];
-        acc[1] += wy[j] * rowacc[1];
-        acc[2] += wy[j] * rowacc[2];
-    }
-    size_t plane = (size_t)side * side;
-    size_t o = (size_t)y * side + x;
-    for (int c = 0; c < 3; ++c) dst[c * plane + o] = lut[c * 256 + to_level(acc[c])];
+    // beta * 2^-22 is exact in float; the products and sums round as SSE's do.
+    const float s = 1.0f / (2048.0f * 2048.0f);
+    float b0 = (float)beta[0] * s, b1 = (float)beta[1] * s;
+    float b2 = (float)beta[2] * s, b3 = (float)beta[3] * s;
+    float t = (float)h[3] * b3;
+    t = (float)h[2] * b2 + t;
+    t = (float)h[1] * b1 + t;
+    t = (float)h[0] * b0 + t;
+    return shitu_sat_u8(shitu_round_even(t));
 }
 
-// Recogniser input: for every box of a batch, one launch. boxes holds
-// (frame, x1, y1, x2, y2) per crop, frames the device address offsets and
-// geometry of each frame: (offset, width, height, pitch). Each crop is
-// resized to side x side with INTER_LINEAR, normalised through lut, and
-// written planar at dst + crop * 3 * side * side. blockIdx.z is the crop.
-__global__ void rec_preprocess(const unsigned char* __restrict__ base, const long long* __restrict__ frames,
-                               const int* __restrict__ boxes, float* __restrict__ dst, int side,
-                               const float* __restrict__ lut) {
-    int x = blockIdx.x * blockDim.x + threadIdx.x;
-    int y = blockIdx.y * blockDim.y + threadIdx.y;
-    int crop = blockIdx.z;
-    if (x >= side || y >= side) return;
-    const int* b = boxes + crop * 5;
-    const long long* f = frames + b[0] * 4;
-    const unsigned char* src = base + f[0];
-    int pitch = (int)f[3];
-    int x1 = b[1], y1 = b[2];
-    int cw = b[3] - b[1], ch = b[4] - b[2];
-    float fx, fy;
-    int ix = src_coord(x, cw, side, &fx);
-    int iy = src_coord(y, ch, side, &fy);
-    // OpenCV: a coordinate before the first pixel or at the last one takes that pixel whole.
-    if (ix < 0) { fx = 0.0f; ix = 0; }
-    if (ix >= cw - 1) { fx = 0.0f; ix = cw - 1; }
-    if (iy < 0) { fy = 0.0f; iy = 0; }
-    if (iy >= ch - 1) { fy = 0.0f; iy = ch - 1; }
-    int ix1 = ix + 1 < cw ? ix + 1 : ix;
-    int iy1 = iy + 1 < ch ? iy + 1 : iy;
-    const unsigned char* r0 = src + (size_t)(y1 + iy) * pitch + 3 * (x1 + ix);
-    const unsigned char* r0b = src + (size_t)(y1 + iy) * pitch + 3 * (x1 + ix1);
-    const unsigned char* r1 = src + (size_t)(y1 + iy1) * pitch + 3 * (x1 + ix);
-    const unsigned char* r1b = src + (size_t)(y1 + iy1) * pitch + 3 * (x1 + ix1);
-    size_t plane = (size_t)side * side;
-    float* out = dst + (size_t)crop * 3 * plane;
-    size_t o = (size_t)y * side + x;
+// SSE2's mulhi on 16-bit lanes: the high half of the 32-bit product.
+SHITU_FN int shitu_mulhi16(int a, int b) { return (int)(short)((a * b) >> 16); }
+
+SHITU_FN int shitu_sat_s16(int v) { return v < -32768 ? -32768 : (v > 32767 ? 32767 : v); }
+
+// One channel of one pixel of a bilinear resize (tables as for cubic, 2 taps).
+SHITU_FN u8 shitu_linear(const u8* src, int pitch, int sw, int sh, int xofs, const short* alpha,
+                         int yofs, const short* beta, int c) {
+    int x0 = 3 * xofs + c, x1 = 3 * shitu_clamp(xofs + 1, 0, sw - 1) + c;
+    const u8* r0 = src + (long long)shitu_clamp(yofs, 0, sh - 1) * pitch;
+    const u8* r1 = src + (long long)shitu_clamp(yofs + 1, 0, sh - 1) * pitch;
+    int h0 = (int)r0[x0] * alpha[0] + (int)r0[x1] * alpha[1];
+    int h1 = (int)r1[x0] * alpha[0] + (int)r1[x1] * alpha[1];
+    int v = shitu_sat_s16(shitu_mulhi16(shitu_sat_s16(h0 >> 4), beta[0]) +
+                          shitu_mulhi16(shitu_sat_s16(h1 >> 4), beta[1]));
+    return shitu_sat_u8((v + 2) >> 2);
+}
+
+// One channel of one pixel of OpenCV's exact 2x area reduction.
+SHITU_FN u8 shitu_area2(const u8* src, int pitch, int x, int y, int c) {
+    const u8* r0 = src + (long long)(2 * y) * pitch + 6 * x + c;
+    const u8* r1 = r0 + pitch;
+    return (u8)(((int)r0[0] + r0[3] + r1[0] + r1[3] + 2) >> 2);
+}
+
+// Detector input, output pixel (x, y) of a side x side image, all three
+// channels, normalised through `lut` (3 x 256) and written planar at `dst`.
+SHITU_FN void shitu_det_pixel(const u8* src, int pitch, int sw, int sh, const int* xofs,
+                              const short* alpha, const int* yofs, const short* beta, int side,
+                              const float* lut, float* dst, int x, int y) {
+    long long plane = (long long)side * side, o = (long long)y * side + x;
     for (int c = 0; c < 3; ++c) {
-        float top = r0[c] * (1.0f - fx) + r0b[c] * fx;
-        float bottom = r1[c] * (1.0f - fx) + r1b[c] * fx;
-        out[c * plane + o] = lut[c * 256 + to_level(top * (1.0f - fy) + bottom * fy)];
+        u8 v = shitu_cubic(src, pitch, sw, sh, xofs[x], alpha + SHITU_CUBIC_TAPS * x, yofs[y],
+                           beta + SHITU_CUBIC_TAPS * y, c);
+        dst[c * plane + o] = lut[c * 256 + v];
     }
 }
 
+// Recogniser input, output pixel (x, y) of crop `crop`. Per crop, `boxes`
+// holds (frame, x1, y1, x2, y2, area2) and `frames` per frame (byte offset
+// of its first pixel from `base`, width, height, pitch); the tables hold
+// `side` entries per crop (taps: 2).
+SHITU_FN void shitu_rec_pixel(const u8* base, const long long* frames, const int* boxes,
+                              const int* xofs, const short* alpha, const int* yofs,
+                              const short* beta, int side, const float* lut, float* dst, int crop,
+                              int x, int y) {
+    const int* b = boxes + 6 * crop;
+    const long long* f = frames + 4 * b[0];
+    int pitch = (int)f[3];
+    const u8* src = base + f[0] + (long long)b[2] * pitch + 3 * b[1];
+    int cw = b[3] - b[1], ch = b[4] - b[2];
+    long long plane = (long long)side * side, o = (long long)y * side + x;
+    long long t = (long long)crop * side;
+    float* out = dst + (long long)crop * 3 * plane;
+    for (int c = 0; c < 3; ++c) {
+        u8 v = b[5] ? shitu_area2(src, pitch, x, y, c)
+                    : shitu_linear(src, pitch, cw, ch, xofs[t + x],
+                                   alpha + SHITU_LINEAR_TAPS * (t + x), yofs[t + y],
+                                   beta + SHITU_LINEAR_TAPS * (t + y), c);
+        out[c * plane + o] = lut[c * 256 + v];
+    }
 }
+
+#if defined(__CUDACC__)
+
+// One thread per output pixel; blockIdx.z is the frame (detector) or the crop (recogniser).
+extern "C" __global__ void det_preprocess(const u8* __restrict__ base,
+                                          const long long* __restrict__ frames,
+                                          const int* __restrict__ xofs,
+                                          const short* __restrict__ alpha,
+                                          const int* __restrict__ yofs,
+                                          const short* __restrict__ beta, int side,
+                                          const float* __restrict__ lut, float* __restrict__ dst) {
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    int n = blockIdx.z;
+    if (x >= side || y >= side) return;
+    const long long* f = frames + 4 * n;
+    long long t = (long long)n * side;
+    shitu_det_pixel(base + f[0], (int)f[3], (int)f[1], (int)f[2], xofs + t,
+                    alpha + SHITU_CUBIC_TAPS * t, yofs + t, beta + SHITU_CUBIC_TAPS * t, side, lut,
+                    dst + (long long)n * 3 * side * side, x, y);
+}
+
+extern "C" __global__ void rec_preprocess(const u8* __restrict__ base,
+                                          const long long* __restrict__ frames,
+                                          const int* __restrict__ boxes,
+                                          const int* __restrict__ xofs,
+                                          const short* __restrict__ alpha,
+                                          const int* __restrict__ yofs,
+                                          const short* __restrict__ beta, int side,
+                                          const float* __restrict__ lut, float* __restrict__ dst) {
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= side || y >= side) return;
+    shitu_rec_pixel(base, frames, boxes, xofs, alpha, yofs, beta, side, lut, dst, blockIdx.z, x, y);
+}
+
+#else
+
+// The host's loops over the same per-pixel functions (same arguments as the kernels, plus the count).
+extern "C" void shitu_det_preprocess_host(const u8* base, const long long* frames, int n,
+                                          const int* xofs, const short* alpha, const int* yofs,
+                                          const short* beta, int side, const float* lut,
+                                          float* dst) {
+    for (int i = 0; i < n; ++i) {
+        const long long* f = frames + 4 * i;
+        long long t = (long long)i * side;
+        for (int y = 0; y < side; ++y)
+            for (int x = 0; x < side; ++x)
+                shitu_det_pixel(base + f[0], (int)f[3], (int)f[1], (int)f[2], xofs + t,
+                                alpha + SHITU_CUBIC_TAPS * t, yofs + t,
+                                beta + SHITU_CUBIC_TAPS * t, side, lut,
+                                dst + (long long)i * 3 * side * side, x, y);
+    }
+}
+
+extern "C" void shitu_rec_preprocess_host(const u8* base, const long long* frames,
+                                          const int* boxes, int crops, const int* xofs,
+                                          const short* alpha, const int* yofs, const short* beta,
+                                          int side, const float* lut, float* dst) {
+    for (int k = 0; k < crops; ++k)
+        for (int y = 0; y < side; ++y)
+            for (int x = 0; x < side; ++x)
+                shitu_rec_pixel(base, frames, boxes, xofs, alpha, yofs, beta, side, lut, dst, k,
+                                x, y);
+}
+
+#endif

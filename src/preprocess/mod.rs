@@ -1,11 +1,18 @@
 //! The second stage: frames and crops become normalised CHW tensors.
 //!
-//! Pixels must match PaddleClas's `cv2` preprocessing bit for bit, so
-//! resizing is OpenCV's, and normalisation goes through per-channel lookup
-//! tables computed with the same float widths numpy uses (see [`Normalizer`]).
+//! Pixels must match PaddleClas's `cv2` preprocessing bit for bit.
+//! Normalisation goes through per-channel lookup tables computed with the
+//! same float widths numpy uses (see [`Normalizer`]). Resizing is OpenCV's,
+//! by one of two backends (`preprocess.backend`, [`Backend`]):
+//! - `opencv`: `cv::resize` itself;
+//! - `kernels`: `kernels.cu`, OpenCV's fixed-point arithmetic reproduced
+//!   to the bit, compiled for the host ([`host`]); the GPU runs the same
+//!   source ([`cuda`]), so the CPU and GPU paths are held to one reference.
 
 pub mod cuda;
+pub mod host;
 pub mod normalize;
+pub mod plan;
 
 use ndarray::{Array2, Array4};
 use opencv::core::{Mat, MatTraitConstManual, Rect, Size};
@@ -13,9 +20,11 @@ use opencv::imgproc;
 
 pub use normalize::Normalizer;
 
+pub use crate::config::PreprocessBackend as Backend;
 use crate::error::{Error, Result};
 use crate::geometry::CropBox;
 use crate::input::Frame;
+use plan::{DetectorPlan, FrameLayout, RecogniserPlan};
 
 /// The detector's input side (PicoDet mainbody: 640).
 pub const DET_SIZE: u32 = 640;
@@ -33,19 +42,26 @@ pub struct DetectorInput {
 
 /// Resizes each frame to 640×640 with `INTER_CUBIC`, ignoring aspect ratio,
 /// and normalises with ImageNet mean/std (PaddleClas `DetResize` + `DetNormalizeImage`).
-pub fn detector_input(frames: &[&Frame]) -> Result<DetectorInput> {
+pub fn detector_input(frames: &[&Frame], backend: Backend) -> Result<DetectorInput> {
     let n = frames.len();
     let s = DET_SIZE as usize;
     let mut image = Array4::<f32>::zeros((n, 3, s, s));
     let mut scale_factor = Array2::<f32>::zeros((n, 2));
     let norm = Normalizer::detector();
     for (i, frame) in frames.iter().enumerate() {
-        let resized = resize(&frame.name, &frame.rgb, DET_SIZE, imgproc::INTER_CUBIC)?;
         let out = image.index_axis_mut(ndarray::Axis(0), i);
-        norm.hwc_to_chw(
-            bytes(&frame.name, &resized)?,
-            out.into_slice().expect("fresh array is contiguous"),
-        );
+        let out = out.into_slice().expect("fresh array is contiguous");
+        match backend {
+            Backend::Opencv => {
+                let resized = resize(&frame.name, &frame.rgb, DET_SIZE, imgproc::INTER_CUBIC)?;
+                norm.hwc_to_chw(bytes(&frame.name, &resized)?, out);
+            }
+            Backend::Kernels => {
+                let px = bytes(&frame.name, &frame.rgb)?;
+                let plan = DetectorPlan::new(&[layout(frame)], px.len(), DET_SIZE)?;
+                host::detector(&plan, px, norm, out)?;
+            }
+        }
         // Paddle computes these in double precision, then casts to float32.
         scale_factor[[i, 0]] = (DET_SIZE as f64 / frame.height as f64) as f32;
         scale_factor[[i, 1]] = (DET_SIZE as f64 / frame.width as f64) as f32;
@@ -59,7 +75,12 @@ pub fn detector_input(frames: &[&Frame]) -> Result<DetectorInput> {
 /// Crops `frame[y1:y2, x1:x2]`, resizes to 224×224 with `INTER_LINEAR` and
 /// normalises (PaddleClas `ResizeImage` + `NormalizeImage`), writing into `out`
 /// (`3 × 224 × 224` floats).
-pub fn embedder_crop(frame: &Frame, crop: CropBox, out: &mut [f32]) -> Result<()> {
+pub fn embedder_crop(
+    frame: &Frame,
+    crop: CropBox,
+    out: &mut [f32],
+    backend: Backend,
+) -> Result<()> {
     let rect = Rect::new(crop.x1, crop.y1, crop.x2 - crop.x1, crop.y2 - crop.y1);
     if rect.width < 1
         || rect.height < 1
@@ -78,11 +99,31 @@ pub fn embedder_crop(frame: &Frame, crop: CropBox, out: &mut [f32]) -> Result<()
             ),
         ));
     }
-    let roi = Mat::roi(&frame.rgb, rect)
-        .map_err(|e| Error::image(&frame.name, format!("crop failed: {e}")))?;
-    let resized = resize(&frame.name, &roi, REC_SIZE, imgproc::INTER_LINEAR)?;
-    Normalizer::embedder().hwc_to_chw(bytes(&frame.name, &resized)?, out);
+    let norm = Normalizer::embedder();
+    match backend {
+        Backend::Opencv => {
+            let roi = Mat::roi(&frame.rgb, rect)
+                .map_err(|e| Error::image(&frame.name, format!("crop failed: {e}")))?;
+            let resized = resize(&frame.name, &roi, REC_SIZE, imgproc::INTER_LINEAR)?;
+            norm.hwc_to_chw(bytes(&frame.name, &resized)?, out);
+        }
+        Backend::Kernels => {
+            let px = bytes(&frame.name, &frame.rgb)?;
+            let plan = RecogniserPlan::new(&[layout(frame)], px.len(), &[(0, crop)], REC_SIZE)?;
+            host::recogniser(&plan, px, norm, out)?;
+        }
+    }
     Ok(())
+}
+
+/// A decoded frame as the only one of a batch buffer: its own pixels, rows packed.
+fn layout(frame: &Frame) -> FrameLayout {
+    FrameLayout {
+        offset: 0,
+        width: frame.width,
+        height: frame.height,
+        pitch: 3 * frame.width as usize,
+    }
 }
 
 fn resize(
@@ -125,7 +166,10 @@ mod tests {
     #[test]
     fn detector_input_is_chw_normalised_with_scale_factors() {
         let f = frame(320, 160);
-        let d = detector_input(&[&f, &f]).unwrap();
+        let d = detector_input(&[&f, &f], Backend::Opencv).unwrap();
+        let k = detector_input(&[&f, &f], Backend::Kernels).unwrap();
+        assert_eq!(d.image, k.image);
+        assert_eq!(d.scale_factor, k.scale_factor);
         assert_eq!(d.image.shape(), &[2, 3, 640, 640]);
         assert_eq!(d.scale_factor.row(1).to_vec(), vec![4.0, 2.0]);
         // R=0, G=128, B=255 through ImageNet mean/std.
@@ -146,7 +190,8 @@ mod tests {
                 x2: 50,
                 y2: 40
             },
-            &mut out
+            &mut out,
+            Backend::Opencv
         )
         .is_ok());
         let err = embedder_crop(
@@ -158,6 +203,7 @@ mod tests {
                 y2: 40,
             },
             &mut out,
+            Backend::Opencv,
         )
         .unwrap_err();
         assert!(err.to_string().contains("empty or outside"));
@@ -169,7 +215,8 @@ mod tests {
                 x2: 51,
                 y2: 40
             },
-            &mut out
+            &mut out,
+            Backend::Kernels
         )
         .is_err());
     }

@@ -12,8 +12,8 @@ use crate::common::*;
 use ort::ep::ExecutionProvider as _;
 use shitu_edge::config::Provider;
 use shitu_edge::engine::engine_cache::{BatchProfile, CacheKey, EngineCache};
-use shitu_edge::engine::gpu::Platform;
 use shitu_edge::engine::sha256_file;
+use shitu_edge::gpu::Platform;
 use shitu_edge::input;
 use shitu_edge::search::Method;
 use shitu_edge::Pipeline;
@@ -89,7 +89,7 @@ fn fallback_runs_the_same_pipeline_on_the_cpu_and_says_so() {
     gpu.engine.fallback = true;
     gpu.engine.engine_cache_dir = tmp.path().join("engines");
     let mut fell_back = Pipeline::open(&gpu).expect("fallback opens the pipeline");
-    let has_gpu = shitu_edge::engine::gpu::probe(0).is_ok();
+    let has_gpu = shitu_edge::gpu::probe(0).is_ok();
     if runtime_has(Provider::Cuda) && has_gpu {
         skip!(
             "skipped the CPU-fallback check: this box runs CUDA (providers {:?})",

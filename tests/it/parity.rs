@@ -10,6 +10,7 @@ use crate::common::*;
 use shitu_edge::detect::nms::iou as det_iou;
 use shitu_edge::geometry::{BBox, CropBox};
 use shitu_edge::input;
+use shitu_edge::preprocess::Backend;
 use shitu_edge::search::Method;
 use shitu_edge::{Pipeline, Recognized};
 
@@ -221,10 +222,12 @@ fn compare(name: &str, ours: &Recognized, r: &serde_json::Value) -> Vec<String> 
     errs
 }
 
-fn run_parity(det_model: &str, batch: usize) -> Outcome {
+fn run_parity(det_model: &str, batch: usize, backend: Backend) -> Outcome {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = settings(det_model);
     s.detector.max_batch = batch;
+    // The gallery is built with the same backend, as `shitud gallery build` would.
+    s.preprocess.backend = backend;
     build_gallery(&mut s, tmp.path(), Method::Flat);
     let mut pipeline = Pipeline::open(&s).expect("pipeline opens");
     let reference = reference();
@@ -262,10 +265,10 @@ fn run_parity(det_model: &str, batch: usize) -> Outcome {
     out
 }
 
-fn assert_parity(det_model: &str, batch: usize) {
-    let out = run_parity(det_model, batch);
+fn assert_parity(det_model: &str, batch: usize, backend: Backend) {
+    let out = run_parity(det_model, batch, backend);
     eprintln!(
-        "{det_model} (batch {batch}): {} queries checked, {} on a threshold, {} failures",
+        "{det_model} (batch {batch}, preprocess.backend = {backend}): {} queries checked, {} on a threshold, {} failures",
         out.checked,
         out.borderline.len(),
         out.failures.len()
@@ -289,12 +292,23 @@ fn assert_parity(det_model: &str, batch: usize) {
 
 #[test]
 fn parity_with_nms_in_graph_detector() {
-    assert_parity("det_nms.onnx", 1);
+    assert_parity("det_nms.onnx", 1, Backend::Opencv);
 }
 
 #[test]
 fn parity_with_pre_nms_detector_batched() {
-    assert_parity("det_prenms.onnx", 4);
+    assert_parity("det_prenms.onnx", 4, Backend::Opencv);
+}
+
+/// The GPU kernels' source, compiled for the host, in place of `cv::resize`.
+#[test]
+fn parity_with_kernels_backend_nms_in_graph_detector() {
+    assert_parity("det_nms.onnx", 1, Backend::Kernels);
+}
+
+#[test]
+fn parity_with_kernels_backend_pre_nms_detector_batched() {
+    assert_parity("det_prenms.onnx", 4, Backend::Kernels);
 }
 
 #[test]
@@ -306,11 +320,21 @@ fn gallery_features_match_the_reference() {
     for g in reference["gallery"].as_array().unwrap() {
         let name = g["image"].as_str().unwrap();
         let frame = input::read(&data("images/gallery").join(name), &s.input).unwrap();
-        let f = embedder
-            .embed(&[(&frame, CropBox::whole(frame.width, frame.height))])
-            .unwrap();
+        let whole = CropBox::whole(frame.width, frame.height);
+        let f = embedder.embed(&[(&frame, whole)]).unwrap();
         let cos = cosine(&f, &floats(&g["feature"]));
         assert!(cos >= FEATURE_COS, "{name}: gallery feature cosine {cos}");
+        let mut kernels = s.clone();
+        kernels.preprocess.backend = Backend::Kernels;
+        let k = shitu_edge::embed::Embedder::open(&kernels)
+            .unwrap()
+            .embed(&[(&frame, whole)])
+            .unwrap();
+        let cos = cosine(&k, &floats(&g["feature"]));
+        assert!(
+            cos >= FEATURE_COS,
+            "{name}: gallery feature cosine {cos} with the kernels backend"
+        );
     }
 }
 

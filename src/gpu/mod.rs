@@ -1,4 +1,8 @@
-//! What GPU and TensorRT this box has, read at run time.
+//! The GPU platform the stages share.
+//!
+//! - [`probe`]: what GPU and TensorRT this box has, read at run time.
+//! - [`nvrtc`]: every CUDA source of the crate and the options NVRTC
+//!   compiles them with, on the device and in CI.
 //!
 //! A TensorRT engine is only valid for the GPU model and TensorRT release
 //! that built it, so both are part of the engine cache key. Both are probed
@@ -6,6 +10,8 @@
 //! `libnvinfer`), so the same binary runs on boxes without either.
 
 use std::fmt;
+
+pub mod nvrtc;
 
 /// The GPU and TensorRT release an engine is built for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,10 +93,18 @@ pub fn probe(ordinal: i32) -> Result<Platform, NoGpu> {
     })
 }
 
+/// The TensorRT libraries tried, newest first: 11 (CUDA 13), 10 (JetPack 6,
+/// x86_64 CUDA 12), 8 (JetPack 5), then an unversioned dev link.
+pub const TENSORRT_LIBRARIES: [&str; 4] = [
+    "libnvinfer.so.11",
+    "libnvinfer.so.10",
+    "libnvinfer.so.8",
+    "libnvinfer.so",
+];
+
 /// The TensorRT release `libnvinfer` reports, if it can be opened.
 pub fn tensorrt_version() -> Option<String> {
-    // TensorRT 8 (JetPack 5), 10 (JetPack 6, x86_64), then an unversioned dev link.
-    for name in ["libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"] {
+    for name in TENSORRT_LIBRARIES {
         // SAFETY: libnvinfer's initialisers only register its plugins; the
         // symbol is the documented `int32_t getInferLibVersion()`.
         let version = unsafe {
@@ -136,6 +150,17 @@ mod tests {
         assert_eq!(decode_trt_version(8502), "8.5.2");
         assert_eq!(decode_trt_version(100300), "10.3.0");
         assert_eq!(decode_trt_version(101300), "10.13.0");
+    }
+
+    #[test]
+    fn every_supported_tensorrt_major_is_tried_newest_first() {
+        // TensorRT 11 is the CUDA 13 release: a box with only it must not
+        // read as "TensorRT not installed".
+        let majors: Vec<u32> = TENSORRT_LIBRARIES
+            .iter()
+            .filter_map(|n| n.rsplit('.').next()?.parse().ok())
+            .collect();
+        assert_eq!(majors, [11, 10, 8]);
     }
 
     #[test]
