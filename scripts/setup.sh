@@ -6,6 +6,8 @@
 #   - oelint-adv (PyPI) in .deps/oelint/, for the Yocto layer check
 #   - ONNX Runtime from the PyPI wheel, copied to .deps/onnxruntime/lib/ (scripts/fetch-ort.sh)
 #   - CMake from PyPI into .deps/cmake where the system's is older than 3.24
+#   - NVRTC of CUDA 12 and 13 from NVIDIA's PyPI wheels into .deps/nvrtc/<major>
+#     (scripts/fetch-nvrtc.sh): CI compiles every kernel with both, no GPU needed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +50,9 @@ if ! cmake_ok cmake && ! cmake_ok .deps/cmake/bin/cmake; then
   python3 -m venv .deps/cmake
   .deps/cmake/bin/pip install -q --disable-pip-version-check "cmake>=3.24,<4"
 fi
+for major in 12 13; do
+  bash scripts/fetch-nvrtc.sh "$major" ".deps/nvrtc/$major"
+done
 OELINT_VERSION="${OELINT_VERSION:-9.11.2}"
 if [ "$(.deps/oelint/bin/oelint-adv --version 2>/dev/null)" != "oelint-adv $OELINT_VERSION" ]; then
   say "installing oelint-adv $OELINT_VERSION (PyPI) into .deps/oelint"

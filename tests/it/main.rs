@@ -13,6 +13,7 @@ mod eval_cli;
 mod gallery_crash;
 mod gpu;
 mod import_paddleclas;
+mod nvrtc;
 mod ota_apply;
 mod ota_bundle;
 mod outbox_backpressure;
