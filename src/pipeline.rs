@@ -66,10 +66,12 @@ impl PicoDet {
             "detector",
             &d.model,
             &settings.engine,
+            settings.gpu.device_id,
             BatchProfile {
                 min: 1,
                 opt: d.opt_batch,
                 max: d.max_batch,
+                side: crate::preprocess::DET_SIZE,
             },
         )?;
         PicoDet::new(engine, &settings.detector)
@@ -84,10 +86,12 @@ impl Embedder {
             "embedder",
             &e.model,
             &settings.engine,
+            settings.gpu.device_id,
             BatchProfile {
                 min: 1,
                 opt: e.opt_batch,
                 max: e.max_batch,
+                side: crate::preprocess::REC_SIZE,
             },
         )?;
         Embedder::new(
@@ -112,7 +116,7 @@ impl Pipeline {
 
     fn open_with(settings: &Settings, writable: bool) -> Result<Pipeline> {
         settings.validate()?;
-        let tuning = (&settings.search).into();
+        let tuning = settings.into();
         let gallery = if writable {
             Gallery::open_for_write(&settings.search.index, tuning)?
         } else {

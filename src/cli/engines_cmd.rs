@@ -114,29 +114,40 @@ fn current_models(settings: &Settings) -> BTreeSet<String> {
         .collect()
 }
 
-fn judged(
-    settings: &Settings,
-    write: bool,
-) -> anyhow::Result<(EngineCache, Vec<Judged>, Option<gpu::Platform>)> {
+/// What the cache is judged against: this box's GPU (where one can be
+/// probed) and the ONNX Runtime the settings load (where it loads).
+struct Here {
+    platform: Option<gpu::Platform>,
+    ort: Option<String>,
+}
+
+fn judged(settings: &Settings, write: bool) -> anyhow::Result<(EngineCache, Vec<Judged>, Here)> {
     let dir = &settings.engine.engine_cache_dir;
     let cache = if write {
         EngineCache::open(dir)?
     } else {
         EngineCache::existing(dir)
     };
-    let platform = match gpu::probe(settings.engine.device_id) {
+    let platform = match gpu::probe(settings.gpu.device_id) {
         Ok(p) => Some(p),
         Err(why) => {
             eprintln!("note: {why}; engines are judged by model only");
             None
         }
     };
-    let all = cache.judge(&current_models(settings), platform.as_ref())?;
-    Ok((cache, all, platform))
+    let ort = match crate::engine::runtime::environment(settings.engine.ort_library.as_deref()) {
+        Ok(_) => Some(crate::engine::runtime::build_id()),
+        Err(why) => {
+            eprintln!("note: {why}; engines are not judged by ONNX Runtime build");
+            None
+        }
+    };
+    let all = cache.judge(&current_models(settings), platform.as_ref(), ort.as_deref())?;
+    Ok((cache, all, Here { platform, ort }))
 }
 
 fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
-    let (cache, all, platform) = judged(settings, false)?;
+    let (cache, all, here) = judged(settings, false)?;
     if json {
         let rows: Vec<serde_json::Value> = all
             .iter()
@@ -153,10 +164,13 @@ fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
     println!(
         "engine cache {}{}",
         cache.dir().display(),
-        platform
+        here.platform
             .map(|p| format!(", this box: {p}"))
             .unwrap_or_default()
     );
+    if let Some(ort) = &here.ort {
+        println!("ONNX Runtime: {ort}");
+    }
     if all.is_empty() {
         println!("(empty)");
         return Ok(ExitCode::SUCCESS);
@@ -194,8 +208,13 @@ fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn prune(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let (cache, _, platform) = judged(settings, !dry_run)?;
-    let gone = cache.prune(&current_models(settings), platform.as_ref(), dry_run)?;
+    let (cache, _, here) = judged(settings, !dry_run)?;
+    let gone = cache.prune(
+        &current_models(settings),
+        here.platform.as_ref(),
+        here.ort.as_deref(),
+        dry_run,
+    )?;
     let verb = if dry_run { "would remove" } else { "removed" };
     let mut bytes = 0;
     for j in &gone {

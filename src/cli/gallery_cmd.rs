@@ -158,7 +158,7 @@ pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
         GalleryCommand::Add(args) => add(cli, args),
         GalleryCommand::Remove { index, id, label } => {
             let settings = load_settings(cli)?;
-            let mut g = Gallery::open_for_write(index, (&settings.search).into())?;
+            let mut g = Gallery::open_for_write(index, (&settings).into())?;
             let ids: Vec<i64> = match label {
                 Some(l) => g.ids_with_label(l),
                 None => id.clone(),
@@ -224,7 +224,7 @@ fn add(cli: &Cli, args: &AddArgs) -> anyhow::Result<ExitCode> {
     if let Some(m) = &args.rec_model {
         settings.embedder.model = m.clone();
     }
-    let mut g = Gallery::open_for_write(&args.index, (&settings.search).into())?;
+    let mut g = Gallery::open_for_write(&args.index, (&settings).into())?;
     let mut embedder = Embedder::open(&settings)?;
     g.check_model(embedder.model_sha256(), &settings.embedder.model)?;
     // Every image is decoded before anything is added: one bad file changes nothing.

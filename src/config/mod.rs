@@ -23,6 +23,8 @@ pub struct Settings {
     pub input: InputSettings,
     /// How frames and crops become tensors.
     pub preprocess: PreprocessSettings,
+    /// The GPU every GPU stage uses.
+    pub gpu: GpuSettings,
     /// The mainbody detector.
     pub detector: DetectorSettings,
     /// The feature extractor.
@@ -151,8 +153,6 @@ pub struct EngineSettings {
     pub ort_library: Option<PathBuf>,
     /// Threads per model for intra-op parallelism; 0 lets ONNX Runtime choose (one per core).
     pub intra_threads: usize,
-    /// GPU ordinal for the CUDA and TensorRT providers.
-    pub device_id: i32,
     /// When the chosen provider cannot start (no GPU, no GPU build of ONNX
     /// Runtime, no TensorRT), try the next one down (tensorrt → cuda → cpu)
     /// instead of refusing to start. Each step down is logged as an error
@@ -169,6 +169,9 @@ pub struct EngineSettings {
     /// Let ONNX Runtime's worker threads spin between calls. Spinning threads
     /// keep the cores busy while this process decodes, crops and searches.
     pub spinning: bool,
+    /// Most bytes the CUDA provider's memory arena may hold (0: no limit). On
+    /// a Jetson the GPU shares the board's memory with everything else.
+    pub gpu_mem_limit: u64,
 }
 
 impl Default for EngineSettings {
@@ -177,12 +180,12 @@ impl Default for EngineSettings {
             provider: Provider::Cpu,
             ort_library: None,
             intra_threads: 0,
-            device_id: 0,
             fallback: true,
             fp16: true,
             engine_cache_dir: PathBuf::from("engines/cache"),
             cpu_arena: true,
             spinning: false,
+            gpu_mem_limit: 0,
         }
     }
 }
@@ -242,6 +245,28 @@ impl std::fmt::Display for PreprocessBackend {
             PreprocessBackend::Kernels => "kernels",
         })
     }
+}
+
+/// The GPU.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GpuSettings {
+    /// CUDA ordinal of the GPU that runs inference (CUDA and TensorRT
+    /// providers), preprocessing and the gallery search: one device for
+    /// all, so frames never cross between GPUs.
+    pub device_id: i32,
+}
+
+/// Keys that were renamed, with their new names: `config check` and loading
+/// name the new key instead of calling the old one unknown.
+pub const RENAMED: [(&str, &str); 2] = [
+    ("engine.device_id", "gpu.device_id"),
+    ("search.device_id", "gpu.device_id"),
+];
+
+/// What is said of a renamed key.
+pub fn renamed(old: &str, new: &str) -> String {
+    format!("{old} was replaced by {new} (one GPU for inference, preprocessing and search): set {new} instead")
 }
 
 /// Preprocessing settings.
@@ -389,8 +414,6 @@ pub struct SearchSettings {
     /// kind) or `cuda` (exact search in GPU memory, any index kind; falls back
     /// to the CPU, with an error in the log, where no GPU can be used).
     pub device: SearchDevice,
-    /// GPU ordinal for `device = "cuda"`.
-    pub device_id: usize,
     /// How `device = "cuda"` holds the gallery in GPU memory.
     pub gpu_precision: GpuPrecision,
 }
@@ -430,7 +453,6 @@ impl Default for SearchSettings {
             ef_search: 128,
             compact_after: 1000,
             device: SearchDevice::Cpu,
-            device_id: 0,
             gpu_precision: GpuPrecision::Fp32,
         }
     }
@@ -610,22 +632,26 @@ impl Settings {
                 .prefix_separator("__")
                 .separator("__"),
         );
-        let settings: Settings =
-            builder
-                .build()
-                .and_then(|c| c.try_deserialize())
-                .map_err(|e| {
-                    let names: Vec<String> =
-                        files.iter().map(|f| f.display().to_string()).collect();
-                    Error::Config(if names.is_empty() {
-                        e.to_string()
-                    } else {
-                        format!(
-                            "{}: {e} (`shitud config check` names the file and line)",
-                            names.join(", ")
-                        )
-                    })
-                })?;
+        let built = builder.build();
+        if let Ok(c) = &built {
+            if let Some((old, new)) = RENAMED
+                .iter()
+                .find(|(old, _)| c.get::<config::Value>(old).is_ok())
+            {
+                return Err(Error::Config(renamed(old, new)));
+            }
+        }
+        let settings: Settings = built.and_then(|c| c.try_deserialize()).map_err(|e| {
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            Error::Config(if names.is_empty() {
+                e.to_string()
+            } else {
+                format!(
+                    "{}: {e} (`shitud config check` names the file and line)",
+                    names.join(", ")
+                )
+            })
+        })?;
         settings.validate()?;
         Ok(settings)
     }
@@ -650,6 +676,11 @@ impl Settings {
             self.detector.max_batch > 0,
             "detector.max_batch",
             "must be at least 1",
+        );
+        need(
+            self.gpu.device_id >= 0,
+            "gpu.device_id",
+            "must be a CUDA ordinal: 0 or more",
         );
         need(
             self.ota.keep_versions >= 2,

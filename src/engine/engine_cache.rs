@@ -22,15 +22,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::gpu::Platform;
 use crate::error::{Error, Result};
+use crate::gpu::Platform;
 
 const MANIFEST: &str = "manifest.json";
 const LOCK: &str = ".lock";
 const TIMING: &str = "timing";
-const MANIFEST_VERSION: u32 = 1;
+// 2: keys hold the ONNX Runtime build, the TensorRT provider's options, the
+// SM count and the CUDA driver; entries can record that no engine was made.
+const MANIFEST_VERSION: u32 = 2;
 
-/// The batch sizes a TensorRT optimisation profile covers.
+/// The batch sizes a TensorRT optimisation profile covers, and the image
+/// side the stage feeds (for models exported with dynamic height and width).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchProfile {
     /// Smallest batch.
@@ -39,6 +42,8 @@ pub struct BatchProfile {
     pub opt: usize,
     /// Largest batch.
     pub max: usize,
+    /// Height and width of the stage's image input (640 detector, 224 embedder).
+    pub side: u32,
 }
 
 impl fmt::Display for BatchProfile {
@@ -61,17 +66,31 @@ pub struct CacheKey {
     pub gpu: String,
     /// Compute capability, e.g. `8.7`.
     pub compute_capability: String,
+    /// Streaming multiprocessors (Orin modules all call themselves "Orin").
+    pub sm_count: i32,
+    /// The CUDA driver's version, e.g. 12060.
+    pub cuda_driver: i32,
     /// TensorRT release.
     pub tensorrt: String,
+    /// The ONNX Runtime build whose TensorRT provider built the engine: an
+    /// upgrade rebuilds, where the provider would silently rebuild anyway
+    /// while the log said "using the cached engine".
+    pub ort: String,
+    /// The TensorRT provider's options that shape the engine
+    /// ([`super::providers::engine_shaping`]).
+    pub trt_options: String,
 }
 
 impl CacheKey {
-    /// The key for `model_sha256` built with these options on `platform`.
+    /// The key for `model_sha256` built with these options on `platform`
+    /// by the TensorRT provider of the ONNX Runtime build `ort`.
     pub fn new(
         model_sha256: &str,
         fp16: bool,
         profile: BatchProfile,
         platform: &Platform,
+        ort: &str,
+        trt_options: &str,
     ) -> CacheKey {
         let (maj, min) = platform.compute_capability;
         CacheKey {
@@ -80,7 +99,11 @@ impl CacheKey {
             profile,
             gpu: platform.gpu.clone(),
             compute_capability: format!("{maj}.{min}"),
+            sm_count: platform.sm_count,
+            cuda_driver: platform.cuda_driver,
             tensorrt: platform.tensorrt.clone().unwrap_or_else(|| "none".into()),
+            ort: ort.to_string(),
+            trt_options: trt_options.to_string(),
         }
     }
 
@@ -90,10 +113,14 @@ impl CacheKey {
         for part in [
             self.model_sha256.as_str(),
             &self.precision,
-            &self.profile.to_string(),
+            &format!("{} side {}", self.profile, self.profile.side),
             &self.gpu,
             &self.compute_capability,
+            &self.sm_count.to_string(),
+            &self.cuda_driver.to_string(),
             &self.tensorrt,
+            &self.ort,
+            &self.trt_options,
         ] {
             // Length-prefixed so that no two different keys hash the same bytes.
             h.update((part.len() as u64).to_le_bytes());
@@ -102,11 +129,13 @@ impl CacheKey {
         hex::encode(&h.finalize()[..8])
     }
 
-    /// Whether this key was made for the GPU and TensorRT of `platform`.
+    /// Whether this key was made for the GPU, driver and TensorRT of `platform`.
     pub fn fits(&self, platform: &Platform) -> bool {
         let (maj, min) = platform.compute_capability;
         self.gpu == platform.gpu
             && self.compute_capability == format!("{maj}.{min}")
+            && self.sm_count == platform.sm_count
+            && self.cuda_driver == platform.cuda_driver
             && self.tensorrt == platform.tensorrt.as_deref().unwrap_or("none")
     }
 }
@@ -119,6 +148,11 @@ pub enum State {
     Building,
     /// The engine is complete and can be used.
     Ready,
+    /// The build finished but TensorRT wrote no engine (it took no part of
+    /// the graph, or failed inside ONNX Runtime). Recorded so that every
+    /// start does not spend minutes on the same empty build; pruning the
+    /// entry tries again.
+    NoEngine,
 }
 
 /// One engine folder, as the manifest records it.
@@ -160,6 +194,8 @@ pub struct Manifest {
 pub enum Lookup {
     /// A finished engine; use it as it is.
     Ready(Entry),
+    /// A finished build that wrote no engine.
+    NoEngine(Entry),
     /// Nothing finished for this key: build it.
     Missing,
 }
@@ -169,8 +205,12 @@ pub enum Lookup {
 pub enum Verdict {
     /// Matches a model of the current config on this GPU and TensorRT.
     Current,
-    /// Built for another GPU or TensorRT release.
+    /// Built for another GPU, driver or TensorRT release.
     OtherPlatform,
+    /// Built by another ONNX Runtime build.
+    OtherRuntime,
+    /// Its build wrote no engine; removing the entry makes the next start try again.
+    NoEngine,
     /// Built from a model the config no longer names (replaced by an update).
     OtherModel,
     /// Its build never finished.
@@ -190,7 +230,9 @@ impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Verdict::Current => "current",
-            Verdict::OtherPlatform => "stale: other GPU or TensorRT",
+            Verdict::OtherPlatform => "stale: other GPU, driver or TensorRT",
+            Verdict::OtherRuntime => "stale: other ONNX Runtime",
+            Verdict::NoEngine => "no engine: TensorRT built none; prune to retry",
             Verdict::OtherModel => "stale: model no longer configured",
             Verdict::Unfinished => "stale: build did not finish",
             Verdict::Orphan => "stale: not in the manifest",
@@ -256,11 +298,14 @@ impl EngineCache {
     /// TensorRT's timing cache, shared by every engine of one platform
     /// (timings depend on the GPU and TensorRT only), so building the second
     /// model reuses what the first one measured.
-    pub fn timing_dir(&self, key: &CacheKey) -> Result<PathBuf> {
+    pub fn timing_dir(&self, platform: &Platform) -> Result<PathBuf> {
         let mut h = Sha256::new();
+        let (maj, min) = platform.compute_capability;
         h.update(format!(
-            "{}\0{}\0{}",
-            key.gpu, key.compute_capability, key.tensorrt
+            "{}\0{maj}.{min}\0{}\0{}",
+            platform.gpu,
+            platform.sm_count,
+            platform.tensorrt.as_deref().unwrap_or("none")
         ));
         let dir = self.dir.join(TIMING).join(hex::encode(&h.finalize()[..8]));
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -305,12 +350,39 @@ impl EngineCache {
             Some(e) if e.state == State::Ready && dir_size(&self.dir.join(&id)) > 0 => {
                 Lookup::Ready(e)
             }
+            Some(e) if e.state == State::NoEngine => Lookup::NoEngine(e),
             _ => Lookup::Missing,
         }
     }
 
-    /// Records that a build of `key` starts, and returns an empty folder for it.
-    pub fn begin(&self, key: &CacheKey, role: &str, model: &Path) -> Result<PathBuf> {
+    /// What to do for `key`, decided under the key's own lock: use the
+    /// finished engine, or build it while holding the lock. A second process
+    /// (`shitud engines build` beside a running daemon, two daemons on one
+    /// cache) waits for the first one's build and then uses it, instead of
+    /// wiping the folder under it.
+    pub fn claim(&self, key: &CacheKey, role: &str, model: &Path) -> Result<Claim> {
+        let lock = self.key_lock(key)?;
+        match self.lookup(key) {
+            Lookup::Ready(e) => Ok(Claim::Ready(e)),
+            Lookup::NoEngine(e) => Ok(Claim::NoEngine(e)),
+            Lookup::Missing => Ok(Claim::Build(self.begin_locked(key, role, model, lock)?)),
+        }
+    }
+
+    /// Starts a build of `key` whatever the cache holds for it (under the
+    /// key's lock), in an emptied folder.
+    pub fn begin(&self, key: &CacheKey, role: &str, model: &Path) -> Result<Build> {
+        let lock = self.key_lock(key)?;
+        self.begin_locked(key, role, model, lock)
+    }
+
+    fn begin_locked(
+        &self,
+        key: &CacheKey,
+        role: &str,
+        model: &Path,
+        lock: FileLock,
+    ) -> Result<Build> {
         let dir = self.entry_dir(key);
         // Whatever a crashed build left is not trusted.
         if dir.exists() {
@@ -332,21 +404,32 @@ impl EngineCache {
                 bytes: 0,
             });
         })?;
-        Ok(dir)
+        Ok(Build {
+            key: key.clone(),
+            dir,
+            _lock: lock,
+        })
     }
 
-    /// Records that the build of `key` finished after `took`.
-    pub fn finish(&self, key: &CacheKey, took: Duration) -> Result<()> {
-        let id = key.id();
-        let bytes = dir_size(&self.dir.join(&id));
+    /// Records that `build` finished after `took`, and whether TensorRT
+    /// wrote an engine (a non-empty `*.engine` file); releases the key.
+    pub fn finish(&self, build: Build, took: Duration) -> Result<State> {
+        let id = build.key.id();
+        let bytes = dir_size(&build.dir);
+        let state = if has_engine(&build.dir) {
+            State::Ready
+        } else {
+            State::NoEngine
+        };
         self.update(|m| {
             if let Some(e) = m.entries.iter_mut().find(|e| e.id == id) {
-                e.state = State::Ready;
+                e.state = state;
                 e.build_seconds = took.as_secs_f64();
                 e.bytes = bytes;
                 e.last_used = unix_now();
             }
-        })
+        })?;
+        Ok(state)
     }
 
     /// Records that the engine for `key` was opened now.
@@ -362,22 +445,29 @@ impl EngineCache {
     /// Every engine folder, judged against the models the config names
     /// (`current`, their sha256s) and this box's platform. `platform` is
     /// `None` where no GPU can be probed; entries are then judged by model only.
+    ///
+    /// `ort` is the loaded ONNX Runtime's build, where it could be loaded.
     pub fn judge(
         &self,
         current_models: &BTreeSet<String>,
         platform: Option<&Platform>,
+        ort: Option<&str>,
     ) -> Result<Vec<Judged>> {
         let manifest = self.manifest();
         let mut out: Vec<Judged> = manifest
             .entries
             .iter()
             .map(|e| {
-                let verdict = if e.state != State::Ready {
+                let verdict = if e.state == State::Building {
                     Verdict::Unfinished
                 } else if !current_models.contains(&e.key.model_sha256) {
                     Verdict::OtherModel
                 } else if platform.is_some_and(|p| !e.key.fits(p)) {
                     Verdict::OtherPlatform
+                } else if ort.is_some_and(|o| o != e.key.ort) {
+                    Verdict::OtherRuntime
+                } else if e.state == State::NoEngine {
+                    Verdict::NoEngine
                 } else {
                     Verdict::Current
                 };
@@ -416,10 +506,11 @@ impl EngineCache {
         &self,
         current_models: &BTreeSet<String>,
         platform: Option<&Platform>,
+        ort: Option<&str>,
         dry_run: bool,
     ) -> Result<Vec<Judged>> {
         let stale = |c: &EngineCache| -> Result<Vec<Judged>> {
-            Ok(c.judge(current_models, platform)?
+            Ok(c.judge(current_models, platform, ort)?
                 .into_iter()
                 .filter(|j| j.verdict.is_stale())
                 .collect())
@@ -469,24 +560,86 @@ impl EngineCache {
     }
 
     fn lock(&self) -> Result<FileLock> {
-        let path = self.dir.join(LOCK);
+        FileLock::take(&self.dir.join(LOCK), || {})
+    }
+
+    /// The lock of one key's build, held from its start to its end (the
+    /// manifest's lock is only held for each read-modify-write).
+    fn key_lock(&self, key: &CacheKey) -> Result<FileLock> {
+        let id = key.id();
+        FileLock::take(&self.dir.join(format!(".{id}.lock")), || {
+            tracing::info!(
+                engine = %id,
+                "another process is building this TensorRT engine; waiting for it to finish"
+            )
+        })
+    }
+}
+
+/// A build in progress: the folder TensorRT writes into, and the key's lock.
+#[derive(Debug)]
+pub struct Build {
+    key: CacheKey,
+    dir: PathBuf,
+    _lock: FileLock,
+}
+
+impl Build {
+    /// The folder the engine goes into.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// What [`EngineCache::claim`] found for a key.
+#[derive(Debug)]
+// One claim per model at start-up: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Claim {
+    /// A finished engine; use it.
+    Ready(Entry),
+    /// An earlier build wrote no engine.
+    NoEngine(Entry),
+    /// Nothing usable: build it (the key is locked until [`EngineCache::finish`]).
+    Build(Build),
+}
+
+/// Holds an exclusive `flock` until dropped.
+#[derive(Debug)]
+struct FileLock(#[allow(dead_code)] File);
+
+impl FileLock {
+    /// Locks `path` (created if need be); calls `waiting` once if another
+    /// process holds it, then waits.
+    fn take(path: &Path, waiting: impl FnOnce()) -> Result<FileLock> {
+        use std::os::fd::AsRawFd;
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        use std::os::fd::AsRawFd;
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
         // SAFETY: flock on a descriptor this function owns; released when the file closes.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::io(&path, std::io::Error::last_os_error()));
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            waiting();
+            // SAFETY: as above.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(Error::io(path, std::io::Error::last_os_error()));
+            }
         }
         Ok(FileLock(file))
     }
 }
 
-/// Holds the cache's `flock` until dropped.
-struct FileLock(#[allow(dead_code)] File);
+/// Whether `dir` holds a non-empty TensorRT engine file.
+fn has_engine(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|items| {
+        items.flatten().any(|i| {
+            i.path().extension().is_some_and(|e| e == "engine")
+                && i.metadata().is_ok_and(|m| m.is_file() && m.len() > 0)
+        })
+    })
+}
 
 /// Runs `build`, calling `tick` with the time so far every `every` until it
 /// returns, so that a multi-minute TensorRT build is visibly alive in the journal.
@@ -543,56 +696,97 @@ fn dir_size(dir: &Path) -> u64 {
 mod tests {
     use super::*;
 
+    const ORT: &str = "git-branch=rel-1.31.1,git-commit-id=9a4c8f0";
+    const TRT_OPTIONS: &str = "trt_engine_cache_enable=1;trt_fp16_enable=1";
+    const PROFILE: BatchProfile = BatchProfile {
+        min: 1,
+        opt: 4,
+        max: 8,
+        side: 640,
+    };
+
     fn platform(gpu: &str, trt: &str) -> Platform {
         Platform {
             gpu: gpu.into(),
             compute_capability: (8, 7),
+            sm_count: 16,
+            cuda_driver: 12060,
             tensorrt: Some(trt.into()),
         }
     }
 
     fn key(sha: &str, p: &Platform) -> CacheKey {
-        CacheKey::new(
-            sha,
-            true,
-            BatchProfile {
-                min: 1,
-                opt: 4,
-                max: 8,
-            },
-            p,
-        )
+        CacheKey::new(sha, true, PROFILE, p, ORT, TRT_OPTIONS)
     }
 
+    /// A build that wrote an engine file, as the TensorRT provider names them.
     fn built(cache: &EngineCache, k: &CacheKey, role: &str) {
-        let dir = cache.begin(k, role, Path::new("m.onnx")).unwrap();
-        fs::write(dir.join("engine.bin"), b"engine bytes").unwrap();
-        cache.finish(k, Duration::from_secs(3)).unwrap();
+        let b = cache.begin(k, role, Path::new("m.onnx")).unwrap();
+        fs::write(
+            b.dir().join("TRTKernel_graph_main_0_sm87.engine"),
+            b"engine bytes",
+        )
+        .unwrap();
+        assert_eq!(
+            cache.finish(b, Duration::from_secs(3)).unwrap(),
+            State::Ready
+        );
     }
 
     #[test]
     fn every_field_of_the_key_changes_its_id() {
         let orin = platform("Orin", "10.3.0");
         let base = key("aa", &orin);
+        let new =
+            |fp16, profile, p: &Platform, ort, trt| CacheKey::new("aa", fp16, profile, p, ort, trt);
         let mut variants = vec![
             key("ab", &orin),
-            CacheKey::new("aa", false, base.profile, &orin),
-            CacheKey::new(
-                "aa",
+            new(false, PROFILE, &orin, ORT, TRT_OPTIONS),
+            new(
+                true,
+                BatchProfile { opt: 8, ..PROFILE },
+                &orin,
+                ORT,
+                TRT_OPTIONS,
+            ),
+            new(
                 true,
                 BatchProfile {
-                    min: 1,
-                    opt: 8,
-                    max: 8,
+                    side: 320,
+                    ..PROFILE
                 },
                 &orin,
+                ORT,
+                TRT_OPTIONS,
             ),
             key("aa", &platform("Xavier", "10.3.0")),
             key("aa", &platform("Orin", "8.6.2")),
+            // An ONNX Runtime upgrade, and other TensorRT provider options.
+            new(
+                true,
+                PROFILE,
+                &orin,
+                "git-branch=rel-1.32.0,git-commit-id=1234567",
+                TRT_OPTIONS,
+            ),
+            new(
+                true,
+                PROFILE,
+                &orin,
+                ORT,
+                "trt_engine_cache_enable=1;trt_fp16_enable=0",
+            ),
         ];
         let mut other_cc = orin.clone();
         other_cc.compute_capability = (7, 2);
         variants.push(key("aa", &other_cc));
+        // Every Orin module reports "Orin": the SM count tells them apart.
+        let mut orin_nano = orin.clone();
+        orin_nano.sm_count = 8;
+        variants.push(key("aa", &orin_nano));
+        let mut new_driver = orin.clone();
+        new_driver.cuda_driver = 12080;
+        variants.push(key("aa", &new_driver));
         let ids: BTreeSet<String> = variants
             .iter()
             .map(CacheKey::id)
@@ -610,20 +804,22 @@ mod tests {
         let orin = platform("Orin", "10.3.0");
         let k = key("aa", &orin);
         assert_eq!(cache.lookup(&k), Lookup::Missing);
-        let dir = cache.begin(&k, "embedder", Path::new("rec.onnx")).unwrap();
+        let b = cache.begin(&k, "embedder", Path::new("rec.onnx")).unwrap();
+        let dir = b.dir().to_path_buf();
         fs::write(dir.join("engine.bin"), vec![0u8; 100]).unwrap();
+        fs::write(dir.join("m.engine"), vec![0u8; 28]).unwrap();
         assert_eq!(
             cache.lookup(&k),
             Lookup::Missing,
             "a build in progress is not usable"
         );
-        cache.finish(&k, Duration::from_secs(130)).unwrap();
+        cache.finish(b, Duration::from_secs(130)).unwrap();
         let Lookup::Ready(e) = cache.lookup(&k) else {
             panic!("finished entry not found")
         };
         assert_eq!(
             (e.role.as_str(), e.bytes, e.build_seconds),
-            ("embedder", 100, 130.0)
+            ("embedder", 128, 130.0)
         );
         // Another platform is a different key: a stale engine is never reused.
         assert_eq!(
@@ -632,6 +828,7 @@ mod tests {
         );
         // An emptied folder is not trusted.
         fs::remove_file(dir.join("engine.bin")).unwrap();
+        fs::remove_file(dir.join("m.engine")).unwrap();
         assert_eq!(cache.lookup(&k), Lookup::Missing);
     }
 
@@ -640,10 +837,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let cache = EngineCache::open(tmp.path()).unwrap();
         let k = key("aa", &platform("Orin", "10.3.0"));
-        let dir = cache.begin(&k, "detector", Path::new("det.onnx")).unwrap();
-        fs::write(dir.join("half.engine"), b"x").unwrap();
-        let dir = cache.begin(&k, "detector", Path::new("det.onnx")).unwrap();
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        let b = cache.begin(&k, "detector", Path::new("det.onnx")).unwrap();
+        fs::write(b.dir().join("half.engine"), b"x").unwrap();
+        drop(b); // the process died: its lock went with it
+        let b = cache.begin(&k, "detector", Path::new("det.onnx")).unwrap();
+        assert_eq!(fs::read_dir(b.dir()).unwrap().count(), 0);
         assert_eq!(cache.manifest().entries.len(), 1, "one entry per key");
     }
 
@@ -665,15 +863,17 @@ mod tests {
         ] {
             built(&cache, k, role);
         }
-        cache
-            .begin(&unfinished, "detector", Path::new("det.onnx"))
-            .unwrap();
+        drop(
+            cache
+                .begin(&unfinished, "detector", Path::new("det.onnx"))
+                .unwrap(),
+        );
         fs::create_dir_all(tmp.path().join("0123456789abcdef")).unwrap();
-        cache.timing_dir(&keep_det).unwrap();
+        cache.timing_dir(&orin).unwrap();
 
         let current: BTreeSet<String> = ["det1".to_string(), "rec1".to_string()].into();
         let verdicts: Vec<(String, Verdict)> = cache
-            .judge(&current, Some(&orin))
+            .judge(&current, Some(&orin), Some(ORT))
             .unwrap()
             .into_iter()
             .map(|j| (j.id, j.verdict))
@@ -699,14 +899,16 @@ mod tests {
             "the timing folder is not an engine: {verdicts:?}"
         );
 
-        let dry = cache.prune(&current, Some(&orin), true).unwrap();
+        let dry = cache.prune(&current, Some(&orin), Some(ORT), true).unwrap();
         assert_eq!(dry.len(), 4);
         assert!(
             tmp.path().join(old_trt.id()).exists(),
             "a dry run removes nothing"
         );
 
-        let gone = cache.prune(&current, Some(&orin), false).unwrap();
+        let gone = cache
+            .prune(&current, Some(&orin), Some(ORT), false)
+            .unwrap();
         assert_eq!(gone.len(), 4);
         let left: BTreeSet<String> = cache.manifest().entries.into_iter().map(|e| e.id).collect();
         assert_eq!(left, [keep_det.id(), keep_rec.id()].into());
@@ -714,7 +916,11 @@ mod tests {
             assert!(!tmp.path().join(k.id()).exists());
         }
         assert!(!tmp.path().join("0123456789abcdef").exists());
-        assert!(tmp.path().join(keep_det.id()).join("engine.bin").exists());
+        assert!(tmp
+            .path()
+            .join(keep_det.id())
+            .join("TRTKernel_graph_main_0_sm87.engine")
+            .exists());
         assert!(
             tmp.path().join(TIMING).exists(),
             "timing caches survive pruning"
@@ -729,19 +935,106 @@ mod tests {
         built(&cache, &k, "detector");
         let current: BTreeSet<String> = ["det1".to_string()].into();
         assert_eq!(
-            cache.judge(&current, None).unwrap()[0].verdict,
+            cache.judge(&current, None, None).unwrap()[0].verdict,
             Verdict::Current
         );
         let nowhere = EngineCache::existing(&tmp.path().join("missing"));
-        assert!(nowhere.judge(&current, None).unwrap().is_empty());
+        assert!(nowhere.judge(&current, None, None).unwrap().is_empty());
         assert!(
             !tmp.path().join("missing").exists(),
             "reading does not create the folder"
         );
         assert_eq!(
-            cache.judge(&BTreeSet::new(), None).unwrap()[0].verdict,
+            cache.judge(&BTreeSet::new(), None, None).unwrap()[0].verdict,
             Verdict::OtherModel
         );
+    }
+
+    #[test]
+    fn an_onnx_runtime_upgrade_misses_the_old_engine_and_judges_it_stale() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = EngineCache::open(tmp.path()).unwrap();
+        let orin = platform("Orin", "10.3.0");
+        let old = key("aa", &orin);
+        built(&cache, &old, "detector");
+        let upgraded = CacheKey::new(
+            "aa",
+            true,
+            PROFILE,
+            &orin,
+            "git-branch=rel-1.32.0",
+            TRT_OPTIONS,
+        );
+        assert_eq!(
+            cache.lookup(&upgraded),
+            Lookup::Missing,
+            "not 'using the cached engine'"
+        );
+        let current: BTreeSet<String> = ["aa".to_string()].into();
+        let j = cache
+            .judge(&current, Some(&orin), Some("git-branch=rel-1.32.0"))
+            .unwrap();
+        assert_eq!(j[0].verdict, Verdict::OtherRuntime);
+        assert!(j[0].verdict.is_stale());
+    }
+
+    #[test]
+    fn a_build_that_wrote_no_engine_is_not_repeated_at_every_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = EngineCache::open(tmp.path()).unwrap();
+        let k = key("aa", &platform("Orin", "10.3.0"));
+        let Claim::Build(b) = cache.claim(&k, "detector", Path::new("det.onnx")).unwrap() else {
+            panic!("an empty cache builds");
+        };
+        // What ORT leaves when TensorRT took nothing: a profile, a 0-byte engine.
+        fs::write(b.dir().join("m.profile"), b"shapes").unwrap();
+        fs::write(b.dir().join("m.engine"), b"").unwrap();
+        assert_eq!(
+            cache.finish(b, Duration::from_secs(200)).unwrap(),
+            State::NoEngine
+        );
+        // The next start is told, instead of building for minutes again.
+        assert!(matches!(cache.lookup(&k), Lookup::NoEngine(_)));
+        assert!(matches!(
+            cache.claim(&k, "detector", Path::new("det.onnx")).unwrap(),
+            Claim::NoEngine(_)
+        ));
+        // Pruning the entry is how to try again.
+        let current: BTreeSet<String> = ["aa".to_string()].into();
+        let gone = cache.prune(&current, None, None, false).unwrap();
+        assert_eq!(gone[0].verdict, Verdict::NoEngine);
+        assert_eq!(cache.lookup(&k), Lookup::Missing);
+    }
+
+    #[test]
+    fn a_second_builder_waits_for_the_first_and_uses_its_engine() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = EngineCache::open(tmp.path()).unwrap();
+        let k = key("aa", &platform("Orin", "10.3.0"));
+        let Claim::Build(first) = cache.claim(&k, "detector", Path::new("det.onnx")).unwrap()
+        else {
+            panic!("an empty cache builds");
+        };
+        let engine = first.dir().join("TRTKernel_graph_main_0_sm87.engine");
+        fs::write(&engine, b"half an engine").unwrap();
+        // `shitud engines build` while the daemon builds: the second claim
+        // must neither wipe the folder nor start its own build.
+        let (c2, k2) = (cache.clone(), k.clone());
+        let second =
+            std::thread::spawn(move || c2.claim(&k2, "detector", Path::new("det.onnx")).unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !second.is_finished(),
+            "the second claim waits for the build"
+        );
+        assert!(engine.exists(), "the first build's files are untouched");
+        fs::write(&engine, b"a whole engine").unwrap();
+        cache.finish(first, Duration::from_secs(90)).unwrap();
+        match second.join().unwrap() {
+            Claim::Ready(e) => assert_eq!(e.build_seconds, 90.0),
+            other => panic!("the second claim should use the first build, got {other:?}"),
+        }
+        assert_eq!(fs::read(&engine).unwrap(), b"a whole engine");
     }
 
     #[test]

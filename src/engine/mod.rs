@@ -6,6 +6,7 @@
 //! at start-up with both shapes in the message, not at the first frame.
 
 pub mod engine_cache;
+pub mod providers;
 pub mod runtime;
 
 use std::io::Read;
@@ -104,16 +105,19 @@ impl Engine {
     /// With `engine.fallback`, a provider that cannot start hands over to the
     /// next one down (tensorrt → cuda → cpu), with an error in the log that
     /// says why; without it, the first failure is the error.
+    /// `device_id` is the GPU (`gpu.device_id`) the CUDA and TensorRT providers run on.
     pub fn open(
         role: &'static str,
         path: &Path,
         settings: &EngineSettings,
+        device_id: i32,
         profile: BatchProfile,
     ) -> Result<Engine> {
         if !path.is_file() {
             return Err(Error::model(path, "file not found"));
         }
-        let (env, library) = runtime::environment(settings.ort_library.as_deref())?;
+        let ort = runtime::environment(settings.ort_library.as_deref())?;
+        let (env, library) = ort;
         // Hashed once here: the engine cache key, the gallery's model guard and
         // the daemon's versions all need it.
         let model_sha256 = sha256_file(path)?;
@@ -122,9 +126,11 @@ impl Engine {
         for (i, &provider) in chain.iter().enumerate() {
             let opened = match provider {
                 Provider::Cpu => session(path, env, settings, Vec::new()).map(|s| (s, None)),
-                Provider::Cuda => cuda_session(path, env, library, settings).map(|s| (s, None)),
+                Provider::Cuda => {
+                    cuda_session(path, env, library, settings, device_id).map(|s| (s, None))
+                }
                 Provider::Tensorrt => {
-                    tensorrt_session(role, path, &model_sha256, env, library, settings, profile)
+                    tensorrt_session(role, path, &model_sha256, ort, settings, device_id, profile)
                         .map(|(s, c)| (s, Some(c)))
                 }
             };
@@ -330,11 +336,8 @@ fn require_provider<P: ort::ep::ExecutionProvider>(library: &Path, name: &str) -
     }
 }
 
-fn cuda_ep(settings: &EngineSettings) -> ort::ep::ExecutionProviderDispatch {
-    ort::ep::CUDA::default()
-        .with_device_id(settings.device_id)
-        .build()
-        .error_on_failure()
+fn cuda_ep(settings: &EngineSettings, device_id: i32) -> ort::ep::ExecutionProviderDispatch {
+    providers::cuda_ep(&providers::cuda(settings, device_id))
 }
 
 fn cuda_session(
@@ -342,10 +345,11 @@ fn cuda_session(
     env: &ort::environment::Environment,
     library: &Path,
     settings: &EngineSettings,
+    device_id: i32,
 ) -> Result<Session> {
     require_provider::<ort::ep::CUDA>(library, "CUDA")?;
-    gpu::probe(settings.device_id).map_err(|e| Error::Runtime(e.0))?;
-    session(path, env, settings, vec![cuda_ep(settings)])
+    gpu::probe(device_id).map_err(|e| Error::Runtime(e.0))?;
+    session(path, env, settings, vec![cuda_ep(settings, device_id)])
 }
 
 /// A TensorRT session whose engine comes from (or goes into) the engine cache.
@@ -353,47 +357,48 @@ fn tensorrt_session(
     role: &'static str,
     path: &Path,
     model_sha256: &str,
-    env: &ort::environment::Environment,
-    library: &Path,
+    (env, library): &(ort::environment::Environment, PathBuf),
     settings: &EngineSettings,
+    device_id: i32,
     profile: BatchProfile,
 ) -> Result<(Session, CacheUse)> {
-    use engine_cache::{CacheKey, EngineCache, Lookup};
+    use engine_cache::{CacheKey, Claim, EngineCache, State};
     require_provider::<ort::ep::TensorRT>(library, "TensorRT")?;
-    let platform = gpu::probe(settings.device_id).map_err(|e| Error::Runtime(e.0))?;
+    let platform = gpu::probe(device_id).map_err(|e| Error::Runtime(e.0))?;
     if platform.tensorrt.is_none() {
         return Err(Error::Runtime(
             "TensorRT is not installed (libnvinfer.so.11 / .so.10 / .so.8 not found): install it (JetPack ships it; on x86_64 the tensorrt-libs wheel or NVIDIA's packages)".into(),
         ));
     }
     let cache = EngineCache::open(&settings.engine_cache_dir)?;
-    let key = CacheKey::new(model_sha256, settings.fp16, profile, &platform);
     // TensorRT's optimisation profile needs the input names and shapes before
     // the session exists; a CPU session reads them (once, at start-up).
     let (inputs, _) = specs(&session(path, env, settings, Vec::new())?);
+    let shapes = profile_shapes(&inputs, profile).map_err(|e| Error::model(path, e))?;
+    let timing = cache.timing_dir(&platform)?;
+    let options =
+        |dir: &Path| providers::tensorrt(settings, device_id, shapes.as_ref(), dir, &timing);
+    // The key is made from the very options TensorRT gets (paths aside).
+    let key = CacheKey::new(
+        model_sha256,
+        settings.fp16,
+        profile,
+        &platform,
+        &runtime::build_id(),
+        &providers::engine_shaping(&options(Path::new(""))),
+    );
     let dir = cache.entry_dir(&key);
-    let trt = |dir: &Path| -> Result<ort::ep::ExecutionProviderDispatch> {
-        let timing = cache.timing_dir(&key)?;
-        let mut trt = ort::ep::TensorRT::default()
-            .with_device_id(settings.device_id)
-            .with_fp16(settings.fp16)
-            .with_engine_cache(true)
-            .with_engine_cache_path(dir.display().to_string())
-            .with_timing_cache(true)
-            .with_timing_cache_path(timing.display().to_string());
-        if let Some((min, opt, max)) = profile_shapes(&inputs, profile) {
-            trt = trt
-                .with_profile_min_shapes(min)
-                .with_profile_opt_shapes(opt)
-                .with_profile_max_shapes(max);
-        }
-        Ok(trt.build().error_on_failure())
+    let eps = || {
+        vec![
+            providers::tensorrt_ep(&options(&dir)),
+            cuda_ep(settings, device_id),
+        ]
     };
-    match cache.lookup(&key) {
-        Lookup::Ready(entry) => {
+    match cache.claim(&key, role, path)? {
+        Claim::Ready(entry) => {
             tracing::info!(model = role, engine = %dir.display(), built_s = entry.build_seconds, "using the cached TensorRT engine");
             // CUDA after TensorRT takes the nodes TensorRT cannot.
-            let session = session(path, env, settings, vec![trt(&dir)?, cuda_ep(settings)])?;
+            let session = session(path, env, settings, eps())?;
             if let Err(e) = cache.touch(&key) {
                 tracing::warn!("engine cache: {e}");
             }
@@ -407,8 +412,8 @@ fn tensorrt_session(
                 },
             ))
         }
-        Lookup::Missing => {
-            let dir = cache.begin(&key, role, path)?;
+        Claim::NoEngine(entry) => Err(no_engine(role, &entry.id)),
+        Claim::Build(build) => {
             tracing::warn!(
                 model = role,
                 engine = %dir.display(),
@@ -420,12 +425,14 @@ fn tensorrt_session(
             let what = format!("building TensorRT engine for {role} model");
             let tick =
                 move |so_far| tracing::info!("{what}, {} so far", engine_cache::elapsed(so_far));
-            let eps = vec![trt(&dir)?, cuda_ep(settings)];
+            let eps = eps();
             let session = engine_cache::with_progress(Duration::from_secs(10), tick, || {
                 session(path, env, settings, eps)
             })?;
             let took = started.elapsed();
-            cache.finish(&key, took)?;
+            if cache.finish(build, took)? == State::NoEngine {
+                return Err(no_engine(role, &key.id()));
+            }
             tracing::info!(
                 model = role,
                 "TensorRT engine built in {}",
@@ -444,30 +451,65 @@ fn tensorrt_session(
     }
 }
 
-/// TensorRT profile strings (`image:1x3x640x640,...`) covering the batch
-/// range of `profile` for every input whose only dynamic dimension is the batch.
+/// Why TensorRT cannot run a model whose build wrote no engine.
+fn no_engine(role: &str, id: &str) -> Error {
+    Error::Runtime(format!(
+        "TensorRT built no engine for the {role} model (engine cache entry {id}): it took no part of the graph, or its build failed (ONNX Runtime's log says which). \
+         Not built again at every start: `shitud engines prune` removes the entry, and the next start tries again"
+    ))
+}
+
+/// TensorRT's optimisation profile (`image:1x3x640x640,...`) for every
+/// input with a dynamic dimension: the batch over `profile`'s range, and the
+/// height and width of an NCHW image input at `profile.side` (the TensorRT
+/// provider needs a profile for every dynamic input, not only the batched
+/// ones). `Ok(None)`: every input is static. A dynamic dimension that cannot
+/// be sized is an error naming it.
 pub fn profile_shapes(
     inputs: &[TensorSpec],
     profile: BatchProfile,
-) -> Option<(String, String, String)> {
-    let batched: Vec<&TensorSpec> = inputs
+) -> std::result::Result<Option<providers::ProfileShapes>, String> {
+    let dynamic: Vec<&TensorSpec> = inputs
         .iter()
-        .filter(|s| s.shape.first() == Some(&-1) && s.shape[1..].iter().all(|&d| d > 0))
+        .filter(|s| s.shape.iter().any(|&d| d < 0))
         .collect();
-    if batched.is_empty() {
-        return None;
+    if dynamic.is_empty() {
+        return Ok(None);
+    }
+    for s in &dynamic {
+        for (i, &d) in s.shape.iter().enumerate() {
+            let image_side = s.shape.len() == 4 && (i == 2 || i == 3);
+            if d < 0 && i != 0 && !(image_side && profile.side > 0) {
+                return Err(format!(
+                    "input {s} has a dynamic dimension {i} that TensorRT needs a size for; export the model with it fixed"
+                ));
+            }
+        }
     }
     let at = |n: usize| {
-        batched
+        dynamic
             .iter()
             .map(|s| {
-                let rest: Vec<String> = s.shape[1..].iter().map(|d| d.to_string()).collect();
-                format!("{}:{n}x{}", s.name, rest.join("x"))
+                let dims: Vec<String> = s
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &d)| match (i, d) {
+                        (0, d) if d < 0 => n.to_string(),
+                        (_, d) if d < 0 => profile.side.to_string(),
+                        (_, d) => d.to_string(),
+                    })
+                    .collect();
+                format!("{}:{}", s.name, dims.join("x"))
             })
             .collect::<Vec<_>>()
             .join(",")
     };
-    Some((at(profile.min), at(profile.opt), at(profile.max)))
+    Ok(Some(providers::ProfileShapes {
+        min: at(profile.min),
+        opt: at(profile.opt),
+        max: at(profile.max),
+    }))
 }
 
 /// Hex sha256 of a file, streamed.
@@ -499,27 +541,61 @@ mod tests {
         assert_eq!(fallback_chain(Cuda, false), [Cuda]);
     }
 
-    #[test]
-    fn profiles_cover_the_dynamic_batch_only() {
-        let spec = |name: &str, shape: Vec<i64>| TensorSpec {
+    fn spec(name: &str, shape: Vec<i64>) -> TensorSpec {
+        TensorSpec {
             name: name.into(),
             shape,
             dtype: "float32".into(),
-        };
-        let inputs = [
-            spec("image", vec![-1, 3, 640, 640]),
-            spec("scale_factor", vec![-1, 2]),
-            spec("odd", vec![-1, 3, -1, -1]),
-        ];
+        }
+    }
+
+    #[test]
+    fn profiles_cover_every_dynamic_input() {
         let profile = BatchProfile {
             min: 1,
             opt: 4,
             max: 8,
+            side: 640,
         };
-        let (min, opt, max) = profile_shapes(&inputs, profile).unwrap();
-        assert_eq!(min, "image:1x3x640x640,scale_factor:1x2");
-        assert_eq!(opt, "image:4x3x640x640,scale_factor:4x2");
-        assert_eq!(max, "image:8x3x640x640,scale_factor:8x2");
-        assert!(profile_shapes(&[spec("x", vec![1, 3, 224, 224])], profile).is_none());
+        let inputs = [
+            spec("image", vec![-1, 3, 640, 640]),
+            spec("scale_factor", vec![-1, 2]),
+        ];
+        let p = profile_shapes(&inputs, profile).unwrap().unwrap();
+        assert_eq!(p.min, "image:1x3x640x640,scale_factor:1x2");
+        assert_eq!(p.opt, "image:4x3x640x640,scale_factor:4x2");
+        assert_eq!(p.max, "image:8x3x640x640,scale_factor:8x2");
+        let fixed = [spec("x", vec![1, 3, 224, 224])];
+        assert_eq!(profile_shapes(&fixed, profile), Ok(None));
+    }
+
+    #[test]
+    fn an_image_input_with_dynamic_height_and_width_gets_the_stages_side() {
+        // Exported with H and W left dynamic: without a profile for it, the
+        // TensorRT provider refuses the model.
+        let profile = BatchProfile {
+            min: 1,
+            opt: 6,
+            max: 16,
+            side: 224,
+        };
+        let p = profile_shapes(&[spec("x", vec![-1, 3, -1, -1])], profile)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (p.min.as_str(), p.max.as_str()),
+            ("x:1x3x224x224", "x:16x3x224x224")
+        );
+        // A fixed batch with dynamic sides needs a profile too.
+        let p = profile_shapes(&[spec("x", vec![1, 3, -1, -1])], profile)
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.opt, "x:1x3x224x224");
+        // What cannot be sized is said, with the input.
+        let err = profile_shapes(&[spec("boxes", vec![-1, -1])], profile).unwrap_err();
+        assert!(
+            err.contains("boxes") && err.contains("dimension 1"),
+            "{err}"
+        );
     }
 }

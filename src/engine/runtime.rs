@@ -48,6 +48,26 @@ pub fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
     out
 }
 
+/// The loaded ONNX Runtime's build, e.g. `git-branch=rel-1.31.1,
+/// git-commit-id=9a4c8f0`: what a TensorRT engine cache entry was built
+/// with. Call after [`environment`].
+pub fn build_id() -> String {
+    build_id_of(ort::info())
+}
+
+fn build_id_of(info: &str) -> String {
+    let parts: Vec<&str> = info
+        .split([',', ':'])
+        .map(str::trim)
+        .filter(|p| p.starts_with("git-branch=") || p.starts_with("git-commit-id="))
+        .collect();
+    if parts.is_empty() {
+        info.trim().to_string()
+    } else {
+        parts.join(",")
+    }
+}
+
 /// Loads ONNX Runtime (first call only) and returns the process's environment
 /// and the library it came from.
 pub fn environment(configured: Option<&Path>) -> Result<&'static (Environment, PathBuf)> {
@@ -143,5 +163,20 @@ fn register_shared_cpu_arena(env: &Environment) -> std::result::Result<(), Strin
         ));
         (api.ReleaseArenaCfg)(cfg);
         registered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_build_id_is_the_release_branch_and_commit() {
+        let info = "ORT Build Info: git-branch=rel-1.31.1, git-commit-id=9a4c8f0, build type=Release, cmake cxx flags: -O3";
+        assert_eq!(
+            build_id_of(info),
+            "git-branch=rel-1.31.1,git-commit-id=9a4c8f0"
+        );
+        assert_eq!(build_id_of(" custom build "), "custom build");
     }
 }

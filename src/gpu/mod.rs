@@ -20,6 +20,11 @@ pub struct Platform {
     pub gpu: String,
     /// Compute capability, major and minor.
     pub compute_capability: (i32, i32),
+    /// Streaming multiprocessors: every Orin module reports its name as
+    /// "Orin", but an engine tuned on a 16-SM AGX is not the one for a 4-SM Nano.
+    pub sm_count: i32,
+    /// The CUDA driver's version (`cuDriverGetVersion`, e.g. 12060).
+    pub cuda_driver: i32,
     /// TensorRT release, e.g. "10.3.0"; `None` where libnvinfer is not installed.
     pub tensorrt: Option<String>,
 }
@@ -29,8 +34,11 @@ impl fmt::Display for Platform {
         let (maj, min) = self.compute_capability;
         write!(
             f,
-            "{} (sm_{maj}{min}), TensorRT {}",
+            "{} (sm_{maj}{min}, {} SMs), CUDA driver {}.{}, TensorRT {}",
             self.gpu,
+            self.sm_count,
+            self.cuda_driver / 1000,
+            (self.cuda_driver % 1000) / 10,
             self.tensorrt.as_deref().unwrap_or("not installed")
         )
     }
@@ -66,7 +74,7 @@ pub fn probe(ordinal: i32) -> Result<Platform, NoGpu> {
         device::get_count().map_err(|e| NoGpu(format!("cannot count CUDA devices: {e}")))?;
     if ordinal < 0 || ordinal >= count {
         return Err(NoGpu(format!(
-            "engine.device_id = {ordinal}, but this box has {count} CUDA device(s)"
+            "gpu.device_id = {ordinal}, but this box has {count} CUDA device(s)"
         )));
     }
     let dev = device::get(ordinal).map_err(|e| NoGpu(format!("CUDA device {ordinal}: {e}")))?;
@@ -86,9 +94,21 @@ pub fn probe(ordinal: i32) -> Result<Platform, NoGpu> {
             )))
         }
     };
+    // SAFETY: as above.
+    let sm_count =
+        unsafe { device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT) }
+            .map_err(|e| NoGpu(format!("CUDA device {ordinal}: multiprocessor count: {e}")))?;
+    let mut cuda_driver = 0;
+    // SAFETY: cuDriverGetVersion writes one int.
+    let rc = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut cuda_driver) };
+    if rc != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+        return Err(NoGpu(format!("the CUDA driver's version: {rc:?}")));
+    }
     Ok(Platform {
         gpu,
         compute_capability,
+        sm_count,
+        cuda_driver,
         tensorrt: tensorrt_version(),
     })
 }

@@ -55,17 +55,18 @@ pub struct Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
-        (&crate::config::SearchSettings::default()).into()
+        (&crate::config::Settings::default()).into()
     }
 }
 
-impl From<&crate::config::SearchSettings> for Tuning {
-    fn from(s: &crate::config::SearchSettings) -> Self {
+impl From<&crate::config::Settings> for Tuning {
+    fn from(settings: &crate::config::Settings) -> Self {
+        let s = &settings.search;
         Tuning {
             nprobe: s.nprobe,
             ef_search: s.ef_search,
             device: s.device,
-            device_id: s.device_id,
+            device_id: settings.gpu.device_id.max(0) as usize,
             gpu_precision: s.gpu_precision,
         }
     }

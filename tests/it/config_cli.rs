@@ -212,3 +212,51 @@ fn log_formats() {
         "colour codes in text logs to a pipe:\n{err:?}"
     );
 }
+
+#[test]
+fn the_old_gpu_keys_are_refused_with_the_new_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("old.toml");
+    std::fs::write(
+        &conf,
+        "[engine]\nprovider = \"cpu\"\ndevice_id = 1\n\n[search]\ndevice_id = 1\n",
+    )
+    .unwrap();
+    let c = conf.to_str().unwrap();
+    // `config check`: each old key, with its file and line, and what to write instead.
+    let o = shitud(tmp.path(), &["config", "check", "--config", c], &[]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    for (line, old) in [(3, "engine.device_id"), (6, "search.device_id")] {
+        assert!(
+            t.contains(&format!(
+                "{c}:{line}: {old}: {old} was replaced by gpu.device_id"
+            )),
+            "{t}"
+        );
+    }
+    // Every command that loads the settings says the same, not "unknown field".
+    let o = shitud(tmp.path(), &["-c", c, "engines", "list"], &[]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("engine.device_id was replaced by gpu.device_id"),
+        "{t}"
+    );
+    // From the environment too.
+    let o = shitud(
+        tmp.path(),
+        &["config", "check"],
+        &[("SHITU__SEARCH__DEVICE_ID", "0")],
+    );
+    assert!(
+        text(&o).contains("search.device_id was replaced by gpu.device_id"),
+        "{}",
+        text(&o)
+    );
+    // The new key is accepted.
+    std::fs::write(&conf, "[gpu]\ndevice_id = 1\n").unwrap();
+    let o = shitud(tmp.path(), &["config", "show", "--config", c], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("device_id = 1"), "{}", text(&o));
+}

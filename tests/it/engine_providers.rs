@@ -155,9 +155,10 @@ fn gallery_search_on_cuda_answers_like_the_cpu() {
 }
 
 fn fake_build(cache: &EngineCache, key: &CacheKey, role: &str, model: &Path) {
-    let dir = cache.begin(key, role, model).unwrap();
+    let build = cache.begin(key, role, model).unwrap();
+    let dir = build.dir().to_path_buf();
     std::fs::write(dir.join("model.engine"), vec![7u8; 4096]).unwrap();
-    cache.finish(key, Duration::from_secs(95)).unwrap();
+    cache.finish(build, Duration::from_secs(95)).unwrap();
 }
 
 /// `engines list` and `engines prune` on a cache folder holding entries for
@@ -171,27 +172,36 @@ fn engines_list_and_prune_judge_the_cache_against_the_config() {
     let orin = Platform {
         gpu: "Orin (nvgpu)".into(),
         compute_capability: (8, 7),
+        sm_count: 16,
+        cuda_driver: 12060,
         tensorrt: Some("10.3.0".into()),
     };
     let profile = BatchProfile {
         min: 1,
         opt: 1,
         max: 1,
+        side: 640,
+    };
+    // The key of the ONNX Runtime `engines list` loads, so that only the
+    // model decides what is current here.
+    shitu_edge::engine::runtime::environment(None).unwrap();
+    let ort = shitu_edge::engine::runtime::build_id();
+    let key = |sha: &str, profile: BatchProfile| {
+        CacheKey::new(sha, true, profile, &orin, &ort, "trt_fp16_enable=1")
     };
     let det = root().join("engines/demo/det_prenms.onnx");
     let rec = root().join("engines/demo/rec.onnx");
-    let current_det = CacheKey::new(&sha256_file(&det).unwrap(), true, profile, &orin);
-    let current_rec = CacheKey::new(
+    let current_det = key(&sha256_file(&det).unwrap(), profile);
+    let current_rec = key(
         &sha256_file(&rec).unwrap(),
-        true,
         BatchProfile {
             min: 1,
             opt: 6,
             max: 16,
+            side: 224,
         },
-        &orin,
     );
-    let replaced = CacheKey::new(&"0".repeat(64), true, profile, &orin);
+    let replaced = key(&"0".repeat(64), profile);
     fake_build(&cache, &current_det, "detector", &det);
     fake_build(&cache, &current_rec, "embedder", &rec);
     fake_build(&cache, &replaced, "embedder", Path::new("/old/rec.onnx"));
