@@ -2,14 +2,38 @@
 # GPU checks, from binaries built on another machine.
 #
 #   scripts/gpu-check.sh --pack DIR [--cuda 13|12]   # build machine: build the test binary (its gpu:: tests run there) into DIR, and DIR.tar.gz
+#   scripts/gpu-check.sh --models-out | --models-in  # build machine: move the demo models out of the tree the device tool sends, and back
 #   scripts/gpu-check.sh DIR.tar.gz                  # GPU machine (no Rust needed): run them (DIR works too)
 #
 # Carry DIR.tar.gz: about 24 MB, where DIR is about 65 MB (OpenBLAS alone is
-# 35 MB), over the 64 MiB that the device tool carries.
+# 35 MB). The device tool sends the working tree and the carried files, at
+# most 64 MiB together; the tracked tree is 94 MB, 75 MB of it the three
+# demo models, which these checks do not use: --models-out moves them into
+# .deps/ (ignored, so not sent) for the device call, --models-in puts them
+# back. --pack prints what would be sent.
 #
 # On the GPU machine a test that reports "skipped: no CUDA device" is a
 # failure: the point of running here is that the device exists.
 set -euo pipefail
+
+# What the device tool would send: files git tracks or does not ignore, as
+# they are in the working tree, plus what is carried.
+sent_bytes() {
+  { git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s -- 2>/dev/null || true; } \
+    | awk '{s += $1} END {print s + 0}'
+}
+
+if [[ "${1:-}" == "--models-out" || "${1:-}" == "--models-in" ]]; then
+  cd "$(dirname "$0")/.."
+  aside=.deps/demo-models-aside
+  mkdir -p "$aside"
+  for m in det_nms.onnx det_prenms.onnx rec.onnx; do
+    if [[ "$1" == "--models-out" && -f "engines/demo/$m" ]]; then mv "engines/demo/$m" "$aside/"; fi
+    if [[ "$1" == "--models-in" && -f "$aside/$m" ]]; then mv "$aside/$m" engines/demo/; fi
+  done
+  echo "gpu-check: the working tree the device tool sends is now $(( $(sent_bytes) / 1048576 )) MiB" >&2
+  exit 0
+fi
 
 if [[ "${1:-}" == "--pack" ]]; then
   out=${2:?usage: gpu-check.sh --pack DIR [--cuda 12|13]}
@@ -40,8 +64,16 @@ for line in sys.stdin:
   ldd "$out/gpu" | awk '/=> \//{print $3}' \
     | grep -vE '/(libc|libm|libdl|librt|libpthread|libgcc_s|libstdc\+\+|ld-linux[^/]*)\.so' \
     | xargs -r -I{} cp -L {} "$out/lib/"
+  # The device compares the kernels with its own cv2.resize (scripts/gpu/compare_cv2.py).
+  cp scripts/gpu/compare_cv2.py "$out/"
   tar -C "$(dirname "$out")" -czf "$out.tar.gz" "$(basename "$out")"
   du -sh "$out" "$out.tar.gz" >&2
+  tree=$(sent_bytes)
+  pack=$(stat -c %s "$out.tar.gz")
+  echo "gpu-check: the device tool would send the tree ($((tree / 1048576)) MiB) and the pack ($((pack / 1048576)) MiB): $(((tree + pack) / 1048576)) of 64 MiB" >&2
+  if (( tree + pack > 64 * 1048576 )); then
+    echo "gpu-check: over the device tool's 64 MiB: run scripts/gpu-check.sh --models-out before the device call (--models-in after)" >&2
+  fi
   echo "carry $out.tar.gz, then run: scripts/gpu-check.sh $out.tar.gz" >&2
   exit 0
 fi
@@ -58,7 +90,20 @@ if command -v nvidia-smi >/dev/null; then
 else
   echo "gpu-check: nvidia-smi not found; this does not look like a GPU machine" >&2
 fi
-export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# CUDA's libraries may come from NVIDIA's wheels (nvidia/*/lib in Python's
+# site-packages, as on the GPU test machine) rather than a system toolkit.
+wheel_libs=$(python3 - 2>/dev/null <<'PY' || true
+import glob, os, site
+dirs = []
+for sp in site.getsitepackages() + [site.getusersitepackages()]:
+    dirs += sorted(glob.glob(os.path.join(sp, "nvidia", "*", "lib")))
+print(":".join(d for d in dirs if os.path.isdir(d)))
+PY
+)
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/*/lib; do
+  [[ -d "$d" ]] && wheel_libs="${wheel_libs:+$wheel_libs:}$d"
+done
+export LD_LIBRARY_PATH="$dir/lib${wheel_libs:+:$wheel_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 status=0
 export SHITU_GPU_REFERENCE="$dir/preprocess-reference.bin"
 for t in "$dir"/gpu; do
@@ -74,6 +119,16 @@ for t in "$dir"/gpu; do
   fi
   rm -f "$log"
 done
+if [[ $status == 0 ]]; then
+  echo "== the kernels on the GPU against this machine's cv2.resize"
+  kout=$(mktemp -d)
+  if SHITU_KERNEL_OUT="$kout" "$dir/gpu" --ignored --exact gpu::write_kernel_outputs --nocapture --test-threads 1; then
+    python3 "$dir/compare_cv2.py" "$kout" || status=1
+  else
+    status=1
+  fi
+  rm -rf "$kout"
+fi
 if [[ $status == 0 ]]; then
   echo "== GPU preprocessing benchmark (vs device copy bandwidth and OpenCV on this machine's CPU)"
   "$dir/gpu" --ignored --exact gpu::gpu_preprocess_benchmark --nocapture --test-threads 1 || status=1

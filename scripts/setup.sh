@@ -8,6 +8,8 @@
 #   - CMake from PyPI into .deps/cmake where the system's is older than 3.24
 #   - NVRTC of CUDA 12 and 13 from NVIDIA's PyPI wheels into .deps/nvrtc/<major>
 #     (scripts/fetch-nvrtc.sh): CI compiles every kernel with both, no GPU needed
+#   - opencv-python-headless (PyPI) in .deps/cv2/: the OpenCV build PaddleClas
+#     runs on, which the preprocessing kernels are checked against
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,6 +55,13 @@ fi
 for major in 12 13; do
   bash scripts/fetch-nvrtc.sh "$major" ".deps/nvrtc/$major"
 done
+CV2_VERSION="${CV2_VERSION:-5.0.0.93}"
+if [ "$(.deps/cv2/bin/python -c 'import cv2; print(cv2.__version__)' 2>/dev/null)" != "${CV2_VERSION%.*}" ]; then
+  say "installing opencv-python-headless $CV2_VERSION (PyPI) into .deps/cv2"
+  rm -rf .deps/cv2
+  python3 -m venv .deps/cv2
+  .deps/cv2/bin/pip install -q --disable-pip-version-check "opencv-python-headless==$CV2_VERSION" "numpy<3"
+fi
 OELINT_VERSION="${OELINT_VERSION:-9.11.2}"
 if [ "$(.deps/oelint/bin/oelint-adv --version 2>/dev/null)" != "oelint-adv $OELINT_VERSION" ]; then
   say "installing oelint-adv $OELINT_VERSION (PyPI) into .deps/oelint"

@@ -14,6 +14,7 @@
 //! Without a CUDA device each test prints why it skipped;
 //! `scripts/gpu-check.sh` runs them where there is one.
 
+use opencv::prelude::*;
 use shitu_edge::config::GpuPrecision;
 use shitu_edge::search::cuda_flat::{CudaFlat, MAX_K};
 use shitu_edge::search::{fp16, FaissIndex, Index, Method, Neighbor};
@@ -230,7 +231,7 @@ fn gpu_search_benchmark() {
 }
 
 #[test]
-fn gpu_preprocessing_matches_the_opencv_reference_within_one_level() {
+fn gpu_preprocessing_matches_the_opencv_reference() {
     use shitu_edge::geometry::CropBox;
     use shitu_edge::preprocess::Normalizer;
     let Some(gpu) = preprocess_or_skip() else {
@@ -463,4 +464,154 @@ fn gpu_preprocess_benchmark() {
         cpu,
         "≥ 50 % of bandwidth",
     );
+}
+
+/// Writes the preprocessing kernels' output, in 8-bit levels, for a set of
+/// seeded noise frames and crops, with the inputs, into `$SHITU_KERNEL_OUT`
+/// (`index.json`, `*.rgb`, `*.levels`), for `scripts/gpu/compare_cv2.py` to
+/// hold against `cv2.resize` where Python's OpenCV is and Rust's is not
+/// (the GPU machine). `SHITU_KERNEL_BACKEND=host` writes what the host build
+/// of the same source computes, to check the script and the host build on
+/// any machine; the default, `gpu`, runs the launches.
+#[test]
+#[ignore = "run by scripts/gpu-check.sh on a GPU machine (host mode: by hand, docs/GPU.md)"]
+fn write_kernel_outputs() {
+    use shitu_edge::geometry::CropBox;
+    use shitu_edge::preprocess::{self, Backend, Normalizer};
+    let out = std::path::PathBuf::from(
+        std::env::var("SHITU_KERNEL_OUT").expect("SHITU_KERNEL_OUT=<folder to write>"),
+    );
+    let on_gpu = std::env::var("SHITU_KERNEL_BACKEND").as_deref() != Ok("host");
+    let gpu = if on_gpu {
+        let Some(g) = preprocess_or_skip() else {
+            return;
+        };
+        Some(g)
+    } else {
+        None
+    };
+    std::fs::create_dir_all(&out).unwrap();
+    let levels = |v: &[f32], norm: &Normalizer| -> Vec<u8> {
+        let table = norm.table();
+        let plane = v.len() / 3;
+        v.iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let c = (i / plane) % 3;
+                table[c * 256..(c + 1) * 256]
+                    .iter()
+                    .position(|t| t == x)
+                    .expect("a value from the table") as u8
+            })
+            .collect()
+    };
+    let mut s = 0x243F_6A88_85A3_08D3u64;
+    let mut rnd = move |n: u32| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s % n as u64) as u32
+    };
+    let mut cases = Vec::new();
+    let sizes = [
+        (1920, 1080),
+        (1280, 720),
+        (641, 479),
+        (97, 1203),
+        (300, 200),
+        (1280, 1280),
+        (640, 640),
+    ];
+    for (i, &(w, h)) in sizes.iter().enumerate() {
+        let px: Vec<u8> = (0..w * h * 3).map(|_| rnd(256) as u8).collect();
+        let name = format!("frame{i}");
+        std::fs::write(out.join(format!("{name}.rgb")), &px).unwrap();
+        let frame = shitu_edge::input::Frame::from_rgb(
+            name.clone(),
+            opencv::core::Mat::new_rows_cols_with_data(h as i32, (w * 3) as i32, &px)
+                .unwrap()
+                .reshape(3, h as i32)
+                .unwrap()
+                .try_clone()
+                .unwrap(),
+        )
+        .unwrap();
+        // The detector: the whole frame, bicubic to 640.
+        let det = match &gpu {
+            Some(g) => g
+                .to_host(&g.detector(&g.upload_raw(&[(&px, w, h)]).unwrap()).unwrap())
+                .unwrap(),
+            None => {
+                preprocess::detector_input(&[&frame], Backend::Kernels)
+                    .unwrap()
+                    .image
+                    .into_raw_vec_and_offset()
+                    .0
+            }
+        };
+        std::fs::write(
+            out.join(format!("{name}.det.levels")),
+            levels(&det, Normalizer::detector()),
+        )
+        .unwrap();
+        cases.push(
+            serde_json::json!({"frame": name, "width": w, "height": h, "kind": "cubic", "side": 640,
+            "box": [0, 0, w, h], "levels": format!("{name}.det.levels")}),
+        );
+        // The recogniser: random boxes, the whole frame and a 448 square where it fits, bilinear to 224.
+        let mut boxes: Vec<CropBox> = (0..12)
+            .map(|_| {
+                let (x1, y1) = (rnd(w - 1) as i32, rnd(h - 1) as i32);
+                let x2 = x1 + 1 + rnd(w - x1 as u32) as i32;
+                let y2 = y1 + 1 + rnd(h - y1 as u32) as i32;
+                CropBox {
+                    x1,
+                    y1,
+                    x2: x2.min(w as i32),
+                    y2: y2.min(h as i32),
+                }
+            })
+            .collect();
+        boxes.push(CropBox::whole(w, h));
+        if w >= 448 && h >= 448 {
+            boxes.push(CropBox {
+                x1: 0,
+                y1: 0,
+                x2: 448,
+                y2: 448,
+            });
+        }
+        let plane = 3 * 224 * 224;
+        let rec = match &gpu {
+            Some(g) => {
+                let up = g.upload_raw(&[(&px, w, h)]).unwrap();
+                let crops: Vec<(usize, CropBox)> = boxes.iter().map(|&b| (0, b)).collect();
+                g.to_host(&g.embedder(&up, &crops).unwrap()).unwrap()
+            }
+            None => {
+                let mut v = vec![0f32; boxes.len() * plane];
+                for (b, o) in boxes.iter().zip(v.chunks_exact_mut(plane)) {
+                    preprocess::embedder_crop(&frame, *b, o, Backend::Kernels).unwrap();
+                }
+                v
+            }
+        };
+        for (k, b) in boxes.iter().enumerate() {
+            let file = format!("{name}.rec{k}.levels");
+            std::fs::write(
+                out.join(&file),
+                levels(&rec[k * plane..(k + 1) * plane], Normalizer::embedder()),
+            )
+            .unwrap();
+            cases.push(serde_json::json!({"frame": name, "width": w, "height": h, "kind": "linear", "side": 224,
+                "box": b.to_array(), "levels": file}));
+        }
+    }
+    let index = serde_json::json!({"backend": if on_gpu { "gpu" } else { "host" }, "cases": cases});
+    std::fs::write(
+        out.join("index.json"),
+        serde_json::to_vec_pretty(&index).unwrap(),
+    )
+    .unwrap();
+    eprintln!("wrote {} cases into {}", cases.len(), out.display());
 }
