@@ -1,6 +1,8 @@
 //! The GPU platform the stages share.
 //!
 //! - [`probe`]: what GPU and TensorRT this box has, read at run time.
+//! - [`Device`]: one context and one non-blocking stream per GPU, shared
+//!   by every stage.
 //! - [`nvrtc`]: every CUDA source of the crate and the options NVRTC
 //!   compiles them with, on the device and in CI.
 //!
@@ -11,7 +13,10 @@
 
 use std::fmt;
 
+pub mod device;
 pub mod nvrtc;
+
+pub use device::Device;
 
 /// The GPU and TensorRT release an engine is built for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,9 +17,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
 use super::plan::{DetectorPlan, FrameLayout, RecogniserPlan, Tables};
 use super::{Normalizer, DET_SIZE, REC_SIZE};
@@ -73,7 +71,7 @@ fn err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
 impl GpuPreprocess {
     /// Compiles the kernels for GPU `ordinal`; says why on boxes that cannot.
     pub fn new(ordinal: usize) -> Result<GpuPreprocess> {
-        let platform = gpu::probe(ordinal as i32)
+        let device = gpu::Device::open(ordinal)
             .map_err(|e| Error::Config(format!("GPU preprocessing: {e}")))?;
         // SAFETY: only tries to dlopen the library by name.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
@@ -81,11 +79,16 @@ impl GpuPreprocess {
                 "GPU preprocessing needs libnvrtc (the CUDA toolkit's runtime compiler)".into(),
             ));
         }
-        let ctx = CudaContext::new(ordinal).map_err(err("opening the device"))?;
-        let stream = ctx.default_stream();
-        let ptx = gpu::nvrtc::compile(&gpu::nvrtc::PREPROCESS, platform.compute_capability)
-            .map_err(|e| Error::Config(format!("GPU preprocessing: {e}")))?;
-        let module = ctx.load_module(ptx).map_err(err("loading the kernels"))?;
+        let stream = device.stream().clone();
+        let ptx = gpu::nvrtc::compile(
+            &gpu::nvrtc::PREPROCESS,
+            device.platform().compute_capability,
+        )
+        .map_err(|e| Error::Config(format!("GPU preprocessing: {e}")))?;
+        let module = device
+            .context()
+            .load_module(ptx)
+            .map_err(err("loading the kernels"))?;
         let det = module
             .load_function("det_preprocess")
             .map_err(err("det_preprocess"))?;

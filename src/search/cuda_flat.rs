@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
-    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
 };
 
 use super::{fp16, FaissIndex, Index, Method, Neighbor};
@@ -110,8 +110,8 @@ impl CudaFlat {
     /// An empty index of `dim`-long vectors on GPU `ordinal`. Fails with the
     /// reason (no driver, no device, no NVRTC or cuBLAS) on boxes that cannot run it.
     pub fn new(ordinal: usize, precision: GpuPrecision, dim: usize) -> Result<CudaFlat> {
-        let platform =
-            gpu::probe(ordinal as i32).map_err(|e| Error::Index(format!("GPU search: {e}")))?;
+        let dev =
+            gpu::Device::open(ordinal).map_err(|e| Error::Index(format!("GPU search: {e}")))?;
         // SAFETY: these only try to dlopen the libraries by name.
         let (nvrtc, cublas) = unsafe {
             (
@@ -126,12 +126,12 @@ impl CudaFlat {
                 if cublas { "" } else { "libcublas " }
             )));
         }
-        let ctx = CudaContext::new(ordinal).map_err(cuda_err("opening the device"))?;
-        let device = ctx.name().unwrap_or_else(|_| format!("GPU {ordinal}"));
-        let stream = ctx.default_stream();
+        let ctx = dev.context();
+        let device = dev.platform().gpu.clone();
+        let stream = dev.stream().clone();
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| Error::Index(format!("GPU search: cuBLAS: {e}")))?;
-        let ptx = gpu::nvrtc::compile(&gpu::nvrtc::TOPK, platform.compute_capability)
+        let ptx = gpu::nvrtc::compile(&gpu::nvrtc::TOPK, dev.platform().compute_capability)
             .map_err(|e| Error::Index(format!("GPU search: {e}")))?;
         let module = ctx
             .load_module(ptx)

@@ -69,8 +69,15 @@ async fn broker_restarts_lose_nothing_and_answer_each_request_once() {
     let mut sent = 0usize;
     let restarts_at = [TOTAL * 3 / 10, TOTAL * 65 / 100];
     let mut restarts = 0;
+    // A stall guard, not a speed limit (speed is benchmarked, not tested):
+    // fail when no new answer comes for 3 minutes, whatever else the
+    // machine is running.
     let started = Instant::now();
+    let mut progress = (0usize, started);
     while answered.len() < TOTAL {
+        if answered.len() > progress.0 {
+            progress = (answered.len(), Instant::now());
+        }
         while outstanding.len() < CONCURRENCY && sent < TOTAL {
             let id = format!("r{sent:05}");
             let scene = sent % scenes.len();
@@ -88,8 +95,8 @@ async fn broker_restarts_lose_nothing_and_answer_each_request_once() {
             }
         }
         assert!(
-            started.elapsed() < Duration::from_secs(900),
-            "{} answered in 900 s\n{}",
+            progress.1.elapsed() < Duration::from_secs(180),
+            "no answer for 180 s after {} answers\n{}",
             answered.len(),
             daemon.log_text()
         );
