@@ -18,13 +18,13 @@
 # run downloads ~130 MB of packages and takes ~11 min on 2 cores, a rerun
 # reuses .deps/arm64 and target/.
 #
-# Usage: scripts/arm64-check.sh [--scenes N]   (default 3 scenes; each takes
-# ~90 s under qemu, where the detector alone runs ~300x slower than natively)
+# Usage: scripts/arm64-check.sh [--scenes N]   (default 2 scenes; each takes
+# 70-130 s under qemu, where the detector alone runs ~300x slower than natively)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 
-SCENES=3
+SCENES=2
 while (($#)); do
   case "$1" in
     --scenes) SCENES="$2"; shift 2 ;;

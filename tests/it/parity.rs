@@ -300,12 +300,10 @@ fn parity_with_pre_nms_detector_batched() {
     assert_parity("det_prenms.onnx", 4, Backend::Opencv);
 }
 
-/// The GPU kernels' source, compiled for the host, in place of `cv::resize`.
-#[test]
-fn parity_with_kernels_backend_nms_in_graph_detector() {
-    assert_parity("det_nms.onnx", 1, Backend::Kernels);
-}
-
+/// The GPU kernels' source, compiled for the host, in place of `cv::resize`,
+/// on every reference query. The backend only changes the pixels; the two
+/// detector forms differ after the model, so one form (the batched one)
+/// checks it (each run of the 85 queries costs about two CPU minutes).
 #[test]
 fn parity_with_kernels_backend_pre_nms_detector_batched() {
     assert_parity("det_prenms.onnx", 4, Backend::Kernels);
