@@ -62,7 +62,7 @@ pub fn detector(
 ) -> Result<()> {
     plan.check_buffer(bytes.len())?;
     out_len("detector input", plan.output_len(), out.len())?;
-    let lut = norm.table();
+    let lut = norm.flat();
     let t = &plan.tables;
     // SAFETY: the plan checked every frame to lie inside a buffer of this
     // length and holds `side` table entries per frame; `out` was checked
@@ -94,7 +94,7 @@ pub fn recogniser(
 ) -> Result<()> {
     plan.check_buffer(bytes.len())?;
     out_len("recogniser input", plan.output_len(), out.len())?;
-    let lut = norm.table();
+    let lut = norm.flat();
     let t = &plan.tables;
     // SAFETY: as for `detector`, and every box was checked to lie inside its frame.
     unsafe {

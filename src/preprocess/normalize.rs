@@ -52,7 +52,12 @@ impl Normalizer {
     /// The three tables, R then G then B, 256 floats each: what the GPU
     /// kernels look levels up in, so both paths give the same floats.
     pub fn table(&self) -> Vec<f32> {
-        self.lut.iter().flatten().copied().collect()
+        self.flat().to_vec()
+    }
+
+    /// [`Normalizer::table`] without a copy, for the host kernels' calls.
+    pub fn flat(&self) -> &[f32] {
+        self.lut.as_flattened()
     }
 
     /// Writes `hwc` (RGB bytes) into `chw` (`3 × plane` floats).

@@ -14,6 +14,7 @@
 //! Without a CUDA device each test prints why it skipped;
 //! `scripts/gpu-check.sh` runs them where there is one.
 
+use crate::common::levels;
 use opencv::prelude::*;
 use shitu_edge::config::GpuPrecision;
 use shitu_edge::search::cuda_flat::{CudaFlat, MAX_K};
@@ -491,20 +492,6 @@ fn write_kernel_outputs() {
         None
     };
     std::fs::create_dir_all(&out).unwrap();
-    let levels = |v: &[f32], norm: &Normalizer| -> Vec<u8> {
-        let table = norm.table();
-        let plane = v.len() / 3;
-        v.iter()
-            .enumerate()
-            .map(|(i, x)| {
-                let c = (i / plane) % 3;
-                table[c * 256..(c + 1) * 256]
-                    .iter()
-                    .position(|t| t == x)
-                    .expect("a value from the table") as u8
-            })
-            .collect()
-    };
     let mut s = 0x243F_6A88_85A3_08D3u64;
     let mut rnd = move |n: u32| {
         s ^= s << 13;

@@ -11,6 +11,7 @@
 use opencv::core::{Mat, Scalar, CV_8UC3};
 use opencv::prelude::*;
 
+use crate::common::levels;
 use shitu_edge::geometry::CropBox;
 use shitu_edge::input::{self, Frame};
 use shitu_edge::preprocess::{self, Backend, Normalizer};
@@ -215,20 +216,6 @@ const REFERENCE_REC: (u32, u32, u64) = (1280, 720, 2);
 #[ignore = "run by scripts/gpu-check.sh --pack"]
 fn write_gpu_reference() {
     let path = std::env::var("SHITU_GPU_REFERENCE").expect("SHITU_GPU_REFERENCE=<file to write>");
-    let levels = |v: &[f32], norm: &Normalizer| -> Vec<u8> {
-        let table = norm.table();
-        let plane = v.len() / 3;
-        v.iter()
-            .enumerate()
-            .map(|(i, x)| {
-                let c = (i / plane) % 3;
-                table[c * 256..(c + 1) * 256]
-                    .iter()
-                    .position(|t| t == x)
-                    .expect("a value from the table") as u8
-            })
-            .collect()
-    };
     let mut out: Vec<u8> = b"SHPR1".to_vec();
     let (w, h, seed) = REFERENCE_DET;
     let f = frame(w, h, seed);

@@ -95,6 +95,24 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
         .collect()
 }
 
+/// Normalised planar floats back to the 8-bit levels they were looked up
+/// from (`norm`'s table per channel): how preprocessing outputs are compared
+/// with OpenCV's 8-bit images and written for the GPU checks.
+pub fn levels(v: &[f32], norm: &shitu_edge::preprocess::Normalizer) -> Vec<u8> {
+    let table = norm.table();
+    let plane = v.len() / 3;
+    v.iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let c = (i / plane) % 3;
+            table[c * 256..(c + 1) * 256]
+                .iter()
+                .position(|t| t == x)
+                .expect("a value from the table") as u8
+        })
+        .collect()
+}
+
 /// A valid PNG of 1x1 pixel: decodable, but under the 8 px a side that
 /// shitud accepts.
 pub const PNG_1X1: &[u8] = &[
