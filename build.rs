@@ -1,11 +1,13 @@
-//! Compiles the preprocessing kernels (src/preprocess/kernels.cu) for the
-//! host: the same source NVRTC compiles for the GPU, built as C++ so that
-//! `preprocess.backend = "kernels"` runs it on any box and CI tests it
-//! without a GPU.
+//! Compiles the kernels that have a host half (src/preprocess/kernels.cu,
+//! src/embed/l2norm.cu) for the host: the same source NVRTC compiles for
+//! the GPU, built as C++ so that the CPU path runs it on any box and CI
+//! tests it without a GPU.
 
 fn main() {
-    let src = "src/preprocess/kernels.cu";
-    println!("cargo:rerun-if-changed={src}");
+    let srcs = ["src/preprocess/kernels.cu", "src/embed/l2norm.cu"];
+    for src in srcs {
+        println!("cargo:rerun-if-changed={src}");
+    }
     cc::Build::new()
         .cpp(true)
         // A .cu file is CUDA to the driver; this is the host half of it.
@@ -17,6 +19,6 @@ fn main() {
         .flag("-ffp-contract=off")
         .opt_level(2)
         .warnings(true)
-        .file(src)
+        .files(srcs)
         .compile("shitu_kernels");
 }

@@ -3,6 +3,7 @@
 #
 #   scripts/gpu-check.sh --pack DIR [--cuda 13|12]   # build machine: build the test binary (its gpu:: tests run there) into DIR, and DIR.tar.gz
 #   scripts/gpu-check.sh --models-out | --models-in  # build machine: move the demo models out of the tree the device tool sends, and back
+#   scripts/gpu-check.sh --models-parts              # build machine: the two demo models the pipeline test needs, cut into parts to carry (docs/GPU.md)
 #   scripts/gpu-check.sh DIR.tar.gz                  # GPU machine (no Rust needed): run them (DIR works too)
 #
 # Carry DIR.tar.gz: about 24 MB, where DIR is about 65 MB (OpenBLAS alone is
@@ -32,6 +33,16 @@ if [[ "${1:-}" == "--models-out" || "${1:-}" == "--models-in" ]]; then
     if [[ "$1" == "--models-in" && -f "$aside/$m" ]]; then mv "$aside/$m" engines/demo/; fi
   done
   echo "gpu-check: the working tree the device tool sends is now $(( $(sent_bytes) / 1048576 )) MiB" >&2
+  exit 0
+fi
+
+if [[ "${1:-}" == "--models-parts" ]]; then
+  cd "$(dirname "$0")/.."
+  src=engines/demo
+  [[ -f "$src/rec.onnx" ]] || src=.deps/demo-models-aside
+  bash scripts/gpu/parts.sh cut models .deps/device-parts "$src/det_prenms.onnx" "$src/rec.onnx"
+  echo "carry these, one line a device call, before the call that runs gpu-check.sh:" >&2
+  bash scripts/gpu/parts.sh plan models .deps/device-parts
   exit 0
 fi
 
@@ -65,7 +76,7 @@ for line in sys.stdin:
     | grep -vE '/(libc|libm|libdl|librt|libpthread|libgcc_s|libstdc\+\+|ld-linux[^/]*)\.so' \
     | xargs -r -I{} cp -L {} "$out/lib/"
   # The device compares the kernels with its own cv2.resize (scripts/gpu/compare_cv2.py).
-  cp scripts/gpu/compare_cv2.py "$out/"
+  cp scripts/gpu/compare_cv2.py scripts/gpu/baseline_torch.py "$out/"
   tar -C "$(dirname "$out")" -czf "$out.tar.gz" "$(basename "$out")"
   du -sh "$out" "$out.tar.gz" >&2
   tree=$(sent_bytes)
@@ -90,20 +101,8 @@ if command -v nvidia-smi >/dev/null; then
 else
   echo "gpu-check: nvidia-smi not found; this does not look like a GPU machine" >&2
 fi
-# CUDA's libraries may come from NVIDIA's wheels (nvidia/*/lib in Python's
-# site-packages, as on the GPU test machine) rather than a system toolkit.
-wheel_libs=$(python3 - 2>/dev/null <<'PY' || true
-import glob, os, site
-dirs = []
-for sp in site.getsitepackages() + [site.getusersitepackages()]:
-    dirs += sorted(glob.glob(os.path.join(sp, "nvidia", "*", "lib")))
-print(":".join(d for d in dirs if os.path.isdir(d)))
-PY
-)
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/*/lib; do
-  [[ -d "$d" ]] && wheel_libs="${wheel_libs:+$wheel_libs:}$d"
-done
-export LD_LIBRARY_PATH="$dir/lib${wheel_libs:+:$wheel_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# shellcheck source=scripts/gpu/device-env.sh
+source "$(dirname "$0")/gpu/device-env.sh"
 status=0
 export SHITU_GPU_REFERENCE="$dir/preprocess-reference.bin"
 for t in "$dir"/gpu; do
@@ -132,8 +131,12 @@ fi
 if [[ $status == 0 ]]; then
   echo "== GPU preprocessing benchmark (vs device copy bandwidth and OpenCV on this machine's CPU)"
   "$dir/gpu" --ignored --exact gpu::gpu_preprocess_benchmark --nocapture --test-threads 1 || status=1
+  echo "== the same resize and normalisation in torch on this device (the same-run baseline)"
+  python3 "$dir/baseline_torch.py" || status=1
   echo "== GPU search benchmark (CUDA flat vs faiss Flat on this machine's CPU)"
   "$dir/gpu" --ignored --exact gpu::gpu_search_benchmark --nocapture --test-threads 1 || status=1
+  echo "== the whole frame: GPU path against host preprocessing and search (CPU provider)"
+  "$dir/gpu" --ignored --exact gpu::gpu_pipeline_benchmark --nocapture --test-threads 1 || status=1
 fi
 if [[ $status == 0 ]]; then echo "gpu-check: all GPU checks passed"; fi
 exit $status

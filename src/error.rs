@@ -70,6 +70,31 @@ pub enum Error {
         reason: String,
     },
 
+    /// A GPU stage (preprocessing kernels, device buffers, the GPU search)
+    /// could not start or failed; the message names the stage and the device.
+    #[error("GPU: {0}")]
+    Gpu(String),
+
+    /// Frames or boxes the preprocessing cannot take (a box outside its
+    /// frame, a buffer of the wrong size).
+    #[error("preprocessing: {0}")]
+    Preprocess(String),
+
+    /// An update cannot be applied or rolled back (already current, nothing
+    /// to go back to, an untrusted key), said as the operator needs it.
+    #[error("update: {0}")]
+    Ota(String),
+
+    /// A JSON document could not be written or read.
+    #[error("{what}: {source}")]
+    Json {
+        /// What was being written or read.
+        what: String,
+        /// serde_json's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// A setting is missing or out of range.
     #[error("config: {0}")]
     Config(String),
@@ -118,6 +143,14 @@ impl Error {
         Error::EngineCache {
             path: path.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// An [`Error::Json`] about `what`.
+    pub fn json(what: impl Into<String>, source: serde_json::Error) -> Self {
+        Error::Json {
+            what: what.into(),
+            source,
         }
     }
 

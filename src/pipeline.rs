@@ -5,17 +5,25 @@
 //! `detector.max_batch` frames per call (pre-NMS export), and the crops of all
 //! frames share embedder batches of up to `embedder.max_batch`, where the
 //! reference runs every crop alone.
+//!
+//! The CPU path and the GPU path are this one sequence of stages; what
+//! differs is where the data between them lives. With `preprocess.backend
+//! = "cuda"` and a GPU provider, the frames are staged on the device once,
+//! the kernels write each engine's input in place, only the detector's
+//! small outputs come back for NMS, the features are normalised and
+//! searched on the device (`search.device = "cuda"`), and the top-k comes
+//! back (with the features, 2 KB a crop, for the answer).
 
 use std::time::Instant;
 
-use crate::config::{Provider, Settings, WholeImage};
+use crate::config::{PreprocessBackend, Provider, Settings, WholeImage};
 use crate::detect::{Detection, PicoDet};
-use crate::embed::Embedder;
-use crate::engine::{BatchProfile, Engine};
+use crate::embed::{Embedder, Features};
+use crate::engine::{BatchProfile, Engine, Place};
 use crate::error::Result;
 use crate::geometry::CropBox;
 use crate::input::Frame;
-use crate::preprocess;
+use crate::preprocess::Preprocessor;
 use crate::report::{finalize_indexed, Match, Recognition, StageTimes};
 use crate::search::Gallery;
 
@@ -52,6 +60,7 @@ pub struct Query {
 /// Detector, embedder and gallery, loaded and checked against each other.
 #[derive(Debug)]
 pub struct Pipeline {
+    preprocess: Preprocessor,
     detector: PicoDet,
     embedder: Embedder,
     gallery: Gallery,
@@ -74,7 +83,15 @@ impl PicoDet {
                 side: crate::preprocess::DET_SIZE,
             },
         )?;
-        PicoDet::new(engine, &settings.detector)
+        // The input buffer goes on the GPU the preprocessing writes from.
+        let place = match (
+            settings.preprocess.backend,
+            usize::try_from(settings.gpu.device_id),
+        ) {
+            (PreprocessBackend::Cuda, Ok(ordinal)) => Place::Cuda(ordinal),
+            _ => Place::Host,
+        };
+        PicoDet::new(engine, &settings.detector, place)
     }
 }
 
@@ -98,6 +115,7 @@ impl Embedder {
             engine,
             settings.embedder.max_batch,
             settings.preprocess.backend,
+            settings.gpu.device_id,
         )
     }
 }
@@ -141,7 +159,17 @@ impl Pipeline {
             ));
         }
         let detector = PicoDet::open(settings)?;
+        let preprocess = Preprocessor::new(settings.preprocess.backend, settings.gpu.device_id);
+        tracing::info!(
+            preprocess = %preprocess.backend(),
+            frames_on = %preprocess.place(),
+            detector_input = %detector.input_place(),
+            embedder_buffers = %embedder.place(),
+            search = %gallery.searcher(),
+            "pipeline ready"
+        );
         Ok(Pipeline {
+            preprocess,
             detector,
             embedder,
             gallery,
@@ -193,27 +221,35 @@ impl Pipeline {
         }
         let refs: Vec<&Frame> = frames.iter().collect();
         let mut times = vec![StageTimes::default(); frames.len()];
+        let s = &self.settings.search;
+        let k_of = |q: &Query| q.return_k.unwrap_or(s.return_k).max(1);
+        let k_max = queries.iter().map(k_of).max().unwrap_or(s.return_k);
+
+        // Frames go where the preprocessing reads them, once for both stages.
+        let t = Instant::now();
+        let staged = self.preprocess.stage(&refs)?;
+        let staging = ms(t) / frames.len().max(1) as f64;
 
         // Detect, in detector-sized batches.
         let mut detections = Vec::with_capacity(frames.len());
-        let mut offset = 0;
-        for chunk in refs.chunks(self.detector.max_batch()) {
-            let n = chunk.len() as f64;
+        let starts = (0..frames.len()).step_by(self.detector.max_batch());
+        for start in starts {
+            let range = start..(start + self.detector.max_batch()).min(frames.len());
+            let n = range.len() as f64;
             let t = Instant::now();
-            let input = preprocess::detector_input(chunk, self.settings.preprocess.backend)?;
+            let scale = staged.detector(range.clone(), self.detector.input_mut())?;
             let pre = ms(t);
             let t = Instant::now();
-            let raw = self.detector.infer(&input)?;
+            let raw = self.detector.infer(range.len(), &scale)?;
             let infer = ms(t);
             let t = Instant::now();
-            detections.extend(self.detector.decode(raw, chunk, &input)?);
+            detections.extend(self.detector.decode(raw, &refs[range.clone()], &scale)?);
             let post = ms(t);
-            for tm in &mut times[offset..offset + chunk.len()] {
-                tm.det_pre = pre / n;
+            for tm in &mut times[range] {
+                tm.det_pre = staging + pre / n;
                 tm.det_infer = infer / n;
                 tm.det_post = post / n;
             }
-            offset += chunk.len();
         }
 
         // Candidates: detections, then the whole frame as the policy says.
@@ -231,35 +267,42 @@ impl Pipeline {
                 c
             })
             .collect();
-        let flat: Vec<(usize, &Frame, CropBox)> = crops
+        let flat: Vec<(usize, CropBox)> = crops
             .iter()
             .enumerate()
-            .flat_map(|(i, cs)| cs.iter().map(move |&c| (i, &frames[i], c)))
+            .flat_map(|(i, cs)| cs.iter().map(move |&c| (i, c)))
             .collect();
 
-        // Embed all crops of all frames together.
+        // Embed all crops of all frames together, and search each batch
+        // where its features are.
         let dim = self.embedder.dim();
         let mut features = Vec::with_capacity(flat.len() * dim);
+        let mut neighbours = Vec::with_capacity(flat.len());
+        let mut search_ms = 0.0;
         for chunk in flat.chunks(self.embedder.max_batch()) {
-            let pairs: Vec<(&Frame, CropBox)> = chunk.iter().map(|&(_, f, c)| (f, c)).collect();
             let t = Instant::now();
-            let batch = self.embedder.prepare(&pairs)?;
+            staged.crops(chunk, self.embedder.input_mut())?;
             let pre = ms(t) / chunk.len() as f64;
             let t = Instant::now();
-            features.extend(self.embedder.infer(&batch)?);
+            let batch = self.embedder.infer(chunk.len())?;
             let infer = ms(t) / chunk.len() as f64;
-            for &(i, _, _) in chunk {
+            let t = Instant::now();
+            neighbours.extend(match &batch {
+                Features::Host(f) => self.gallery.search(f, k_max)?,
+                Features::Device(rows) => self.gallery.search_device(rows, k_max)?,
+            });
+            features.extend(batch.to_vec()?);
+            search_ms += ms(t);
+            for &(i, _) in chunk {
                 times[i].rec_pre += pre;
                 times[i].rec_infer += infer;
             }
         }
+        drop(staged);
+        self.preprocess.release()?;
 
-        // Search once for every crop, then build each frame's answer.
+        // Each frame's answer.
         let t = Instant::now();
-        let s = &self.settings.search;
-        let k_of = |q: &Query| q.return_k.unwrap_or(s.return_k).max(1);
-        let k_max = queries.iter().map(k_of).max().unwrap_or(s.return_k);
-        let neighbours = self.gallery.search(&features, k_max)?;
         let mut out = Vec::with_capacity(frames.len());
         let mut next = 0;
         for (i, (dets, cs)) in detections.into_iter().zip(crops).enumerate() {
@@ -312,7 +355,7 @@ impl Pipeline {
                 timings: times[i],
             });
         }
-        let search = ms(t) / frames.len().max(1) as f64;
+        let search = (search_ms + ms(t)) / frames.len().max(1) as f64;
         for r in &mut out {
             r.timings.search = search;
         }

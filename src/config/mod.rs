@@ -210,8 +210,8 @@ impl Default for InputSettings {
     }
 }
 
-/// Which code resizes frames and crops on the CPU. Both give PaddleClas's
-/// pixels; they differ in where that is guaranteed.
+/// Which code resizes and normalises frames and crops. All give PaddleClas's
+/// pixels; they differ in where that is guaranteed and where the work runs.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PreprocessBackend {
@@ -223,6 +223,12 @@ pub enum PreprocessBackend {
     /// host: OpenCV's x86 fixed-point arithmetic to the bit on any CPU, and
     /// exactly what the GPU path computes.
     Kernels,
+    /// The same kernels on the GPU `gpu.device_id`: frames are staged on
+    /// the device once per batch and, with the CUDA or TensorRT provider,
+    /// the kernels write the engine's input in place. A box where the GPU
+    /// cannot be used says why in the log and runs `kernels` on the CPU,
+    /// which gives the same pixels.
+    Cuda,
 }
 
 impl std::str::FromStr for PreprocessBackend {
@@ -231,8 +237,9 @@ impl std::str::FromStr for PreprocessBackend {
         match s {
             "opencv" => Ok(PreprocessBackend::Opencv),
             "kernels" => Ok(PreprocessBackend::Kernels),
+            "cuda" => Ok(PreprocessBackend::Cuda),
             other => Err(format!(
-                "unknown preprocessing backend '{other}' (expected opencv or kernels)"
+                "unknown preprocessing backend '{other}' (expected opencv, kernels or cuda)"
             )),
         }
     }
@@ -243,6 +250,7 @@ impl std::fmt::Display for PreprocessBackend {
         f.write_str(match self {
             PreprocessBackend::Opencv => "opencv",
             PreprocessBackend::Kernels => "kernels",
+            PreprocessBackend::Cuda => "cuda",
         })
     }
 }
@@ -273,7 +281,7 @@ pub fn renamed(old: &str, new: &str) -> String {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PreprocessSettings {
-    /// `opencv` or `kernels` (see [`PreprocessBackend`]).
+    /// `opencv`, `kernels` or `cuda` (see [`PreprocessBackend`]).
     pub backend: PreprocessBackend,
 }
 

@@ -108,7 +108,8 @@ impl Spool {
         }
         let path = self.path(s.seq);
         let tmp = path.with_extension("tmp");
-        let header = serde_json::to_vec(s).map_err(|e| Error::Config(e.to_string()))?;
+        let header =
+            serde_json::to_vec(s).map_err(|e| Error::json("writing a spooled answer", e))?;
         let write = || -> std::io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(&header)?;

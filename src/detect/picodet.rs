@@ -9,15 +9,15 @@
 //! The form is told by output shapes, not names: paddle2onnx names every
 //! output `fetch_name_N`.
 
-use ndarray::ArrayViewD;
+use ndarray::Array2;
 
 use crate::config::DetectorSettings;
 use crate::detect::{nms, select, Detection};
-use crate::engine::{describe, Engine, Output, TensorSpec};
+use crate::engine::{describe, Arena, Engine, Feed, Output, Place, TensorSpec};
 use crate::error::{Error, Result};
 use crate::geometry::BBox;
 use crate::input::Frame;
-use crate::preprocess::{DetectorInput, DET_SIZE};
+use crate::preprocess::DET_SIZE;
 
 /// Which export of the detector is loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,11 +42,15 @@ pub struct PicoDet {
     im_shape_input: Option<String>,
     max_batch: usize,
     settings: DetectorSettings,
+    /// The image input, for `max_batch` frames, on the engine's GPU or the host.
+    arena: Arena,
 }
 
 impl PicoDet {
-    /// Wraps a loaded detector model, checking its inputs and outputs.
-    pub fn new(engine: Engine, settings: &DetectorSettings) -> Result<PicoDet> {
+    /// Wraps a loaded detector model, checking its inputs and outputs. Its
+    /// input buffer is on `place` when the engine can read it there (the
+    /// GPU the preprocessing runs on), on the host otherwise.
+    pub fn new(engine: Engine, settings: &DetectorSettings, place: Place) -> Result<PicoDet> {
         let path = engine.path().to_path_buf();
         let bad = |what: String| Error::model(&path, what);
         let mut image_input = None;
@@ -94,8 +98,14 @@ impl PicoDet {
                 )))
             }
         };
-        tracing::info!(model = %path.display(), ?form, max_batch, "detector ready");
+        let len = max_batch * 3 * (DET_SIZE * DET_SIZE) as usize;
+        let arena = match engine.device() {
+            Some(d) if place == Place::Cuda(d.ordinal()) => Arena::cuda(d, len)?,
+            _ => Arena::host(len),
+        };
+        tracing::info!(model = %path.display(), ?form, max_batch, buffers = %arena.place(), "detector ready");
         Ok(PicoDet {
+            arena,
             engine,
             form,
             image_input: image.name,
@@ -121,19 +131,40 @@ impl PicoDet {
         &self.engine
     }
 
-    /// Runs the model on a prepared batch of at most [`PicoDet::max_batch`] frames.
-    pub fn infer(&mut self, input: &DetectorInput) -> Result<RawDetections> {
-        let n = input.image.shape()[0];
-        let im_shape = ndarray::Array2::<f32>::from_elem((n, 2), DET_SIZE as f32);
-        let mut feeds: Vec<(&str, ArrayViewD<'_, f32>)> =
-            vec![(&self.image_input, input.image.view().into_dyn())];
+    /// Where its image input buffer lives.
+    pub fn input_place(&self) -> Place {
+        self.arena.place()
+    }
+
+    /// The image input buffer the preprocessing writes a batch into
+    /// (`max_batch × 3 × 640 × 640` floats).
+    pub fn input_mut(&mut self) -> &mut Arena {
+        &mut self.arena
+    }
+
+    /// Runs the model on the first `n` images of the input buffer, at most
+    /// [`PicoDet::max_batch`], whose `[n, 2]` scale factors are `scale_factor`.
+    pub fn infer(&mut self, n: usize, scale_factor: &Array2<f32>) -> Result<RawDetections> {
+        if n == 0 || n > self.max_batch || scale_factor.dim() != (n, 2) {
+            return Err(Error::Runtime(format!(
+                "a detector batch of {n} frames with {} scale factors; it takes 1 to {}",
+                scale_factor.nrows(),
+                self.max_batch
+            )));
+        }
+        let s = DET_SIZE as usize;
+        let im_shape = Array2::<f32>::from_elem((n, 2), DET_SIZE as f32);
+        let mut feeds = vec![(
+            self.image_input.as_str(),
+            Feed::Arena(&mut self.arena, vec![n, 3, s, s]),
+        )];
         if let Some(name) = &self.scale_input {
-            feeds.push((name, input.scale_factor.view().into_dyn()));
+            feeds.push((name, Feed::Array(scale_factor.view().into_dyn())));
         }
         if let Some(name) = &self.im_shape_input {
-            feeds.push((name, im_shape.view().into_dyn()));
+            feeds.push((name, Feed::Array(im_shape.view().into_dyn())));
         }
-        Ok(RawDetections(self.engine.run("detector", &feeds)?))
+        Ok(RawDetections(self.engine.run("detector", feeds)?))
     }
 
     /// Turns raw outputs into the selected detections of each frame, in original pixels.
@@ -141,11 +172,11 @@ impl PicoDet {
         &self,
         raw: RawDetections,
         frames: &[&Frame],
-        input: &DetectorInput,
+        scale_factor: &Array2<f32>,
     ) -> Result<Vec<Vec<Detection>>> {
         let all = match self.form {
             ExportForm::NmsInGraph => self.decode_nms_rows(&raw.0, frames.len())?,
-            ExportForm::PreNms => self.decode_pre_nms(&raw.0, input)?,
+            ExportForm::PreNms => self.decode_pre_nms(&raw.0, scale_factor)?,
         };
         let s = &self.settings;
         Ok(all
@@ -184,7 +215,11 @@ impl PicoDet {
         Ok(per_frame)
     }
 
-    fn decode_pre_nms(&self, out: &[Output], input: &DetectorInput) -> Result<Vec<Vec<Detection>>> {
+    fn decode_pre_nms(
+        &self,
+        out: &[Output],
+        scale_factor: &Array2<f32>,
+    ) -> Result<Vec<Vec<Detection>>> {
         let [a, b] = out else {
             return Err(self.bad_output());
         };
@@ -198,7 +233,10 @@ impl PicoDet {
         }
         let (n, anchors) = (boxes.shape[0], boxes.shape[1]);
         let classes = scores.shape[1];
-        if scores.shape != [n, classes, anchors] || boxes.shape != [n, anchors, 4] {
+        if scores.shape != [n, classes, anchors]
+            || boxes.shape != [n, anchors, 4]
+            || scale_factor.nrows() != n
+        {
             return Err(self.bad_output());
         }
         let mut per_frame = Vec::with_capacity(n);
@@ -208,7 +246,7 @@ impl PicoDet {
                 .map(|c| [c[0], c[1], c[2], c[3]])
                 .collect();
             let s = &scores.data[i * classes * anchors..(i + 1) * classes * anchors];
-            let (sy, sx) = (input.scale_factor[[i, 0]], input.scale_factor[[i, 1]]);
+            let (sy, sx) = (scale_factor[[i, 0]], scale_factor[[i, 1]]);
             let dets = nms::multiclass_nms(&b, s, classes, &self.settings.nms)
                 .into_iter()
                 .map(|d| Detection {

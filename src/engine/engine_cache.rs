@@ -712,6 +712,7 @@ mod tests {
             sm_count: 16,
             cuda_driver: 12060,
             tensorrt: Some(trt.into()),
+            integrated: true,
         }
     }
 

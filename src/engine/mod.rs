@@ -8,9 +8,11 @@
 pub mod engine_cache;
 pub mod providers;
 pub mod runtime;
+pub mod tensor;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ndarray::ArrayViewD;
 use ort::session::Session;
@@ -20,6 +22,7 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 pub use engine_cache::BatchProfile;
+pub use tensor::{Arena, OutputArena, Place};
 
 use crate::config::{EngineSettings, Provider};
 use crate::error::{Error, Result};
@@ -56,6 +59,14 @@ pub fn describe(specs: &[TensorSpec]) -> String {
         .join(", ")
 }
 
+/// One engine input.
+pub enum Feed<'a> {
+    /// A host array, read in place.
+    Array(ArrayViewD<'a, f32>),
+    /// The leading floats of an arena, with this shape, read where they live.
+    Arena(&'a mut Arena, Vec<usize>),
+}
+
 /// An output tensor copied out of the runtime.
 #[derive(Debug, Clone)]
 pub struct Output {
@@ -87,6 +98,8 @@ pub struct Engine {
     cache_use: Option<CacheUse>,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
+    /// The GPU whose stream the CUDA or TensorRT provider runs on; `None` on the CPU provider.
+    device: Option<Arc<gpu::Device>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -124,15 +137,26 @@ impl Engine {
         let chain = fallback_chain(settings.provider, settings.fallback);
         let mut failures = Vec::new();
         for (i, &provider) in chain.iter().enumerate() {
+            let device = match provider {
+                Provider::Cpu => None,
+                Provider::Cuda | Provider::Tensorrt => shared_device(device_id),
+            };
+            let stream = device.as_deref().map(providers::Stream::of);
             let opened = match provider {
                 Provider::Cpu => session(path, env, settings, Vec::new()).map(|s| (s, None)),
                 Provider::Cuda => {
-                    cuda_session(path, env, library, settings, device_id).map(|s| (s, None))
+                    cuda_session(path, env, library, settings, device_id, stream).map(|s| (s, None))
                 }
-                Provider::Tensorrt => {
-                    tensorrt_session(role, path, &model_sha256, ort, settings, device_id, profile)
-                        .map(|(s, c)| (s, Some(c)))
-                }
+                Provider::Tensorrt => tensorrt_session(
+                    role,
+                    path,
+                    &model_sha256,
+                    ort,
+                    settings,
+                    (device_id, stream),
+                    profile,
+                )
+                .map(|(s, c)| (s, Some(c))),
             };
             match opened {
                 Ok((session, cache_use)) => {
@@ -153,6 +177,7 @@ impl Engine {
                         cache_use,
                         inputs,
                         outputs,
+                        device,
                     });
                 }
                 Err(e) => {
@@ -211,21 +236,93 @@ impl Engine {
         &self.outputs
     }
 
-    /// Runs the model on named float inputs and copies every output out.
-    pub fn run(
-        &mut self,
-        stage: &'static str,
-        inputs: &[(&str, ArrayViewD<'_, f32>)],
-    ) -> Result<Vec<Output>> {
-        let fail = |source| Error::Inference { stage, source };
-        let mut values = Vec::with_capacity(inputs.len());
-        for (name, view) in inputs {
-            let tensor = TensorRef::from_array_view(view.view()).map_err(fail)?;
-            values.push((
-                std::borrow::Cow::Borrowed(*name),
-                ort::session::SessionInputValue::from(tensor),
+    /// The GPU whose stream inference runs on (CUDA and TensorRT providers
+    /// with the device open); device [`Arena`]s of this device are read in place.
+    pub fn device(&self) -> Option<&Arc<gpu::Device>> {
+        self.device.as_ref()
+    }
+
+    /// Where this engine can read an input without a copy: on its GPU, or the host.
+    pub fn input_place(&self) -> Place {
+        self.device
+            .as_ref()
+            .map_or(Place::Host, |d| Place::Cuda(d.ordinal()))
+    }
+
+    /// A preallocated home for the output `name` (`[N, …]` with the other
+    /// dimensions fixed) on `place`: host memory, or this engine's GPU.
+    pub fn output_arena(&self, name: &str, place: Place) -> Result<OutputArena> {
+        let spec = self
+            .outputs
+            .iter()
+            .find(|o| o.name == name)
+            .ok_or_else(|| Error::model(&self.path, format!("no output named {name}")))?;
+        if spec.dtype != "float32" || spec.shape.len() < 2 || spec.shape[1..].iter().any(|&d| d < 0)
+        {
+            return Err(Error::model(
+                &self.path,
+                format!(
+                    "output {spec} is not float32 [N, …] with fixed dimensions after the batch"
+                ),
             ));
         }
+        if place != Place::Host && place != self.input_place() {
+            return Err(Error::Runtime(format!(
+                "{} cannot write its output to {place}: it runs on {}",
+                self.path.display(),
+                self.input_place()
+            )));
+        }
+        OutputArena::new(
+            &self.session,
+            name,
+            place,
+            spec.shape[1..].iter().map(|&d| d as usize).collect(),
+        )
+    }
+
+    fn values<'a>(
+        &self,
+        stage: &'static str,
+        feeds: Vec<(&'a str, Feed<'a>)>,
+    ) -> Result<
+        Vec<(
+            std::borrow::Cow<'a, str>,
+            ort::session::SessionInputValue<'a>,
+        )>,
+    > {
+        let fail = |source| Error::Inference { stage, source };
+        let mut values = Vec::with_capacity(feeds.len());
+        for (name, feed) in feeds {
+            let value = match feed {
+                Feed::Array(view) => ort::session::SessionInputValue::from(
+                    TensorRef::from_array_view(view).map_err(fail)?,
+                ),
+                Feed::Arena(arena, shape) => {
+                    let place = arena.place();
+                    if place != Place::Host && place != self.input_place() {
+                        return Err(Error::Runtime(format!(
+                            "{stage}: an input on {place} cannot be read by {}, which runs on {}",
+                            self.path.display(),
+                            self.input_place()
+                        )));
+                    }
+                    ort::session::SessionInputValue::from(arena.tensor(&shape)?)
+                }
+            };
+            values.push((std::borrow::Cow::Borrowed(name), value));
+        }
+        Ok(values)
+    }
+
+    /// Runs the model and copies every output out to the host.
+    pub fn run<'a>(
+        &mut self,
+        stage: &'static str,
+        feeds: Vec<(&'a str, Feed<'a>)>,
+    ) -> Result<Vec<Output>> {
+        let fail = |source| Error::Inference { stage, source };
+        let values = self.values(stage, feeds)?;
         let outputs = self.session.run(values).map_err(fail)?;
         let mut out = Vec::with_capacity(outputs.len());
         for (name, value) in outputs.iter() {
@@ -246,6 +343,41 @@ impl Engine {
             });
         }
         Ok(out)
+    }
+
+    /// Runs a batch of `n` and leaves the one output in `out`, where it lives
+    /// (read it with [`OutputArena::host`] or [`OutputArena::device_ptr`]).
+    pub fn run_into<'a>(
+        &mut self,
+        stage: &'static str,
+        feeds: Vec<(&'a str, Feed<'a>)>,
+        out: &mut OutputArena,
+        n: usize,
+    ) -> Result<()> {
+        let fail = |source| Error::Inference { stage, source };
+        let values = self.values(stage, feeds)?;
+        let options = out.options(n)?;
+        let outputs = self
+            .session
+            .run_with_options(values, options)
+            .map_err(fail)?;
+        // The preallocated tensor is the output itself; nothing is copied.
+        drop(outputs);
+        Ok(())
+    }
+}
+
+/// The device whose stream the GPU providers are given, or `None` (with the
+/// reason in the log) where cudarc cannot open it: ONNX Runtime then runs
+/// on a stream of its own and nothing is handed to it on the device.
+fn shared_device(device_id: i32) -> Option<Arc<gpu::Device>> {
+    let ordinal = usize::try_from(device_id).ok()?;
+    match gpu::Device::open(ordinal) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::debug!("not sharing a CUDA stream with ONNX Runtime: {e}");
+            None
+        }
     }
 }
 
@@ -336,8 +468,12 @@ fn require_provider<P: ort::ep::ExecutionProvider>(library: &Path, name: &str) -
     }
 }
 
-fn cuda_ep(settings: &EngineSettings, device_id: i32) -> ort::ep::ExecutionProviderDispatch {
-    providers::cuda_ep(&providers::cuda(settings, device_id))
+fn cuda_ep(
+    settings: &EngineSettings,
+    device_id: i32,
+    stream: Option<providers::Stream>,
+) -> ort::ep::ExecutionProviderDispatch {
+    providers::cuda_ep(&providers::cuda(settings, device_id, stream))
 }
 
 fn cuda_session(
@@ -346,10 +482,16 @@ fn cuda_session(
     library: &Path,
     settings: &EngineSettings,
     device_id: i32,
+    stream: Option<providers::Stream>,
 ) -> Result<Session> {
     require_provider::<ort::ep::CUDA>(library, "CUDA")?;
     gpu::probe(device_id).map_err(|e| Error::Runtime(e.0))?;
-    session(path, env, settings, vec![cuda_ep(settings, device_id)])
+    session(
+        path,
+        env,
+        settings,
+        vec![cuda_ep(settings, device_id, stream)],
+    )
 }
 
 /// A TensorRT session whose engine comes from (or goes into) the engine cache.
@@ -359,7 +501,7 @@ fn tensorrt_session(
     model_sha256: &str,
     (env, library): &(ort::environment::Environment, PathBuf),
     settings: &EngineSettings,
-    device_id: i32,
+    (device_id, stream): (i32, Option<providers::Stream>),
     profile: BatchProfile,
 ) -> Result<(Session, CacheUse)> {
     use engine_cache::{CacheKey, Claim, EngineCache, State};
@@ -376,8 +518,9 @@ fn tensorrt_session(
     let (inputs, _) = specs(&session(path, env, settings, Vec::new())?);
     let shapes = profile_shapes(&inputs, profile).map_err(|e| Error::model(path, e))?;
     let timing = cache.timing_dir(&platform)?;
-    let options =
-        |dir: &Path| providers::tensorrt(settings, device_id, shapes.as_ref(), dir, &timing);
+    let options = |dir: &Path| {
+        providers::tensorrt(settings, device_id, stream, shapes.as_ref(), dir, &timing)
+    };
     // The key is made from the very options TensorRT gets (paths aside).
     let key = CacheKey::new(
         model_sha256,
@@ -391,7 +534,7 @@ fn tensorrt_session(
     let eps = || {
         vec![
             providers::tensorrt_ep(&options(&dir)),
-            cuda_ep(settings, device_id),
+            cuda_ep(settings, device_id, stream),
         ]
     };
     match cache.claim(&key, role, path)? {

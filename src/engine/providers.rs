@@ -20,7 +20,10 @@ pub type Options = Vec<(&'static str, String)>;
 ///   arena at each growth, which on a Jetson takes memory the board's CPU
 ///   side shares.
 /// - `gpu_mem_limit` from `engine.gpu_mem_limit` (0: no limit).
-pub fn cuda(settings: &EngineSettings, device_id: i32) -> Options {
+/// - `user_compute_stream`: the device's one stream ([`crate::gpu::Device`])
+///   where it is open, so inference is ordered after the preprocessing
+///   kernels that write its input, without a host synchronisation between.
+pub fn cuda(settings: &EngineSettings, device_id: i32, stream: Option<Stream>) -> Options {
     let mut o: Options = vec![
         ("device_id", device_id.to_string()),
         ("cudnn_conv_algo_search", "HEURISTIC".into()),
@@ -29,7 +32,26 @@ pub fn cuda(settings: &EngineSettings, device_id: i32) -> Options {
     if settings.gpu_mem_limit > 0 {
         o.push(("gpu_mem_limit", settings.gpu_mem_limit.to_string()));
     }
+    with_stream(&mut o, stream);
     o
+}
+
+/// A CUDA stream's handle, as the providers take it (an address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stream(pub usize);
+
+impl Stream {
+    /// The handle of `device`'s stream.
+    pub fn of(device: &crate::gpu::Device) -> Stream {
+        Stream(device.stream().cu_stream() as usize)
+    }
+}
+
+fn with_stream(o: &mut Options, stream: Option<Stream>) {
+    if let Some(Stream(s)) = stream {
+        o.push(("has_user_compute_stream", "1".into()));
+        o.push(("user_compute_stream", s.to_string()));
+    }
 }
 
 /// The optimisation profile: `name:NxCxHxW,...` for the smallest, tuned-for
@@ -49,6 +71,7 @@ pub struct ProfileShapes {
 pub fn tensorrt(
     settings: &EngineSettings,
     device_id: i32,
+    stream: Option<Stream>,
     profile: Option<&ProfileShapes>,
     engine_dir: &Path,
     timing_dir: &Path,
@@ -66,6 +89,7 @@ pub fn tensorrt(
         o.push(("trt_profile_opt_shapes", p.opt.clone()));
         o.push(("trt_profile_max_shapes", p.max.clone()));
     }
+    with_stream(&mut o, stream);
     o
 }
 
@@ -74,13 +98,15 @@ fn bool_str(b: bool) -> String {
 }
 
 /// The options that shape the engine TensorRT builds, as one canonical
-/// string for the cache key: every option except where files go and which
-/// device (the platform is keyed on its own), sorted by name.
+/// string for the cache key: every option except where files go, which
+/// device (the platform is keyed on its own) and which stream, sorted by name.
 pub fn engine_shaping(options: &Options) -> String {
-    const NOT_SHAPING: [&str; 3] = [
+    const NOT_SHAPING: [&str; 5] = [
         "device_id",
         "trt_engine_cache_path",
         "trt_timing_cache_path",
+        "has_user_compute_stream",
+        "user_compute_stream",
     ];
     let mut kept: Vec<String> = options
         .iter()
@@ -122,37 +148,48 @@ mod tests {
     #[test]
     fn cuda_searches_convolutions_by_heuristic_and_grows_its_arena_as_asked() {
         let mut s = EngineSettings::default();
-        let o = cuda(&s, 1);
+        let o = cuda(&s, 1, None);
         assert_eq!(get(&o, "device_id"), Some("1"));
         assert_eq!(get(&o, "cudnn_conv_algo_search"), Some("HEURISTIC"));
         assert_eq!(get(&o, "arena_extend_strategy"), Some("kSameAsRequested"));
         assert_eq!(get(&o, "gpu_mem_limit"), None, "no limit unless one is set");
+        assert_eq!(get(&o, "has_user_compute_stream"), None);
+        let o = cuda(&s, 1, Some(Stream(0x1234)));
+        assert_eq!(get(&o, "has_user_compute_stream"), Some("1"));
+        assert_eq!(get(&o, "user_compute_stream"), Some("4660"));
         s.gpu_mem_limit = 2 << 30;
-        assert_eq!(get(&cuda(&s, 0), "gpu_mem_limit"), Some("2147483648"));
+        assert_eq!(get(&cuda(&s, 0, None), "gpu_mem_limit"), Some("2147483648"));
     }
 
     #[test]
-    fn engine_shaping_options_ignore_paths_and_device_but_not_precision_or_profile() {
+    fn engine_shaping_options_ignore_paths_device_and_stream_but_not_precision_or_profile() {
         let s = EngineSettings::default();
         let p = ProfileShapes {
             min: "x:1x3x224x224".into(),
             opt: "x:6x3x224x224".into(),
             max: "x:16x3x224x224".into(),
         };
-        let a = tensorrt(&s, 0, Some(&p), Path::new("/a"), Path::new("/t1"));
-        let b = tensorrt(&s, 1, Some(&p), Path::new("/b"), Path::new("/t2"));
+        let a = tensorrt(&s, 0, None, Some(&p), Path::new("/a"), Path::new("/t1"));
+        let b = tensorrt(
+            &s,
+            1,
+            Some(Stream(7)),
+            Some(&p),
+            Path::new("/b"),
+            Path::new("/t2"),
+        );
         assert_eq!(engine_shaping(&a), engine_shaping(&b));
         let fp32 = EngineSettings {
             fp16: false,
             ..s.clone()
         };
-        let c = tensorrt(&fp32, 0, Some(&p), Path::new("/a"), Path::new("/t1"));
+        let c = tensorrt(&fp32, 0, None, Some(&p), Path::new("/a"), Path::new("/t1"));
         assert_ne!(engine_shaping(&a), engine_shaping(&c));
         let q = ProfileShapes {
             opt: "x:8x3x224x224".into(),
             ..p.clone()
         };
-        let d = tensorrt(&s, 0, Some(&q), Path::new("/a"), Path::new("/t1"));
+        let d = tensorrt(&s, 0, None, Some(&q), Path::new("/a"), Path::new("/t1"));
         assert_ne!(engine_shaping(&a), engine_shaping(&d));
         assert!(engine_shaping(&a).contains("trt_profile_opt_shapes=x:6x3x224x224"));
     }

@@ -12,6 +12,7 @@
 //! `libnvinfer`), so the same binary runs on boxes without either.
 
 use std::fmt;
+use std::marker::PhantomData;
 
 pub mod device;
 pub mod nvrtc;
@@ -32,6 +33,9 @@ pub struct Platform {
     pub cuda_driver: i32,
     /// TensorRT release, e.g. "10.3.0"; `None` where libnvinfer is not installed.
     pub tensorrt: Option<String>,
+    /// An integrated GPU sharing the host's memory (Jetson): page-locked
+    /// host memory is read in place instead of being copied.
+    pub integrated: bool,
 }
 
 impl fmt::Display for Platform {
@@ -46,6 +50,76 @@ impl fmt::Display for Platform {
             (self.cuda_driver % 1000) / 10,
             self.tensorrt.as_deref().unwrap_or("not installed")
         )
+    }
+}
+
+/// Rows of `dim` floats in a GPU's memory: a stage's output that the next
+/// stage reads where it is. `'a` is the buffer that holds them.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceRows<'a> {
+    ptr: u64,
+    rows: usize,
+    dim: usize,
+    ordinal: usize,
+    _buf: PhantomData<&'a ()>,
+}
+
+impl DeviceRows<'_> {
+    /// # Safety
+    /// `ptr` must address `rows × dim` floats on device `ordinal`, written
+    /// by work queued on that device's stream ([`Device::stream`]), and
+    /// stay valid for `'a`.
+    pub unsafe fn new(ptr: u64, rows: usize, dim: usize, ordinal: usize) -> Self {
+        DeviceRows {
+            ptr,
+            rows,
+            dim,
+            ordinal,
+            _buf: PhantomData,
+        }
+    }
+
+    /// The device address of the first float.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// How many rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Floats per row.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The device.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// Copies the rows to the host, after the work queued before on the device's stream.
+    pub fn to_host(&self) -> Result<Vec<f32>, String> {
+        let device = Device::open(self.ordinal).map_err(|e| e.0)?;
+        let stream = device.stream();
+        let mut out = vec![0f32; self.rows * self.dim];
+        if out.is_empty() {
+            return Ok(out);
+        }
+        // SAFETY: `new`'s contract: `ptr` holds rows·dim floats on this
+        // device, written on this stream, which orders the copy after them.
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(&mut out, self.ptr, stream.cu_stream())
+        }
+        .and_then(|()| stream.synchronize())
+        .map_err(|e| {
+            format!(
+                "copying {} rows back from GPU {}: {e}",
+                self.rows, self.ordinal
+            )
+        })?;
+        Ok(out)
     }
 }
 
@@ -103,6 +177,10 @@ pub fn probe(ordinal: i32) -> Result<Platform, NoGpu> {
     let sm_count =
         unsafe { device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT) }
             .map_err(|e| NoGpu(format!("CUDA device {ordinal}: multiprocessor count: {e}")))?;
+    // SAFETY: as above.
+    let integrated = unsafe { device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_INTEGRATED) }
+        .map_err(|e| NoGpu(format!("CUDA device {ordinal}: integrated: {e}")))?
+        != 0;
     let mut cuda_driver = 0;
     // SAFETY: cuDriverGetVersion writes one int.
     let rc = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut cuda_driver) };
@@ -115,6 +193,7 @@ pub fn probe(ordinal: i32) -> Result<Platform, NoGpu> {
         sm_count,
         cuda_driver,
         tensorrt: tensorrt_version(),
+        integrated,
     })
 }
 

@@ -22,14 +22,21 @@ pub const PREPROCESS: Source = Source {
     code: include_str!("../preprocess/kernels.cu"),
 };
 
-/// The GPU search's top-k kernels.
+/// The GPU search's top-k kernels (and the fp32-to-fp16 query conversion).
 pub const TOPK: Source = Source {
     name: "search/topk.cu",
     code: include_str!("../search/topk.cu"),
 };
 
+/// The L2 normalisation of the recogniser's output rows (also compiled for
+/// the host by build.rs).
+pub const L2NORM: Source = Source {
+    name: "embed/l2norm.cu",
+    code: include_str!("../embed/l2norm.cu"),
+};
+
 /// Every CUDA source, for the compile check.
-pub const ALL: [Source; 2] = [PREPROCESS, TOPK];
+pub const ALL: [Source; 3] = [PREPROCESS, TOPK, L2NORM];
 
 /// The GPUs the daemon is built for: Xavier (JetPack 5, CUDA 11/12), Orin
 /// (JetPack 6), and the discrete test cards. CUDA 13 no longer compiles for

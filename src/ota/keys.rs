@@ -90,7 +90,7 @@ pub fn read_public(spec: &str) -> Result<VerifyingKey> {
         (spec.to_string(), format!("key {spec:?}"))
     };
     let bad = |reason: &str| {
-        Error::Config(format!("{origin}: {reason} (expected 32 bytes of base64, as `shitud bundle keygen` writes to KEY.pub)"))
+        Error::Ota(format!("{origin}: {reason} (expected 32 bytes of base64, as `shitud bundle keygen` writes to KEY.pub)"))
     };
     let bytes = b64()
         .decode(text.trim())

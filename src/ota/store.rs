@@ -187,7 +187,7 @@ impl Store {
         let path = self.version_dir(v).join(VERSION_FILE);
         let text = fs::read(&path).map_err(|e| Error::io(&path, e))?;
         serde_json::from_slice(&text)
-            .map_err(|e| Error::Config(format!("{}: unreadable: {e}", path.display())))
+            .map_err(|e| Error::json(format!("{}: unreadable", path.display()), e))
     }
 
     /// `base` with the models and gallery of version `v`.
@@ -216,7 +216,7 @@ impl Store {
         if dest.exists() {
             // A version of that name that is not current: an earlier, failed try. Replace it.
             if self.current().as_deref() == Some(v) {
-                return Err(Error::Config(format!("version {v} is already current")));
+                return Err(Error::Ota(format!("version {v} is already current")));
             }
             fs::remove_dir_all(&dest).map_err(|e| Error::io(&dest, e))?;
         }
@@ -259,7 +259,7 @@ impl Store {
     /// Makes `previous` current again (no trial: it served before). Returns it.
     pub fn rollback(&self) -> Result<String> {
         let Some(prev) = self.previous() else {
-            return Err(Error::Config("no previous version to roll back to".into()));
+            return Err(Error::Ota("no previous version to roll back to".into()));
         };
         let cur = self.current().unwrap_or_default();
         self.set_link("current", &prev)?;
@@ -381,7 +381,8 @@ impl Store {
 
     fn write_trial(&self, t: &Trial) -> Result<()> {
         let path = self.root.join(TRIAL_FILE);
-        let bytes = serde_json::to_vec_pretty(t).map_err(|e| Error::Config(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(t).map_err(|e| Error::json("writing the update state", e))?;
         write_synced(&path, &bytes)
     }
 

@@ -9,15 +9,25 @@
 //! Both read OpenCV's resize tables computed on the host ([`super::plan`]),
 //! so the pixels are OpenCV's to the bit, the same as the host build of the
 //! same source (`preprocess.backend = "kernels"`, tests/it/preprocess_kernels.rs).
-//! The frames are uploaded once per batch and both stages read them on the
-//! device. The outputs stay on the device ([`CudaSlice`]); binding them to
-//! the engine's input is not wired yet (issue 13), so callers copy them back
-//! with [`GpuPreprocess::to_host`]. The launches are checked where a GPU is
-//! present (tests/it/gpu.rs, run by scripts/gpu-check.sh).
+//! Frames are staged once per batch ([`Staging`]) and both stages read them
+//! on the device: they are copied into page-locked host memory, which an
+//! integrated GPU (Jetson) reads in place through its mapped address, and
+//! which a discrete GPU receives in one asynchronous upload into a reused
+//! device buffer. Each buffer is written again only after the stream event
+//! that ends its last use. The outputs are written where the caller says:
+//! the engine's input buffer ([`crate::engine::Arena`]), read by ONNX
+//! Runtime in place. The launches are checked where a GPU is present
+//! (tests/it/gpu.rs, run by scripts/gpu-check.sh).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PinnedHostSlice,
+    PushKernelArg,
+};
 
 use super::plan::{DetectorPlan, FrameLayout, RecogniserPlan, Tables};
 use super::{Normalizer, DET_SIZE, REC_SIZE};
@@ -30,6 +40,7 @@ const BLOCK: (u32, u32, u32) = (32, 8, 1);
 
 /// The preprocessing kernels on one GPU.
 pub struct GpuPreprocess {
+    device: Arc<gpu::Device>,
     stream: Arc<CudaStream>,
     det: CudaFunction,
     rec: CudaFunction,
@@ -45,13 +56,73 @@ struct DeviceTables {
     beta: CudaSlice<i16>,
 }
 
-/// Frames uploaded for one batch, with the detector's tables for them.
-pub struct DeviceFrames {
-    bytes: CudaSlice<u8>,
+/// Frames on the device for one batch, with the detector's tables for them.
+/// `'a` is the [`Staging`] whose buffers hold them (`'static`: their own).
+pub struct DeviceFrames<'a> {
+    /// Device address of the first byte.
+    ptr: u64,
+    /// Bytes at `ptr`.
+    len: usize,
+    /// The frames' own buffer, when not staged.
+    _owned: Option<CudaSlice<u8>>,
     layouts: Vec<FrameLayout>,
     plan: DetectorPlan,
     table: CudaSlice<i64>,
     tables: DeviceTables,
+    _staged: PhantomData<&'a mut Staging>,
+}
+
+impl DeviceFrames<'_> {
+    /// How many frames.
+    pub fn len(&self) -> usize {
+        self.layouts.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.layouts.is_empty()
+    }
+}
+
+/// Reused buffers that frames are staged in: page-locked host memory and,
+/// on a discrete GPU, a device buffer. Grown when a batch needs more, never
+/// shrunk; written only after the event that ends the previous batch's use.
+pub struct Staging {
+    pinned: Option<PinnedHostSlice<u8>>,
+    /// The device address of `pinned` on an integrated GPU.
+    mapped: Option<u64>,
+    device: Option<CudaSlice<u8>>,
+    /// Recorded after the last work that reads the buffers.
+    done: Option<CudaEvent>,
+}
+
+impl Staging {
+    /// No buffers yet: the first batch allocates them.
+    pub fn new() -> Staging {
+        Staging {
+            pinned: None,
+            mapped: None,
+            device: None,
+            done: None,
+        }
+    }
+
+    /// Marks the end of the current batch's use of the buffers: the next
+    /// [`GpuPreprocess::stage`] waits for the work queued so far on `stream`.
+    pub fn release(&mut self, stream: &Arc<CudaStream>) -> Result<()> {
+        self.done = Some(
+            stream
+                .record_event(None)
+                .map_err(err("recording the staging event"))?,
+        );
+        Ok(())
+    }
+}
+
+impl Default for Staging {
+    fn default() -> Self {
+        Staging::new()
+    }
 }
 
 /// The crops of one batch, checked against their frames and uploaded.
@@ -59,24 +130,40 @@ pub struct DeviceCrops {
     boxes: CudaSlice<i32>,
     tables: DeviceTables,
     count: usize,
-    /// The frames (and byte count) the boxes were checked against: the
-    /// kernel may only read frames of exactly that layout.
-    checked_for: (Vec<FrameLayout>, usize),
+    /// The frames (and address and byte count) the boxes were checked
+    /// against: the kernel may only read frames of exactly that layout.
+    checked_for: (Vec<FrameLayout>, u64, usize),
 }
 
 fn err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
-    move |e| Error::Config(format!("GPU preprocessing: {what}: {e}"))
+    move |e| Error::Gpu(format!("preprocessing: {what}: {e}"))
 }
 
 impl GpuPreprocess {
+    /// The kernels on GPU `ordinal`, compiled once per process and shared
+    /// (every stage and pipeline of the process uses the same device).
+    pub fn shared(ordinal: usize) -> Result<Arc<GpuPreprocess>> {
+        static OPEN: OnceLock<Mutex<HashMap<usize, Arc<GpuPreprocess>>>> = OnceLock::new();
+        let mut open = OPEN
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(p) = open.get(&ordinal) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(GpuPreprocess::new(ordinal)?);
+        open.insert(ordinal, p.clone());
+        Ok(p)
+    }
+
     /// Compiles the kernels for GPU `ordinal`; says why on boxes that cannot.
     pub fn new(ordinal: usize) -> Result<GpuPreprocess> {
-        let device = gpu::Device::open(ordinal)
-            .map_err(|e| Error::Config(format!("GPU preprocessing: {e}")))?;
+        let device =
+            gpu::Device::open(ordinal).map_err(|e| Error::Gpu(format!("preprocessing: {e}")))?;
         // SAFETY: only tries to dlopen the library by name.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            return Err(Error::Config(
-                "GPU preprocessing needs libnvrtc (the CUDA toolkit's runtime compiler)".into(),
+            return Err(Error::Gpu(
+                "preprocessing needs libnvrtc (the CUDA toolkit's runtime compiler)".into(),
             ));
         }
         let stream = device.stream().clone();
@@ -84,7 +171,7 @@ impl GpuPreprocess {
             &gpu::nvrtc::PREPROCESS,
             device.platform().compute_capability,
         )
-        .map_err(|e| Error::Config(format!("GPU preprocessing: {e}")))?;
+        .map_err(|e| Error::Gpu(format!("preprocessing: {e}")))?;
         let module = device
             .context()
             .load_module(ptx)
@@ -102,6 +189,7 @@ impl GpuPreprocess {
             .clone_htod(&Normalizer::embedder().table())
             .map_err(err("uploading tables"))?;
         Ok(GpuPreprocess {
+            device,
             stream,
             det,
             rec,
@@ -110,13 +198,101 @@ impl GpuPreprocess {
         })
     }
 
-    /// Uploads `frames` (each once, for both stages).
-    pub fn upload(&self, frames: &[&Frame]) -> Result<DeviceFrames> {
-        let raw = frames
-            .iter()
-            .map(|f| Ok((super::bytes(&f.name, &f.rgb)?, f.width, f.height)))
-            .collect::<Result<Vec<_>>>()?;
+    /// The device the kernels run on.
+    pub fn device(&self) -> &Arc<gpu::Device> {
+        &self.device
+    }
+
+    /// Uploads `frames` (each once, for both stages) into a buffer of their own.
+    pub fn upload(&self, frames: &[&Frame]) -> Result<DeviceFrames<'static>> {
+        let raw = raw_frames(frames)?;
         self.upload_raw(&raw)
+    }
+
+    /// Stages `frames` in `staging`'s reused buffers: copied once into
+    /// page-locked memory, then read in place (integrated GPU) or uploaded
+    /// in one asynchronous copy (discrete GPU).
+    pub fn stage<'a>(
+        &self,
+        staging: &'a mut Staging,
+        frames: &[&Frame],
+    ) -> Result<DeviceFrames<'a>> {
+        let raw = raw_frames(frames)?;
+        let layouts = pack(&raw)?;
+        let total = layouts.last().map_or(0, |l| l.offset + l.span()).max(1);
+        // The previous batch's kernels may still read the buffers: wait for
+        // the event that ended its use or, if it ended without one (an
+        // error on the way), for everything queued on the stream.
+        match staging.done.take() {
+            Some(done) => done.synchronize(),
+            None => self.stream.synchronize(),
+        }
+        .map_err(err("waiting for the previous batch"))?;
+        let ctx = self.device.context();
+        if staging.pinned.as_ref().is_none_or(|p| p.len() < total) {
+            let len = total.next_power_of_two();
+            staging.mapped = None;
+            staging.device = None;
+            // SAFETY: the memory is written below before anything reads it.
+            let pinned = unsafe {
+                ctx.alloc_pinned_with_flags::<u8>(
+                    len,
+                    cudarc::driver::sys::CU_MEMHOSTALLOC_DEVICEMAP
+                        | cudarc::driver::sys::CU_MEMHOSTALLOC_WRITECOMBINED,
+                )
+            }
+            .map_err(err("allocating page-locked frame memory"))?;
+            let pinned = staging.pinned.insert(pinned);
+            if self.device.platform().integrated {
+                let mut dptr = 0;
+                let host = pinned
+                    .as_mut_ptr()
+                    .map_err(err("page-locked frame memory"))?;
+                // SAFETY: `host` is a live page-locked allocation made with
+                // DEVICEMAP in this context.
+                let r = unsafe {
+                    cudarc::driver::sys::cuMemHostGetDevicePointer_v2(&mut dptr, host.cast(), 0)
+                };
+                r.result()
+                    .map_err(err("mapping page-locked frame memory"))?;
+                staging.mapped = Some(dptr);
+            } else {
+                staging.device = Some(
+                    self.stream
+                        .alloc_zeros::<u8>(len)
+                        .map_err(err("allocating the frame buffer"))?,
+                );
+            }
+        }
+        let Some(pinned) = staging.pinned.as_mut() else {
+            return Err(Error::Gpu("preprocessing: no staging memory".into()));
+        };
+        let host = pinned
+            .as_mut_slice()
+            .map_err(err("page-locked frame memory"))?;
+        for (&(bytes, _, _), l) in raw.iter().zip(&layouts) {
+            host[l.offset..l.offset + bytes.len()].copy_from_slice(bytes);
+        }
+        let ptr = match (staging.mapped, staging.device.as_mut()) {
+            (Some(mapped), _) => mapped,
+            (None, Some(dev)) => {
+                let (dst, _record) = dev.device_ptr(&self.stream);
+                // SAFETY: `dev` holds at least `total` bytes (sized with
+                // `pinned`), and the page-locked source stays untouched
+                // until the event `release` records after the batch.
+                unsafe {
+                    cudarc::driver::result::memcpy_htod_async(
+                        dst,
+                        &host[..total],
+                        self.stream.cu_stream(),
+                    )
+                }
+                .map_err(err("uploading frames"))?;
+                dst
+            }
+            (None, None) => return Err(Error::Gpu("preprocessing: no frame buffer".into())),
+        };
+        self.frames_at(ptr, total, layouts, None)
     }
 
     fn upload_tables(&self, t: &Tables) -> Result<DeviceTables> {
@@ -132,47 +308,54 @@ impl GpuPreprocess {
         })
     }
 
-    /// Uploads interleaved RGB frames given as `(bytes, width, height)`.
-    pub fn upload_raw(&self, frames: &[(&[u8], u32, u32)]) -> Result<DeviceFrames> {
+    /// Uploads interleaved RGB frames given as `(bytes, width, height)`
+    /// into a buffer of their own.
+    pub fn upload_raw(&self, frames: &[(&[u8], u32, u32)]) -> Result<DeviceFrames<'static>> {
+        let layouts = pack(frames)?;
         let mut host = Vec::new();
-        let mut layouts = Vec::with_capacity(frames.len());
-        for &(bytes, w, h) in frames {
-            if bytes.len() != (w * h * 3) as usize {
-                return Err(Error::Config(format!(
-                    "GPU preprocessing: a {w}x{h} RGB frame needs {} bytes, got {}",
-                    w * h * 3,
-                    bytes.len()
-                )));
-            }
-            layouts.push(FrameLayout {
-                offset: host.len(),
-                width: w,
-                height: h,
-                pitch: 3 * w as usize,
-            });
+        for &(bytes, _, _) in frames {
             host.extend_from_slice(bytes);
         }
         if host.is_empty() {
             host.push(0); // a zero-length upload is refused; no frame reads it
         }
-        let plan = DetectorPlan::new(&layouts, host.len(), DET_SIZE)?;
         let bytes = self
             .stream
             .clone_htod(&host)
             .map_err(err("uploading frames"))?;
+        let ptr = {
+            let (ptr, _record) = bytes.device_ptr(&self.stream);
+            ptr
+        };
+        self.frames_at(ptr, host.len(), layouts, Some(bytes))
+    }
+
+    /// Frames of `layouts` at device address `ptr` (`len` bytes), with the
+    /// detector's tables uploaded for them.
+    fn frames_at<'a>(
+        &self,
+        ptr: u64,
+        len: usize,
+        layouts: Vec<FrameLayout>,
+        owned: Option<CudaSlice<u8>>,
+    ) -> Result<DeviceFrames<'a>> {
+        let plan = DetectorPlan::new(&layouts, len, DET_SIZE)?;
         let mut table = plan.frames.clone();
         if table.is_empty() {
             table.extend([0; 4]);
         }
         Ok(DeviceFrames {
+            ptr,
+            len,
+            _owned: owned,
             table: self
                 .stream
                 .clone_htod(&table)
                 .map_err(err("uploading the frame table"))?,
             tables: self.upload_tables(&plan.tables)?,
-            bytes,
             layouts,
             plan,
+            _staged: PhantomData,
         })
     }
 
@@ -182,7 +365,7 @@ impl GpuPreprocess {
     }
 
     /// The detector's input for every uploaded frame: `n × 3 × 640 × 640`.
-    pub fn detector(&self, frames: &DeviceFrames) -> Result<CudaSlice<f32>> {
+    pub fn detector(&self, frames: &DeviceFrames<'_>) -> Result<CudaSlice<f32>> {
         let mut out = self
             .stream
             .alloc_zeros::<f32>(frames.plan.output_len().max(1))
@@ -193,38 +376,63 @@ impl GpuPreprocess {
 
     /// Writes the detector's input for every uploaded frame into `out`
     /// (at least `n × 3 × 640 × 640`), in one launch: an engine's input buffer, say.
-    pub fn detector_into(&self, frames: &DeviceFrames, out: &mut CudaSlice<f32>) -> Result<()> {
+    pub fn detector_into(&self, frames: &DeviceFrames<'_>, out: &mut CudaSlice<f32>) -> Result<()> {
+        self.detector_range_into(frames, 0..frames.len(), out)
+    }
+
+    /// [`GpuPreprocess::detector_into`] for the frames `range` only (one
+    /// detector batch of a larger staged set), from the start of `out`.
+    pub fn detector_range_into(
+        &self,
+        frames: &DeviceFrames<'_>,
+        range: Range<usize>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
         let plan = &frames.plan;
-        if out.len() < plan.output_len() {
-            return Err(Error::Config(format!(
-                "GPU preprocessing: the detector input of {} frames needs {} floats, the buffer has {}",
-                plan.len(),
-                plan.output_len(),
+        if range.start > range.end || range.end > plan.len() {
+            return Err(Error::Gpu(format!(
+                "preprocessing: frames {range:?} of a batch of {}",
+                plan.len()
+            )));
+        }
+        let n = range.len();
+        let plane = 3 * (DET_SIZE * DET_SIZE) as usize;
+        if out.len() < n * plane {
+            return Err(Error::Gpu(format!(
+                "preprocessing: the detector input of {n} frames needs {} floats, the buffer has {}",
+                n * plane,
                 out.len()
             )));
         }
-        if plan.is_empty() {
+        if n == 0 {
             return Ok(());
         }
         let side = DET_SIZE as i32;
         let grid = (
             DET_SIZE.div_ceil(BLOCK.0),
             DET_SIZE.div_ceil(BLOCK.1),
-            plan.len() as u32,
+            n as u32,
         );
         let t = &frames.tables;
-        // SAFETY: the plan checked every frame to lie inside the uploaded
-        // bytes and holds 640 table entries per frame; writes n·3·640·640
-        // floats, as checked above.
+        let s = DET_SIZE as usize;
+        let taps = 4; // SHITU_CUBIC_TAPS
+        let first = range.start;
+        let table = frames.table.slice(4 * first..);
+        let (xofs, alpha) = (t.xofs.slice(s * first..), t.alpha.slice(taps * s * first..));
+        let (yofs, beta) = (t.yofs.slice(s * first..), t.beta.slice(taps * s * first..));
+        // SAFETY: the plan checked every frame to lie inside the staged
+        // bytes at `frames.ptr` (alive for `frames`' lifetime) and holds 640
+        // table entries (4 taps each) per frame, sliced here from the range's
+        // first frame; writes n·3·640·640 floats, as checked above.
         unsafe {
             self.stream
                 .launch_builder(&self.det)
-                .arg(&frames.bytes)
-                .arg(&frames.table)
-                .arg(&t.xofs)
-                .arg(&t.alpha)
-                .arg(&t.yofs)
-                .arg(&t.beta)
+                .arg(&frames.ptr)
+                .arg(&table)
+                .arg(&xofs)
+                .arg(&alpha)
+                .arg(&yofs)
+                .arg(&beta)
                 .arg(&side)
                 .arg(&self.det_lut)
                 .arg(out)
@@ -242,7 +450,7 @@ impl GpuPreprocess {
     /// `crops.len() × 3 × 224 × 224`. Boxes must lie inside their frames.
     pub fn embedder(
         &self,
-        frames: &DeviceFrames,
+        frames: &DeviceFrames<'_>,
         crops: &[(usize, CropBox)],
     ) -> Result<CudaSlice<f32>> {
         let plane = (REC_SIZE * REC_SIZE) as usize;
@@ -259,10 +467,10 @@ impl GpuPreprocess {
     /// uploads the boxes and their resize tables.
     pub fn upload_crops(
         &self,
-        frames: &DeviceFrames,
+        frames: &DeviceFrames<'_>,
         crops: &[(usize, CropBox)],
     ) -> Result<DeviceCrops> {
-        let plan = RecogniserPlan::new(&frames.layouts, frames.bytes.len(), crops, REC_SIZE)?;
+        let plan = RecogniserPlan::new(&frames.layouts, frames.len, crops, REC_SIZE)?;
         let mut boxes = plan.boxes.clone();
         if boxes.is_empty() {
             boxes.extend([0; 6]); // a zero-length upload is refused; `count` stays 0
@@ -274,7 +482,7 @@ impl GpuPreprocess {
                 .map_err(err("uploading boxes"))?,
             tables: self.upload_tables(&plan.tables)?,
             count: plan.len(),
-            checked_for: (frames.layouts.clone(), frames.bytes.len()),
+            checked_for: (frames.layouts.clone(), frames.ptr, frames.len),
         })
     }
 
@@ -282,19 +490,22 @@ impl GpuPreprocess {
     /// `crops × 3 × 224 × 224`), in one launch.
     pub fn embedder_into(
         &self,
-        frames: &DeviceFrames,
+        frames: &DeviceFrames<'_>,
         crops: &DeviceCrops,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let plane = (REC_SIZE * REC_SIZE) as usize;
         if out.len() < crops.count * 3 * plane {
-            return Err(Error::Config(format!("GPU preprocessing: the recogniser input of {} crops needs {} floats, the buffer has {}", crops.count, crops.count * 3 * plane, out.len())));
+            return Err(Error::Gpu(format!("preprocessing: the recogniser input of {} crops needs {} floats, the buffer has {}", crops.count, crops.count * 3 * plane, out.len())));
         }
-        if (&crops.checked_for.0[..], crops.checked_for.1)
-            != (&frames.layouts[..], frames.bytes.len())
+        if (
+            &crops.checked_for.0[..],
+            crops.checked_for.1,
+            crops.checked_for.2,
+        ) != (&frames.layouts[..], frames.ptr, frames.len)
         {
-            return Err(Error::Config(
-                "GPU preprocessing: these crops were checked against other frames".into(),
+            return Err(Error::Gpu(
+                "preprocessing: these crops were checked against other frames".into(),
             ));
         }
         if crops.count == 0 {
@@ -313,7 +524,7 @@ impl GpuPreprocess {
         unsafe {
             self.stream
                 .launch_builder(&self.rec)
-                .arg(&frames.bytes)
+                .arg(&frames.ptr)
                 .arg(&frames.table)
                 .arg(&crops.boxes)
                 .arg(&t.xofs)
@@ -333,10 +544,51 @@ impl GpuPreprocess {
         Ok(())
     }
 
-    /// Copies a result back (until the engine reads it on the device).
+    /// Copies a result back (for a host engine input, or a test).
     pub fn to_host(&self, data: &CudaSlice<f32>) -> Result<Vec<f32>> {
         let v = self.stream.clone_dtoh(data).map_err(err("copying back"))?;
         self.stream.synchronize().map_err(err("copying back"))?;
         Ok(v)
     }
+
+    /// Copies the first `out.len()` floats of `data` into `out` and waits for them.
+    pub fn copy_to_host(&self, data: &CudaSlice<f32>, out: &mut [f32]) -> Result<()> {
+        let src = data.slice(..out.len());
+        self.stream
+            .memcpy_dtoh(&src, out)
+            .map_err(err("copying back"))?;
+        self.stream.synchronize().map_err(err("copying back"))
+    }
+}
+
+/// Each decoded frame's bytes and size.
+fn raw_frames<'f>(frames: &[&'f Frame]) -> Result<Vec<(&'f [u8], u32, u32)>> {
+    frames
+        .iter()
+        .map(|f| Ok((super::bytes(&f.name, &f.rgb)?, f.width, f.height)))
+        .collect()
+}
+
+/// Where each frame goes in one buffer of packed frames, after checking
+/// that its bytes are a whole RGB image.
+fn pack(frames: &[(&[u8], u32, u32)]) -> Result<Vec<FrameLayout>> {
+    let mut layouts = Vec::with_capacity(frames.len());
+    let mut offset = 0;
+    for &(bytes, w, h) in frames {
+        let need = 3 * w as usize * h as usize;
+        if bytes.len() != need {
+            return Err(Error::Gpu(format!(
+                "preprocessing: a {w}x{h} RGB frame needs {need} bytes, got {}",
+                bytes.len()
+            )));
+        }
+        layouts.push(FrameLayout {
+            offset,
+            width: w,
+            height: h,
+            pitch: 3 * w as usize,
+        });
+        offset += need;
+    }
+    Ok(layouts)
 }

@@ -40,16 +40,15 @@ extern "C" {
 
 fn out_len(what: &str, need: usize, got: usize) -> Result<()> {
     if got < need {
-        return Err(Error::Config(format!(
-            "preprocessing: the {what} needs {need} floats, the buffer has {got}"
+        return Err(Error::Preprocess(format!(
+            "the {what} needs {need} floats, the buffer has {got}"
         )));
     }
     Ok(())
 }
 
 fn side(side: u32) -> Result<c_int> {
-    c_int::try_from(side)
-        .map_err(|_| Error::Config(format!("preprocessing: output side {side} is too large")))
+    c_int::try_from(side).map_err(|_| Error::Preprocess(format!("output side {side} is too large")))
 }
 
 /// The detector's input for every frame of `plan`, read from `bytes` (the

@@ -3,22 +3,28 @@
 //! Pixels must match PaddleClas's `cv2` preprocessing bit for bit.
 //! Normalisation goes through per-channel lookup tables computed with the
 //! same float widths numpy uses (see [`Normalizer`]). Resizing is OpenCV's,
-//! by one of two backends (`preprocess.backend`, [`Backend`]):
+//! by one of three backends (`preprocess.backend`, [`Backend`]):
 //! - `opencv`: `cv::resize` itself;
 //! - `kernels`: `kernels.cu`, OpenCV's fixed-point arithmetic reproduced
-//!   to the bit, compiled for the host ([`host`]); the GPU runs the same
-//!   source ([`cuda`]), so the CPU and GPU paths are held to one reference.
+//!   to the bit, compiled for the host ([`host`]);
+//! - `cuda`: the same source on the GPU ([`cuda`]), so the CPU and GPU
+//!   paths are held to one reference.
+//!
+//! The pipeline drives them through [`Preprocessor`]: frames staged once
+//! per call, inputs written into the engines' buffers where they live.
 
 pub mod cuda;
 pub mod host;
 pub mod normalize;
 pub mod plan;
+pub mod stage;
 
 use ndarray::{Array2, Array4};
 use opencv::core::{Mat, MatTraitConstManual, Rect, Size};
 use opencv::imgproc;
 
 pub use normalize::Normalizer;
+pub use stage::{Preprocessor, Staged};
 
 pub use crate::config::PreprocessBackend as Backend;
 use crate::error::{Error, Result};
@@ -43,38 +49,59 @@ pub struct DetectorInput {
 /// Resizes each frame to 640×640 with `INTER_CUBIC`, ignoring aspect ratio,
 /// and normalises with ImageNet mean/std (PaddleClas `DetResize` + `DetNormalizeImage`).
 pub fn detector_input(frames: &[&Frame], backend: Backend) -> Result<DetectorInput> {
-    let n = frames.len();
     let s = DET_SIZE as usize;
-    let mut image = Array4::<f32>::zeros((n, 3, s, s));
-    let mut scale_factor = Array2::<f32>::zeros((n, 2));
+    let mut image = Array4::<f32>::zeros((frames.len(), 3, s, s));
+    let out = image.as_slice_mut().expect("fresh array is contiguous");
+    detector_into(frames, backend, out)?;
+    Ok(DetectorInput {
+        image,
+        scale_factor: scale_factors(frames),
+    })
+}
+
+/// [`detector_input`]'s image, written into `out` (`n × 3 × 640 × 640`
+/// floats) on the CPU; `cuda` runs the same kernels' host build.
+pub fn detector_into(frames: &[&Frame], backend: Backend, out: &mut [f32]) -> Result<()> {
+    let plane = 3 * (DET_SIZE * DET_SIZE) as usize;
+    if out.len() != frames.len() * plane {
+        return Err(Error::Preprocess(format!(
+            "the detector input of {} frames is {} floats, not {}",
+            frames.len(),
+            frames.len() * plane,
+            out.len()
+        )));
+    }
     let norm = Normalizer::detector();
-    for (i, frame) in frames.iter().enumerate() {
-        let out = image.index_axis_mut(ndarray::Axis(0), i);
-        let out = out.into_slice().expect("fresh array is contiguous");
+    for (frame, out) in frames.iter().zip(out.chunks_exact_mut(plane)) {
         match backend {
             Backend::Opencv => {
                 let resized = resize(&frame.name, &frame.rgb, DET_SIZE, imgproc::INTER_CUBIC)?;
                 norm.hwc_to_chw(bytes(&frame.name, &resized)?, out);
             }
-            Backend::Kernels => {
+            Backend::Kernels | Backend::Cuda => {
                 let px = bytes(&frame.name, &frame.rgb)?;
                 let plan = DetectorPlan::new(&[layout(frame)], px.len(), DET_SIZE)?;
                 host::detector(&plan, px, norm, out)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// `[N, 2]` = `[640 / h, 640 / w]` per frame, as PaddleDetection's `scale_factor`.
+pub fn scale_factors(frames: &[&Frame]) -> Array2<f32> {
+    let mut scale_factor = Array2::<f32>::zeros((frames.len(), 2));
+    for (i, frame) in frames.iter().enumerate() {
         // Paddle computes these in double precision, then casts to float32.
         scale_factor[[i, 0]] = (DET_SIZE as f64 / frame.height as f64) as f32;
         scale_factor[[i, 1]] = (DET_SIZE as f64 / frame.width as f64) as f32;
     }
-    Ok(DetectorInput {
-        image,
-        scale_factor,
-    })
+    scale_factor
 }
 
 /// Crops `frame[y1:y2, x1:x2]`, resizes to 224×224 with `INTER_LINEAR` and
 /// normalises (PaddleClas `ResizeImage` + `NormalizeImage`), writing into `out`
-/// (`3 × 224 × 224` floats).
+/// (`3 × 224 × 224` floats) on the CPU; `cuda` runs the same kernels' host build.
 pub fn embedder_crop(
     frame: &Frame,
     crop: CropBox,
@@ -107,7 +134,7 @@ pub fn embedder_crop(
             let resized = resize(&frame.name, &roi, REC_SIZE, imgproc::INTER_LINEAR)?;
             norm.hwc_to_chw(bytes(&frame.name, &resized)?, out);
         }
-        Backend::Kernels => {
+        Backend::Kernels | Backend::Cuda => {
             let px = bytes(&frame.name, &frame.rgb)?;
             let plan = RecogniserPlan::new(&[layout(frame)], px.len(), &[(0, crop)], REC_SIZE)?;
             host::recogniser(&plan, px, norm, out)?;

@@ -158,8 +158,8 @@ fn frame_table(frames: &[FrameLayout], bytes: usize) -> Result<Vec<i64>> {
                 .checked_add(f.span())
                 .is_some_and(|end| end <= bytes);
         if !fits {
-            return Err(Error::Config(format!(
-                "preprocessing: frame {i} ({}x{}, pitch {}, at byte {}) does not fit the {bytes}-byte batch buffer",
+            return Err(Error::Preprocess(format!(
+                "frame {i} ({}x{}, pitch {}, at byte {}) does not fit the {bytes}-byte batch buffer",
                 f.width, f.height, f.pitch, f.offset
             )));
         }
@@ -175,8 +175,8 @@ fn frame_table(frames: &[FrameLayout], bytes: usize) -> Result<Vec<i64>> {
 
 fn check_buffer(planned: usize, len: usize) -> Result<()> {
     if len < planned {
-        return Err(Error::Config(format!(
-            "preprocessing: the batch was planned for {planned} bytes of frames, the buffer has {len}"
+        return Err(Error::Preprocess(format!(
+            "the batch was planned for {planned} bytes of frames, the buffer has {len}"
         )));
     }
     Ok(())
@@ -269,8 +269,8 @@ impl RecogniserPlan {
                     && c.y2 as i64 <= fr.height as i64
             });
             if !inside {
-                return Err(Error::Config(format!(
-                    "preprocessing: crop {:?} of frame {f} is empty or outside it",
+                return Err(Error::Preprocess(format!(
+                    "crop {:?} of frame {f} is empty or outside it",
                     c.to_array()
                 )));
             }

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
+use cudarc::cublas::{sys::cublasOperation_t, CudaBlas};
 use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
     PushKernelArg, ValidAsZeroBits,
@@ -28,7 +28,7 @@ use cudarc::driver::{
 use super::{fp16, FaissIndex, Index, Method, Neighbor};
 use crate::config::GpuPrecision;
 use crate::error::{Error, Result};
-use crate::gpu;
+use crate::gpu::{self, DeviceRows};
 
 /// Most neighbours one search returns: each thread keeps its best `k` in
 /// registers and a block merges them in shared memory.
@@ -43,6 +43,8 @@ pub struct CudaFlat {
     blas: CudaBlas,
     topk_rows: CudaFunction,
     topk_merge: CudaFunction,
+    to_half: CudaFunction,
+    ordinal: usize,
     dim: usize,
     rows: usize,
     /// `capacity × dim`, row-major; rows past `rows` are unused.
@@ -142,6 +144,9 @@ impl CudaFlat {
         let topk_merge = module
             .load_function("topk_merge")
             .map_err(cuda_err("topk_merge"))?;
+        let to_half = module
+            .load_function("f32_to_f16")
+            .map_err(cuda_err("f32_to_f16"))?;
         let capacity = 1024;
         let alloc = cuda_err("allocating the gallery");
         let matrix = match precision {
@@ -158,6 +163,8 @@ impl CudaFlat {
             blas,
             topk_rows,
             topk_merge,
+            to_half,
+            ordinal,
             dim,
             rows: 0,
             matrix,
@@ -210,45 +217,67 @@ impl CudaFlat {
         }
     }
 
-    /// `scores (nq × rows) = queries (nq × d) · galleryᵀ`, fp32 out.
-    fn scores(&self, queries: &[f32], scores: &mut CudaSlice<f32>) -> Result<()> {
-        let (d, rows, nq) = (self.dim, self.rows, queries.len() / self.dim);
+    /// `scores (nq × rows) = queries (nq × d) · galleryᵀ`, fp32 out, for
+    /// `nq` fp32 queries at device address `q` (on this device, written on
+    /// its stream). An fp16 gallery gets the queries rounded to half on the
+    /// device first.
+    fn scores(&self, q: u64, nq: usize, scores: &mut CudaSlice<f32>) -> Result<()> {
+        let (d, rows) = (self.dim, self.rows);
         let err = cuda_err("search");
         let blas_err = |e: cudarc::cublas::result::CublasError| {
             Error::Index(format!("GPU search: cuBLAS: {e}"))
         };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (c, _c) = scores.device_ptr_mut(&self.stream);
         // Column-major view: the gallery is dim×rows (lda = dim), the queries
         // dim×nq; scores = galleryᵀ·queries is rows×nq, i.e. nq row-major rows of `rows`.
         match &self.matrix {
             Matrix::F32(m) => {
-                let q_dev = self.stream.clone_htod(queries).map_err(&err)?;
-                let cfg = GemmConfig {
-                    transa: cublasOperation_t::CUBLAS_OP_T,
-                    transb: cublasOperation_t::CUBLAS_OP_N,
-                    m: rows as i32,
-                    n: nq as i32,
-                    k: d as i32,
-                    alpha: 1.0f32,
-                    lda: d as i32,
-                    ldb: d as i32,
-                    beta: 0.0f32,
-                    ldc: rows as i32,
-                };
-                // SAFETY: the shapes above match the buffers: gallery rows·d, queries nq·d, scores nq·rows.
-                unsafe { self.blas.gemm(cfg, &m.slice(..rows * d), &q_dev, scores) }
-                    .map_err(blas_err)
+                let gallery = m.slice(..rows * d);
+                let (a, _a) = gallery.device_ptr(&self.stream);
+                // SAFETY: the shapes above match the buffers: gallery rows·d,
+                // queries nq·d at `q`, scores nq·rows; the handle is bound to `self.stream`.
+                unsafe {
+                    cudarc::cublas::result::sgemm(
+                        *self.blas.handle(),
+                        cublasOperation_t::CUBLAS_OP_T,
+                        cublasOperation_t::CUBLAS_OP_N,
+                        rows as i32,
+                        nq as i32,
+                        d as i32,
+                        &alpha,
+                        a as *const f32,
+                        d as i32,
+                        q as *const f32,
+                        d as i32,
+                        &beta,
+                        c as *mut f32,
+                        rows as i32,
+                    )
+                }
+                .map_err(blas_err)
             }
             Matrix::F16(m, _) => {
                 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
-                let q_dev = self
-                    .stream
-                    .clone_htod(&fp16::from_f32_slice(queries))
-                    .map_err(&err)?;
+                let n = (nq * d) as i32;
+                let mut half = self.stream.alloc_zeros::<u16>(nq * d).map_err(&err)?;
+                // SAFETY: reads nq·d floats at `q`, writes as many halves into `half`.
+                unsafe {
+                    self.stream
+                        .launch_builder(&self.to_half)
+                        .arg(&q)
+                        .arg(&mut half)
+                        .arg(&n)
+                        .launch(LaunchConfig {
+                            grid_dim: ((n as u32).div_ceil(THREADS), 1, 1),
+                            block_dim: (THREADS, 1, 1),
+                            shared_mem_bytes: 0,
+                        })
+                }
+                .map_err(&err)?;
                 let gallery = m.slice(..rows * d);
-                let (alpha, beta) = (1.0f32, 0.0f32);
                 let (a, _a) = gallery.device_ptr(&self.stream);
-                let (b, _b) = q_dev.device_ptr(&self.stream);
-                let (c, _c) = scores.device_ptr_mut(&self.stream);
+                let (b, _b) = half.device_ptr(&self.stream);
                 // SAFETY: as for fp32, with half-precision inputs and fp32
                 // output and accumulation; the handle is bound to `self.stream`.
                 unsafe {
@@ -278,31 +307,15 @@ impl CudaFlat {
             }
         }
     }
-}
 
-impl Index for CudaFlat {
-    fn dim(&self) -> usize {
-        self.dim
-    }
-
-    fn len(&self) -> usize {
-        self.rows
-    }
-
-    fn search(&mut self, queries: &[f32], k: usize) -> Result<Vec<Vec<Neighbor>>> {
-        let d = self.dim;
-        if !queries.len().is_multiple_of(d) {
-            return Err(Error::Index(format!(
-                "GPU search: {} query floats is not a multiple of the dimension {d}",
-                queries.len()
-            )));
-        }
+    /// The `k` best neighbours of the `nq` fp32 queries at device address
+    /// `q`: one GEMM, two top-k launches, one copy back of `nq × k` results.
+    fn search_at(&mut self, q: u64, nq: usize, k: usize) -> Result<Vec<Vec<Neighbor>>> {
         if k > MAX_K {
             return Err(Error::Index(format!(
                 "GPU search returns at most {MAX_K} neighbours; {k} were asked for"
             )));
         }
-        let nq = queries.len() / d;
         let k = k.min(self.rows);
         if nq == 0 || k == 0 {
             return Ok(vec![Vec::new(); nq]);
@@ -310,7 +323,7 @@ impl Index for CudaFlat {
         let rows = self.rows;
         let err = cuda_err("search");
         let mut scores = self.stream.alloc_zeros::<f32>(nq * rows).map_err(&err)?;
-        self.scores(queries, &mut scores)?;
+        self.scores(q, nq, &mut scores)?;
 
         let parts = rows.div_ceil(ROWS_PER_BLOCK);
         let mut part_s = self
@@ -378,6 +391,59 @@ impl Index for CudaFlat {
                     .collect()
             })
             .collect())
+    }
+}
+
+impl Index for CudaFlat {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn len(&self) -> usize {
+        self.rows
+    }
+
+    fn search(&mut self, queries: &[f32], k: usize) -> Result<Vec<Vec<Neighbor>>> {
+        let d = self.dim;
+        if !queries.len().is_multiple_of(d) {
+            return Err(Error::Index(format!(
+                "GPU search: {} query floats is not a multiple of the dimension {d}",
+                queries.len()
+            )));
+        }
+        let nq = queries.len() / d;
+        if nq == 0 {
+            return Ok(Vec::new());
+        }
+        let q = self
+            .stream
+            .clone_htod(queries)
+            .map_err(cuda_err("uploading queries"))?;
+        let ptr = {
+            let (ptr, _record) = q.device_ptr(&self.stream);
+            ptr
+        };
+        // `q` lives until the results are copied back (search_at waits for them).
+        let hits = self.search_at(ptr, nq, k);
+        drop(q);
+        hits
+    }
+
+    fn device(&self) -> Option<usize> {
+        Some(self.ordinal)
+    }
+
+    fn search_device(&mut self, queries: &DeviceRows<'_>, k: usize) -> Result<Vec<Vec<Neighbor>>> {
+        if queries.dim() != self.dim || queries.ordinal() != self.ordinal {
+            return Err(Error::Index(format!(
+                "GPU search: {}-d queries on GPU {} for a {}-d gallery on GPU {}",
+                queries.dim(),
+                queries.ordinal(),
+                self.dim,
+                self.ordinal
+            )));
+        }
+        self.search_at(queries.ptr(), queries.rows(), k)
     }
 
     fn add(&mut self, vectors: &[f32], ids: &[i64]) -> Result<()> {

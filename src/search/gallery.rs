@@ -541,11 +541,29 @@ impl Gallery {
 
     /// Searches the live items.
     pub fn search(&mut self, features: &[f32], k: usize) -> Result<Vec<Vec<Neighbor>>> {
+        self.search_live(k, |index, k| index.search(features, k))
+    }
+
+    /// [`Gallery::search`] for features on a GPU: read there by a gallery
+    /// on that GPU (`search.device = "cuda"`), copied to the host otherwise.
+    pub fn search_device(
+        &mut self,
+        features: &crate::gpu::DeviceRows<'_>,
+        k: usize,
+    ) -> Result<Vec<Vec<Neighbor>>> {
+        self.search_live(k, |index, k| index.search_device(features, k))
+    }
+
+    fn search_live(
+        &mut self,
+        k: usize,
+        search: impl FnOnce(&mut dyn Index, usize) -> Result<Vec<Vec<Neighbor>>>,
+    ) -> Result<Vec<Vec<Neighbor>>> {
         if self.tombstones.is_empty() {
-            return self.index.search(features, k);
+            return search(self.index.as_mut(), k);
         }
         // Ask for enough extra to make up for removed items still in the index.
-        let mut hits = self.index.search(features, k + self.tombstones.len())?;
+        let mut hits = search(self.index.as_mut(), k + self.tombstones.len())?;
         for h in &mut hits {
             h.retain(|n| !self.tombstones.contains(&n.id));
             h.truncate(k);

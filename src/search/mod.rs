@@ -17,6 +17,7 @@ pub use faiss_index::{FaissIndex, Method};
 pub use gallery::{Gallery, GalleryItem, Manifest, Tuning};
 
 use crate::error::Result;
+use crate::gpu::DeviceRows;
 
 /// One search hit.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,6 +40,16 @@ pub trait Index: Send {
     }
     /// The `k` best neighbours of each of the `queries.len() / dim` queries, best first.
     fn search(&mut self, queries: &[f32], k: usize) -> Result<Vec<Vec<Neighbor>>>;
+    /// The GPU whose memory holds the index; `None` for a host index.
+    fn device(&self) -> Option<usize> {
+        None
+    }
+    /// [`Index::search`] for queries already on a GPU: an index on that
+    /// GPU reads them there; any other copies them to the host first.
+    fn search_device(&mut self, queries: &DeviceRows<'_>, k: usize) -> Result<Vec<Vec<Neighbor>>> {
+        let host = queries.to_host().map_err(crate::Error::Gpu)?;
+        self.search(&host, k)
+    }
     /// Adds vectors (`ids.len()` rows) under the given ids.
     fn add(&mut self, vectors: &[f32], ids: &[i64]) -> Result<()>;
     /// Removes ids; `Ok(false)` where the index kind cannot remove (HNSW), so

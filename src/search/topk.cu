@@ -71,3 +71,15 @@ extern "C" __global__ void topk_merge(const float* part_s, const int* part_i, in
     for (int j = 0; j < k; ++j) { sh_s[threadIdx.x * k + j] = bs[j]; sh_i[threadIdx.x * k + j] = bi[j]; }
     merge_block(sh_s, sh_i, k, out_s + (size_t)q * k, out_i + (size_t)q * k);
 }
+
+// Queries already on the device (the recogniser's output) for an fp16
+// gallery: round each float to half, to nearest even, as the host's
+// fp16::from_f32 does. PTX's cvt needs no header.
+extern "C" __global__ void f32_to_f16(const float* __restrict__ in, unsigned short* __restrict__ out,
+                                      int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(in[i]));
+    out[i] = h;
+}

@@ -175,6 +175,7 @@ fn engines_list_and_prune_judge_the_cache_against_the_config() {
         sm_count: 16,
         cuda_driver: 12060,
         tensorrt: Some("10.3.0".into()),
+        integrated: true,
     };
     let profile = BatchProfile {
         min: 1,
@@ -289,5 +290,65 @@ fn engines_build_checks_the_models_on_the_cpu_and_refuses_to_fall_back() {
     assert!(
         err.contains("never falls back") && err.contains("without the TensorRT execution provider"),
         "{err}"
+    );
+}
+
+/// The engine reads its input where the preprocessing wrote it
+/// (`TensorRefMut::from_raw`) and writes into an output allocated once per
+/// batch size: on the CPU provider, the same calls as on the GPU, on host
+/// memory. Same numbers as the copying path at every batch size, with the
+/// buffers reused; what does not fit is an error, not a read past the end.
+#[test]
+fn engine_reads_inputs_in_place_and_writes_preallocated_outputs() {
+    use shitu_edge::engine::{Arena, Engine, Feed, Place};
+    let s = settings("det_prenms.onnx");
+    let profile = BatchProfile {
+        min: 1,
+        opt: 1,
+        max: 4,
+        side: 224,
+    };
+    let mut engine = Engine::open("embedder", &s.embedder.model, &s.engine, 0, profile).unwrap();
+    assert_eq!(engine.input_place(), Place::Host);
+    let input = engine.inputs()[0].name.clone();
+    let output = engine.outputs()[0].name.clone();
+    let plane = 3 * 224 * 224;
+    let mut arena = Arena::host(4 * plane);
+    let mut out = engine.output_arena(&output, Place::Host).unwrap();
+    for n in [3, 1, 4, 3] {
+        let data: Vec<f32> = (0..n * plane)
+            .map(|i| ((i * 31 + n * 7) % 255) as f32 / 127.0 - 1.0)
+            .collect();
+        arena.host_mut().unwrap()[..n * plane].copy_from_slice(&data);
+        let array = ndarray::ArrayD::from_shape_vec(vec![n, 3, 224, 224], data).unwrap();
+        let copied = engine
+            .run("test", vec![(input.as_str(), Feed::Array(array.view()))])
+            .unwrap();
+        engine
+            .run_into(
+                "test",
+                vec![(
+                    input.as_str(),
+                    Feed::Arena(&mut arena, vec![n, 3, 224, 224]),
+                )],
+                &mut out,
+                n,
+            )
+            .unwrap();
+        assert_eq!(out.host(n).unwrap(), &copied[0].data[..], "batch of {n}");
+    }
+    let err = engine
+        .run(
+            "test",
+            vec![(
+                input.as_str(),
+                Feed::Arena(&mut arena, vec![5, 3, 224, 224]),
+            )],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+    assert!(
+        engine.output_arena(&output, Place::Cuda(0)).is_err(),
+        "an engine on the CPU cannot write to a GPU"
     );
 }

@@ -602,3 +602,178 @@ fn write_kernel_outputs() {
     .unwrap();
     eprintln!("wrote {} cases into {}", cases.len(), out.display());
 }
+
+/// The whole pipeline on the GPU path answers as the CPU pipeline does on
+/// the demo scenes: frames staged on the device once a call, the kernels
+/// writing the engines' inputs, the search on the device. The provider is
+/// `SHITU_TEST_PROVIDER` (`cpu` by default, as scripts/gpu-check.sh runs
+/// it; scripts/gpu-ort-check.sh sets `cuda`, where the engine's input and
+/// the recogniser's output stay on the device and the features are
+/// normalised there).
+#[test]
+fn gpu_pipeline_answers_like_the_cpu() {
+    use crate::common::{build_gallery, data, root, settings};
+    use shitu_edge::config::{PreprocessBackend, Provider, SearchDevice};
+    use shitu_edge::engine::Place;
+    if let Err(why) = shitu_edge::gpu::Device::open(0) {
+        skip!("skipped: no CUDA device ({why})");
+        return;
+    }
+    let demo = root().join("engines/demo");
+    assert!(
+        demo.join("rec.onnx").is_file() && demo.join("det_prenms.onnx").is_file(),
+        "the demo models are not in {}: bring them to the GPU machine as docs/GPU.md says (scripts/gpu-check.sh --models-parts)",
+        demo.display()
+    );
+    let provider: Provider = std::env::var("SHITU_TEST_PROVIDER")
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()
+        .expect("SHITU_TEST_PROVIDER is cpu, cuda or tensorrt");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cpu = settings("det_prenms.onnx");
+    cpu.preprocess.backend = PreprocessBackend::Kernels;
+    build_gallery(&mut cpu, &tmp.path().join("g"), Method::Flat);
+    let mut gpu = cpu.clone();
+    gpu.preprocess.backend = PreprocessBackend::Cuda;
+    gpu.search.device = SearchDevice::Cuda;
+    gpu.engine.provider = provider;
+    gpu.engine.fallback = false;
+
+    let mut names: Vec<_> = std::fs::read_dir(data("images/scenes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    names.sort();
+    let frames: Vec<_> = names
+        .iter()
+        .map(|p| shitu_edge::input::read(p, &cpu.input).unwrap())
+        .collect();
+    let want = shitu_edge::Pipeline::open(&cpu)
+        .unwrap()
+        .recognize(&frames)
+        .unwrap();
+    let mut p = shitu_edge::Pipeline::open(&gpu).unwrap();
+    assert!(
+        p.gallery().searcher().contains("CUDA"),
+        "{}",
+        p.gallery().searcher()
+    );
+    assert_eq!(p.providers(), (provider, provider));
+    if provider != Provider::Cpu {
+        assert_eq!(
+            p.detector().input_place(),
+            Place::Cuda(0),
+            "the detector reads its input on the device"
+        );
+    }
+    // Twice: the second call reuses every staging and engine buffer.
+    for round in 0..2 {
+        let got = p.recognize(&frames).unwrap();
+        let mut boxes = 0;
+        for ((w, g), name) in want.iter().zip(&got).zip(&names) {
+            let what = format!("round {round}, {}", name.display());
+            if provider == Provider::Cpu {
+                // Same engine, same pixels: the same features to the bit.
+                assert_eq!(w.crops, g.crops, "{what}");
+                assert_eq!(w.features, g.features, "{what}");
+            }
+            assert_eq!(w.results.len(), g.results.len(), "{what}");
+            for (r, s) in w.results.iter().zip(&g.results) {
+                assert_eq!(r.rec_docs, s.rec_docs, "{what}");
+                let tol = if provider == Provider::Cpu {
+                    1e-4
+                } else {
+                    2e-2
+                };
+                assert!(
+                    (r.rec_scores - s.rec_scores).abs() < tol,
+                    "{what}: {r:?} vs {s:?}"
+                );
+                if provider == Provider::Cpu {
+                    assert_eq!(r.bbox, s.bbox, "{what}");
+                } else {
+                    let off = r.bbox.iter().zip(&s.bbox).map(|(a, b)| (a - b).abs()).max();
+                    assert!(off.unwrap_or(0) <= 2, "{what}: {r:?} vs {s:?}");
+                }
+                boxes += 1;
+            }
+        }
+        eprintln!(
+            "round {round}: {} frames, {boxes} answers, as on the CPU ({provider})",
+            frames.len()
+        );
+    }
+}
+
+/// The whole frame on the GPU path against the same frames with host
+/// preprocessing and host search, same provider, same run: milliseconds a
+/// frame, the ratio, and the share of each stage (the target: pre-
+/// and post-processing, transfers and search at most 15 % of a frame, the
+/// models' inference the rest). The provider is `SHITU_TEST_PROVIDER`.
+#[test]
+#[ignore = "a benchmark: scripts/gpu-check.sh and scripts/gpu-ort-check.sh run it on a GPU machine"]
+fn gpu_pipeline_benchmark() {
+    use crate::common::{build_gallery, data, root, settings};
+    use shitu_edge::config::{PreprocessBackend, Provider, SearchDevice};
+    use std::time::Instant;
+    if let Err(why) = shitu_edge::gpu::Device::open(0) {
+        skip!("skipped: no CUDA device ({why})");
+        return;
+    }
+    assert!(
+        root().join("engines/demo/rec.onnx").is_file(),
+        "the demo models are not here (docs/GPU.md)"
+    );
+    let provider: Provider = std::env::var("SHITU_TEST_PROVIDER")
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut host = settings("det_prenms.onnx");
+    host.engine.provider = provider;
+    host.engine.fallback = false;
+    host.preprocess.backend = PreprocessBackend::Opencv;
+    build_gallery(&mut host, &tmp.path().join("g"), Method::Flat);
+    let mut gpu = host.clone();
+    gpu.preprocess.backend = PreprocessBackend::Cuda;
+    gpu.search.device = SearchDevice::Cuda;
+    let scenes: Vec<_> = (0..8)
+        .map(|i| data(&format!("images/scenes/scene_{i:05}.jpg")))
+        .map(|p| shitu_edge::input::read(&p, &host.input).unwrap())
+        .collect();
+    println!("| path ({provider} provider) | ms a frame | pre % | inference % | post + search % |");
+    println!("|---|---|---|---|---|");
+    let mut per_frame = Vec::new();
+    for (what, s) in [
+        ("host preprocessing, faiss search", &host),
+        ("GPU path", &gpu),
+    ] {
+        let mut p = shitu_edge::Pipeline::open(s).unwrap();
+        p.recognize(&scenes).unwrap(); // warm-up: allocations, cuDNN's choices
+        let rounds = 10;
+        let t = Instant::now();
+        let mut stages = [0.0f64; 3];
+        for _ in 0..rounds {
+            for r in p.recognize(&scenes).unwrap() {
+                let m = &r.timings;
+                stages[0] += m.det_pre + m.rec_pre;
+                stages[1] += m.det_infer + m.rec_infer;
+                stages[2] += m.det_post + m.search;
+            }
+        }
+        let ms = t.elapsed().as_secs_f64() * 1e3 / (rounds * scenes.len()) as f64;
+        let total: f64 = stages.iter().sum();
+        println!(
+            "| {what} | {ms:.2} | {:.1} | {:.1} | {:.1} |",
+            100.0 * stages[0] / total,
+            100.0 * stages[1] / total,
+            100.0 * stages[2] / total
+        );
+        per_frame.push(ms);
+    }
+    println!(
+        "GPU path / host path, time a frame: {:.2}",
+        per_frame[1] / per_frame[0]
+    );
+}

@@ -9,7 +9,7 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::PathBuf;
 
 use libloading::Library;
-use shitu_edge::gpu::nvrtc::{options, ALL, ARCHITECTURES, PREPROCESS};
+use shitu_edge::gpu::nvrtc::{options, ALL, ARCHITECTURES, L2NORM, PREPROCESS, TOPK};
 
 type Program = *mut c_void;
 
@@ -122,6 +122,16 @@ impl Nvrtc {
     }
 }
 
+/// The kernels the daemon loads from each source by name.
+fn entries(source: &str) -> &'static [&'static str] {
+    match source {
+        s if s == PREPROCESS.name => &["det_preprocess", "rec_preprocess"],
+        s if s == TOPK.name => &["topk_rows", "topk_merge", "f32_to_f16"],
+        s if s == L2NORM.name => &["l2_normalize_rows"],
+        other => panic!("{other}: list the kernels the daemon loads from it"),
+    }
+}
+
 #[test]
 fn every_cuda_source_compiles_for_every_architecture_with_cuda_12_and_13() {
     let mut failures = Vec::new();
@@ -157,20 +167,21 @@ fn every_cuda_source_compiles_for_every_architecture_with_cuda_12_and_13() {
                             src.name
                         );
                         // --fmad=false holds: a fused multiply-add would round
-                        // the preprocessing's float sums differently from OpenCV.
-                        if src.name == PREPROCESS.name {
+                        // the preprocessing's float sums differently from
+                        // OpenCV, and the normalisation's from the host's.
+                        if src.name == PREPROCESS.name || src.name == L2NORM.name {
                             assert!(
-                                !ptx.contains("fma.rn.f32"),
+                                !ptx.contains("fma.rn.f"),
                                 "{}: the PTX fuses multiply-adds",
                                 src.name
                             );
-                            for k in ["det_preprocess", "rec_preprocess"] {
-                                assert!(
-                                    ptx.contains(&format!(".entry {k}")),
-                                    "{}: no kernel {k}",
-                                    src.name
-                                );
-                            }
+                        }
+                        for k in entries(src.name) {
+                            assert!(
+                                ptx.contains(&format!(".entry {k}")),
+                                "{}: no kernel {k}",
+                                src.name
+                            );
                         }
                         compiled += 1;
                     }

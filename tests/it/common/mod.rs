@@ -12,9 +12,12 @@ use shitu_edge::embed::Embedder;
 use shitu_edge::enroll::{self, BuildOptions, OnBadImage};
 use shitu_edge::search::Method;
 
-/// The checkout's root.
+/// The checkout's root: `SHITU_TEST_ROOT` where the test binary runs away
+/// from the tree it was built in (scripts/gpu-check.sh on the GPU machine).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("SHITU_TEST_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// Lays out the installed files under `dest` with `scripts/install.sh`,
