@@ -12,6 +12,7 @@
 #   /usr/lib/tmpfiles.d/shitu-edge.conf              state, cache and spool directories
 #   /etc/shitu-edge/config.toml                      service settings (kept if present)
 #   /usr/share/doc/shitu-edge/                       MQTT.md, the full settings reference
+#   /etc/mosquitto/conf.d/shitu-edge.conf            the broker settings the delivery guarantees need (kept if present)
 #
 # Usage: [DESTDIR=/tmp/root] [SHITUD=target/release/shitud] bash scripts/install.sh
 # Then, on the box itself (DESTDIR unset):
@@ -53,5 +54,12 @@ else
   install -D -m 0644 systemd/config.toml "$d/etc/shitu-edge/config.toml"
 fi
 install -D -m 0644 docs/MQTT.md "$d/usr/share/doc/shitu-edge/MQTT.md"
+if [ -e "$d/etc/mosquitto/conf.d/shitu-edge.conf" ]; then
+  say "keeping $d/etc/mosquitto/conf.d/shitu-edge.conf"
+else
+  # Read by Debian's mosquitto (include_dir /etc/mosquitto/conf.d) on a box
+  # that runs the line's broker; harmless where mosquitto is not installed.
+  install -D -m 0644 config/mosquitto.conf "$d/etc/mosquitto/conf.d/shitu-edge.conf"
+fi
 install -D -m 0644 config/shitu-edge.toml "$d/usr/share/doc/shitu-edge/shitu-edge.toml"
 say "installed under ${DESTDIR:-/}"

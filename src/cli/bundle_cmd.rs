@@ -42,6 +42,11 @@ pub enum BundleCommand {
         /// The oldest shitud that may apply it [default: this version].
         #[arg(long, value_name = "VERSION")]
         min_daemon: Option<String>,
+        /// Let this bundle replace a newer version on the box (signed into the
+        /// manifest). Without it a box refuses a bundle that is not newer than
+        /// what it runs; `shitud ota rollback` needs no bundle.
+        #[arg(long)]
+        allow_downgrade: bool,
         /// Sign it with this secret key.
         #[arg(long, value_name = "KEY")]
         key: Option<PathBuf>,
@@ -90,6 +95,7 @@ pub fn run(cli: &Cli, cmd: &BundleCommand) -> anyhow::Result<ExitCode> {
             golden,
             target,
             min_daemon,
+            allow_downgrade,
             key,
             out,
         } => {
@@ -108,6 +114,7 @@ pub fn run(cli: &Cli, cmd: &BundleCommand) -> anyhow::Result<ExitCode> {
                 golden: pairs,
                 targets: target.clone(),
                 min_daemon_version: min_daemon.clone(),
+                allow_downgrade: *allow_downgrade,
             };
             let key = key.as_deref().map(keys::read_secret).transpose()?;
             let manifest = bundle::pack(&spec, out, key.as_ref())?;

@@ -526,6 +526,12 @@ pub struct MqttSettings {
     /// Subscribe to `$share/<group>/…` so that several boxes split one
     /// request stream. Empty: a plain subscription.
     pub shared_group: String,
+    /// The sorting line this box serves (one topic level). Set, the box also
+    /// takes requests from `<prefix>/line/<line>/recognize`, shared with the
+    /// line's other boxes (`$share/<line>/…`: each request goes to one box),
+    /// and applies every gallery change published on
+    /// `<prefix>/line/<line>/gallery/add|remove`. Empty: box topics only.
+    pub line: String,
     /// Most unacknowledged requests the broker may push at once (MQTT 5
     /// Receive Maximum). Beyond it the broker queues them.
     pub receive_maximum: u16,
@@ -551,6 +557,7 @@ impl Default for MqttSettings {
             keep_alive_s: 30,
             session_expiry_s: 86_400,
             shared_group: String::new(),
+            line: String::new(),
             receive_maximum: 256,
             reconnect_min_ms: 200,
             reconnect_max_ms: 10_000,
@@ -590,6 +597,11 @@ pub struct DaemonSettings {
     pub metrics_port: u16,
     /// Seconds between `status` updates.
     pub status_interval_s: u64,
+    /// Seconds an answer the broker took with "no matching subscribers"
+    /// (MQTT 5 reason 0x10: the requester has not subscribed again yet, say
+    /// after a broker restart) is kept and sent again with backoff, before
+    /// it counts as undeliverable.
+    pub answer_ttl_s: u64,
 }
 
 impl Default for DaemonSettings {
@@ -609,6 +621,7 @@ impl Default for DaemonSettings {
             stall_after_s: 60,
             metrics_port: 0,
             status_interval_s: 30,
+            answer_ttl_s: 120,
         }
     }
 }
@@ -689,6 +702,17 @@ impl Settings {
             self.gpu.device_id >= 0,
             "gpu.device_id",
             "must be a CUDA ordinal: 0 or more",
+        );
+        let one_level = |s: &str| !s.contains(['/', '+', '#', '$']);
+        need(
+            one_level(&self.mqtt.line),
+            "mqtt.line",
+            "must be one topic level: no '/', '+', '#' or '$'",
+        );
+        need(
+            one_level(&self.mqtt.device_id),
+            "mqtt.device_id",
+            "must be one topic level: no '/', '+', '#' or '$'",
         );
         need(
             self.ota.keep_versions >= 2,

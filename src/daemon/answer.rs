@@ -57,6 +57,10 @@ pub struct Versions {
     pub provider: String,
     /// The OTA version serving (`null`: the config's own models and gallery).
     pub bundle: Option<String>,
+    /// The box that answered (`mqtt.device_id`).
+    pub device_id: String,
+    /// The line it serves (`mqtt.line`; `null`: none).
+    pub line: Option<String>,
 }
 
 /// One gallery candidate.
@@ -170,6 +174,91 @@ pub struct GalleryAnswer<'a> {
     pub versions: &'a Versions,
 }
 
+/// An OTA command's answer when it succeeded (failures are error answers).
+#[derive(Debug, Clone, Serialize)]
+pub struct OtaAnswer<'a> {
+    /// The command's id.
+    pub request_id: &'a str,
+    /// Always `true` here.
+    pub ok: bool,
+    /// The version now serving.
+    pub version: &'a str,
+}
+
+/// Where an update stands, on the retained `P/ota/status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtaState {
+    /// No update since the start.
+    #[default]
+    Idle,
+    /// Fetching the bundle.
+    Downloading,
+    /// Checking the signature, the version and every file.
+    Verifying,
+    /// Writing the new version's folder.
+    Unpacking,
+    /// Opening the new pipeline.
+    Building,
+    /// Running the golden images.
+    Checking,
+    /// Renaming the `current` link.
+    Switching,
+    /// Handing the new pipeline to the serving thread.
+    Reloading,
+    /// The update serves.
+    Applied,
+    /// The update was refused; the current version keeps serving.
+    Refused,
+    /// Went back to the previous version (on command, or after a failed trial).
+    RolledBack,
+    /// A rollback was refused.
+    RollbackRefused,
+}
+
+impl From<crate::ota::apply::Step> for OtaState {
+    fn from(step: crate::ota::apply::Step) -> Self {
+        use crate::ota::apply::Step;
+        match step {
+            Step::Download => OtaState::Downloading,
+            Step::Verify => OtaState::Verifying,
+            Step::Unpack => OtaState::Unpacking,
+            Step::Build => OtaState::Building,
+            Step::Check => OtaState::Checking,
+            Step::Switch => OtaState::Switching,
+            Step::Reload => OtaState::Reloading,
+        }
+    }
+}
+
+/// The retained `P/ota/status` payload (docs/OTA.md).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OtaStatus {
+    /// Where the update stands.
+    pub state: OtaState,
+    /// The version applied or rolled back to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The version a failed trial rolled back from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_version: Option<String>,
+    /// The bundle's URL or path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The command that started it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// What happened, for a person.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The version serving now (`None`: the config's own files).
+    pub current: Option<String>,
+    /// The version a rollback would go back to.
+    pub previous: Option<String>,
+    /// When this was published, seconds since the epoch.
+    pub time_unix: u64,
+}
+
 /// Serialises an answer. Answers are plain data, so this cannot fail; the
 /// fallback keeps the caller total anyway.
 pub fn to_vec<T: Serialize>(value: &T) -> Vec<u8> {
@@ -191,6 +280,26 @@ mod tests {
         assert_eq!(v["ok"], false);
         assert_eq!(v["error"]["code"], "too_large");
         assert_eq!(v["error"]["message"], "big");
+    }
+
+    #[test]
+    fn ota_status_names_its_state_and_leaves_out_what_it_lacks() {
+        let s = OtaStatus {
+            state: OtaState::from(crate::ota::apply::Step::Verify),
+            request_id: Some("u1".into()),
+            current: Some("v1".into()),
+            time_unix: 7,
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"state": "verifying", "request_id": "u1", "current": "v1", "previous": null, "time_unix": 7})
+        );
+        assert_eq!(
+            serde_json::to_value(OtaState::RollbackRefused).unwrap(),
+            "rollback_refused"
+        );
     }
 
     #[test]

@@ -37,9 +37,110 @@ pub struct Topics {
     pub ota_status: String,
     /// `P/ota/result`: OTA answers without a response topic.
     pub ota_result: String,
+    /// The line's topics, when `mqtt.line` is set.
+    pub line: Option<LineTopics>,
+}
+
+/// Topics of the line a box serves, under `<prefix>/line/<line>` (L below).
+#[derive(Debug, Clone)]
+pub struct LineTopics {
+    /// The line's name.
+    pub name: String,
+    /// `L/recognize`: requests for whichever box of the line takes them.
+    pub recognize: String,
+    /// `$share/<line>/L/recognize`: the filter, so each request goes to one box.
+    pub recognize_filter: String,
+    /// `L/result`: answers to line requests without a response topic.
+    pub result: String,
+    /// `L/gallery/add`, applied by every box of the line.
+    pub gallery_add: String,
+    /// `L/gallery/remove`, applied by every box of the line.
+    pub gallery_remove: String,
+    /// `L/gallery/result`: line gallery answers without a response topic (one per box).
+    pub gallery_result: String,
+}
+
+/// Who a request is addressed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// This box (`<prefix>/<device_id>/…`).
+    Box,
+    /// The line it serves (`<prefix>/line/<line>/…`).
+    Line,
+}
+
+/// What a message asks for, told by its topic once, where it arrives;
+/// everything after that matches on this, not on strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Recognise an image (`P/recognize`, or the line's).
+    Recognize(Scope),
+    /// Enrol a product photo (`P/gallery/add`, or the line's).
+    GalleryAdd(Scope),
+    /// Remove gallery items (`P/gallery/remove`, or the line's).
+    GalleryRemove(Scope),
+    /// Apply an update bundle (`P/ota/apply`).
+    OtaApply,
+    /// Go back to the previous version (`P/ota/rollback`).
+    OtaRollback,
+}
+
+impl Route {
+    /// Where answers go when the request names no response topic.
+    pub fn default_answer_topic(self, t: &Topics) -> &str {
+        match (self, &t.line) {
+            (Route::Recognize(Scope::Line), Some(l)) => &l.result,
+            (Route::GalleryAdd(Scope::Line) | Route::GalleryRemove(Scope::Line), Some(l)) => {
+                &l.gallery_result
+            }
+            (Route::Recognize(_), _) => &t.result,
+            (Route::GalleryAdd(_) | Route::GalleryRemove(_), _) => &t.gallery_result,
+            (Route::OtaApply | Route::OtaRollback, _) => &t.ota_result,
+        }
+    }
 }
 
 impl Topics {
+    /// The route of a message on `topic`; `None` for a topic the daemon does not serve.
+    pub fn route(&self, topic: &str) -> Option<Route> {
+        let line = self.line.as_ref().map(|l| {
+            [
+                (&l.recognize, Route::Recognize(Scope::Line)),
+                (&l.gallery_add, Route::GalleryAdd(Scope::Line)),
+                (&l.gallery_remove, Route::GalleryRemove(Scope::Line)),
+            ]
+        });
+        [
+            (&self.recognize, Route::Recognize(Scope::Box)),
+            (&self.gallery_add, Route::GalleryAdd(Scope::Box)),
+            (&self.gallery_remove, Route::GalleryRemove(Scope::Box)),
+            (&self.ota_apply, Route::OtaApply),
+            (&self.ota_rollback, Route::OtaRollback),
+        ]
+        .into_iter()
+        .chain(line.into_iter().flatten())
+        .find_map(|(t, r)| (t == topic).then_some(r))
+    }
+
+    /// Every filter the daemon subscribes to.
+    pub fn filters(&self) -> Vec<&str> {
+        let mut f = vec![
+            self.recognize_filter.as_str(),
+            &self.gallery_add,
+            &self.gallery_remove,
+            &self.ota_apply,
+            &self.ota_rollback,
+        ];
+        if let Some(l) = &self.line {
+            f.extend([
+                l.recognize_filter.as_str(),
+                &l.gallery_add,
+                &l.gallery_remove,
+            ]);
+        }
+        f
+    }
+
     /// Topics under `<prefix>/<device_id>`.
     pub fn new(m: &MqttSettings, device_id: &str) -> Topics {
         let p = format!("{}/{}", m.prefix, device_id);
@@ -62,7 +163,85 @@ impl Topics {
             ota_rollback: format!("{p}/ota/rollback"),
             ota_status: format!("{p}/ota/status"),
             ota_result: format!("{p}/ota/result"),
+            line: (!m.line.is_empty()).then(|| {
+                let l = format!("{}/line/{}", m.prefix, m.line);
+                LineTopics {
+                    name: m.line.clone(),
+                    recognize: format!("{l}/recognize"),
+                    // Shared: each request to one box of the line.
+                    recognize_filter: format!("$share/{}/{l}/recognize", m.line),
+                    result: format!("{l}/result"),
+                    // Not shared: every box applies every change.
+                    gallery_add: format!("{l}/gallery/add"),
+                    gallery_remove: format!("{l}/gallery/remove"),
+                    gallery_result: format!("{l}/gallery/result"),
+                }
+            }),
         }
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    #[test]
+    fn every_served_topic_has_one_route_and_others_none() {
+        let t = Topics::new(&MqttSettings::default(), "box1");
+        assert_eq!(
+            t.route("shitu/box1/recognize"),
+            Some(Route::Recognize(Scope::Box))
+        );
+        assert_eq!(t.route("shitu/line/l1/recognize"), None, "no line set");
+        assert_eq!(t.filters().len(), 5);
+        assert_eq!(
+            t.route("shitu/box1/gallery/add"),
+            Some(Route::GalleryAdd(Scope::Box))
+        );
+        assert_eq!(
+            t.route("shitu/box1/gallery/remove"),
+            Some(Route::GalleryRemove(Scope::Box))
+        );
+        assert_eq!(t.route("shitu/box1/ota/apply"), Some(Route::OtaApply));
+        assert_eq!(t.route("shitu/box1/ota/rollback"), Some(Route::OtaRollback));
+        assert_eq!(t.route("shitu/box2/recognize"), None);
+        assert_eq!(t.route("shitu/box1/result"), None);
+        assert_eq!(
+            Route::GalleryAdd(Scope::Box).default_answer_topic(&t),
+            "shitu/box1/gallery/result"
+        );
+    }
+
+    #[test]
+    fn a_line_adds_its_shared_requests_and_its_gallery_for_every_box() {
+        let m = MqttSettings {
+            line: "l1".into(),
+            ..Default::default()
+        };
+        let t = Topics::new(&m, "box1");
+        assert_eq!(
+            t.route("shitu/line/l1/recognize"),
+            Some(Route::Recognize(Scope::Line))
+        );
+        assert_eq!(
+            t.route("shitu/line/l1/gallery/add"),
+            Some(Route::GalleryAdd(Scope::Line))
+        );
+        assert_eq!(t.route("shitu/line/l2/recognize"), None);
+        assert_eq!(
+            t.route("shitu/box1/recognize"),
+            Some(Route::Recognize(Scope::Box))
+        );
+        let f = t.filters();
+        assert!(f.contains(&"$share/l1/shitu/line/l1/recognize"), "{f:?}");
+        assert!(
+            f.contains(&"shitu/line/l1/gallery/add"),
+            "not shared: {f:?}"
+        );
+        assert_eq!(
+            Route::Recognize(Scope::Line).default_answer_topic(&t),
+            "shitu/line/l1/result"
+        );
     }
 }
 

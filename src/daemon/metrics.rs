@@ -169,6 +169,16 @@ pub fn render(shared: &Shared) -> String {
         "Answers dropped because the spool was full.",
         n(&c.spool_dropped),
     );
+    counter(
+        "answers_resent_no_subscriber_total",
+        "Answers the broker took with 'no matching subscribers' (MQTT 5 reason 0x10), sent again.",
+        n(&c.resent_no_subscriber),
+    );
+    counter(
+        "answers_undeliverable_total",
+        "Answers given up on: no subscriber within daemon.answer_ttl_s, or refused by the broker.",
+        n(&c.undeliverable),
+    );
     counter("batches_total", "Pipeline batches run.", n(&c.batches));
     counter(
         "broker_connects_total",

@@ -7,6 +7,9 @@
 //!              └─ acks a request once the broker has its answer
 //! ```
 //!
+//! Topics are parsed once into a [`link::Route`]; the pipeline thread
+//! receives [`worker::Job`]s that carry their own reply channel, so the MQTT
+//! front end here is one submitter among others (camera triggers, tests).
 //! Topics and payloads are documented in `docs/MQTT.md`.
 
 pub mod answer;
@@ -33,16 +36,31 @@ use bytes::Bytes;
 
 use crate::config::Settings;
 use crate::pipeline::Pipeline;
-use answer::{error_payload, ErrorCode, Versions};
+use answer::{error_payload, ErrorCode, GalleryAnswer, RecognizeAnswer, Versions};
 use health::Health;
 use ledger::{Admit, Ledger};
-use link::Topics;
+use link::{Route, Topics};
 use mqtt::{Client, Connection, Delivery, Event, Inbound};
 use outbox::{Message, Outbox};
 use request::Envelope;
 use service::Service;
 use status::Counters;
-use worker::{Job, ReplyTo};
+use worker::{Job, Outcome, Reply, Work};
+
+/// Where and to whom an MQTT answer goes.
+#[derive(Debug, Clone)]
+pub struct ReplyTo {
+    /// Answer topic: the request's response topic, or the route's default.
+    pub topic: String,
+    /// MQTT 5 correlation data to copy back.
+    pub correlation: Option<Bytes>,
+    /// The request's id.
+    pub request_id: String,
+    /// The delivery to acknowledge once the answer is with the broker.
+    pub delivery: Option<Delivery>,
+    /// When the request arrived.
+    pub arrived: Instant,
+}
 
 /// How long a stop waits for queued work and unacknowledged answers.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -92,6 +110,46 @@ impl Shared {
         ));
     }
 
+    /// A job's reply channel that answers `to` over MQTT.
+    fn mqtt_reply(self: &Arc<Self>, to: ReplyTo) -> Reply {
+        let shared = self.clone();
+        Reply::new(move |outcome| shared.answer_outcome(to, outcome))
+    }
+
+    /// Turns a job's outcome into its MQTT answer.
+    fn answer_outcome(&self, to: ReplyTo, outcome: Outcome) {
+        let payload = match outcome {
+            Outcome::Recognized {
+                result,
+                timings,
+                versions,
+            } => {
+                self.histograms.observe(&timings);
+                answer::to_vec(&RecognizeAnswer {
+                    request_id: &to.request_id,
+                    ok: true,
+                    results: answer::objects(&result),
+                    timings_ms: timings,
+                    versions: &versions,
+                })
+            }
+            Outcome::GalleryChanged {
+                added,
+                removed,
+                versions,
+            } => answer::to_vec(&GalleryAnswer {
+                request_id: &to.request_id,
+                ok: true,
+                added,
+                removed,
+                versions: &versions,
+            }),
+            Outcome::Failed { code, message } => return self.reply_error(to, code, &message),
+        };
+        self.counters.answered.fetch_add(1, Ordering::Relaxed);
+        self.reply(to, payload);
+    }
+
     /// Sends an error answer, and logs it.
     pub fn reply_error(&self, reply: ReplyTo, code: ErrorCode, message: &str) {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -116,8 +174,13 @@ impl Shared {
             .clone()
     }
 
-    fn set_versions(&self, v: Versions) {
-        *self.versions.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    /// Sets the versions answers report; the box's identity (device id,
+    /// line) stays what it was set to at start.
+    fn set_versions(&self, mut v: Versions) {
+        let mut current = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        v.device_id = std::mem::take(&mut current.device_id);
+        v.line = current.line.take();
+        *current = v;
     }
 
     /// One line for `systemctl status`.
@@ -199,21 +262,19 @@ impl Shared {
             Err(TrySendError::Full(job)) => {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
                 let cap = self.settings.daemon.queue_capacity;
-                self.reply_error(
-                    reply_of(job),
+                job.reply.send(Outcome::failed(
                     ErrorCode::Busy,
-                    &format!(
+                    format!(
                         "{cap} requests are already waiting (daemon.queue_capacity); retry later"
                     ),
-                );
+                ));
             }
             Err(TrySendError::Disconnected(job)) => {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
-                self.reply_error(
-                    reply_of(job),
+                job.reply.send(Outcome::failed(
                     ErrorCode::Internal,
                     "the pipeline thread has stopped; see the daemon log",
-                );
+                ));
             }
         }
     }
@@ -227,7 +288,11 @@ impl Shared {
             return;
         }
         let p = &m.delivery;
-        let Some(topic) = m.topic.clone() else {
+        let Some(route) = m.topic.as_deref().and_then(|t| self.topics.route(t)) else {
+            tracing::warn!(
+                topic = m.topic.as_deref().unwrap_or("(none)"),
+                "message on a topic the daemon does not serve; acknowledged and dropped"
+            );
             self.outbox.ack(p);
             return;
         };
@@ -240,101 +305,80 @@ impl Shared {
             .response_topic
             .clone()
             .filter(|t| !t.is_empty() && !t.contains(['+', '#']));
-        let reply = |request_id: String, default: &str| ReplyTo {
+        let reply = |request_id: String| ReplyTo {
             topic: response_topic
                 .clone()
-                .unwrap_or_else(|| default.to_string()),
+                .unwrap_or_else(|| route.default_answer_topic(&self.topics).to_string()),
             correlation: m.correlation.clone(),
             request_id,
             delivery: Some(p.clone()),
             arrived: Instant::now(),
         };
-        if topic == self.topics.recognize {
-            match request::parse_recognize(&m.payload, &env, max) {
+        // Submits `work` for the request `id`, unless it repeats one already taken.
+        let submit = |id: String, work: Work| {
+            if let Some(to) = self.admit(&id, reply(id.clone())) {
+                self.enqueue(Job {
+                    request_id: id,
+                    arrived: to.arrived,
+                    work,
+                    reply: self.mqtt_reply(to),
+                });
+            }
+        };
+        let refuse = |rej: request::Rejection| {
+            if let Some(to) = self.admit(&rej.request_id, reply(rej.request_id.clone())) {
+                self.reply_error(to, rej.code, &rej.message);
+            }
+        };
+        match route {
+            Route::Recognize(_) => match request::parse_recognize(&m.payload, &env, max) {
                 Ok(r) => {
-                    let Some(to) = self.admit(
-                        &r.request_id,
-                        reply(r.request_id.clone(), &self.topics.result),
-                    ) else {
-                        return;
-                    };
                     if !r.ignored.is_empty() {
                         tracing::warn!(request_id = %r.request_id, fields = ?r.ignored, "unknown request fields ignored");
                     }
-                    self.enqueue(Job::Recognize {
-                        reply: to,
+                    let work = Work::Recognize {
                         image: r.image,
                         query: r.query,
-                    });
+                    };
+                    submit(r.request_id, work);
                 }
-                Err(rej) => {
-                    if let Some(to) = self.admit(
-                        &rej.request_id,
-                        reply(rej.request_id.clone(), &self.topics.result),
-                    ) {
-                        self.reply_error(to, rej.code, &rej.message);
+                Err(rej) => refuse(rej),
+            },
+            Route::GalleryAdd(_) | Route::GalleryRemove(_) => {
+                let add = matches!(route, Route::GalleryAdd(_));
+                match request::parse_gallery(&m.payload, &env, max, add) {
+                    Ok(command) if self.updater.as_ref().is_some_and(|u| u.is_busy()) => {
+                        // The new version's gallery was copied when the update began; a change now would be lost at the swap.
+                        refuse(request::Rejection {
+                            request_id: command.request_id().to_string(),
+                            code: ErrorCode::Busy,
+                            message: "an update is being applied; retry when P/ota/status says it is done".into(),
+                        });
+                    }
+                    Ok(command) => submit(command.request_id().to_string(), Work::Gallery(command)),
+                    Err(rej) => refuse(rej),
+                }
+            }
+            Route::OtaApply | Route::OtaRollback => {
+                // Acknowledged now: an update takes minutes, and a redelivery after a
+                // crash must not start it again (the crash may have been the update's).
+                self.outbox.ack(p);
+                let mut to = reply(String::new());
+                to.delivery = None;
+                match request::parse_ota(&m.payload, &env, route == Route::OtaApply) {
+                    Ok((id, command)) => {
+                        to.request_id = id;
+                        tracing::info!(request_id = %to.request_id, "OTA command received");
+                        self.start_ota(command, Some(to), None);
+                    }
+                    Err(rej) => {
+                        to.request_id = rej.request_id;
+                        tracing::warn!(request_id = %to.request_id, "OTA command refused: {}", rej.message);
+                        self.ota_answer(to, Err((rej.code, rej.message)));
                     }
                 }
             }
-        } else if topic == self.topics.gallery_add || topic == self.topics.gallery_remove {
-            let add = topic == self.topics.gallery_add;
-            match request::parse_gallery(&m.payload, &env, max, add) {
-                Ok(command) => {
-                    if let Some(to) = self.admit(
-                        command.request_id(),
-                        reply(
-                            command.request_id().to_string(),
-                            &self.topics.gallery_result,
-                        ),
-                    ) {
-                        if self.updater.as_ref().is_some_and(|u| u.is_busy()) {
-                            // The new version's gallery was copied when the update began; a change now would be lost at the swap.
-                            self.reply_error(to, ErrorCode::Busy, "an update is being applied; retry when P/ota/status says it is done");
-                        } else {
-                            self.enqueue(Job::Gallery { reply: to, command });
-                        }
-                    }
-                }
-                Err(rej) => {
-                    if let Some(to) = self.admit(
-                        &rej.request_id,
-                        reply(rej.request_id.clone(), &self.topics.gallery_result),
-                    ) {
-                        self.reply_error(to, rej.code, &rej.message);
-                    }
-                }
-            }
-        } else if topic == self.topics.ota_apply || topic == self.topics.ota_rollback {
-            // Acknowledged now: an update takes minutes, and a redelivery after a
-            // crash must not start it again (the crash may have been the update's).
-            self.outbox.ack(p);
-            let mut to = reply(String::new(), &self.topics.ota_result);
-            to.delivery = None;
-            match request::parse_ota(&m.payload, &env, topic == self.topics.ota_apply) {
-                Ok((id, command)) => {
-                    to.request_id = id;
-                    tracing::info!(request_id = %to.request_id, "OTA command received");
-                    self.start_ota(command, Some(to), None);
-                }
-                Err(rej) => {
-                    to.request_id = rej.request_id;
-                    tracing::warn!(request_id = %to.request_id, "OTA command refused: {}", rej.message);
-                    self.ota_answer(to, Err((rej.code, rej.message)));
-                }
-            }
-        } else {
-            tracing::warn!(
-                topic,
-                "message on a topic the daemon does not serve; acknowledged and dropped"
-            );
-            self.outbox.ack(p);
         }
-    }
-}
-
-fn reply_of(job: Job) -> ReplyTo {
-    match job {
-        Job::Recognize { reply, .. } | Job::Gallery { reply, .. } => reply,
     }
 }
 
@@ -395,7 +439,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let updater = startup.map(|s| Arc::new(s.updater));
     let broker = format!("{}:{}", settings.mqtt.host, settings.mqtt.port);
     service.status(&format!("models loaded; connecting to the broker {broker}"));
-    let versions = worker::versions(&pipeline, bundle);
+    let mut versions = worker::versions(&pipeline, bundle);
+    versions.device_id = device.clone();
+    versions.line = topics.line.as_ref().map(|l| l.name.clone());
 
     let counters = Arc::new(Counters::default());
     let (spool, leftovers) = spool::Spool::open(
@@ -416,7 +462,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
     }
     let (client, connection) = mqtt::connect(options, 4096);
-    let outbox = Outbox::new(client.clone(), spool, leftovers, counters.clone());
+    let outbox = Outbox::new(
+        client.clone(),
+        spool,
+        leftovers,
+        counters.clone(),
+        Duration::from_secs(settings.daemon.answer_ttl_s),
+    );
     let mut ledger = Ledger::new(
         settings.daemon.dedup_window,
         settings.daemon.answer_cache_bytes,
@@ -465,7 +517,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("shitud-pipeline".into())
-            .spawn(move || worker::run(pipeline, rx, &shared))?
+            .spawn(move || worker::run(pipeline, rx, shared.as_ref()))?
     };
 
     if let Some(u) = &updater {
@@ -500,6 +552,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             }
         })
     };
+    let resend_timer = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                shared.outbox.resend_due();
+            }
+        })
+    };
     let status_timer = {
         let shared = shared.clone();
         let every = Duration::from_secs(settings.daemon.status_interval_s.max(1));
@@ -531,6 +593,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     ));
     status_timer.abort();
     ready_timer.abort();
+    resend_timer.abort();
     // Dropping the sender lets the pipeline thread drain the queue and end.
     shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
     let joined = tokio::task::spawn_blocking(move || worker.join()).await;
@@ -583,6 +646,37 @@ fn save_answered(shared: &Shared) {
     }
 }
 
+impl worker::Host for Shared {
+    fn daemon_settings(&self) -> &crate::config::DaemonSettings {
+        &self.settings.daemon
+    }
+    fn take_swap(&self) -> Option<worker::Swap> {
+        Shared::take_swap(self)
+    }
+    fn versions(&self) -> Versions {
+        Shared::versions(self)
+    }
+    fn set_versions(&self, v: Versions) {
+        Shared::set_versions(self, v)
+    }
+    fn begin(&self) {
+        self.health.begin()
+    }
+    fn end(&self) {
+        self.health.end()
+    }
+    fn exited(&self) {
+        self.health.exited()
+    }
+    fn taken(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+    }
+    fn batch(&self, n: usize) {
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.histograms.observe_batch(n);
+    }
+}
+
 async fn wait_for_stop_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -618,14 +712,7 @@ async fn event_loop(mut connection: Connection, client: Client, shared: Arc<Shar
                     "connected to the broker"
                 );
                 connected_once = true;
-                let t = &shared.topics;
-                for filter in [
-                    &t.recognize_filter,
-                    &t.gallery_add,
-                    &t.gallery_remove,
-                    &t.ota_apply,
-                    &t.ota_rollback,
-                ] {
+                for filter in shared.topics.filters() {
                     if let Err(e) = client.try_subscribe(filter) {
                         tracing::error!(filter = %filter, "cannot subscribe: {e}");
                     }
@@ -636,7 +723,7 @@ async fn event_loop(mut connection: Connection, client: Client, shared: Arc<Shar
                 shared.service.ready(&shared.service_summary());
             }
             Ok(Event::Received(m)) => shared.on_request(m),
-            Ok(Event::Acknowledged(pkid)) => shared.outbox.on_puback(pkid),
+            Ok(Event::Acknowledged(pkid, outcome)) => shared.outbox.on_puback(pkid, outcome),
             Ok(Event::SubscriptionRefused(codes)) => {
                 tracing::error!(
                     codes,

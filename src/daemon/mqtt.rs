@@ -72,6 +72,17 @@ pub struct Inbound {
     pub delivery: Delivery,
 }
 
+/// What the broker said when it acknowledged a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Taken, with subscribers to deliver it to.
+    Delivered,
+    /// Taken, but nobody is subscribed (MQTT 5 reason 0x10): the message is gone.
+    NoSubscribers,
+    /// Refused (not authorised, quota, …), with the reason.
+    Refused(String),
+}
+
 /// What polling the connection produced.
 #[derive(Debug)]
 pub enum Event {
@@ -83,7 +94,7 @@ pub enum Event {
     /// A publish arrived.
     Received(Box<Inbound>),
     /// The broker acknowledged our publish with this packet id.
-    Acknowledged(u16),
+    Acknowledged(u16, AckOutcome),
     /// The client wrote a publish with this packet id (0 for QoS 0).
     Sent(u16),
     /// SUBACK with at least one refusal; the codes, for the log.
@@ -223,7 +234,14 @@ fn event_v5(e: rumqttc::v5::Event) -> Event {
                 delivery: Delivery::V5(p),
             }))
         }
-        E::Incoming(p5::Packet::PubAck(a)) => Event::Acknowledged(a.pkid),
+        E::Incoming(p5::Packet::PubAck(a)) => Event::Acknowledged(
+            a.pkid,
+            match a.reason {
+                p5::PubAckReason::Success => AckOutcome::Delivered,
+                p5::PubAckReason::NoMatchingSubscribers => AckOutcome::NoSubscribers,
+                other => AckOutcome::Refused(format!("{other:?}")),
+            },
+        ),
         E::Incoming(p5::Packet::SubAck(s))
             if s.return_codes
                 .iter()
@@ -253,7 +271,8 @@ fn event_v311(e: rumqttc::Event) -> Event {
             user_properties: Vec::new(),
             delivery: Delivery::V311(p),
         })),
-        E::Incoming(p4::Packet::PubAck(a)) => Event::Acknowledged(a.pkid),
+        // MQTT 3.1.1 has no reason codes: every PUBACK is a delivery.
+        E::Incoming(p4::Packet::PubAck(a)) => Event::Acknowledged(a.pkid, AckOutcome::Delivered),
         E::Incoming(p4::Packet::SubAck(s))
             if s.return_codes
                 .iter()

@@ -18,6 +18,13 @@
 //! would stay full: the daemon would stop receiving requests on a healthy
 //! connection.
 //!
+//! An answer the broker acknowledges with "no matching subscribers" (MQTT 5
+//! reason 0x10) was not delivered to anyone: after a broker restart the
+//! requester may not have subscribed again yet. Its request is acknowledged
+//! (the answer is ours to deliver now), and the answer stays spooled and is
+//! sent again with backoff until someone takes it or `daemon.answer_ttl_s`
+//! runs out; then it counts as undeliverable, loudly.
+//!
 //! Bookkeeping relies on the client emitting one `Outgoing::Publish(pkid)`
 //! per publish, in the order they were handed to it (rumqttc does, including
 //! under packet-id collisions), and on the outbox being the only publisher.
@@ -25,8 +32,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use super::mqtt::{Client, Connection, Delivery};
+use super::mqtt::{AckOutcome, Client, Connection, Delivery};
 use bytes::Bytes;
 
 use super::spool::{Spool, Spooled};
@@ -89,7 +97,26 @@ impl Message {
 struct Pending {
     seq: u64,
     msg: Message,
+    /// When the broker first took it without a subscriber (the answer's TTL runs from here).
+    unheard_since: Option<Instant>,
+    /// Sends since then.
+    resends: u32,
 }
+
+impl Pending {
+    fn new(seq: u64, msg: Message) -> Pending {
+        Pending {
+            seq,
+            msg,
+            unheard_since: None,
+            resends: 0,
+        }
+    }
+}
+
+/// The first wait before an answer nobody took is sent again; it doubles up to [`RESEND_MAX`].
+const RESEND_FIRST: Duration = Duration::from_millis(250);
+const RESEND_MAX: Duration = Duration::from_secs(8);
 
 struct State {
     connected: bool,
@@ -102,6 +129,8 @@ struct State {
     /// Spooled to disk while disconnected; in memory only while connected,
     /// since their requests are unacknowledged and would be redelivered.
     waiting: VecDeque<Pending>,
+    /// Answers the broker took with no subscriber, with when to send each again.
+    unheard: Vec<(Instant, Pending)>,
     /// Acknowledgements the client's channel refused, sent before anything else.
     acks_due: VecDeque<Delivery>,
     /// Whether the channel refused something that has not been handed over yet (for the log).
@@ -114,34 +143,40 @@ pub struct Outbox {
     state: Mutex<State>,
     client: Client,
     counters: Arc<Counters>,
+    /// `daemon.answer_ttl_s`.
+    ttl: Duration,
 }
 
 impl Outbox {
     /// An outbox over `client`, with the answers a previous run spooled
-    /// queued for the first connection.
+    /// queued for the first connection; an answer nobody subscribes to is
+    /// sent again for `ttl` (`daemon.answer_ttl_s`).
     pub fn new(
         client: Client,
         spool: Spool,
         leftovers: Vec<Spooled>,
         counters: Arc<Counters>,
+        ttl: Duration,
     ) -> Outbox {
         let next_seq = spool.last_seq().map_or(1, |s| s + 1);
         let waiting = leftovers
             .into_iter()
-            .map(|s| Pending {
-                seq: s.seq,
-                msg: Message {
-                    topic: s.topic,
-                    payload: Bytes::from(s.payload),
-                    correlation: s
-                        .correlation_hex
-                        .and_then(|h| hex::decode(h).ok())
-                        .map(Bytes::from),
-                    retain: false,
-                    durable: true,
-                    request_id: Some(s.request_id),
-                    acks: Vec::new(),
-                },
+            .map(|s| {
+                Pending::new(
+                    s.seq,
+                    Message {
+                        topic: s.topic,
+                        payload: Bytes::from(s.payload),
+                        correlation: s
+                            .correlation_hex
+                            .and_then(|h| hex::decode(h).ok())
+                            .map(Bytes::from),
+                        retain: false,
+                        durable: true,
+                        request_id: Some(s.request_id),
+                        acks: Vec::new(),
+                    },
+                )
             })
             .collect();
         let state = State {
@@ -150,6 +185,7 @@ impl Outbox {
             handed: VecDeque::new(),
             inflight: HashMap::new(),
             waiting,
+            unheard: Vec::new(),
             acks_due: VecDeque::new(),
             backlogged: false,
             spool,
@@ -158,6 +194,7 @@ impl Outbox {
             state: Mutex::new(state),
             client,
             counters,
+            ttl,
         }
     }
 
@@ -172,7 +209,7 @@ impl Outbox {
         let mut st = self.lock();
         let seq = st.next_seq;
         st.next_seq += 1;
-        let p = Pending { seq, msg };
+        let p = Pending::new(seq, msg);
         // Behind anything already waiting, so answers leave in the order they were made.
         if st.connected && st.waiting.is_empty() {
             match self.hand(&p.msg) {
@@ -282,13 +319,104 @@ impl Outbox {
         self.pump(&mut st);
     }
 
-    /// The broker acknowledged packet `pkid`.
-    pub fn on_puback(&self, pkid: u16) {
+    /// The broker acknowledged packet `pkid`, with `outcome`.
+    pub fn on_puback(&self, pkid: u16, outcome: AckOutcome) {
         let mut st = self.lock();
-        if let Some(p) = st.inflight.remove(&pkid) {
-            self.complete(&mut st, p);
+        if let Some(mut p) = st.inflight.remove(&pkid) {
+            let answer = p.msg.durable && p.msg.request_id.is_some();
+            match outcome {
+                AckOutcome::NoSubscribers if answer => {
+                    // The request is answered as far as the broker is concerned;
+                    // the answer is ours to deliver from here (it stays spooled).
+                    for d in std::mem::take(&mut p.msg.acks) {
+                        self.ack_locked(&mut st, d);
+                    }
+                    let now = Instant::now();
+                    let since = *p.unheard_since.get_or_insert(now);
+                    let id = p.msg.request_id.clone().unwrap_or_default();
+                    if now.duration_since(since) >= self.ttl {
+                        self.give_up(
+                            &mut st,
+                            p,
+                            &format!(
+                                "nobody subscribed to its topic within daemon.answer_ttl_s ({} s)",
+                                self.ttl.as_secs()
+                            ),
+                        );
+                    } else {
+                        if p.resends == 0 {
+                            tracing::warn!(request_id = %id, topic = %p.msg.topic, "the broker has no subscriber for this answer (reason 0x10); sending it again until one subscribes or daemon.answer_ttl_s runs out");
+                        }
+                        let wait = RESEND_FIRST
+                            .saturating_mul(1 << p.resends.min(6))
+                            .min(RESEND_MAX);
+                        p.resends += 1;
+                        st.unheard.push((now + wait, p));
+                        // Its request is acknowledged: the spool keeps it across a restart.
+                        self.spool_waiting(&mut st);
+                    }
+                }
+                AckOutcome::Refused(reason) if answer => {
+                    for d in std::mem::take(&mut p.msg.acks) {
+                        self.ack_locked(&mut st, d);
+                    }
+                    self.give_up(&mut st, p, &format!("the broker refused it ({reason}); check its ACL and quotas for this client"));
+                }
+                AckOutcome::Refused(reason) => {
+                    tracing::warn!(topic = %p.msg.topic, "the broker refused a status message: {reason}");
+                    self.complete(&mut st, p);
+                }
+                _ => {
+                    if p.resends > 0 {
+                        self.counters
+                            .resent_no_subscriber
+                            .fetch_add(u64::from(p.resends), Ordering::Relaxed);
+                        tracing::info!(
+                            request_id = p.msg.request_id.as_deref().unwrap_or_default(),
+                            resends = p.resends,
+                            "answer delivered after its requester subscribed"
+                        );
+                    }
+                    self.complete(&mut st, p)
+                }
+            }
         }
         self.pump(&mut st);
+    }
+
+    /// Sends again the answers nobody took whose wait is over. Called on a
+    /// timer (every 250 ms).
+    pub fn resend_due(&self) {
+        let mut st = self.lock();
+        if !st.connected || st.unheard.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut st.unheard)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
+        st.unheard = later;
+        for (_, p) in due {
+            if st.waiting.is_empty() && self.hand(&p.msg).is_ok() {
+                st.handed.push_back(p);
+            } else {
+                st.waiting.push_back(p);
+                st.backlogged = true;
+            }
+        }
+        self.pump(&mut st);
+    }
+
+    /// Drops an answer that cannot be delivered: counted, logged, out of the spool.
+    fn give_up(&self, st: &mut State, p: Pending, why: &str) {
+        st.spool.remove(p.seq);
+        self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            request_id = p.msg.request_id.as_deref().unwrap_or_default(),
+            topic = %p.msg.topic,
+            resends = p.resends,
+            "answer undeliverable, dropped: {why}"
+        );
     }
 
     /// The connection dropped: take back everything unacknowledged.
@@ -299,6 +427,7 @@ impl Outbox {
         connection.take_back_publishes();
         let mut back: Vec<Pending> = st.inflight.drain().map(|(_, p)| p).collect();
         back.extend(st.handed.drain(..));
+        back.extend(st.unheard.drain(..).map(|(_, p)| p));
         st.waiting
             .extend(back.into_iter().filter(|p| p.msg.durable));
         st.waiting.make_contiguous().sort_by_key(|p| p.seq);
@@ -328,7 +457,7 @@ impl Outbox {
     /// Messages not yet acknowledged by the broker.
     pub fn unacknowledged(&self) -> usize {
         let st = self.lock();
-        st.handed.len() + st.inflight.len() + st.waiting.len()
+        st.handed.len() + st.inflight.len() + st.waiting.len() + st.unheard.len()
     }
 
     /// Answers in the spool on disk.
@@ -341,6 +470,7 @@ impl Outbox {
         let st = self.lock();
         st.waiting
             .iter()
+            .chain(st.unheard.iter().map(|(_, p)| p))
             .filter_map(|p| p.msg.request_id.clone())
             .collect()
     }
@@ -350,6 +480,7 @@ impl Outbox {
         let mut st = self.lock();
         let mut back: Vec<Pending> = st.inflight.drain().map(|(_, p)| p).collect();
         back.extend(st.handed.drain(..));
+        back.extend(st.unheard.drain(..).map(|(_, p)| p));
         st.waiting
             .extend(back.into_iter().filter(|p| p.msg.durable));
         self.spool_waiting(&mut st);
@@ -374,11 +505,13 @@ impl Outbox {
         }
     }
 
-    /// Writes each waiting answer that is not on disk yet to the spool.
+    /// Writes each waiting answer (and each waiting for a subscriber) that
+    /// is not on disk yet to the spool.
     fn spool_waiting(&self, st: &mut State) {
         let missing: Vec<Spooled> = st
             .waiting
             .iter()
+            .chain(st.unheard.iter().map(|(_, p)| p))
             .filter(|p| !st.spool.contains(p.seq))
             .map(|p| Spooled {
                 seq: p.seq,
@@ -393,9 +526,16 @@ impl Outbox {
                 Ok(dropped) => {
                     self.counters.spooled.fetch_add(1, Ordering::Relaxed);
                     for seq in dropped {
-                        if let Some(i) = st.waiting.iter().position(|w| w.seq == seq) {
-                            let lost = st.waiting.remove(i);
-                            let id = lost.and_then(|l| l.msg.request_id).unwrap_or_default();
+                        let lost = match st.waiting.iter().position(|w| w.seq == seq) {
+                            Some(i) => st.waiting.remove(i),
+                            None => st
+                                .unheard
+                                .iter()
+                                .position(|(_, w)| w.seq == seq)
+                                .map(|i| st.unheard.remove(i).1),
+                        };
+                        if let Some(lost) = lost {
+                            let id = lost.msg.request_id.unwrap_or_default();
                             tracing::error!(request_id = %id, "spool full (daemon.spool_max_messages / spool_max_bytes): oldest answer dropped");
                         }
                         self.counters.spool_dropped.fetch_add(1, Ordering::Relaxed);

@@ -29,6 +29,10 @@ pub struct Counters {
     pub spooled: AtomicU64,
     /// Answers dropped because the spool was full.
     pub spool_dropped: AtomicU64,
+    /// Answers the broker took with "no matching subscribers", sent again.
+    pub resent_no_subscriber: AtomicU64,
+    /// Answers given up on: no subscriber within `daemon.answer_ttl_s`, or refused by the broker.
+    pub undeliverable: AtomicU64,
     /// Batches run.
     pub batches: AtomicU64,
     /// Connections made to the broker.
@@ -65,6 +69,8 @@ pub struct CounterValues {
     published: u64,
     spooled: u64,
     spool_dropped: u64,
+    resent_no_subscriber: u64,
+    undeliverable: u64,
     batches: u64,
     connects: u64,
 }
@@ -83,6 +89,8 @@ impl Counters {
             published: r(&self.published),
             spooled: r(&self.spooled),
             spool_dropped: r(&self.spool_dropped),
+            resent_no_subscriber: r(&self.resent_no_subscriber),
+            undeliverable: r(&self.undeliverable),
             batches: r(&self.batches),
             connects: r(&self.connects),
         }
@@ -94,8 +102,8 @@ impl std::fmt::Display for CounterValues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} received ({} duplicates, {} resent), {} answered, {} errors ({} busy), {} batches, {} published, {} spooled ({} dropped), {} broker connects",
-            self.received, self.duplicates, self.resent, self.answered, self.errors, self.busy, self.batches, self.published, self.spooled, self.spool_dropped, self.connects
+            "{} received ({} duplicates, {} resent), {} answered, {} errors ({} busy), {} batches, {} published, {} spooled ({} dropped), {} sent again for want of a subscriber, {} undeliverable, {} broker connects",
+            self.received, self.duplicates, self.resent, self.answered, self.errors, self.busy, self.batches, self.published, self.spooled, self.spool_dropped, self.resent_no_subscriber, self.undeliverable, self.connects
         )
     }
 }

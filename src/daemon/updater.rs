@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use ed25519_dalek::VerifyingKey;
-use serde_json::json;
 
-use super::answer::ErrorCode;
+use super::answer::{self, ErrorCode, OtaAnswer, OtaState, OtaStatus};
 use super::outbox::Message;
 use super::request::OtaCommand as Command;
-use super::worker::{ReplyTo, Swap};
+use super::worker::Swap;
+use super::ReplyTo;
 use super::Shared;
 use crate::config::Settings;
 use crate::ota::apply::{self, Step, Update};
@@ -40,7 +40,7 @@ pub struct Updater {
     trusted: Vec<VerifyingKey>,
     busy: AtomicBool,
     swap: Mutex<Option<Swap>>,
-    status: Mutex<serde_json::Value>,
+    status: Mutex<OtaStatus>,
     _lock: StoreLock,
 }
 
@@ -75,7 +75,7 @@ impl Updater {
             .iter()
             .map(|k| crate::ota::keys::read_public(k))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut status = json!({"state": "idle"});
+        let mut status = OtaStatus::default();
         match store.recover()? {
             Recovery::Clean => {}
             Recovery::RolledBack { from, to } => {
@@ -86,8 +86,12 @@ impl Updater {
                 };
                 let message = format!("version {from} stopped without a clean stop within ota.trial_s of its switch; rolled back to {to}");
                 tracing::error!("{message}");
-                status =
-                    json!({"state": "rolled_back", "failed_version": from, "message": message});
+                status = OtaStatus {
+                    state: OtaState::RolledBack,
+                    failed_version: Some(from),
+                    message: Some(message),
+                    ..Default::default()
+                };
             }
             Recovery::TrialContinues(t) => {
                 tracing::info!(version = %t.version, "version on trial since its switch; the trial goes on")
@@ -130,10 +134,10 @@ impl Updater {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        s["current"] = json!(self.store.current());
-        s["previous"] = json!(self.store.previous());
-        s["time_unix"] = json!(store::now());
-        serde_json::to_vec(&s).unwrap_or_default()
+        s.current = self.store.current();
+        s.previous = self.store.previous();
+        s.time_unix = store::now();
+        answer::to_vec(&s)
     }
 
     /// The current version's trial, if any: confirmed after `ota.trial_s` of service.
@@ -173,7 +177,7 @@ impl Shared {
     }
 
     /// Publishes `P/ota/status` (retained) with `fields`.
-    pub(super) fn publish_ota_status(&self, fields: serde_json::Value) {
+    pub(super) fn publish_ota_status(&self, fields: OtaStatus) {
         let Some(u) = self.updater() else { return };
         *u.status.lock().unwrap_or_else(|p| p.into_inner()) = fields;
         self.outbox.submit(Message::status(
@@ -238,7 +242,12 @@ impl Shared {
             }));
             let outcome = run.unwrap_or_else(|_| {
                 let message = "the update failed with an internal panic (see the log); the current version keeps serving".to_string();
-                shared.publish_ota_status(json!({"state": "refused", "request_id": request_id, "message": message}));
+                shared.publish_ota_status(OtaStatus {
+                    state: OtaState::Refused,
+                    request_id: request_id.clone(),
+                    message: Some(message.clone()),
+                    ..Default::default()
+                });
                 Err(message)
             });
             u.busy.store(false, Ordering::SeqCst);
@@ -260,12 +269,14 @@ impl Shared {
 
     pub(super) fn ota_answer(&self, reply: ReplyTo, outcome: Result<String, (ErrorCode, String)>) {
         let payload = match &outcome {
-            Ok(v) => json!({"request_id": reply.request_id, "ok": true, "version": v}),
-            Err((code, message)) => {
-                json!({"request_id": reply.request_id, "ok": false, "error": {"code": code.as_str(), "message": message}})
-            }
+            Ok(v) => answer::to_vec(&OtaAnswer {
+                request_id: &reply.request_id,
+                ok: true,
+                version: v,
+            }),
+            Err((code, message)) => answer::error_payload(&reply.request_id, *code, message),
         };
-        let bytes = Bytes::from(serde_json::to_vec(&payload).unwrap_or_default());
+        let bytes = Bytes::from(payload);
         self.outbox.submit(Message::answer(
             reply.topic,
             bytes,
@@ -297,7 +308,13 @@ impl Shared {
             }
             last_news = Instant::now();
             tracing::info!(step = step.as_str(), "update: {what}");
-            self.publish_ota_status(json!({"state": step.as_str(), "source": source.describe(), "request_id": request_id, "message": what}));
+            self.publish_ota_status(OtaStatus {
+                state: step.into(),
+                source: Some(source.describe()),
+                request_id: request_id.map(str::to_string),
+                message: Some(what.to_string()),
+                ..Default::default()
+            });
         };
         let staged = update.stage(source, &mut progress);
         let staged = match staged {
@@ -305,7 +322,7 @@ impl Shared {
             Err(e) => {
                 let message = e.to_string();
                 tracing::error!(source = %source.describe(), "update refused: {message}; the current version keeps serving");
-                self.publish_ota_status(json!({"state": "refused", "source": source.describe(), "request_id": request_id, "message": message}));
+                self.publish_ota_status(refused(source, request_id, &message));
                 return Err(message);
             }
         };
@@ -317,7 +334,7 @@ impl Shared {
         );
         if let Err(e) = u.store.switch(&v) {
             let message = format!("switching to {v}: {e}");
-            self.publish_ota_status(json!({"state": "refused", "source": source.describe(), "request_id": request_id, "message": message}));
+            self.publish_ota_status(refused(source, request_id, &message));
             return Err(message);
         }
         apply::enter(
@@ -339,15 +356,25 @@ impl Shared {
             o.trial_s
         );
         tracing::info!("update applied: {message}");
-        self.publish_ota_status(json!({"state": "applied", "version": v, "source": source.describe(), "request_id": request_id, "message": message}));
+        self.publish_ota_status(OtaStatus {
+            state: OtaState::Applied,
+            version: Some(v.clone()),
+            source: Some(source.describe()),
+            request_id: request_id.map(str::to_string),
+            message: Some(message),
+            ..Default::default()
+        });
         Ok(v)
     }
 
     fn rollback(&self, u: &Updater, request_id: Option<&str>) -> Result<String, String> {
         let refuse = |message: String| {
-            self.publish_ota_status(
-                json!({"state": "rollback_refused", "request_id": request_id, "message": message}),
-            );
+            self.publish_ota_status(OtaStatus {
+                state: OtaState::RollbackRefused,
+                request_id: request_id.map(str::to_string),
+                message: Some(message.clone()),
+                ..Default::default()
+            });
             Err(message)
         };
         let Some(prev) = u.store.previous() else {
@@ -369,7 +396,13 @@ impl Shared {
         self.swap_in(u, pipeline, Some(prev.clone()))?;
         let message = format!("rolled back from {from} to {prev} on command");
         tracing::warn!("{message}");
-        self.publish_ota_status(json!({"state": "rolled_back", "version": prev, "request_id": request_id, "message": message}));
+        self.publish_ota_status(OtaStatus {
+            state: OtaState::RolledBack,
+            version: Some(prev.clone()),
+            request_id: request_id.map(str::to_string),
+            message: Some(message),
+            ..Default::default()
+        });
         Ok(prev)
     }
 
@@ -467,4 +500,15 @@ fn take_dropped(shared: &Arc<Shared>, u: &Updater, path: &Path) {
             let _ = std::fs::remove_file(&staged_copy);
         })),
     );
+}
+
+/// The status of an update refused at some step.
+fn refused(source: &Source, request_id: Option<&str>, message: &str) -> OtaStatus {
+    OtaStatus {
+        state: OtaState::Refused,
+        source: Some(source.describe()),
+        request_id: request_id.map(str::to_string),
+        message: Some(message.to_string()),
+        ..Default::default()
+    }
 }

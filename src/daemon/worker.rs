@@ -1,62 +1,151 @@
 //! The pipeline thread: takes jobs from the bounded queue, gathers
-//! recognise requests that arrive together into one batch (up to
+//! recognise jobs that arrive together into one batch (up to
 //! `daemon.max_batch`, waiting at most `daemon.max_wait_ms` for the batch to
-//! fill), and answers each request through [`Shared::reply`].
+//! fill), and hands each job's [`Outcome`] to the job's own [`Reply`].
+//!
+//! A job knows nothing of where it came from: an MQTT request, a camera
+//! trigger and a test submit the same [`Job`], each with its own reply
+//! channel, and turn the typed outcome into their own answer.
 //!
 //! One thread owns the [`Pipeline`]: inference already uses every core, and
 //! gallery changes are then naturally serialised with searches.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use super::mqtt::Delivery;
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::answer::{self, ErrorCode, GalleryAnswer, RecognizeAnswer, Timings, Versions};
+use super::answer::{ErrorCode, Timings, Versions};
 use super::request::{resolve_path, GalleryCommand, ImageSource};
-use super::Shared;
-use crate::config::{InputSettings, Provider};
+use crate::config::{DaemonSettings, InputSettings, Provider};
 use crate::input::{self, Frame};
-use crate::pipeline::{Pipeline, Query};
+use crate::pipeline::{Pipeline, Query, Recognized};
 use crate::Error;
 
-/// Where and to whom an answer goes.
-#[derive(Debug, Clone)]
-pub struct ReplyTo {
-    /// Answer topic: the request's response topic, or `P/result`.
-    pub topic: String,
-    /// MQTT 5 correlation data to copy back.
-    pub correlation: Option<Bytes>,
-    /// The request's id.
-    pub request_id: String,
-    /// The delivery to acknowledge once the answer is with the broker.
-    pub delivery: Option<Delivery>,
-    /// When the request arrived.
-    pub arrived: Instant,
-}
-
-/// Work for the pipeline thread.
+/// What a job asks of the pipeline.
 #[derive(Debug)]
-pub enum Job {
+pub enum Work {
     /// Recognise one image.
     Recognize {
-        /// Reply address.
-        reply: ReplyTo,
         /// The image.
         image: ImageSource,
         /// Search options.
         query: Query,
     },
     /// Change the gallery.
-    Gallery {
-        /// Reply address.
-        reply: ReplyTo,
-        /// The change.
-        command: GalleryCommand,
+    Gallery(GalleryCommand),
+}
+
+/// What became of a job, typed; the submitter makes its answer of it.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The image was recognised.
+    Recognized {
+        /// What the pipeline found.
+        result: Box<Recognized>,
+        /// Where the time went.
+        timings: Timings,
+        /// What answered.
+        versions: Versions,
     },
+    /// The gallery changed.
+    GalleryChanged {
+        /// Ids of the items added.
+        added: Vec<i64>,
+        /// Ids of the items removed.
+        removed: Vec<i64>,
+        /// The versions after the change.
+        versions: Versions,
+    },
+    /// The job failed, or was refused.
+    Failed {
+        /// The kind of failure, as answers name it.
+        code: ErrorCode,
+        /// What went wrong, for the requester.
+        message: String,
+    },
+}
+
+impl Outcome {
+    /// A failure.
+    pub fn failed(code: ErrorCode, message: impl Into<String>) -> Outcome {
+        Outcome::Failed {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A job's reply channel: called once with its outcome, on the pipeline
+/// thread (or wherever the job is refused). It must not block.
+pub struct Reply(Box<dyn FnOnce(Outcome) + Send>);
+
+impl Reply {
+    /// A reply that calls `f`.
+    pub fn new(f: impl FnOnce(Outcome) + Send + 'static) -> Reply {
+        Reply(Box::new(f))
+    }
+
+    /// A reply into a channel, and its receiving end (tests, cameras).
+    pub fn channel() -> (Reply, std::sync::mpsc::Receiver<Outcome>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (
+            Reply::new(move |o| {
+                let _ = tx.send(o);
+            }),
+            rx,
+        )
+    }
+
+    /// Delivers the outcome.
+    pub fn send(self, outcome: Outcome) {
+        (self.0)(outcome)
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reply")
+    }
+}
+
+/// Work for the pipeline thread, with where its outcome goes.
+#[derive(Debug)]
+pub struct Job {
+    /// The request's id, for logs.
+    pub request_id: String,
+    /// When the request arrived (its answer's `queue` and `total` times count from here).
+    pub arrived: Instant,
+    /// What to do.
+    pub work: Work,
+    /// Where the outcome goes.
+    pub reply: Reply,
+}
+
+/// What the pipeline thread needs from whoever runs it (the daemon's
+/// shared state; a test's stand-in): settings, health beats, counters and
+/// the versions it reports. No transport: answers go through each job's
+/// [`Reply`].
+pub trait Host: Sync {
+    /// `daemon.max_batch`, `daemon.max_wait_ms`, `daemon.allowed_dirs`.
+    fn daemon_settings(&self) -> &DaemonSettings;
+    /// A new version's pipeline waiting to be swapped in, if any.
+    fn take_swap(&self) -> Option<Swap>;
+    /// The versions answers report.
+    fn versions(&self) -> Versions;
+    /// Sets them (after a swap or a gallery change).
+    fn set_versions(&self, v: Versions);
+    /// A batch (or gallery change) begins: the watchdog's stall clock starts.
+    fn begin(&self);
+    /// It ended.
+    fn end(&self);
+    /// The thread is ending.
+    fn exited(&self);
+    /// `n` jobs left the queue.
+    fn taken(&self, n: usize);
+    /// A batch of `n` frames goes to the pipeline.
+    fn batch(&self, n: usize);
 }
 
 /// Fault injection for the watchdog test: with this variable set to `1`, the
@@ -77,14 +166,14 @@ pub struct Swap {
 }
 
 /// Runs until every sender of `jobs` is gone and the queue is empty.
-pub fn run(pipeline: Pipeline, jobs: Receiver<Job>, shared: &Shared) {
+pub fn run(pipeline: Pipeline, jobs: Receiver<Job>, shared: &dyn Host) {
     serve_jobs(pipeline, jobs, shared);
-    shared.health.exited();
+    shared.exited();
 }
 
-fn serve_jobs(mut pipeline: Pipeline, jobs: Receiver<Job>, shared: &Shared) {
-    let max_batch = shared.settings.daemon.max_batch;
-    let max_wait = Duration::from_millis(shared.settings.daemon.max_wait_ms);
+fn serve_jobs(mut pipeline: Pipeline, jobs: Receiver<Job>, shared: &dyn Host) {
+    let max_batch = shared.daemon_settings().max_batch.max(1);
+    let max_wait = Duration::from_millis(shared.daemon_settings().max_wait_ms);
     let stall = std::env::var(STALL_FAULT_ENV).is_ok_and(|v| v == "1");
     if stall {
         tracing::warn!("{STALL_FAULT_ENV}=1: the first batch will hang (fault injection)");
@@ -107,7 +196,7 @@ fn serve_jobs(mut pipeline: Pipeline, jobs: Receiver<Job>, shared: &Shared) {
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        shared.health.begin();
+        shared.begin();
         if stall {
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
@@ -115,38 +204,26 @@ fn serve_jobs(mut pipeline: Pipeline, jobs: Receiver<Job>, shared: &Shared) {
         }
         let mut batch = Vec::with_capacity(max_batch);
         let mut gallery = None;
-        match first {
-            Job::Recognize {
-                reply,
-                image,
-                query,
-            } => batch.push((reply, image, query)),
-            Job::Gallery { reply, command } => gallery = Some((reply, command)),
-        }
+        take(first, &mut batch, &mut gallery);
         // Gather whatever arrives within max_wait of the first request; a
         // gallery change closes the batch so it applies between searches.
         let deadline = Instant::now() + max_wait;
         while gallery.is_none() && batch.len() < max_batch {
             let left = deadline.saturating_duration_since(Instant::now());
             match jobs.recv_timeout(left) {
-                Ok(Job::Recognize {
-                    reply,
-                    image,
-                    query,
-                }) => batch.push((reply, image, query)),
-                Ok(Job::Gallery { reply, command }) => gallery = Some((reply, command)),
+                Ok(job) => take(job, &mut batch, &mut gallery),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
         let taken = batch.len() + usize::from(gallery.is_some());
-        shared.queued.fetch_sub(taken, Ordering::Relaxed);
+        shared.taken(taken);
         if !batch.is_empty() {
             recognize_batch(&mut pipeline, batch, shared);
         }
-        if let Some((reply, command)) = gallery {
-            change_gallery(&mut pipeline, reply, command, shared);
+        if let Some((request_id, command, reply)) = gallery {
+            change_gallery(&mut pipeline, &request_id, command, reply, shared);
         }
-        shared.health.end();
+        shared.end();
     }
     tracing::info!("pipeline thread: queue drained");
 }
@@ -168,6 +245,8 @@ pub fn versions(pipeline: &Pipeline, bundle: Option<String>) -> Versions {
         gallery_items: g.len(),
         provider: provider_text(pipeline.providers(), pipeline.settings().engine.provider),
         bundle,
+        device_id: String::new(),
+        line: None,
     }
 }
 
@@ -185,36 +264,57 @@ fn provider_text((det, emb): (Provider, Provider), configured: Provider) -> Stri
     }
 }
 
-fn recognize_batch(
-    pipeline: &mut Pipeline,
-    batch: Vec<(ReplyTo, ImageSource, Query)>,
-    shared: &Shared,
-) {
+/// A gallery change, taken from the queue.
+type GalleryJob = (String, GalleryCommand, Reply);
+
+/// Sorts a job into the batch being gathered, or as the gallery change that closes it.
+fn take(job: Job, batch: &mut Vec<Pending>, gallery: &mut Option<GalleryJob>) {
+    match job.work {
+        Work::Recognize { image, query } => batch.push(Pending {
+            request_id: job.request_id,
+            arrived: job.arrived,
+            image,
+            query,
+            reply: job.reply,
+        }),
+        Work::Gallery(command) => *gallery = Some((job.request_id, command, job.reply)),
+    }
+}
+
+/// A recognise job waiting for its batch.
+struct Pending {
+    request_id: String,
+    arrived: Instant,
+    image: ImageSource,
+    query: Query,
+    reply: Reply,
+}
+
+fn recognize_batch(pipeline: &mut Pipeline, batch: Vec<Pending>, shared: &dyn Host) {
     let started = Instant::now();
     let limits = pipeline.settings().input.clone();
     let mut frames = Vec::with_capacity(batch.len());
     let mut accepted = Vec::with_capacity(batch.len());
-    for (reply, image, query) in batch {
+    for job in batch {
         let t = Instant::now();
         match load(
-            &image,
-            &reply.request_id,
+            &job.image,
+            &job.request_id,
             &limits,
-            &shared.settings.daemon.allowed_dirs,
+            &shared.daemon_settings().allowed_dirs,
         ) {
             Ok((frame, _)) => {
                 frames.push(frame);
-                accepted.push((reply, query, t.elapsed().as_secs_f64() * 1e3));
+                accepted.push((job, t.elapsed().as_secs_f64() * 1e3));
             }
-            Err((code, message)) => shared.reply_error(reply, code, &message),
+            Err((code, message)) => job.reply.send(Outcome::failed(code, message)),
         }
     }
     if frames.is_empty() {
         return;
     }
-    let queries: Vec<Query> = accepted.iter().map(|(_, q, _)| *q).collect();
-    shared.counters.batches.fetch_add(1, Ordering::Relaxed);
-    shared.histograms.observe_batch(frames.len());
+    let queries: Vec<Query> = accepted.iter().map(|(j, _)| j.query).collect();
+    shared.batch(frames.len());
     // A panic in native code must cost this batch, not the daemon.
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         pipeline.recognize_with(&frames, &queries)
@@ -223,48 +323,38 @@ fn recognize_batch(
     match outcome {
         Ok(Ok(results)) => {
             let versions = shared.versions();
-            for ((reply, _, decode), r) in accepted.into_iter().zip(results) {
+            for ((job, decode), r) in accepted.into_iter().zip(results) {
                 let mut stages = r.timings;
                 stages.decode = decode;
                 let timings = Timings {
-                    queue: started
-                        .saturating_duration_since(reply.arrived)
-                        .as_secs_f64()
-                        * 1e3,
+                    queue: started.saturating_duration_since(job.arrived).as_secs_f64() * 1e3,
                     stages,
-                    total: reply.arrived.elapsed().as_secs_f64() * 1e3,
+                    total: job.arrived.elapsed().as_secs_f64() * 1e3,
                     batch: n,
                 };
-                shared.histograms.observe(&timings);
-                let payload = answer::to_vec(&RecognizeAnswer {
-                    request_id: &reply.request_id,
-                    ok: true,
-                    results: answer::objects(&r),
-                    timings_ms: timings,
-                    versions: &versions,
+                job.reply.send(Outcome::Recognized {
+                    result: Box::new(r),
+                    timings,
+                    versions: versions.clone(),
                 });
-                shared.counters.answered.fetch_add(1, Ordering::Relaxed);
-                shared.reply(reply, payload);
             }
         }
         Ok(Err(e)) => {
             tracing::error!("batch of {n} failed: {e}");
-            for (reply, _, _) in accepted {
-                shared.reply_error(
-                    reply,
+            for (job, _) in accepted {
+                job.reply.send(Outcome::failed(
                     ErrorCode::Internal,
-                    &format!("recognition failed: {e}"),
-                );
+                    format!("recognition failed: {e}"),
+                ));
             }
         }
         Err(_) => {
             tracing::error!("batch of {n} panicked; answering internal errors and carrying on");
-            for (reply, _, _) in accepted {
-                shared.reply_error(
-                    reply,
+            for (job, _) in accepted {
+                job.reply.send(Outcome::failed(
                     ErrorCode::Internal,
                     "recognition failed (internal panic; see the daemon log)",
-                );
+                ));
             }
         }
     }
@@ -272,9 +362,10 @@ fn recognize_batch(
 
 fn change_gallery(
     pipeline: &mut Pipeline,
-    reply: ReplyTo,
+    request_id: &str,
     command: GalleryCommand,
-    shared: &Shared,
+    reply: Reply,
+    shared: &dyn Host,
 ) {
     let limits = pipeline.settings().input.clone();
     let outcome = catch_unwind(AssertUnwindSafe(
@@ -290,7 +381,7 @@ fn change_gallery(
                         &image,
                         &request_id,
                         &limits,
-                        &shared.settings.daemon.allowed_dirs,
+                        &shared.daemon_settings().allowed_dirs,
                     )?;
                     let sha = hex::encode(Sha256::digest(&bytes));
                     let id = pipeline
@@ -321,26 +412,21 @@ fn change_gallery(
         },
     ));
     shared.set_versions(versions(pipeline, shared.versions().bundle));
-    match outcome {
-        Ok(Ok((added, removed))) => {
-            let v = shared.versions();
-            let payload = answer::to_vec(&GalleryAnswer {
-                request_id: &reply.request_id,
-                ok: true,
-                added,
-                removed,
-                versions: &v,
-            });
-            shared.counters.answered.fetch_add(1, Ordering::Relaxed);
-            shared.reply(reply, payload);
+    reply.send(match outcome {
+        Ok(Ok((added, removed))) => Outcome::GalleryChanged {
+            added,
+            removed,
+            versions: shared.versions(),
+        },
+        Ok(Err((code, message))) => Outcome::Failed { code, message },
+        Err(_) => {
+            tracing::error!(request_id, "gallery change panicked");
+            Outcome::failed(
+                ErrorCode::Internal,
+                "gallery change failed (internal panic; see the daemon log)",
+            )
         }
-        Ok(Err((code, message))) => shared.reply_error(reply, code, &message),
-        Err(_) => shared.reply_error(
-            reply,
-            ErrorCode::Internal,
-            "gallery change failed (internal panic; see the daemon log)",
-        ),
-    }
+    })
 }
 
 fn classify(e: Error) -> (ErrorCode, String) {

@@ -151,11 +151,26 @@ impl Update<'_> {
         let verified = bundle::verify(file, self.trusted)?;
         let m = verified.manifest;
         check_version_name(file, &m.version)?;
-        if self.store.current().as_deref() == Some(m.version.as_str()) {
-            return Err(Error::Bundle {
-                path: file.to_path_buf(),
-                reason: format!("version {} is already current", m.version),
-            });
+        if let Some(current) = self.store.current() {
+            if current == m.version {
+                return Err(Error::Bundle {
+                    path: file.to_path_buf(),
+                    reason: format!("version {} is already current", m.version),
+                });
+            }
+            if super::version::compare(&m.version, &current).is_le() && !m.allow_downgrade {
+                return Err(Error::Bundle {
+                    path: file.to_path_buf(),
+                    reason: format!(
+                        "version {} is not newer than the current version {current} (docs/OTA.md, \"Versions\"), and its manifest does not allow a downgrade: \
+                         `shitud ota rollback` goes back to the previous version; to go further back, pack the bundle with `shitud bundle pack --allow-downgrade`",
+                        m.version
+                    ),
+                });
+            }
+            if m.allow_downgrade && super::version::compare(&m.version, &current).is_le() {
+                tracing::warn!(version = %m.version, current = %current, "downgrading: the bundle's signed manifest allows it");
+            }
         }
 
         enter(Step::Unpack, progress, &format!("version {}", m.version));
@@ -259,11 +274,12 @@ impl Update<'_> {
             staged_unix: store::now(),
             from: from.unwrap_or_default(),
         };
-        let manifest_text =
-            serde_json::to_vec_pretty(m).map_err(|e| Error::Config(e.to_string()))?;
+        let manifest_text = serde_json::to_vec_pretty(m)
+            .map_err(|e| Error::json("writing the gallery manifest", e))?;
         fs::write(partial.join(bundle::MANIFEST), manifest_text)
             .map_err(|e| Error::io(partial, e))?;
-        let text = serde_json::to_vec_pretty(&info).map_err(|e| Error::Config(e.to_string()))?;
+        let text = serde_json::to_vec_pretty(&info)
+            .map_err(|e| Error::json("writing the version info", e))?;
         store::write_synced(&partial.join(VERSION_FILE), &text)?;
         store::sync_tree(partial)?;
         Ok(info)

@@ -85,6 +85,10 @@ pub struct BundleManifest {
     pub files: Vec<FileEntry>,
     /// The health check.
     pub golden: Vec<Golden>,
+    /// Whether this bundle may replace a newer version (signed with the
+    /// rest of the manifest; absent in older bundles: no).
+    #[serde(default)]
+    pub allow_downgrade: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -110,6 +114,8 @@ pub struct PackSpec {
     pub targets: Vec<String>,
     /// The oldest shitud that can apply it; this build's version if `None`.
     pub min_daemon_version: Option<String>,
+    /// Let the bundle replace a newer version.
+    pub allow_downgrade: bool,
 }
 
 /// A bundle whose signature and files checked out.
@@ -200,6 +206,7 @@ pub fn pack(spec: &PackSpec, out: &Path, key: Option<&SigningKey>) -> Result<Bun
         parts,
         files,
         golden,
+        allow_downgrade: spec.allow_downgrade,
     };
     let manifest_bytes =
         serde_json::to_vec_pretty(&manifest).map_err(|e| bad(out, e.to_string()))?;

@@ -1144,3 +1144,215 @@ async fn metrics_and_health_endpoints() {
     }
     assert_eq!(daemon.stop(), Some(0));
 }
+
+/// An answer whose requester has not subscribed (yet) is acknowledged by
+/// mosquitto with reason 0x10, "no matching subscribers", and would be
+/// gone: the daemon sends it again with backoff until someone subscribes,
+/// and one that nobody takes within `daemon.answer_ttl_s` is counted as
+/// undeliverable and logged, never silently dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_nobody_has_subscribed_to_yet_is_sent_again_until_someone_does() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use rumqttc::v5::mqttbytes::QoS;
+    let tmp = tempfile::tempdir().unwrap();
+    let g = flat_gallery(tmp.path());
+    let jpeg = std::fs::read(data("images/scenes/scene_00002.jpg")).unwrap();
+    let broker = Broker::start(&tmp.path().join("broker"));
+    let port = free_port();
+    let conf = daemon_config(
+        tmp.path(),
+        broker.port,
+        &g,
+        &format!("metrics_port = {port}\nanswer_ttl_s = 6\n"),
+    );
+    let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
+    let mut ctl = Controller::connect(broker.port, "ctl-late", &[STATUS]).await;
+    assert!(
+        ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online")
+            .await
+            .is_some(),
+        "{}",
+        daemon.log_text()
+    );
+    let asker = ctl.client.clone();
+    let ask = |id: &'static str, answers: &'static str| {
+        let props = PublishProperties {
+            response_topic: Some(answers.into()),
+            correlation_data: Some(id.as_bytes().to_vec().into()),
+            ..Default::default()
+        };
+        let client = asker.clone();
+        let body = json_request(id, &jpeg);
+        async move {
+            client
+                .publish_with_properties(REQ, QoS::AtLeastOnce, false, body, props)
+                .await
+                .unwrap()
+        }
+    };
+    // Asked with a response topic the controller subscribes to only later.
+    ask("late-1", "test/late/answers").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !daemon.log_text().contains("no subscriber for this answer") {
+        assert!(Instant::now() < deadline, "{}", daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ctl.client
+        .subscribe("test/late/answers", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let got = ctl
+        .wait_for("test/late/answers", Duration::from_secs(20), |j| {
+            j["request_id"] == "late-1"
+        })
+        .await
+        .unwrap_or_else(|| panic!("the late subscriber got no answer\n{}", daemon.log_text()));
+    assert_eq!(got.json["ok"], true, "{}", got.json);
+    // Asked with a response topic nobody ever subscribes to.
+    ask("lost-1", "test/nobody/answers").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !daemon.log_text().contains("answer undeliverable") {
+        assert!(Instant::now() < deadline, "{}", daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = tokio::task::spawn_blocking(move || http_get(port, "/metrics"))
+        .await
+        .unwrap();
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert_eq!(value("shitu_answers_undeliverable_total"), 1, "{metrics}");
+    assert!(
+        value("shitu_answers_resent_no_subscriber_total") >= 1,
+        "{metrics}"
+    );
+    let log = daemon.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("answer undeliverable")
+            && l.contains("lost-1")
+            && l.contains("answer_ttl_s")),
+        "{log}"
+    );
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+/// Three boxes on one line (`mqtt.line`, each its own `device_id`) share the
+/// line's request stream: every request is answered once, by one box, and
+/// each box takes a share; a gallery change published on the line is
+/// applied by every box.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_boxes_on_one_line_share_its_requests_and_apply_its_gallery_changes() {
+    use base64::Engine as _;
+    const LINE_REQ: &str = "shitu/line/l1/recognize";
+    let tmp = tempfile::tempdir().unwrap();
+    let g = flat_gallery(tmp.path());
+    let broker = Broker::start(&tmp.path().join("broker"));
+    let mut daemons = Vec::new();
+    for i in 0..3 {
+        // Each box has its own gallery (the daemon holds its gallery's lock).
+        let dir = tmp.path().join(format!("box{i}"));
+        let own = dir.join("gallery");
+        std::fs::create_dir_all(&dir).unwrap();
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&g)
+            .arg(&own)
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        let conf = daemon_config(&dir, broker.port, &own, "");
+        let id = format!("box{i}");
+        daemons.push(Daemon::start_with_env(
+            &conf,
+            &dir.join("daemon.log"),
+            &[("SHITU__MQTT__DEVICE_ID", &id), ("SHITU__MQTT__LINE", "l1")],
+        ));
+    }
+    let logs = |ds: &[Daemon]| {
+        ds.iter()
+            .map(|d| d.log_text())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    let mut ctl = Controller::connect(broker.port, "ctl-line", &["shitu/+/status"]).await;
+    let mut online = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while online.len() < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ctl.next(left).await {
+            Some(m) if m.json["state"] == "online" => {
+                online.insert(m.topic.clone());
+            }
+            Some(_) => {}
+            None => panic!("boxes online: {online:?}\n{}", logs(&daemons)),
+        }
+    }
+    let jpeg = std::fs::read(data("images/scenes/scene_00002.jpg")).unwrap();
+    let total = 90;
+    let mut by_box: HashMap<String, usize> = HashMap::new();
+    let mut answered = HashSet::new();
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while answered.len() < total {
+        // At most 24 requests outstanding, as a line controller would keep.
+        while sent < total && sent - answered.len() < 24 {
+            let id = format!("line-{sent}");
+            ctl.request(LINE_REQ, json_request(&id, &jpeg), &id, vec![])
+                .await;
+            sent += 1;
+        }
+        let a = ctl.reply_before(deadline).await.unwrap_or_else(|| {
+            panic!("{} of {total} answered\n{}", answered.len(), logs(&daemons))
+        });
+        assert_eq!(a.json["ok"], true, "{}", a.json);
+        let id = a.json["request_id"].as_str().unwrap().to_string();
+        assert!(answered.insert(id.clone()), "{id} answered twice");
+        let by = a.json["versions"]["device_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(a.json["versions"]["line"], "l1", "{}", a.json);
+        *by_box.entry(by).or_default() += 1;
+    }
+    assert_eq!(by_box.len(), 3, "every box takes a share: {by_box:?}");
+    assert!(by_box.keys().all(|k| k.starts_with("box")), "{by_box:?}");
+    // A gallery change on the line: every box applies it and says so.
+    let photo = std::fs::read(data("images/gallery/HappyFish.jpg")).unwrap();
+    let add = serde_json::json!({
+        "request_id": "line-add-1",
+        "label": "line product",
+        "image": base64::engine::general_purpose::STANDARD.encode(&photo),
+    });
+    ctl.request(
+        "shitu/line/l1/gallery/add",
+        serde_json::to_vec(&add).unwrap(),
+        "line-add-1",
+        vec![],
+    )
+    .await;
+    let mut applied = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while applied.len() < 3 {
+        let a = ctl
+            .reply_before(deadline)
+            .await
+            .unwrap_or_else(|| panic!("applied by {applied:?}\n{}", logs(&daemons)));
+        assert_eq!(a.json["request_id"], "line-add-1", "{}", a.json);
+        assert_eq!(a.json["ok"], true, "{}", a.json);
+        assert_eq!(a.json["versions"]["gallery_items"], 26, "{}", a.json);
+        applied.insert(
+            a.json["versions"]["device_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    for d in daemons {
+        assert_eq!(d.stop(), Some(0));
+    }
+}

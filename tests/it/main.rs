@@ -23,4 +23,5 @@ mod recognize_cli;
 mod systemd_boot;
 mod systemd_notify;
 mod systemd_unit;
+mod worker_jobs;
 mod yocto_layer;

@@ -833,6 +833,18 @@ fn the_cli_applies_lists_and_rolls_back_with_the_daemon_stopped() {
         }
         assert!(text.contains(&format!("version {v} is current")), "{text}");
     }
+    // An older bundle over a newer version: refused, unless its signed
+    // manifest allows the downgrade.
+    let old = rig.dir().join("v1-again.tar");
+    std::fs::write(&old, rig.good("v0")).unwrap();
+    let (code, text) = shitud(&["ota", "apply", old.to_str().unwrap()]);
+    assert!(
+        code == Some(1)
+            && text.contains("version v0 is not newer than the current version v2")
+            && text.contains("--allow-downgrade"),
+        "{text}"
+    );
+    assert_eq!(rig.current().as_deref(), Some("v2"));
     let bad = rig.dir().join("bad.tar");
     std::fs::write(&bad, rig.bundle("v3", "no such product", &[], None)).unwrap();
     let (code, text) = shitud(&["ota", "apply", bad.to_str().unwrap()]);
@@ -859,6 +871,24 @@ fn the_cli_applies_lists_and_rolls_back_with_the_daemon_stopped() {
         "{text}"
     );
     assert_eq!(rig.current().as_deref(), Some("v1"));
+    // A bundle whose signed manifest allows it goes back past the previous version.
+    let down = rig.dir().join("v0-down.tar");
+    let spec = PackSpec {
+        version: "v0".into(),
+        gallery: Some(rig.dir().join("gallery")),
+        golden: vec![(
+            data("images/scenes/scene_00000.jpg"),
+            rig.golden_label.clone(),
+        )],
+        allow_downgrade: true,
+        ..Default::default()
+    };
+    bundle::pack(&spec, &down, Some(&rig.key)).unwrap();
+    let (code, text) = shitud(&["ota", "apply", down.to_str().unwrap()]);
+    assert!(
+        code == Some(0) && text.contains("version v0 is current"),
+        "{text}"
+    );
     // While the daemon runs, it owns the store.
     let daemon = rig.start(&[]);
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -39,6 +39,7 @@ async fn a_full_client_channel_delays_answers_and_acks_but_loses_none() {
         spool,
         left,
         Arc::new(Counters::default()),
+        Duration::from_secs(120),
     ));
 
     // The daemon's event loop, reduced to the outbox's part: each request is
@@ -58,7 +59,7 @@ async fn a_full_client_channel_delays_answers_and_acks_but_loses_none() {
                     let _ = seen_tx.send(m.payload);
                 }
                 Ok(Event::Sent(pkid)) => ob.on_sent(pkid),
-                Ok(Event::Acknowledged(pkid)) => ob.on_puback(pkid),
+                Ok(Event::Acknowledged(pkid, outcome)) => ob.on_puback(pkid, outcome),
                 Ok(_) => ob.on_progress(),
                 Err(e) => panic!("the connection to a healthy broker dropped: {e}"),
             }
