@@ -41,7 +41,8 @@ USERADD_PARAM:${PN} = "--system --home-dir ${localstatedir}/lib/shitu-edge --no-
 do_install:append() {
     install -d ${D}${systemd_system_unitdir} ${D}${sysconfdir}/shitu-edge \
         ${D}${nonarch_libdir}/sysusers.d ${D}${nonarch_libdir}/tmpfiles.d \
-        ${D}${datadir}/shitu-edge/engines ${D}${docdir}/${PN}
+        ${D}${datadir}/shitu-edge/engines ${D}${docdir}/${PN} \
+        ${D}${sysconfdir}/mosquitto/conf.d
     install -m 0644 ${S}/systemd/shitu-edge.service ${D}${systemd_system_unitdir}/
     install -m 0644 ${S}/systemd/shitu-edge.sysusers ${D}${nonarch_libdir}/sysusers.d/shitu-edge.conf
     install -m 0644 ${S}/systemd/shitu-edge.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/shitu-edge.conf
@@ -51,12 +52,15 @@ do_install:append() {
         ${D}${sysconfdir}/shitu-edge/config.toml
     install -m 0644 ${S}/engines/demo/det_prenms.onnx ${S}/engines/demo/rec.onnx ${D}${datadir}/shitu-edge/engines/
     install -m 0644 ${S}/docs/MQTT.md ${S}/config/shitu-edge.toml ${D}${docdir}/${PN}/
+    # The broker settings the delivery guarantees rely on, for an image that
+    # runs the line's mosquitto (read from its conf.d; inert without it).
+    install -m 0644 ${S}/config/mosquitto.conf ${D}${sysconfdir}/mosquitto/conf.d/shitu-edge.conf
 }
 
 FILES:${PN} += "${systemd_system_unitdir}/shitu-edge.service \
                  ${nonarch_libdir}/sysusers.d/shitu-edge.conf \
                  ${nonarch_libdir}/tmpfiles.d/shitu-edge.conf"
-CONFFILES:${PN} = "${sysconfdir}/shitu-edge/config.toml"
+CONFFILES:${PN} = "${sysconfdir}/shitu-edge/config.toml ${sysconfdir}/mosquitto/conf.d/shitu-edge.conf"
 
 # ONNX Runtime is dlopen()ed; the CUDA libraries only with the cuda or
 # tensorrt provider, named as meta-tegra names them.
