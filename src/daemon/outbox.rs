@@ -231,12 +231,14 @@ impl Outbox {
             handed,
             inflight,
             waiting,
+            unheard,
             ..
         } = &mut *st;
         let target = handed
             .iter_mut()
             .chain(inflight.values_mut())
             .chain(waiting.iter_mut())
+            .chain(unheard.iter_mut().map(|(_, p)| p))
             .find(|p| p.msg.request_id.as_deref() == Some(request_id));
         match target {
             Some(p) => {
@@ -407,8 +409,12 @@ impl Outbox {
         self.pump(&mut st);
     }
 
-    /// Drops an answer that cannot be delivered: counted, logged, out of the spool.
-    fn give_up(&self, st: &mut State, p: Pending, why: &str) {
+    /// Drops an answer that cannot be delivered: counted, logged, out of the
+    /// spool; repeats of its request attached to it meanwhile are acknowledged.
+    fn give_up(&self, st: &mut State, mut p: Pending, why: &str) {
+        for d in std::mem::take(&mut p.msg.acks) {
+            self.ack_locked(st, d);
+        }
         st.spool.remove(p.seq);
         self.counters.undeliverable.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
