@@ -300,6 +300,13 @@ mod tests {
             serde_json::to_value(OtaState::RollbackRefused).unwrap(),
             "rollback_refused"
         );
+        // The status names each step as the log and SHITU_FAULT_OTA_KILL_AT do.
+        for step in crate::ota::apply::Step::ALL {
+            assert_eq!(
+                serde_json::to_value(OtaState::from(step)).unwrap(),
+                step.as_str()
+            );
+        }
     }
 
     #[test]

@@ -291,17 +291,9 @@ fn gpu_preprocessing_matches_the_opencv_reference() {
     assert_eq!(rec_ref.len(), n * 3 * 224 * 224, "{path}: truncated");
 
     let level_of = |v: &[f32], norm: &Normalizer| -> Vec<i32> {
-        let table = norm.table();
-        let plane = v.len() / 3;
-        v.iter()
-            .enumerate()
-            .map(|(i, x)| {
-                let c = (i / plane) % 3;
-                table[c * 256..(c + 1) * 256]
-                    .iter()
-                    .position(|t| t == x)
-                    .map_or(-1000, |l| l as i32)
-            })
+        crate::common::level_lookup(v, norm)
+            .into_iter()
+            .map(|l| l.map_or(-1000, i32::from))
             .collect()
     };
     let worst = |got: &[i32], want: &[u8]| {

@@ -102,6 +102,15 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
 /// from (`norm`'s table per channel): how preprocessing outputs are compared
 /// with OpenCV's 8-bit images and written for the GPU checks.
 pub fn levels(v: &[f32], norm: &shitu_edge::preprocess::Normalizer) -> Vec<u8> {
+    level_lookup(v, norm)
+        .into_iter()
+        .map(|l| l.expect("a value from the table"))
+        .collect()
+}
+
+/// [`levels`], with `None` for a value that is in no table entry (a kernel
+/// that wrote something else), for checks that report rather than stop.
+pub fn level_lookup(v: &[f32], norm: &shitu_edge::preprocess::Normalizer) -> Vec<Option<u8>> {
     let table = norm.table();
     let plane = v.len() / 3;
     v.iter()
@@ -111,7 +120,7 @@ pub fn levels(v: &[f32], norm: &shitu_edge::preprocess::Normalizer) -> Vec<u8> {
             table[c * 256..(c + 1) * 256]
                 .iter()
                 .position(|t| t == x)
-                .expect("a value from the table") as u8
+                .map(|l| l as u8)
         })
         .collect()
 }
