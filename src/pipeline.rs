@@ -373,13 +373,29 @@ impl Pipeline {
         source: &str,
         sha256: Option<String>,
     ) -> Result<i64> {
-        let feature = self
-            .embedder
-            .embed(&[(photo, CropBox::whole(photo.width, photo.height))])?;
+        let feature = self.feature(photo)?;
         let id = self.gallery.add(label, source, sha256, &feature)?;
         self.gallery
             .compact_if_due(self.settings.search.compact_after)?;
         Ok(id)
+    }
+
+    /// The whole-frame feature of a product photo, as enrolling computes it.
+    pub fn feature(&mut self, photo: &Frame) -> Result<Vec<f32>> {
+        self.embedder
+            .embed(&[(photo, CropBox::whole(photo.width, photo.height))])
+    }
+
+    /// Applies gallery changes published on the box's line (see
+    /// [`crate::search::line`]).
+    pub fn apply_line(
+        &mut self,
+        changes: Vec<crate::search::line::Logged>,
+    ) -> Result<crate::search::gallery::LineApplied> {
+        let applied = self.gallery.apply_line(changes)?;
+        self.gallery
+            .compact_if_due(self.settings.search.compact_after)?;
+        Ok(applied)
     }
 
     /// Removes gallery items, all or none.

@@ -47,12 +47,16 @@ pub enum GalleryCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print a gallery's manifest and state.
+    /// Print a gallery's manifest and state, with the line's version (the
+    /// line's changes it has applied) when it serves a line.
     Info {
         /// The gallery directory.
         #[arg(long, value_name = "DIR")]
         index: PathBuf,
     },
+    /// Print a new change id (a ULID) for a gallery change published on a
+    /// line: `{"change_id": "…", "label": …}` on `<prefix>/line/<line>/gallery/add`.
+    ChangeId,
     /// Fold the change log into a new snapshot now.
     Compact {
         /// The gallery directory.
@@ -151,8 +155,17 @@ pub fn run(cli: &Cli, cmd: &GalleryCommand) -> anyhow::Result<ExitCode> {
         }
         GalleryCommand::Info { index } => {
             let g = Gallery::open(index, Default::default())?;
-            let info = serde_json::json!({"manifest": g.manifest(), "items": g.len(), "logged_changes": g.logged_changes()});
+            let line = (!g.line().is_empty()).then(|| g.line().version());
+            let info = serde_json::json!({"manifest": g.manifest(), "items": g.len(), "logged_changes": g.logged_changes(), "line_gallery": line});
             println!("{}", serde_json::to_string_pretty(&info)?);
+            match line {
+                Some(v) => eprintln!("line gallery: {v}"),
+                None => eprintln!("line gallery: no line changes applied"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        GalleryCommand::ChangeId => {
+            println!("{}", crate::search::line::ChangeId::generate());
             Ok(ExitCode::SUCCESS)
         }
         GalleryCommand::Add(args) => add(cli, args),

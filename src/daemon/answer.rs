@@ -61,6 +61,10 @@ pub struct Versions {
     pub device_id: String,
     /// The line it serves (`mqtt.line`; `null`: none).
     pub line: Option<String>,
+    /// Which of the line's gallery changes this box has applied (absent
+    /// before the first): boxes with the same digest hold the same items.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line_gallery: Option<crate::search::line::LineVersion>,
 }
 
 /// One gallery candidate.
@@ -170,6 +174,13 @@ pub struct GalleryAnswer<'a> {
     /// Ids removed (gallery/remove).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<i64>,
+    /// The line change's id (line gallery commands).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_id: Option<String>,
+    /// `true` when this box had applied the change already (a redelivery,
+    /// or it came with a state fetched from the line): nothing changed now.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub already_applied: bool,
     /// The gallery after the change.
     pub versions: &'a Versions,
 }

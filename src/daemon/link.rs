@@ -58,6 +58,10 @@ pub struct LineTopics {
     pub gallery_remove: String,
     /// `L/gallery/result`: line gallery answers without a response topic (one per box).
     pub gallery_result: String,
+    /// `L/gallery/manifest`, retained: the line's gallery version and where its state is.
+    pub gallery_manifest: String,
+    /// `L/gallery/state`, retained: every change, subscribed to only to fetch it.
+    pub gallery_state: String,
 }
 
 /// Who a request is addressed to.
@@ -83,6 +87,10 @@ pub enum Route {
     OtaApply,
     /// Go back to the previous version (`P/ota/rollback`).
     OtaRollback,
+    /// The line's gallery manifest (`L/gallery/manifest`).
+    LineManifest,
+    /// The line's gallery state (`L/gallery/state`), when fetched.
+    LineState,
 }
 
 impl Route {
@@ -95,6 +103,9 @@ impl Route {
             }
             (Route::Recognize(_), _) => &t.result,
             (Route::GalleryAdd(_) | Route::GalleryRemove(_), _) => &t.gallery_result,
+            // Never answered; named for completeness.
+            (Route::LineManifest | Route::LineState, Some(l)) => &l.gallery_result,
+            (Route::LineManifest | Route::LineState, None) => &t.gallery_result,
             (Route::OtaApply | Route::OtaRollback, _) => &t.ota_result,
         }
     }
@@ -108,6 +119,8 @@ impl Topics {
                 (&l.recognize, Route::Recognize(Scope::Line)),
                 (&l.gallery_add, Route::GalleryAdd(Scope::Line)),
                 (&l.gallery_remove, Route::GalleryRemove(Scope::Line)),
+                (&l.gallery_manifest, Route::LineManifest),
+                (&l.gallery_state, Route::LineState),
             ]
         });
         [
@@ -136,6 +149,7 @@ impl Topics {
                 l.recognize_filter.as_str(),
                 &l.gallery_add,
                 &l.gallery_remove,
+                &l.gallery_manifest,
             ]);
         }
         f
@@ -175,6 +189,8 @@ impl Topics {
                     gallery_add: format!("{l}/gallery/add"),
                     gallery_remove: format!("{l}/gallery/remove"),
                     gallery_result: format!("{l}/gallery/result"),
+                    gallery_manifest: format!("{l}/gallery/manifest"),
+                    gallery_state: format!("{l}/gallery/state"),
                 }
             }),
         }
@@ -237,6 +253,13 @@ mod route_tests {
         assert!(
             f.contains(&"shitu/line/l1/gallery/add"),
             "not shared: {f:?}"
+        );
+        // The manifest is always watched; the state is fetched on demand.
+        assert!(f.contains(&"shitu/line/l1/gallery/manifest"), "{f:?}");
+        assert!(!f.contains(&"shitu/line/l1/gallery/state"), "{f:?}");
+        assert_eq!(
+            t.route("shitu/line/l1/gallery/state"),
+            Some(Route::LineState)
         );
         assert_eq!(
             Route::Recognize(Scope::Line).default_answer_topic(&t),

@@ -15,6 +15,7 @@
 pub mod answer;
 pub mod health;
 mod ledger;
+pub mod line_sync;
 pub mod link;
 pub mod metrics;
 pub mod mqtt;
@@ -39,7 +40,8 @@ use crate::pipeline::Pipeline;
 use answer::{error_payload, ErrorCode, GalleryAnswer, RecognizeAnswer, Versions};
 use health::Health;
 use ledger::{Admit, Ledger};
-use link::{Route, Topics};
+use line_sync::{Action, LineManifestPayload, LineSync};
+use link::{Route, Scope, Topics};
 use mqtt::{Client, Connection, Delivery, Event, Inbound};
 use outbox::{Message, Outbox};
 use request::Envelope;
@@ -81,6 +83,9 @@ pub struct Shared {
     health: Arc<Health>,
     service: Arc<Service>,
     histograms: metrics::Histograms,
+    /// For the line state's on-demand subscription.
+    client: Client,
+    line_sync: Mutex<LineSync>,
 }
 
 impl Shared {
@@ -136,15 +141,23 @@ impl Shared {
             Outcome::GalleryChanged {
                 added,
                 removed,
+                change_id,
+                already_applied,
                 versions,
             } => answer::to_vec(&GalleryAnswer {
                 request_id: &to.request_id,
                 ok: true,
                 added,
                 removed,
+                change_id: change_id.map(|c| c.to_string()),
+                already_applied,
                 versions: &versions,
             }),
             Outcome::Failed { code, message } => return self.reply_error(to, code, &message),
+            Outcome::LineSynced { .. } => {
+                tracing::error!(request_id = %to.request_id, "a line sync outcome reached a request's reply; dropped");
+                return;
+            }
         };
         self.counters.answered.fetch_add(1, Ordering::Relaxed);
         self.reply(to, payload);
@@ -177,10 +190,119 @@ impl Shared {
     /// Sets the versions answers report; the box's identity (device id,
     /// line) stays what it was set to at start.
     fn set_versions(&self, mut v: Versions) {
-        let mut current = self.versions.lock().unwrap_or_else(|p| p.into_inner());
-        v.device_id = std::mem::take(&mut current.device_id);
-        v.line = current.line.take();
-        *current = v;
+        let digest = v.line_gallery.as_ref().map(|l| l.digest.clone());
+        {
+            let mut current = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+            v.device_id = std::mem::take(&mut current.device_id);
+            v.line = current.line.take();
+            *current = v;
+        }
+        if self.topics.line.is_some() {
+            self.line_sync
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .own(digest, Instant::now());
+        }
+    }
+
+    /// A retained line message: the line's gallery manifest, or the state
+    /// this box fetched. Acknowledged at once: neither is a request, and a
+    /// newer copy stays retained at the broker.
+    fn on_line_message(self: &Arc<Self>, route: Route, m: &Inbound) {
+        self.outbox.ack(&m.delivery);
+        if m.payload.is_empty() {
+            return; // a retained message cleared by an operator
+        }
+        let action = {
+            let mut sync = self.line_sync.lock().unwrap_or_else(|p| p.into_inner());
+            if route == Route::LineManifest {
+                match serde_json::from_slice::<LineManifestPayload>(&m.payload) {
+                    Ok(manifest) => sync.manifest(manifest.version.digest, Instant::now()),
+                    Err(e) => tracing::warn!(
+                        topic = m.topic.as_deref().unwrap_or_default(),
+                        "the line's gallery manifest is unreadable ({e}); ignored"
+                    ),
+                }
+                return;
+            }
+            sync.state_received()
+        };
+        if let Action::Merge(_) = action {
+            self.merge_line_state(Some(m.payload.clone()));
+        }
+    }
+
+    /// What the line sync wants now (run by the 250 ms timer).
+    fn line_tick(self: &Arc<Self>) {
+        let Some(line) = &self.topics.line else {
+            return;
+        };
+        let action = self
+            .line_sync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tick(Instant::now());
+        match action {
+            Some(Action::Fetch) => {
+                tracing::info!(
+                    topic = %line.gallery_state,
+                    "line gallery: this box and the line's manifest differ; fetching the line's state"
+                );
+                if let Err(e) = self.client.try_subscribe(&line.gallery_state) {
+                    tracing::warn!("cannot subscribe to the line's state: {e}");
+                }
+            }
+            Some(Action::Merge(_)) => {
+                tracing::info!("line gallery: no state retained on the line");
+                self.merge_line_state(None);
+            }
+            None => {}
+        }
+    }
+
+    /// Stops the state's subscription and hands the state to the pipeline thread.
+    fn merge_line_state(self: &Arc<Self>, state: Option<Bytes>) {
+        if let Some(line) = &self.topics.line {
+            let _ = self.client.try_unsubscribe(&line.gallery_state);
+        }
+        let shared = self.clone();
+        self.enqueue(Job {
+            request_id: "line-sync".into(),
+            arrived: Instant::now(),
+            work: Work::LineSync { state },
+            reply: Reply::new(move |o| shared.line_synced(o)),
+        });
+    }
+
+    /// The merge is done: publishes this box's state if the line's lacked part of it.
+    fn line_synced(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::LineSynced { publish, .. } => {
+                if let (Some(state), Some(line)) = (publish, &self.topics.line) {
+                    match serde_json::to_vec(&state) {
+                        Ok(bytes) => {
+                            let manifest = state.manifest(&line.gallery_state, bytes.len());
+                            tracing::info!(version = %state.version, bytes = bytes.len(), "line gallery: publishing this box's state (the line's lacked changes it has)");
+                            self.outbox
+                                .submit(Message::status(line.gallery_state.clone(), bytes));
+                            self.outbox.submit(Message::status(
+                                line.gallery_manifest.clone(),
+                                answer::to_vec(&manifest),
+                            ));
+                        }
+                        Err(e) => tracing::error!("cannot encode the line state: {e}"),
+                    }
+                }
+            }
+            Outcome::Failed { code, message } => {
+                tracing::warn!(code = code.as_str(), "line gallery sync: {message}")
+            }
+            _ => {}
+        }
+        self.line_sync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .merged(Instant::now());
     }
 
     /// One line for `systemctl status`.
@@ -296,6 +418,9 @@ impl Shared {
             self.outbox.ack(p);
             return;
         };
+        if matches!(route, Route::LineManifest | Route::LineState) {
+            return self.on_line_message(route, &m);
+        }
         let env = Envelope {
             user_properties: &m.user_properties,
             correlation_data: m.correlation.as_deref(),
@@ -344,9 +469,31 @@ impl Shared {
                 }
                 Err(rej) => refuse(rej),
             },
-            Route::GalleryAdd(_) | Route::GalleryRemove(_) => {
+            Route::GalleryAdd(scope) | Route::GalleryRemove(scope) => {
                 let add = matches!(route, Route::GalleryAdd(_));
-                match request::parse_gallery(&m.payload, &env, max, add) {
+                let command = request::parse_gallery(&m.payload, &env, max, add);
+                let line = self.topics.line.as_ref();
+                match command {
+                    Ok(command) if scope == Scope::Box && line.is_some() => {
+                        // A change to one box of a line would be undone, or
+                        // silently differ, from the line's gallery.
+                        let l = line.map(|l| {
+                            if add {
+                                &l.gallery_add
+                            } else {
+                                &l.gallery_remove
+                            }
+                        });
+                        refuse(request::Rejection {
+                            request_id: command.request_id().to_string(),
+                            code: ErrorCode::BadRequest,
+                            message: format!(
+                                "this box serves line {:?}: publish gallery changes on {} so that every box of the line applies them",
+                                self.settings.mqtt.line,
+                                l.map_or("", |t| t.as_str())
+                            ),
+                        });
+                    }
                     Ok(command) if self.updater.as_ref().is_some_and(|u| u.is_busy()) => {
                         // The new version's gallery was copied when the update began; a change now would be lost at the swap.
                         refuse(request::Rejection {
@@ -354,6 +501,13 @@ impl Shared {
                             code: ErrorCode::Busy,
                             message: "an update is being applied; retry when P/ota/status says it is done".into(),
                         });
+                    }
+                    Ok(command) if scope == Scope::Line => {
+                        let id = command.request_id().to_string();
+                        match request::line_change_id(&m.payload, &id) {
+                            Ok(change_id) => submit(id, Work::LineGallery { change_id, command }),
+                            Err(rej) => refuse(rej),
+                        }
                     }
                     Ok(command) => submit(command.request_id().to_string(), Work::Gallery(command)),
                     Err(rej) => refuse(rej),
@@ -378,6 +532,7 @@ impl Shared {
                     }
                 }
             }
+            Route::LineManifest | Route::LineState => {} // handled above
         }
     }
 }
@@ -499,6 +654,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         health: health.clone(),
         service: service.clone(),
         histograms: metrics::Histograms::default(),
+        client: client.clone(),
+        line_sync: Mutex::new(LineSync::new(&device)),
     });
     let metrics_server = match settings.daemon.metrics_port {
         0 => None,
@@ -559,6 +716,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 shared.outbox.resend_due();
+                shared.line_tick();
             }
         })
     };
@@ -737,6 +895,11 @@ async fn event_loop(mut connection: Connection, client: Client, shared: Arc<Shar
             Ok(Event::Other) => shared.outbox.on_progress(),
             Err(e) => {
                 shared.outbox.on_disconnect(&mut connection);
+                shared
+                    .line_sync
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .disconnected(Instant::now());
                 if shared.stopping.load(Ordering::Relaxed)
                     && shared.outbox.unacknowledged() == shared.outbox.spooled()
                 {

@@ -172,6 +172,14 @@ impl Client {
         }
     }
 
+    /// Queues an unsubscription.
+    pub fn try_unsubscribe(&self, filter: &str) -> Result<(), String> {
+        match self {
+            Client::V5(c) => c.try_unsubscribe(filter).map_err(|e| e.to_string()),
+            Client::V311(c) => c.try_unsubscribe(filter).map_err(|e| e.to_string()),
+        }
+    }
+
     /// Queues DISCONNECT.
     pub fn try_disconnect(&self) -> Result<(), String> {
         match self {

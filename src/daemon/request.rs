@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::answer::ErrorCode;
 use crate::pipeline::Query;
+use crate::search::line::ChangeId;
 
 /// Largest `return_k` a request may ask for.
 pub const MAX_RETURN_K: usize = 100;
@@ -145,8 +146,54 @@ struct GalleryJson {
     source: Option<String>,
     #[serde(default)]
     ids: Option<Vec<i64>>,
+    /// Line commands only; read by [`line_change_id`].
+    #[serde(default)]
+    #[allow(dead_code)]
+    change_id: Option<serde_json::Value>,
     #[serde(flatten)]
     rest: BTreeMap<String, serde_json::Value>,
+}
+
+/// The change id of a gallery command published on the line (parsed by
+/// [`parse_gallery`] first): its `change_id`, or its `request_id` where
+/// that is a ULID. Every box must order the line's changes alike, so the
+/// id, which carries the publisher's clock, is required.
+pub fn line_change_id(payload: &[u8], request_id: &str) -> Result<ChangeId, Rejection> {
+    #[derive(Deserialize)]
+    struct Only {
+        #[serde(default)]
+        change_id: Option<serde_json::Value>,
+    }
+    let only: Only = serde_json::from_slice(payload).map_err(|e| {
+        reject(
+            request_id,
+            ErrorCode::BadRequest,
+            format!("malformed JSON: {e}"),
+        )
+    })?;
+    match only.change_id {
+        Some(serde_json::Value::String(s)) => s.parse().map_err(|e: String| {
+            reject(
+                request_id,
+                ErrorCode::BadRequest,
+                format!("\"change_id\": {e}"),
+            )
+        }),
+        Some(other) => Err(reject(
+            request_id,
+            ErrorCode::BadRequest,
+            format!("\"change_id\" must be a ULID string, not {other}"),
+        )),
+        None => request_id.parse().map_err(|_| {
+            reject(
+                request_id,
+                ErrorCode::BadRequest,
+                "a gallery change on the line needs \"change_id\": a ULID (26 characters; \
+                 `shitud gallery change-id` prints one), so that every box of the line \
+                 applies it once and orders it alike",
+            )
+        }),
+    }
 }
 
 /// Line controllers send ids as strings or numbers; both are kept as text.

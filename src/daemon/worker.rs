@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::answer::{ErrorCode, Timings, Versions};
+use super::line_sync::LineStatePayload;
 use super::request::{resolve_path, GalleryCommand, ImageSource};
 use crate::config::{DaemonSettings, InputSettings, Provider};
 use crate::input::{self, Frame};
 use crate::pipeline::{Pipeline, Query, Recognized};
+use crate::search::line::{Change, ChangeId, Logged};
 use crate::Error;
 
 /// What a job asks of the pipeline.
@@ -33,8 +35,21 @@ pub enum Work {
         /// Search options.
         query: Query,
     },
-    /// Change the gallery.
+    /// Change the gallery (a command on the box's own topic).
     Gallery(GalleryCommand),
+    /// Apply a gallery change published on the line.
+    LineGallery {
+        /// Its line-unique id.
+        change_id: ChangeId,
+        /// What it does.
+        command: GalleryCommand,
+    },
+    /// Merge the line's retained gallery state (`None`: the line has none),
+    /// and say what this box should publish.
+    LineSync {
+        /// The retained `L/gallery/state` payload.
+        state: Option<bytes::Bytes>,
+    },
 }
 
 /// What became of a job, typed; the submitter makes its answer of it.
@@ -55,8 +70,19 @@ pub enum Outcome {
         added: Vec<i64>,
         /// Ids of the items removed.
         removed: Vec<i64>,
+        /// The line change applied (line commands).
+        change_id: Option<ChangeId>,
+        /// The line change had been applied before: nothing changed.
+        already_applied: bool,
         /// The versions after the change.
         versions: Versions,
+    },
+    /// The line's state was merged.
+    LineSynced {
+        /// Changes that were new here.
+        new: usize,
+        /// This box's state, to publish: it holds changes the line's lacked.
+        publish: Option<LineStatePayload>,
     },
     /// The job failed, or was refused.
     Failed {
@@ -220,8 +246,24 @@ fn serve_jobs(mut pipeline: Pipeline, jobs: Receiver<Job>, shared: &dyn Host) {
         if !batch.is_empty() {
             recognize_batch(&mut pipeline, batch, shared);
         }
-        if let Some((request_id, command, reply)) = gallery {
-            change_gallery(&mut pipeline, &request_id, command, reply, shared);
+        match gallery {
+            Some((request_id, Work::Gallery(command), reply)) => {
+                change_gallery(&mut pipeline, &request_id, command, reply, shared)
+            }
+            Some((request_id, Work::LineGallery { change_id, command }, reply)) => {
+                change_line_gallery(
+                    &mut pipeline,
+                    &request_id,
+                    change_id,
+                    command,
+                    reply,
+                    shared,
+                )
+            }
+            Some((_, Work::LineSync { state }, reply)) => {
+                sync_line(&mut pipeline, state, reply, shared)
+            }
+            Some((_, Work::Recognize { .. }, _)) | None => {}
         }
         shared.end();
     }
@@ -247,6 +289,7 @@ pub fn versions(pipeline: &Pipeline, bundle: Option<String>) -> Versions {
         bundle,
         device_id: String::new(),
         line: None,
+        line_gallery: (!g.line().is_empty()).then(|| g.line().version()),
     }
 }
 
@@ -264,8 +307,8 @@ fn provider_text((det, emb): (Provider, Provider), configured: Provider) -> Stri
     }
 }
 
-/// A gallery change, taken from the queue.
-type GalleryJob = (String, GalleryCommand, Reply);
+/// A gallery change (any work but recognising), taken from the queue.
+type GalleryJob = (String, Work, Reply);
 
 /// Sorts a job into the batch being gathered, or as the gallery change that closes it.
 fn take(job: Job, batch: &mut Vec<Pending>, gallery: &mut Option<GalleryJob>) {
@@ -277,7 +320,7 @@ fn take(job: Job, batch: &mut Vec<Pending>, gallery: &mut Option<GalleryJob>) {
             query,
             reply: job.reply,
         }),
-        Work::Gallery(command) => *gallery = Some((job.request_id, command, job.reply)),
+        work => *gallery = Some((job.request_id, work, job.reply)),
     }
 }
 
@@ -416,6 +459,8 @@ fn change_gallery(
         Ok(Ok((added, removed))) => Outcome::GalleryChanged {
             added,
             removed,
+            change_id: None,
+            already_applied: false,
             versions: shared.versions(),
         },
         Ok(Err((code, message))) => Outcome::Failed { code, message },
@@ -427,6 +472,139 @@ fn change_gallery(
             )
         }
     })
+}
+
+/// Applies one change published on the line: the feature of an added photo
+/// is computed here, then the change is logged and applied once.
+fn change_line_gallery(
+    pipeline: &mut Pipeline,
+    request_id: &str,
+    change_id: ChangeId,
+    command: GalleryCommand,
+    reply: Reply,
+    shared: &dyn Host,
+) {
+    let limits = pipeline.settings().input.clone();
+    let outcome = catch_unwind(AssertUnwindSafe(
+        || -> Result<crate::search::gallery::LineApplied, (ErrorCode, String)> {
+            if pipeline.gallery().line().contains(change_id) {
+                return Ok(Default::default());
+            }
+            let change = match command {
+                GalleryCommand::Add {
+                    label,
+                    image,
+                    source,
+                    request_id,
+                } => {
+                    let (frame, bytes) = load(
+                        &image,
+                        &request_id,
+                        &limits,
+                        &shared.daemon_settings().allowed_dirs,
+                    )?;
+                    let vector = pipeline.feature(&frame).map_err(classify)?;
+                    Change::Add {
+                        label,
+                        source,
+                        sha256: Some(hex::encode(Sha256::digest(&bytes))),
+                        added_unix: crate::search::gallery::unix_now(),
+                        vector,
+                    }
+                }
+                GalleryCommand::Remove { label, ids, .. } => Change::Remove { ids, label },
+            };
+            pipeline
+                .apply_line(vec![Logged { change_id, change }])
+                .map_err(classify)
+        },
+    ));
+    shared.set_versions(versions(pipeline, shared.versions().bundle));
+    reply.send(match outcome {
+        Ok(Ok(applied)) => {
+            if applied.new > 0 {
+                tracing::info!(change = %change_id, added = ?applied.added, removed = ?applied.removed, "line gallery: change applied");
+            } else {
+                tracing::info!(change = %change_id, "line gallery: change applied before; nothing to do");
+            }
+            Outcome::GalleryChanged {
+                added: applied.added,
+                removed: applied.removed,
+                change_id: Some(change_id),
+                already_applied: applied.new == 0,
+                versions: shared.versions(),
+            }
+        }
+        Ok(Err((code, message))) => Outcome::Failed { code, message },
+        Err(_) => {
+            tracing::error!(request_id, "line gallery change panicked");
+            Outcome::failed(
+                ErrorCode::Internal,
+                "gallery change failed (internal panic; see the daemon log)",
+            )
+        }
+    })
+}
+
+/// Merges the line's retained state (if any) and makes this box's state,
+/// when it holds changes the line's lacks.
+fn sync_line(
+    pipeline: &mut Pipeline,
+    state: Option<bytes::Bytes>,
+    reply: Reply,
+    shared: &dyn Host,
+) {
+    let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<Outcome, String> {
+        let received = match state {
+            Some(bytes) => Some(LineStatePayload::parse(&bytes)?),
+            None => None,
+        };
+        let manifest = pipeline.gallery().manifest().clone();
+        let mut new = 0;
+        let mut theirs = crate::search::line::LineState::default();
+        if let Some(r) = received {
+            if r.model_sha256 != manifest.model_sha256 || r.dim != manifest.dim {
+                return Err(format!(
+                    "the line's gallery state (published by {}) was computed with recogniser {} ({}-d); this box runs {} ({}-d): update this box to the line's version",
+                    r.published_by,
+                    short(&r.model_sha256),
+                    r.dim,
+                    short(&manifest.model_sha256),
+                    manifest.dim
+                ));
+            }
+            for c in &r.changes {
+                theirs.insert(c.clone());
+            }
+            let applied = pipeline.apply_line(r.changes).map_err(|e| e.to_string())?;
+            new = applied.new;
+            if new > 0 {
+                tracing::info!(
+                    new,
+                    added = applied.added.len(),
+                    removed = applied.removed.len(),
+                    from = %r.published_by,
+                    "line gallery: merged the line's state"
+                );
+            }
+        }
+        let own = pipeline.gallery().line();
+        let publish = (own.missing_from(&theirs) > 0).then(|| {
+            let v = shared.versions();
+            LineStatePayload::new(v.line.unwrap_or_default(), v.device_id, &manifest, own)
+        });
+        Ok(Outcome::LineSynced { new, publish })
+    }));
+    shared.set_versions(versions(pipeline, shared.versions().bundle));
+    reply.send(match outcome {
+        Ok(Ok(o)) => o,
+        Ok(Err(message)) => Outcome::failed(ErrorCode::BadRequest, message),
+        Err(_) => Outcome::failed(ErrorCode::Internal, "line gallery sync panicked"),
+    })
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..16).unwrap_or(sha)
 }
 
 fn classify(e: Error) -> (ErrorCode, String) {

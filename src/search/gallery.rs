@@ -7,7 +7,13 @@
 //!   snap-<seq>/vector.index   faiss.write_index output (IndexIDMap2, inner product)
 //!   snap-<seq>/labels.json    [{"id", "label", "source", "sha256", "added_unix"}, …]
 //!   wal.log             changes after the snapshot (see `wal.rs`)
+//!   line.log            every change the box's line published (see `line.rs`); absent off a line
 //! ```
+//!
+//! The line log is the source of truth for items added through the line: it
+//! is appended (fsynced) before the gallery changes, and on every writable
+//! open the gallery is brought to what the line log means, so a crash
+//! between the two is repaired at the next start.
 //!
 //! Durability: an add or remove returns only after its log record is
 //! fsynced. Compaction writes a new snapshot directory, fsyncs it, then
@@ -24,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::search::cuda_flat::CudaFlat;
+use crate::search::line::{self, LineState, Logged};
 use crate::search::wal::{self, Record, Wal};
 use crate::search::{FaissIndex, Index, Method, Neighbor};
 
@@ -35,6 +42,8 @@ pub const LABELS: &str = "labels.json";
 pub const VECTORS: &str = "vector.index";
 /// The write-ahead log's file name.
 pub const WAL: &str = "wal.log";
+/// The line log's file name.
+pub const LINE_LOG: &str = "line.log";
 /// The on-disk format this build reads and writes.
 pub const FORMAT: u32 = 2;
 
@@ -127,6 +136,20 @@ pub struct Gallery {
     last_seq: u64,
     wal_records: usize,
     wal: Option<Wal>,
+    /// The line's changes applied here.
+    line: LineState,
+    line_log: Option<Wal>,
+}
+
+/// What applying line changes did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LineApplied {
+    /// Changes that were new here (the others had been applied before).
+    pub new: usize,
+    /// Items added, by id.
+    pub added: Vec<i64>,
+    /// Items removed, by id.
+    pub removed: Vec<i64>,
 }
 
 impl std::fmt::Debug for Gallery {
@@ -222,6 +245,8 @@ impl Gallery {
             last_seq: 0,
             wal_records: 0,
             wal: None,
+            line: LineState::default(),
+            line_log: None,
         })
     }
 
@@ -297,9 +322,11 @@ impl Gallery {
             tombstones: HashSet::new(),
             wal_records: 0,
             wal: None,
+            line: LineState::default(),
+            line_log: None,
         };
         let wal_path = dir.join(WAL);
-        let (records, good_len, torn) = wal::read(&wal_path)?;
+        let (records, good_len, torn) = wal::read::<Record>(&wal_path)?;
         if let Some(t) = &torn {
             tracing::warn!(gallery = %dir.display(), "{WAL}: dropping a torn or corrupt tail: {t}");
         }
@@ -311,6 +338,21 @@ impl Gallery {
         }
         if writable {
             g.wal = Some(Wal::open(&wal_path, good_len)?);
+        }
+        let line_path = dir.join(LINE_LOG);
+        let (changes, line_len, torn) = wal::read::<Logged>(&line_path)?;
+        if let Some(t) = &torn {
+            tracing::warn!(gallery = %dir.display(), "{LINE_LOG}: dropping a torn or corrupt tail: {t}");
+        }
+        for c in changes {
+            g.line.insert(c);
+        }
+        if writable && (line_len > 0 || torn.is_some()) {
+            g.line_log = Some(Wal::open(&line_path, line_len)?);
+            let (added, removed) = g.reconcile_line()?;
+            if !added.is_empty() || !removed.is_empty() {
+                tracing::warn!(gallery = %dir.display(), added = added.len(), removed = removed.len(), "brought the gallery to its line log (a change was logged, then interrupted)");
+            }
         }
         if g.labels.is_empty() {
             tracing::warn!(gallery = %dir.display(), "the gallery is empty");
@@ -334,7 +376,10 @@ impl Gallery {
                     self.index.add(vector, &[item.id])?;
                     self.labels.insert(item.id, item.clone());
                 }
-                self.manifest.next_id = self.manifest.next_id.max(item.id + 1);
+                // Line items have ids of their own range; the box's own count on below it.
+                if !line::is_line_id(item.id) {
+                    self.manifest.next_id = self.manifest.next_id.max(item.id + 1);
+                }
             }
             Record::Remove { ids, .. } => {
                 for &id in ids {
@@ -377,6 +422,12 @@ impl Gallery {
             ));
         }
         let id = self.manifest.next_id;
+        if id >= line::LINE_ID_BASE {
+            return Err(Error::gallery(
+                &self.dir,
+                "the gallery has given out every id below the line range; rebuild it",
+            ));
+        }
         let item = GalleryItem {
             id,
             label: label.to_string(),
@@ -404,6 +455,119 @@ impl Gallery {
             seq: self.last_seq + 1,
             ids: ids.to_vec(),
         })
+    }
+
+    /// The line's changes applied here.
+    pub fn line(&self) -> &LineState {
+        &self.line
+    }
+
+    /// Applies changes published on the line (one from the line's topic, or
+    /// a whole state fetched from the line). Each is logged durably before
+    /// the gallery changes; one already applied changes nothing.
+    pub fn apply_line(&mut self, changes: Vec<Logged>) -> Result<LineApplied> {
+        if self.wal.is_none() {
+            return Err(Error::gallery(&self.dir, "opened read-only"));
+        }
+        let mut new = 0;
+        for c in changes {
+            if self.line.contains(c.change_id) {
+                continue;
+            }
+            if let line::Change::Add { label, vector, .. } = &c.change {
+                if label.trim().is_empty() {
+                    return Err(Error::gallery(
+                        &self.dir,
+                        format!("line change {}: an add needs a label", c.change_id),
+                    ));
+                }
+                if !vector.is_empty() && vector.len() != self.manifest.dim {
+                    return Err(Error::gallery(
+                        &self.dir,
+                        format!(
+                            "line change {}: a {}-d feature cannot go into a {}-d gallery",
+                            c.change_id,
+                            vector.len(),
+                            self.manifest.dim
+                        ),
+                    ));
+                }
+            }
+            if self.line_log.is_none() {
+                let path = self.dir.join(LINE_LOG);
+                self.line_log = Some(Wal::open(&path, 0)?);
+            }
+            if let Some(log) = self.line_log.as_mut() {
+                log.append(&c)?;
+            }
+            self.line.insert(c);
+            new += 1;
+        }
+        if new == 0 {
+            return Ok(LineApplied::default());
+        }
+        let (added, removed) = self.reconcile_line()?;
+        Ok(LineApplied {
+            new,
+            added,
+            removed,
+        })
+    }
+
+    /// Brings the items to what the line's changes mean: line items that
+    /// should be there are added, others and removed own items taken out.
+    fn reconcile_line(&mut self) -> Result<(Vec<i64>, Vec<i64>)> {
+        let effect = self.line.effect();
+        for c in &effect.collisions {
+            tracing::warn!(change = %c, "line change skipped: its item id is an older change's (publish it again with a new change_id)");
+        }
+        let mut removed: Vec<i64> = self
+            .labels
+            .values()
+            .filter(|i| {
+                if line::is_line_id(i.id) {
+                    !effect.items.contains_key(&i.id)
+                } else {
+                    effect.removes_own(i.id, &i.label)
+                }
+            })
+            .map(|i| i.id)
+            .collect();
+        removed.sort_unstable();
+        let mut adds = Vec::new();
+        for (&id, w) in &effect.items {
+            if self.labels.contains_key(&id) {
+                continue;
+            }
+            if w.vector.len() != self.manifest.dim {
+                tracing::warn!(change = %w.change_id, "line item {id} has no usable feature here ({} values); it is skipped", w.vector.len());
+                continue;
+            }
+            let item = GalleryItem {
+                id,
+                label: w.label.to_string(),
+                source: w.source.to_string(),
+                sha256: w.sha256.cloned(),
+                added_unix: Some(w.added_unix),
+            };
+            adds.push((item, w.vector.to_vec()));
+        }
+        if !removed.is_empty() {
+            self.log(Record::Remove {
+                seq: self.last_seq + 1,
+                ids: removed.clone(),
+            })?;
+        }
+        let mut added = Vec::with_capacity(adds.len());
+        for (item, vector) in adds {
+            added.push(item.id);
+            self.log(Record::Add {
+                seq: self.last_seq + 1,
+                item,
+                vector,
+            })?;
+        }
+        Ok((added, removed))
     }
 
     /// Sequence number of the last change: it grows with every add and
@@ -667,6 +831,110 @@ mod tests {
             v[i * 4 + i % 4] = 1.0;
         }
         (items, v)
+    }
+
+    fn line_add(ms: u64, label: &str, hot: usize) -> Logged {
+        let mut vector = vec![0.0; 4];
+        vector[hot] = 1.0;
+        Logged {
+            change_id: line::ChangeId::from_parts(ms, [ms as u8; 10]),
+            change: line::Change::Add {
+                label: label.into(),
+                source: format!("{label}.jpg"),
+                sha256: None,
+                added_unix: 7,
+                vector,
+            },
+        }
+    }
+
+    fn labels_of(g: &Gallery) -> Vec<(i64, String)> {
+        let mut v: Vec<_> = g.items().map(|i| (i.id, i.label.clone())).collect();
+        v.sort();
+        v
+    }
+
+    /// Two boxes that receive the same line changes in different orders,
+    /// one of them twice, hold the same items with the same ids; the line
+    /// log survives reopen and compaction, and a change logged but not yet
+    /// applied (a crash in between) is applied at the next open.
+    #[test]
+    fn line_changes_converge_whatever_the_order_and_survive_crashes() {
+        for method in [Method::Flat, Method::Hnsw32] {
+            let changes = vec![
+                line_add(1, "cola", 0),
+                line_add(2, "tea", 1),
+                Logged {
+                    change_id: line::ChangeId::from_parts(3, [0; 10]),
+                    change: line::Change::Remove {
+                        ids: vec![],
+                        label: Some("cola".into()),
+                    },
+                },
+                line_add(4, "cola", 3),
+                Logged {
+                    change_id: line::ChangeId::from_parts(5, [0; 10]),
+                    change: line::Change::Remove {
+                        ids: vec![0],
+                        label: Some("item 1".into()),
+                    },
+                },
+            ];
+            let open = |order: Vec<Logged>| {
+                let dir = tempfile::tempdir().unwrap();
+                let (it, v) = items(3);
+                Gallery::create(dir.path(), method, 4, "abc", "rec.onnx", it, &v).unwrap();
+                let mut g = Gallery::open_for_write(dir.path(), Tuning::default()).unwrap();
+                for c in order {
+                    g.apply_line(vec![c]).unwrap();
+                }
+                (dir, g)
+            };
+            let (_a, mut a) = open(changes.clone());
+            let mut reversed = changes.clone();
+            reversed.reverse();
+            reversed.extend(changes.clone());
+            let (b_dir, b) = open(reversed);
+            let want = vec![
+                (2, "item 2".to_string()),
+                (line::item_id(changes[1].change_id), "tea".into()),
+                (line::item_id(changes[3].change_id), "cola".into()),
+            ];
+            let mut want_sorted = want.clone();
+            want_sorted.sort();
+            assert_eq!(labels_of(&a), want_sorted, "{method:?}");
+            assert_eq!(labels_of(&b), want_sorted, "{method:?}");
+            assert_eq!(a.line().version(), b.line().version());
+            // The same change again changes nothing.
+            assert_eq!(
+                a.apply_line(changes[..1].to_vec()).unwrap(),
+                LineApplied::default()
+            );
+            // Searching finds the line items by their features.
+            let hit = a.search(&[0.0, 0.0, 0.0, 1.0], 1).unwrap()[0][0];
+            assert_eq!(a.item(hit.id).unwrap().label, "cola");
+            a.compact().unwrap();
+            drop(b);
+            let b = Gallery::open_for_write(b_dir.path(), Tuning::default()).unwrap();
+            assert_eq!(labels_of(&b), want_sorted);
+            assert_eq!(b.line().len(), 5);
+            drop(b);
+            // A change in the line log that never reached the gallery (a
+            // crash between the two) is applied at the next open.
+            let mut log = Wal::open(
+                &b_dir.path().join(LINE_LOG),
+                std::fs::metadata(b_dir.path().join(LINE_LOG))
+                    .unwrap()
+                    .len(),
+            )
+            .unwrap();
+            log.append(&line_add(6, "juice", 2)).unwrap();
+            drop(log);
+            let b = Gallery::open_for_write(b_dir.path(), Tuning::default()).unwrap();
+            assert_eq!(b.len(), 4, "{method:?}: {:?}", labels_of(&b));
+            let ro = Gallery::open(b_dir.path(), Tuning::default());
+            assert!(ro.is_err() || ro.unwrap().line().len() == 6);
+        }
     }
 
     #[test]

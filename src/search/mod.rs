@@ -9,6 +9,7 @@ pub mod cuda_flat;
 pub mod faiss_index;
 pub mod fp16;
 pub mod gallery;
+pub mod line;
 pub mod paddleclas_import;
 pub mod pickle;
 pub mod wal;

@@ -68,7 +68,11 @@ impl std::fmt::Display for TornTail {
 }
 
 /// Reads every good record of the log at `path` (none if it does not exist).
-pub fn read(path: &Path) -> Result<(Vec<Record>, u64, Option<TornTail>)> {
+/// The framing is shared by the gallery's log ([`Record`]) and the line's
+/// (`line.log`, [`crate::search::line::Logged`]).
+pub fn read<R: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<(Vec<R>, u64, Option<TornTail>)> {
     let mut data = Vec::new();
     match File::open(path) {
         Ok(mut f) => {
@@ -103,7 +107,7 @@ pub fn read(path: &Path) -> Result<(Vec<Record>, u64, Option<TornTail>)> {
         if crc32fast::hash(payload) != crc {
             break bad("checksum mismatch");
         }
-        match serde_json::from_slice::<Record>(payload) {
+        match serde_json::from_slice::<R>(payload) {
             Ok(r) => records.push(r),
             Err(_) => break bad("undecodable record"),
         }
@@ -148,7 +152,7 @@ impl Wal {
     }
 
     /// Appends a record and makes it durable.
-    pub fn append(&mut self, record: &Record) -> Result<()> {
+    pub fn append<R: Serialize>(&mut self, record: &R) -> Result<()> {
         let payload =
             serde_json::to_vec(record).map_err(|e| Error::gallery(&self.path, e.to_string()))?;
         let mut frame = Vec::with_capacity(payload.len() + 8);
@@ -198,26 +202,26 @@ mod tests {
             wal.append(&add(s)).unwrap();
         }
         drop(wal);
-        let (records, good, torn) = read(&path).unwrap();
+        let (records, good, torn) = read::<Record>(&path).unwrap();
         assert_eq!(records, vec![add(1), add(2), add(3)]);
         assert_eq!(torn, None);
         // Tear the last frame, then corrupt a byte of the second.
         let full = std::fs::read(&path).unwrap();
         std::fs::write(&path, &full[..full.len() - 5]).unwrap();
-        let (records, good2, torn) = read(&path).unwrap();
+        let (records, good2, torn) = read::<Record>(&path).unwrap();
         assert_eq!(records.len(), 2);
         assert!(torn.unwrap().reason.contains("past the end"));
         let mut bad = full.clone();
         let second = (good2 as usize + full.len()) / 2 - (full.len() - good2 as usize) / 2 - 30;
         bad[second] ^= 0xFF;
         std::fs::write(&path, &bad).unwrap();
-        let (records, _, torn) = read(&path).unwrap();
+        let (records, _, torn) = read::<Record>(&path).unwrap();
         assert!(records.len() < 3 && torn.is_some());
         // Reopening for append cuts the tail; new records follow the good ones.
         std::fs::write(&path, &full[..full.len() - 5]).unwrap();
         let mut wal = Wal::open(&path, good2).unwrap();
         wal.append(&add(9)).unwrap();
-        let (records, _, torn) = read(&path).unwrap();
+        let (records, _, torn) = read::<Record>(&path).unwrap();
         assert_eq!(records, vec![add(1), add(2), add(9)]);
         assert!(torn.is_none() && good > good2);
         // A second writer is refused while the first is open.

@@ -1244,15 +1244,17 @@ async fn an_answer_nobody_has_subscribed_to_yet_is_sent_again_until_someone_does
 /// Three boxes on one line (`mqtt.line`, each its own `device_id`) share the
 /// line's request stream: every request is answered, by one box, and each
 /// box takes a share, also when one box is SIGKILLed in the middle and
-/// started again. Gallery changes published on the line are applied by
-/// every box, and one that was stopped during ten of them applies them when
-/// it comes back (its persistent session held them): then all three report
-/// the same gallery.
+/// started again. Gallery changes published on the line are applied once by
+/// every box, with the same item ids; one that was stopped during 30 of them
+/// applies them when it comes back (its persistent session held them); a
+/// fourth box that joins new fetches the line's retained state. Then all
+/// four hold the same items with the same ids.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_boxes_on_one_line_share_its_requests_and_apply_its_gallery_changes() {
     use base64::Engine as _;
     const LINE_REQ: &str = "shitu/line/l1/recognize";
     const LINE_ADD: &str = "shitu/line/l1/gallery/add";
+    const LINE_REMOVE: &str = "shitu/line/l1/gallery/remove";
     let tmp = tempfile::tempdir().unwrap();
     let g = flat_gallery(tmp.path());
     let broker = Broker::start(&tmp.path().join("broker"));
@@ -1351,12 +1353,13 @@ async fn three_boxes_on_one_line_share_its_requests_and_apply_its_gallery_change
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
-        .take(11)
         .collect();
-    let add = |i: usize| {
-        let photo = std::fs::read(&photos[i]).unwrap();
+    let ulid = || shitu_edge::search::line::ChangeId::generate().to_string();
+    let add = |i: usize, change_id: &str, request_id: &str| {
+        let photo = std::fs::read(&photos[i % photos.len()]).unwrap();
         serde_json::to_vec(&serde_json::json!({
-            "request_id": format!("line-add-{i}"),
+            "request_id": request_id,
+            "change_id": change_id,
             "label": format!("line product {i}"),
             "image": base64::engine::general_purpose::STANDARD.encode(&photo),
         }))
@@ -1368,49 +1371,165 @@ async fn three_boxes_on_one_line_share_its_requests_and_apply_its_gallery_change
         n: usize,
         last: &mut HashMap<String, serde_json::Value>,
         logs: String,
-    ) {
+    ) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + Duration::from_secs(180);
-        let mut k = 0;
-        while k < n {
+        let mut got = Vec::new();
+        while got.len() < n {
             let a = ctl
                 .reply_before(deadline)
                 .await
-                .unwrap_or_else(|| panic!("{k} of {n} gallery answers\n{logs}"));
+                .unwrap_or_else(|| panic!("{} of {n} gallery answers\n{logs}", got.len()));
             let id = a.json["request_id"].as_str().unwrap_or_default();
-            if !id.starts_with("line-add-") {
+            if !id.starts_with("line-g-") {
                 continue; // a late repeat of a recognise answer
             }
-            k += 1;
             assert_eq!(a.json["ok"], true, "{}", a.json);
             let by = a.json["versions"]["device_id"]
                 .as_str()
                 .unwrap()
                 .to_string();
             last.insert(by, a.json["versions"].clone());
+            got.push(a.json);
         }
+        got
     }
     let mut last = HashMap::new();
-    ctl.request(LINE_ADD, add(0), "line-add-0", vec![]).await;
-    gallery_answers(&mut ctl, 3, &mut last, String::new()).await;
+    let first = ulid();
+    ctl.request(LINE_ADD, add(0, &first, "line-g-0"), "line-g-0", vec![])
+        .await;
+    let answers = gallery_answers(&mut ctl, 3, &mut last, String::new()).await;
     assert_eq!(last.len(), 3, "every box applied the change: {last:?}");
-    // Box 2 stopped while ten more changes are published on the line.
+    let ids: HashSet<String> = answers.iter().map(|a| a["added"].to_string()).collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "every box gives the item the same id: {answers:?}"
+    );
+    // The same change again (another request id: a controller's retry after
+    // losing the first answer): applied once.
+    ctl.request(LINE_ADD, add(0, &first, "line-g-0b"), "line-g-0b", vec![])
+        .await;
+    for a in gallery_answers(&mut ctl, 3, &mut last, logs(&daemons)).await {
+        assert_eq!(a["already_applied"], true, "{a}");
+    }
+    // A change without a change id is refused by every box, saying why.
+    let mut bare: serde_json::Value = serde_json::from_slice(&add(1, "x", "line-g-bare")).unwrap();
+    bare.as_object_mut().unwrap().remove("change_id");
+    ctl.request(
+        LINE_ADD,
+        serde_json::to_vec(&bare).unwrap(),
+        "line-g-bare",
+        vec![],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for _ in 0..3 {
+        let a = loop {
+            let a = ctl.reply_before(deadline).await.expect("refusals");
+            if a.json["request_id"] == "line-g-bare" {
+                break a;
+            }
+        };
+        assert_eq!(a.json["ok"], false, "{}", a.json);
+        let why = a.json["error"]["message"].as_str().unwrap();
+        assert!(why.contains("change_id") && why.contains("ULID"), "{why}");
+    }
+    // Box 2 stopped while 30 changes are published on the line: 25 adds,
+    // four removals by label (each of an add five changes before) and one
+    // by id (an item of the bundle's gallery).
     let box2 = daemons.pop().unwrap();
     assert_eq!(box2.stop(), Some(0));
-    for i in 1..=10 {
-        ctl.request(LINE_ADD, add(i), &format!("line-add-{i}"), vec![])
-            .await;
+    for i in 1..=30 {
+        let (id, change) = (format!("line-g-{i}"), ulid());
+        let payload = match i {
+            30 => serde_json::to_vec(&serde_json::json!({
+                "request_id": id, "change_id": change, "ids": [0]
+            }))
+            .unwrap(),
+            _ if i % 6 == 0 => serde_json::to_vec(&serde_json::json!({
+                "request_id": id, "change_id": change,
+                "label": format!("line product {}", i - 5)
+            }))
+            .unwrap(),
+            _ => add(i, &change, &id),
+        };
+        let topic = if i % 6 == 0 { LINE_REMOVE } else { LINE_ADD };
+        ctl.request(topic, payload, &id, vec![]).await;
+        // Distinct publisher clock readings order the changes as sent.
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    gallery_answers(&mut ctl, 20, &mut last, logs(&daemons)).await;
+    gallery_answers(&mut ctl, 60, &mut last, logs(&daemons)).await;
     daemons.push(start(2));
-    // Its session held the ten changes: it applies them when it is back.
-    gallery_answers(&mut ctl, 10, &mut last, logs(&daemons)).await;
-    let items: HashSet<String> = last
-        .values()
-        .map(|v| format!("{} items, seq {}", v["gallery_items"], v["gallery_seq"]))
-        .collect();
-    assert_eq!(items.len(), 1, "the boxes disagree: {last:?}");
-    assert_eq!(last["box0"]["gallery_items"], 25 + 11, "{last:?}");
+    // Its session held the 30 changes: it applies them when it is back.
+    gallery_answers(&mut ctl, 30, &mut last, logs(&daemons)).await;
+    // A fourth box joins the line new: no session, a gallery fresh from the
+    // bundle. It fetches the line's state and holds the same items.
+    {
+        let dir = tmp.path().join("box3");
+        std::fs::create_dir_all(&dir).unwrap();
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&g)
+            .arg(dir.join("gallery"))
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        daemon_config(&dir, broker.port, &dir.join("gallery"), "");
+        daemons.push(start(3));
+    }
+    // 1 + 25 line items, 4 removed; 25 bundle items, 1 removed.
+    let want_items = 1 + 25 - 4 + 25 - 1;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut status: HashMap<String, (serde_json::Value, serde_json::Value)> = HashMap::new();
+    loop {
+        let versions: HashSet<String> = status.values().map(|v| format!("{v:?}")).collect();
+        if status.len() == 4 && versions.len() == 1 {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(m) = ctl.next(left).await else {
+            panic!("the boxes never agreed: {status:?}\n{}", logs(&daemons));
+        };
+        if m.topic.ends_with("/status") && m.json["state"] == "online" {
+            let v = &m.json["versions"];
+            status.insert(
+                v["device_id"].as_str().unwrap().to_string(),
+                (v["line_gallery"].clone(), v["gallery_items"].clone()),
+            );
+        }
+    }
+    let (line_version, items) = status.values().next().unwrap().clone();
+    assert_eq!(items, want_items, "{status:?}");
+    assert_eq!(line_version["changes"], 31, "{status:?}");
     for d in daemons {
         assert_eq!(d.stop(), Some(0));
+    }
+    // Same items with the same ids, label and feature source on every box.
+    let listing = |i: usize| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shitud"))
+            .args(["gallery", "list", "--json", "--index"])
+            .arg(tmp.path().join(format!("box{i}/gallery")))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut rows: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let j: serde_json::Value = serde_json::from_str(l).unwrap();
+                format!("{} {} {}", j["id"], j["label"], j["sha256"])
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    let box0 = listing(0);
+    assert_eq!(box0.len(), want_items);
+    for i in 1..4 {
+        assert_eq!(listing(i), box0, "box{i} differs from box0");
     }
 }
