@@ -113,6 +113,9 @@ pub struct LineManifestPayload {
 /// having none (a new line).
 pub const FETCH_WAIT: Duration = Duration::from_secs(3);
 
+/// How long a box waits after a merge it could not make.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(60);
+
 /// What the daemon should do now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -190,10 +193,17 @@ impl LineSync {
         Action::Merge(true)
     }
 
-    /// The merge is done.
-    pub fn merged(&mut self, now: Instant) {
+    /// The merge is done. A merge that failed (a state this box cannot
+    /// take: another recogniser, another format) is not tried again for
+    /// [`RETRY_AFTER_FAILURE`]: the line's state does not change by itself,
+    /// and the log should say so once a minute, not every second.
+    pub fn merged(&mut self, now: Instant, ok: bool) {
         self.phase = Phase::Idle;
-        self.schedule(now);
+        if ok {
+            self.schedule(now);
+        } else {
+            self.check_at = Some(now + RETRY_AFTER_FAILURE);
+        }
     }
 
     /// The connection dropped: a fetch in progress is started again later.
@@ -257,8 +267,23 @@ mod tests {
         assert_eq!(s.tick(t0 + Duration::from_secs(3)), None, "fetching");
         assert_eq!(s.state_received(), Action::Merge(true));
         s.own(Some("line".into()), t0 + Duration::from_secs(3));
-        s.merged(t0 + Duration::from_secs(3));
+        s.merged(t0 + Duration::from_secs(3), true);
         assert_eq!(s.tick(t0 + Duration::from_secs(9)), None, "now in step");
+    }
+
+    #[test]
+    fn a_state_this_box_cannot_take_is_tried_again_a_minute_later() {
+        let t0 = Instant::now();
+        let mut s = LineSync::new("box3");
+        s.manifest("line".into(), t0);
+        assert_eq!(s.tick(t0 + Duration::from_secs(2)), Some(Action::Fetch));
+        assert_eq!(s.state_received(), Action::Merge(true));
+        s.merged(t0 + Duration::from_secs(2), false);
+        assert_eq!(s.tick(t0 + Duration::from_secs(30)), None);
+        assert_eq!(
+            s.tick(t0 + Duration::from_secs(2) + RETRY_AFTER_FAILURE),
+            Some(Action::Fetch)
+        );
     }
 
     #[test]

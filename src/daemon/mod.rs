@@ -276,6 +276,11 @@ impl Shared {
 
     /// The merge is done: publishes this box's state if the line's lacked part of it.
     fn line_synced(&self, outcome: Outcome) {
+        // A full queue is passing; a state this box cannot take is not.
+        let ok = match &outcome {
+            Outcome::Failed { code, .. } => *code == ErrorCode::Busy,
+            _ => true,
+        };
         match outcome {
             Outcome::LineSynced { publish, .. } => {
                 if let (Some(state), Some(line)) = (publish, &self.topics.line) {
@@ -302,7 +307,7 @@ impl Shared {
         self.line_sync
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .merged(Instant::now());
+            .merged(Instant::now(), ok);
     }
 
     /// One line for `systemctl status`.
