@@ -1,4 +1,4 @@
-//! Gallery changes as they reach a box: the line's change id, the line's
+//! Gallery changes as they reach a box: a line command and its change id, the line's
 //! retained state (parsed, then what its changes mean), and the gallery's
 //! and the line's logs read back from arbitrary bytes (a disk that lies).
 //! Each must give a value or an error, never panic.
@@ -8,14 +8,20 @@
 
 use libfuzzer_sys::fuzz_target;
 use shitu_edge::daemon::line_sync::LineStatePayload;
-use shitu_edge::daemon::request::line_change_id;
+use shitu_edge::daemon::request::{line_change_id, parse_gallery_sent, Envelope};
 use shitu_edge::search::line::{LineState, Logged};
 use shitu_edge::search::wal::{self, Record};
 
 fuzz_target!(|data: &[u8]| {
-    let id = String::from_utf8_lossy(&data[..data.len().min(30)]);
-    if let Err(r) = line_change_id(data, &id) {
-        assert!(!r.message.is_empty());
+    for add in [true, false] {
+        let parsed = parse_gallery_sent(data, &Envelope::default(), 1 << 16, add);
+        let refused = match parsed {
+            Ok((command, change_id)) => line_change_id(change_id, command.request_id()).err(),
+            Err(r) => Some(r),
+        };
+        if let Some(r) = refused {
+            assert!(!r.message.is_empty() && !r.request_id.is_empty());
+        }
     }
     match LineStatePayload::parse(data) {
         Ok(state) => {

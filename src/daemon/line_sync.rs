@@ -121,10 +121,9 @@ pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(60);
 pub enum Action {
     /// Subscribe to `L/gallery/state` (its retained copy arrives at once).
     Fetch,
-    /// Unsubscribe from it, and hand the pipeline thread the state received
-    /// (`true`) or none (`false`: nothing was retained in time) to merge; the
-    /// merge answers with what to publish.
-    Merge(bool),
+    /// Nothing was retained in time: unsubscribe, and have the pipeline
+    /// thread merge no state (the merge answers with what to publish).
+    MergeNone,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,10 +186,9 @@ impl LineSync {
     }
 
     /// The retained state arrived (also when not asked for, through a
-    /// subscription left in the session by a crash: it is merged all the same).
-    pub fn state_received(&mut self) -> Action {
+    /// subscription left in the session by a crash): the daemon merges it.
+    pub fn state_received(&mut self) {
         self.phase = Phase::Merging;
-        Action::Merge(true)
     }
 
     /// The merge is done. A merge that failed (a state this box cannot
@@ -220,7 +218,7 @@ impl LineSync {
             Phase::Merging => None,
             Phase::Fetching { until } if now >= until => {
                 self.phase = Phase::Merging;
-                Some(Action::Merge(false))
+                Some(Action::MergeNone)
             }
             Phase::Fetching { .. } => None,
             Phase::Idle => {
@@ -265,7 +263,12 @@ mod tests {
         assert_eq!(s.tick(t0), None, "waits its delay");
         assert_eq!(s.tick(t0 + Duration::from_secs(2)), Some(Action::Fetch));
         assert_eq!(s.tick(t0 + Duration::from_secs(3)), None, "fetching");
-        assert_eq!(s.state_received(), Action::Merge(true));
+        s.state_received();
+        assert_eq!(
+            s.tick(t0 + Duration::from_secs(3) + FETCH_WAIT),
+            None,
+            "merging"
+        );
         s.own(Some("line".into()), t0 + Duration::from_secs(3));
         s.merged(t0 + Duration::from_secs(3), true);
         assert_eq!(s.tick(t0 + Duration::from_secs(9)), None, "now in step");
@@ -277,7 +280,7 @@ mod tests {
         let mut s = LineSync::new("box3");
         s.manifest("line".into(), t0);
         assert_eq!(s.tick(t0 + Duration::from_secs(2)), Some(Action::Fetch));
-        assert_eq!(s.state_received(), Action::Merge(true));
+        s.state_received();
         s.merged(t0 + Duration::from_secs(2), false);
         assert_eq!(s.tick(t0 + Duration::from_secs(30)), None);
         assert_eq!(
@@ -302,7 +305,7 @@ mod tests {
         assert_eq!(s.tick(t0 + Duration::from_secs(4)), Some(Action::Fetch));
         assert_eq!(
             s.tick(t0 + Duration::from_secs(4) + FETCH_WAIT),
-            Some(Action::Merge(false))
+            Some(Action::MergeNone)
         );
     }
 

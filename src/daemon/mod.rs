@@ -213,7 +213,7 @@ impl Shared {
         if m.payload.is_empty() {
             return; // a retained message cleared by an operator
         }
-        let action = {
+        {
             let mut sync = self.line_sync.lock().unwrap_or_else(|p| p.into_inner());
             if route == Route::LineManifest {
                 match serde_json::from_slice::<LineManifestPayload>(&m.payload) {
@@ -225,11 +225,9 @@ impl Shared {
                 }
                 return;
             }
-            sync.state_received()
-        };
-        if let Action::Merge(_) = action {
-            self.merge_line_state(Some(m.payload.clone()));
+            sync.state_received();
         }
+        self.merge_line_state(Some(m.payload.clone()));
     }
 
     /// What the line sync wants now (run by the 250 ms timer).
@@ -252,7 +250,7 @@ impl Shared {
                     tracing::warn!("cannot subscribe to the line's state: {e}");
                 }
             }
-            Some(Action::Merge(_)) => {
+            Some(Action::MergeNone) => {
                 tracing::info!("line gallery: no state retained on the line");
                 self.merge_line_state(None);
             }
@@ -476,10 +474,10 @@ impl Shared {
             },
             Route::GalleryAdd(scope) | Route::GalleryRemove(scope) => {
                 let add = matches!(route, Route::GalleryAdd(_));
-                let command = request::parse_gallery(&m.payload, &env, max, add);
+                let parsed = request::parse_gallery_sent(&m.payload, &env, max, add);
                 let line = self.topics.line.as_ref();
-                match command {
-                    Ok(command) if scope == Scope::Box && line.is_some() => {
+                match parsed {
+                    Ok((command, _)) if scope == Scope::Box && line.is_some() => {
                         // A change to one box of a line would be undone, or
                         // silently differ, from the line's gallery.
                         let l = line.map(|l| {
@@ -499,7 +497,7 @@ impl Shared {
                             ),
                         });
                     }
-                    Ok(command) if self.updater.as_ref().is_some_and(|u| u.is_busy()) => {
+                    Ok((command, _)) if self.updater.as_ref().is_some_and(|u| u.is_busy()) => {
                         // The new version's gallery was copied when the update began; a change now would be lost at the swap.
                         refuse(request::Rejection {
                             request_id: command.request_id().to_string(),
@@ -507,14 +505,16 @@ impl Shared {
                             message: "an update is being applied; retry when P/ota/status says it is done".into(),
                         });
                     }
-                    Ok(command) if scope == Scope::Line => {
+                    Ok((command, change_id)) if scope == Scope::Line => {
                         let id = command.request_id().to_string();
-                        match request::line_change_id(&m.payload, &id) {
+                        match request::line_change_id(change_id, &id) {
                             Ok(change_id) => submit(id, Work::LineGallery { change_id, command }),
                             Err(rej) => refuse(rej),
                         }
                     }
-                    Ok(command) => submit(command.request_id().to_string(), Work::Gallery(command)),
+                    Ok((command, _)) => {
+                        submit(command.request_id().to_string(), Work::Gallery(command))
+                    }
                     Err(rej) => refuse(rej),
                 }
             }

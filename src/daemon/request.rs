@@ -146,32 +146,22 @@ struct GalleryJson {
     source: Option<String>,
     #[serde(default)]
     ids: Option<Vec<i64>>,
-    /// Line commands only; read by [`line_change_id`].
+    /// Line commands only (see [`line_change_id`]).
     #[serde(default)]
-    #[allow(dead_code)]
     change_id: Option<serde_json::Value>,
     #[serde(flatten)]
     rest: BTreeMap<String, serde_json::Value>,
 }
 
-/// The change id of a gallery command published on the line (parsed by
-/// [`parse_gallery`] first): its `change_id`, or its `request_id` where
-/// that is a ULID. Every box must order the line's changes alike, so the
-/// id, which carries the publisher's clock, is required.
-pub fn line_change_id(payload: &[u8], request_id: &str) -> Result<ChangeId, Rejection> {
-    #[derive(Deserialize)]
-    struct Only {
-        #[serde(default)]
-        change_id: Option<serde_json::Value>,
-    }
-    let only: Only = serde_json::from_slice(payload).map_err(|e| {
-        reject(
-            request_id,
-            ErrorCode::BadRequest,
-            format!("malformed JSON: {e}"),
-        )
-    })?;
-    match only.change_id {
+/// The change id of a gallery command published on the line, from its
+/// `change_id` field as [`parse_gallery_sent`] found it, or its `request_id`
+/// where that is a ULID. Every box must order the line's changes alike, so
+/// the id, which carries the publisher's clock, is required.
+pub fn line_change_id(
+    change_id: Option<serde_json::Value>,
+    request_id: &str,
+) -> Result<ChangeId, Rejection> {
+    match change_id {
         Some(serde_json::Value::String(s)) => s.parse().map_err(|e: String| {
             reject(
                 request_id,
@@ -375,6 +365,18 @@ pub fn parse_gallery(
     max_bytes: usize,
     add: bool,
 ) -> Result<GalleryCommand, Rejection> {
+    parse_gallery_sent(payload, env, max_bytes, add).map(|(command, _)| command)
+}
+
+/// [`parse_gallery`], with the command's `change_id` field as sent, for
+/// [`line_change_id`] on the line's topics (one parse of a payload that may
+/// hold a large image).
+pub fn parse_gallery_sent(
+    payload: &[u8],
+    env: &Envelope<'_>,
+    max_bytes: usize,
+    add: bool,
+) -> Result<(GalleryCommand, Option<serde_json::Value>), Rejection> {
     let derived = || derived_id(payload, env);
     if payload.len() > max_bytes {
         return Err(reject(
@@ -406,12 +408,15 @@ pub fn parse_gallery(
             .or_else(|| json.path.clone())
             .unwrap_or_else(|| format!("mqtt:{id}"));
         let image = image_source(json.image, json.path, id)?;
-        Ok(GalleryCommand::Add {
-            request_id,
-            label,
-            image,
-            source,
-        })
+        Ok((
+            GalleryCommand::Add {
+                request_id,
+                label,
+                image,
+                source,
+            },
+            json.change_id,
+        ))
     } else {
         let ids = json.ids.unwrap_or_default();
         if label.is_some() != ids.is_empty() {
@@ -421,11 +426,14 @@ pub fn parse_gallery(
                 "gallery/remove needs either \"label\" or a non-empty \"ids\" list",
             ));
         }
-        Ok(GalleryCommand::Remove {
-            request_id,
-            label,
-            ids,
-        })
+        Ok((
+            GalleryCommand::Remove {
+                request_id,
+                label,
+                ids,
+            },
+            json.change_id,
+        ))
     }
 }
 

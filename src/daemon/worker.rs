@@ -77,10 +77,8 @@ pub enum Outcome {
         /// The versions after the change.
         versions: Versions,
     },
-    /// The line's state was merged.
+    /// The line's state was merged (what was new is logged there).
     LineSynced {
-        /// Changes that were new here.
-        new: usize,
         /// This box's state, to publish: it holds changes the line's lacked.
         publish: Option<LineStatePayload>,
     },
@@ -420,13 +418,7 @@ fn change_gallery(
                     source,
                     request_id,
                 } => {
-                    let (frame, bytes) = load(
-                        &image,
-                        &request_id,
-                        &limits,
-                        &shared.daemon_settings().allowed_dirs,
-                    )?;
-                    let sha = hex::encode(Sha256::digest(&bytes));
+                    let (frame, sha) = load_photo(&image, &request_id, &limits, shared)?;
                     let id = pipeline
                         .enroll(&frame, &label, &source, Some(sha))
                         .map_err(classify)?;
@@ -497,17 +489,12 @@ fn change_line_gallery(
                     source,
                     request_id,
                 } => {
-                    let (frame, bytes) = load(
-                        &image,
-                        &request_id,
-                        &limits,
-                        &shared.daemon_settings().allowed_dirs,
-                    )?;
+                    let (frame, sha) = load_photo(&image, &request_id, &limits, shared)?;
                     let vector = pipeline.feature(&frame).map_err(classify)?;
                     Change::Add {
                         label,
                         source,
-                        sha256: Some(hex::encode(Sha256::digest(&bytes))),
+                        sha256: Some(sha),
                         added_unix: crate::search::gallery::unix_now(),
                         vector,
                     }
@@ -560,8 +547,7 @@ fn sync_line(
             None => None,
         };
         let manifest = pipeline.gallery().manifest().clone();
-        let mut new = 0;
-        let mut theirs = crate::search::line::LineState::default();
+        let mut theirs = std::collections::HashSet::new();
         if let Some(r) = received {
             if r.model_sha256 != manifest.model_sha256 || r.dim != manifest.dim {
                 return Err(format!(
@@ -573,14 +559,11 @@ fn sync_line(
                     manifest.dim
                 ));
             }
-            for c in &r.changes {
-                theirs.insert(c.clone());
-            }
+            theirs.extend(r.changes.iter().map(|c| c.change_id));
             let applied = pipeline.apply_line(r.changes).map_err(|e| e.to_string())?;
-            new = applied.new;
-            if new > 0 {
+            if applied.new > 0 {
                 tracing::info!(
-                    new,
+                    new = applied.new,
                     added = applied.added.len(),
                     removed = applied.removed.len(),
                     from = %r.published_by,
@@ -593,7 +576,7 @@ fn sync_line(
             let v = shared.versions();
             LineStatePayload::new(v.line.unwrap_or_default(), v.device_id, &manifest, own)
         });
-        Ok(Outcome::LineSynced { new, publish })
+        Ok(Outcome::LineSynced { publish })
     }));
     shared.set_versions(versions(pipeline, shared.versions().bundle));
     reply.send(match outcome {
@@ -614,6 +597,22 @@ fn classify(e: Error) -> (ErrorCode, String) {
         _ => ErrorCode::Internal,
     };
     (code, e.to_string())
+}
+
+/// Reads and decodes a photo to enrol (box or line command), with its sha256.
+fn load_photo(
+    image: &ImageSource,
+    request_id: &str,
+    limits: &InputSettings,
+    shared: &dyn Host,
+) -> Result<(Frame, String), (ErrorCode, String)> {
+    let (frame, bytes) = load(
+        image,
+        request_id,
+        limits,
+        &shared.daemon_settings().allowed_dirs,
+    )?;
+    Ok((frame, hex::encode(Sha256::digest(&bytes))))
 }
 
 /// Reads (for path requests) and decodes a request's image, with the limits

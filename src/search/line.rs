@@ -302,12 +302,10 @@ impl LineState {
         self.changes.iter()
     }
 
-    /// How many of this state's changes `other` lacks.
-    pub fn missing_from(&self, other: &LineState) -> usize {
-        self.changes
-            .keys()
-            .filter(|k| !other.changes.contains_key(k))
-            .count()
+    /// How many of this state's changes are not among `ids` (another
+    /// state's, as received: only their ids are needed).
+    pub fn missing_from(&self, ids: &HashSet<ChangeId>) -> usize {
+        self.changes.keys().filter(|k| !ids.contains(k)).count()
     }
 
     /// The version: how many changes, the last, and a digest of them all.
@@ -558,12 +556,13 @@ mod tests {
             .collect();
         assert_eq!(vectors, vec![0, 2, 99]);
         let mut t = LineState::default();
-        assert_eq!(s.missing_from(&t), 3);
+        let ids = |x: &LineState| x.iter().map(|(id, _)| *id).collect::<HashSet<_>>();
+        assert_eq!(s.missing_from(&ids(&t)), 3);
         for l in back {
             t.insert(l);
         }
         assert_eq!(t.version(), s.version());
-        assert_eq!(s.missing_from(&t), 0);
+        assert_eq!(s.missing_from(&ids(&t)), 0);
         assert_eq!(
             t.effect().items.keys().collect::<Vec<_>>(),
             s.effect().items.keys().collect::<Vec<_>>()
