@@ -72,7 +72,8 @@ fi
 # What the binary links and loads: the three OpenCV modules it uses, the BLAS
 # and LAPACK that static faiss calls, and everything those depend on, resolved
 # by apt as if installing on an empty arm64 system.
-WANT=(libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev libblas-dev liblapack-dev libgomp1 libstdc++6)
+WANT=(libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev libblas-dev liblapack-dev libgomp1 libstdc++6
+      libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base)
 # The stamp changes with the list and with how it is resolved (this script).
 stamp="$({ printf '%s\n' "${WANT[@]}"; sed -n '/^# --- 2/,/^# --- 3/p' "$0"; } | sha256sum | cut -c1-16)"
 if [ "$(cat "$SYSROOT/.stamp" 2>/dev/null)" != "$stamp" ]; then
@@ -134,6 +135,10 @@ export OPENCV_LINK_LIBS=opencv_core,opencv_imgproc,opencv_imgcodecs
 export OPENCV_LINK_PATHS="$LIBDIR"
 export OPENCV_INCLUDE_PATHS="$SYSROOT/usr/include/opencv4,$SYSROOT/usr/include/aarch64-linux-gnu/opencv4"
 export OPENCV_DISABLE_PROBES=pkg_config,cmake,vcpkg_cmake,vcpkg
+# GStreamer (gstreamer-sys and friends find it with pkg-config): the
+# sysroot's .pc files, with their paths rebased into the sysroot.
+export PKG_CONFIG_ALLOW_CROSS=1 PKG_CONFIG_SYSROOT_DIR="$SYSROOT"
+export PKG_CONFIG_LIBDIR="$LIBDIR/pkgconfig:$SYSROOT/usr/share/pkgconfig"
 
 step "cargo build --target $TARGET (shitud)"
 cargo build --profile ci --locked --target "$TARGET" --bin shitud

@@ -2,7 +2,8 @@
 # Installs what shitu-edge needs to build and run on Debian/Ubuntu, and
 # nothing that is already there. Safe to run again.
 #   - Debian packages: OpenCV, clang (opencv bindings), cmake + BLAS/LAPACK (static faiss),
-#     mosquitto (integration tests), systemd (unit checks)
+#     mosquitto (integration tests), systemd (unit checks), GStreamer (cameras:
+#     RTSP, V4L2, files; gst-rtsp-server through PyGObject for the camera tests)
 #   - oelint-adv (PyPI) in .deps/oelint/, for the Yocto layer check
 #   - ONNX Runtime from the PyPI wheel, copied to .deps/onnxruntime/lib/ (scripts/fetch-ort.sh)
 #   - CMake from PyPI into .deps/cmake where the system's is older than 3.24
@@ -19,7 +20,10 @@ ORT_VERSION="${ORT_VERSION:-1.31.1}"
 # vectors, 400 lists: 15.8 s -> 2.0 s; docs/BENCHMARKS.md). The serial build,
 # not the pthread one: pthread OpenBLAS busy-waits after each call and starved
 # faiss's OpenMP threads (HNSW search 0.14 ms -> 8 ms).
-PACKAGES=(build-essential pkg-config clang libclang-dev libopencv-dev cmake libblas-dev liblapack-dev libopenblas0-serial python3-pip mosquitto mosquitto-clients systemd python3-venv)
+PACKAGES=(build-essential pkg-config clang libclang-dev libopencv-dev cmake libblas-dev liblapack-dev libopenblas0-serial python3-pip mosquitto mosquitto-clients systemd python3-venv
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+  gstreamer1.0-plugins-bad gstreamer1.0-libav gstreamer1.0-tools
+  python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp)
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 
@@ -35,7 +39,7 @@ if ((${#missing[@]})); then
 fi
 
 if ! command -v cargo >/dev/null; then
-  say "cargo not found: install Rust 1.88 or newer (https://rustup.rs) and run this again"
+  say "cargo not found: install Rust 1.92 or newer (https://rustup.rs) and run this again"
   exit 1
 fi
 

@@ -47,6 +47,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A camera source cannot be used: its URI or pipeline is wrong, or
+    /// GStreamer refused it.
+    #[error("source {name}: {reason}")]
+    Source {
+        /// The source's name (or its URI, before it has one).
+        name: String,
+        /// What is wrong, and what to do about it.
+        reason: String,
+    },
+
     /// The vector index failed.
     #[error("vector index: {0}")]
     Index(String),

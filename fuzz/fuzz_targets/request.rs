@@ -1,4 +1,4 @@
-//! The request parser on arbitrary payloads and user properties: it must
+//! The request parsers (recognise, gallery, trigger) on arbitrary payloads and user properties: it must
 //! return a request or a rejection, never panic, and a rejection must carry
 //! a non-empty message.
 //!
@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shitu_edge::daemon::request::{parse_gallery, parse_recognize, Envelope};
+use shitu_edge::daemon::request::{parse_gallery, parse_recognize, parse_trigger, Envelope};
 
 fuzz_target!(|data: &[u8]| {
     // The first bytes choose the user properties, the rest is the payload.
@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
         parse_recognize(payload, &env, 1 << 16).map(|_| ()),
         parse_gallery(payload, &env, 1 << 16, true).map(|_| ()),
         parse_gallery(payload, &env, 1 << 16, false).map(|_| ()),
+        parse_trigger(payload, &env, 1 << 16).map(|_| ()),
     ] {
         if let Err(r) = result {
             assert!(!r.message.is_empty());

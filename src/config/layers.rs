@@ -89,12 +89,17 @@ pub fn files(main: Option<&Path>) -> Vec<PathBuf> {
 /// Every value set by the files and the environment, in the order they apply.
 struct Layers {
     values: Vec<(String, toml::Value, Option<String>, Origin)>,
+    /// Where each element of an array of tables and its keys are
+    /// (`sources[1]`, `sources[1].uri`): the array is one value, but a
+    /// problem is about one element.
+    elements: Vec<(String, Origin)>,
     problems: Vec<Problem>,
 }
 
 fn read(main: Option<&Path>) -> Layers {
     let mut layers = Layers {
         values: Vec::new(),
+        elements: Vec::new(),
         problems: Vec::new(),
     };
     if let Some(m) = main {
@@ -122,6 +127,11 @@ fn read(main: Option<&Path>) -> Layers {
         match text.parse::<toml::Table>() {
             Ok(table) => {
                 let lines = key_lines(&text);
+                for (key, line) in lines.iter().filter(|(k, _)| k.contains('[')) {
+                    layers
+                        .elements
+                        .push((key.clone(), Origin::File(path.clone(), *line)));
+                }
                 let mut leaves = Vec::new();
                 flatten("", &table, &mut leaves);
                 for (key, value) in leaves {
@@ -184,14 +194,25 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value
 
 /// The line of each `key = …` under its `[section]`: enough for the flat
 /// layout of shitu-edge's files (no inline tables or dotted keys needed).
+/// Under `[[sources]]`, the n-th element's keys are `sources[n].key`
+/// (0-based, counted in this file), and the header is `sources` (first) and
+/// `sources[n]`.
 fn key_lines(text: &str) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     let mut section = String::new();
+    let mut elements: BTreeMap<String, usize> = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         let l = line.trim();
         // A header may carry a comment: `[mqtt]  # broker`.
         let header = l.split('#').next().unwrap_or_default().trim();
-        if let Some(h) = header.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        if let Some(h) = header.strip_prefix("[[").and_then(|h| h.strip_suffix("]]")) {
+            let name = h.trim().to_string();
+            let n = elements.entry(name.clone()).or_insert(0);
+            section = format!("{name}[{n}]");
+            *n += 1;
+            out.entry(name).or_insert(i + 1);
+            out.insert(section.clone(), i + 1);
+        } else if let Some(h) = header.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
             section = h.trim().to_string();
         } else if let Some((k, _)) = l.split_once('=') {
             let k = k.trim().trim_matches('"');
@@ -304,15 +325,30 @@ pub fn check(main: Option<&Path>) -> (Option<Effective>, Vec<Problem>) {
             return (None, problems);
         }
     };
-    let origin_of = |key: &str| origins.get(key).cloned().unwrap_or(Origin::Default);
+    // An element's own line where the array was accepted; else the array's.
+    let elements: BTreeMap<String, Origin> = layers
+        .elements
+        .into_iter()
+        .filter(|(k, _)| k.split('[').next().is_some_and(|a| origins.contains_key(a)))
+        .collect();
+    let origin_of = |key: &str| {
+        let element = key.find(']').map_or(key, |end| &key[..=end]);
+        origins
+            .get(key)
+            .or_else(|| elements.get(key))
+            .or_else(|| elements.get(element))
+            .cloned()
+            .unwrap_or(Origin::Default)
+    };
+    let missing = settings.missing_files().into_iter();
     for (key, message) in settings
         .problems()
         .into_iter()
-        .chain(settings.missing_files())
+        .chain(missing.map(|(k, m)| (k.to_string(), m)))
     {
         problems.push(Problem {
-            origin: origin_of(key),
-            key: Some(key.to_string()),
+            origin: origin_of(&key),
+            key: Some(key),
             message,
         });
     }
@@ -365,9 +401,14 @@ mod tests {
 
     #[test]
     fn key_lines_follow_sections() {
-        let l = key_lines("# c\n[mqtt]   # broker\nport = 1\n\n[mqtt.tls]\nenabled = true # x\n");
+        let l = key_lines("# c\n[mqtt]   # broker\nport = 1\n\n[mqtt.tls]\nenabled = true # x\n[[sources]]\nname = \"a\"\n[[sources]]\nname = \"b\"\n");
         assert_eq!(l["mqtt.port"], 3);
         assert_eq!(l["mqtt.tls.enabled"], 6);
+        assert_eq!(
+            (l["sources"], l["sources[0]"], l["sources[0].name"]),
+            (7, 7, 8)
+        );
+        assert_eq!((l["sources[1]"], l["sources[1].name"]), (9, 10));
     }
 
     #[test]
@@ -420,6 +461,55 @@ mod tests {
             eff.origins["mqtt.host"],
             Origin::File(dir.path().join("conf.d/10-line.toml"), 2)
         );
+    }
+
+    #[test]
+    fn a_bad_source_is_named_with_its_own_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("config.toml");
+        std::fs::write(
+            &main,
+            "[capture]\ndeadline_ms = 500\n\n[[sources]]\nname = \"cam1\"\nuri = \"rtsp://10.0.0.7/s1\"\n\n\
+             [[sources]]  # second\nname = \"cam1\"\nuri = \"http://10.0.0.8/s\"\n\n\
+             [[sources]]\nname = \"cam3\"\nuri = \"gst:videotestsrc ! nosuchelement ! appsink name=sink\"\n",
+        )
+        .unwrap();
+        let (eff, problems) = check(Some(&main));
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let has = |needle: &str| text.iter().any(|t| t.contains(needle));
+        let m = main.display();
+        assert!(
+            has(&format!(
+                "{m}:9: sources[1].name: \"cam1\" names an earlier source"
+            )),
+            "{text:#?}"
+        );
+        assert!(
+            has(&format!("{m}:10: sources[1].uri: unknown scheme \"http\"")),
+            "{text:#?}"
+        );
+        assert!(
+            has(&format!("{m}:14: sources[2].uri")) && has("nosuchelement"),
+            "{text:#?}"
+        );
+        let others: Vec<&String> = text
+            .iter()
+            .filter(|t| !t.contains("sources[") && !t.contains("search.index"))
+            .collect();
+        assert!(others.is_empty(), "{others:#?}");
+        assert_eq!(eff.unwrap().settings.sources.len(), 3);
+        // An unknown key inside a source is named too.
+        std::fs::write(&main, "[[sources]]\nname = \"a\"\nurl = \"rtsp://x/y\"\n").unwrap();
+        let (_, problems) = check(Some(&main));
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert!(
+            has_any(&text, &format!("{m}:1: sources: unknown field `url`")),
+            "{text:#?}"
+        );
+    }
+
+    fn has_any(text: &[String], needle: &str) -> bool {
+        text.iter().any(|t| t.contains(needle))
     }
 
     #[test]

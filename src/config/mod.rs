@@ -39,6 +39,63 @@ pub struct Settings {
     pub log: LogSettings,
     /// Over-the-air updates.
     pub ota: OtaSettings,
+    /// Cameras wired to the box (`[[sources]]`, one table each); none by default.
+    pub sources: Vec<SourceSettings>,
+    /// What every source shares: ring, deadlines, reconnects.
+    pub capture: CaptureSettings,
+}
+
+/// One camera or stream (`[[sources]]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceSettings {
+    /// Its name: one topic level, unique; triggers name it.
+    pub name: String,
+    /// `rtsp://` (`rtspt://` for RTSP over TCP only), `v4l2:///dev/video0`,
+    /// `file:///path/clip.mp4` (played in a loop at its own speed), or
+    /// `gst:<pipeline ending in appsink name=sink>`.
+    pub uri: String,
+    /// Conveyor travel from the trigger to this camera, milliseconds: a
+    /// trigger is answered from the first frame captured at or after
+    /// `t_ms + delay_ms`.
+    pub delay_ms: u64,
+}
+
+/// Settings shared by every source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureSettings {
+    /// How long a trigger waits for its frame after the moment it names
+    /// (`t_ms + delay_ms`), milliseconds; then it is answered `no_frame`.
+    pub deadline_ms: u64,
+    /// Frames kept per source, newest last: how far back a late trigger can
+    /// still be matched (at 30 fps, 64 frames are about 2 s).
+    pub ring_frames: usize,
+    /// A trigger whose `t_ms` is further than this from the box's clock, in
+    /// either direction, is refused (`bad_request`): a PLC clock that has
+    /// drifted, or a unit mistake (seconds for milliseconds).
+    pub max_skew_ms: u64,
+    /// A streaming source with no frame for this long is `stalled`, and is
+    /// restarted.
+    pub stall_ms: u64,
+    /// First wait before reconnecting a failed source, milliseconds; doubles
+    /// up to `reconnect_max_ms`.
+    pub reconnect_min_ms: u64,
+    /// Longest wait between reconnects, milliseconds.
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for CaptureSettings {
+    fn default() -> Self {
+        CaptureSettings {
+            deadline_ms: 1000,
+            ring_frames: 64,
+            max_skew_ms: 10_000,
+            stall_ms: 3000,
+            reconnect_min_ms: 500,
+            reconnect_max_ms: 10_000,
+        }
+    }
 }
 
 /// Over-the-air update settings.
@@ -686,11 +743,12 @@ impl Settings {
     }
 
     /// Every range or consistency problem, as (setting, what is wrong).
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
+    /// A source's setting is named with its index: `sources[1].uri`.
+    pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let mut need = |ok: bool, key: &'static str, what: &str| {
             if !ok {
-                out.push((key, what.to_string()));
+                out.push((key.to_string(), what.to_string()));
             }
         };
         need(
@@ -825,6 +883,46 @@ impl Settings {
             "mqtt.tls.ca_file",
             "is needed when mqtt.tls.enabled",
         );
+        need(
+            self.capture.ring_frames > 0,
+            "capture.ring_frames",
+            "must be at least 1",
+        );
+        need(
+            self.capture.stall_ms > 0,
+            "capture.stall_ms",
+            "must be at least 1",
+        );
+        need(
+            self.capture.reconnect_min_ms > 0
+                && self.capture.reconnect_min_ms <= self.capture.reconnect_max_ms,
+            "capture.reconnect_min_ms",
+            "must be at least 1 and not exceed capture.reconnect_max_ms",
+        );
+        let mut seen = std::collections::HashSet::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            let key = |k: &str| format!("sources[{i}].{k}");
+            if source.name.is_empty() || !one_level(&source.name) {
+                out.push((
+                    key("name"),
+                    format!(
+                        "{:?} must be a non-empty topic level: no '/', '+', '#' or '$'",
+                        source.name
+                    ),
+                ));
+            } else if !seen.insert(source.name.as_str()) {
+                out.push((
+                    key("name"),
+                    format!(
+                        "{:?} names an earlier source too; names must be unique",
+                        source.name
+                    ),
+                ));
+            }
+            if let Err(e) = crate::input::camera::check_uri(&source.uri) {
+                out.push((key("uri"), e));
+            }
+        }
         out
     }
 

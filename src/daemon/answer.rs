@@ -23,6 +23,13 @@ pub enum ErrorCode {
     /// An update bundle was refused (signature, hashes, target, download,
     /// health check); the current version keeps serving.
     Refused,
+    /// A trigger names a source this box does not have.
+    UnknownSource,
+    /// A trigger's source is not streaming (connecting, stalled, failed).
+    SourceUnavailable,
+    /// No frame of the trigger's moment arrived by its deadline, or it had
+    /// already left the source's ring.
+    NoFrame,
 }
 
 impl ErrorCode {
@@ -35,6 +42,9 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::Internal => "internal",
             ErrorCode::Refused => "refused",
+            ErrorCode::UnknownSource => "unknown_source",
+            ErrorCode::SourceUnavailable => "source_unavailable",
+            ErrorCode::NoFrame => "no_frame",
         }
     }
 }
@@ -116,6 +126,48 @@ pub struct RecognizeAnswer<'a> {
     pub timings_ms: Timings,
     /// Models and gallery.
     pub versions: &'a Versions,
+    /// What a trigger adds: its source, the frame's time, its own fields.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<&'a Capture>,
+}
+
+/// A trigger's part of its answer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Capture {
+    /// The source named by the trigger.
+    pub source: String,
+    /// When the frame recognised was captured, unix ms (absent in errors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub captured_at_ms: Option<i64>,
+    /// Its capture time minus the trigger's time (`t_ms`, or its arrival), ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frame_age_ms: Option<i64>,
+    /// The trigger's other fields, as sent.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An error answer to a trigger: the error, with the trigger's source and fields.
+pub fn trigger_error_payload(
+    request_id: &str,
+    code: ErrorCode,
+    message: &str,
+    capture: &Capture,
+) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct TriggerError<'a> {
+        request_id: &'a str,
+        ok: bool,
+        error: ErrorBody<'a>,
+        #[serde(flatten)]
+        capture: &'a Capture,
+    }
+    to_vec(&TriggerError {
+        request_id,
+        ok: false,
+        error: ErrorBody { code, message },
+        capture,
+    })
 }
 
 /// Builds the answer's objects from the pipeline's result for one frame.
@@ -329,6 +381,9 @@ mod tests {
             ErrorCode::Busy,
             ErrorCode::Internal,
             ErrorCode::Refused,
+            ErrorCode::UnknownSource,
+            ErrorCode::SourceUnavailable,
+            ErrorCode::NoFrame,
         ] {
             assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
         }

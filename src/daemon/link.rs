@@ -17,8 +17,10 @@ use crate::config::{MqttSettings, Protocol};
 pub struct Topics {
     /// `P/recognize`.
     pub recognize: String,
-    /// `P/result`: answers to requests without a response topic.
+    /// `P/result`: answers to requests (and triggers) without a response topic.
     pub result: String,
+    /// `P/trigger`: "an item is under camera N now".
+    pub trigger: String,
     /// `P/status`, retained.
     pub status: String,
     /// `P/gallery/add`.
@@ -79,6 +81,8 @@ pub enum Scope {
 pub enum Route {
     /// Recognise an image (`P/recognize`, or the line's).
     Recognize(Scope),
+    /// Recognise what a camera of this box captures at a moment (`P/trigger`).
+    Trigger,
     /// Enrol a product photo (`P/gallery/add`, or the line's).
     GalleryAdd(Scope),
     /// Remove gallery items (`P/gallery/remove`, or the line's).
@@ -101,7 +105,7 @@ impl Route {
             (Route::GalleryAdd(Scope::Line) | Route::GalleryRemove(Scope::Line), Some(l)) => {
                 &l.gallery_result
             }
-            (Route::Recognize(_), _) => &t.result,
+            (Route::Recognize(_) | Route::Trigger, _) => &t.result,
             (Route::GalleryAdd(_) | Route::GalleryRemove(_), _) => &t.gallery_result,
             // Never answered; named for completeness.
             (Route::LineManifest | Route::LineState, Some(l)) => &l.gallery_result,
@@ -125,6 +129,7 @@ impl Topics {
         });
         [
             (&self.recognize, Route::Recognize(Scope::Box)),
+            (&self.trigger, Route::Trigger),
             (&self.gallery_add, Route::GalleryAdd(Scope::Box)),
             (&self.gallery_remove, Route::GalleryRemove(Scope::Box)),
             (&self.ota_apply, Route::OtaApply),
@@ -139,6 +144,7 @@ impl Topics {
     pub fn filters(&self) -> Vec<&str> {
         let mut f = vec![
             self.recognize_filter.as_str(),
+            &self.trigger,
             &self.gallery_add,
             &self.gallery_remove,
             &self.ota_apply,
@@ -168,6 +174,7 @@ impl Topics {
         Topics {
             recognize,
             result: format!("{p}/result"),
+            trigger: format!("{p}/trigger"),
             status: format!("{p}/status"),
             gallery_add: format!("{p}/gallery/add"),
             gallery_remove: format!("{p}/gallery/remove"),
@@ -209,7 +216,9 @@ mod route_tests {
             Some(Route::Recognize(Scope::Box))
         );
         assert_eq!(t.route("shitu/line/l1/recognize"), None, "no line set");
-        assert_eq!(t.filters().len(), 5);
+        assert_eq!(t.filters().len(), 6);
+        assert_eq!(t.route("shitu/box1/trigger"), Some(Route::Trigger));
+        assert_eq!(Route::Trigger.default_answer_topic(&t), "shitu/box1/result");
         assert_eq!(
             t.route("shitu/box1/gallery/add"),
             Some(Route::GalleryAdd(Scope::Box))

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 
 use super::answer::Timings;
 use super::Shared;
+use crate::input::camera::{Health, State};
 
 /// A histogram with fixed upper bounds (cumulative buckets, Prometheus style).
 #[derive(Debug)]
@@ -236,7 +237,80 @@ pub fn render(shared: &Shared) -> String {
         "# HELP shitu_batch_size Requests per pipeline batch.\n# TYPE shitu_batch_size histogram"
     );
     h.batch.render(&mut out, "shitu_batch_size", "");
+    sources(&mut out, shared);
     out
+}
+
+/// Per-source health: state, frames, drops, reconnects, the newest frame's age.
+fn sources(out: &mut String, shared: &Shared) {
+    let health = shared.cameras.health();
+    if health.is_empty() {
+        return;
+    }
+    let label = |name: &str| name.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut family =
+        |name: &str, kind: &str, help: &str, value: &dyn Fn(&Health) -> Option<f64>| {
+            let _ = writeln!(
+                out,
+                "# HELP shitu_source_{name} {help}\n# TYPE shitu_source_{name} {kind}"
+            );
+            for (source, h) in &health {
+                if let Some(v) = value(h) {
+                    let _ = writeln!(
+                        out,
+                        "shitu_source_{name}{{source=\"{}\"}} {v}",
+                        label(source)
+                    );
+                }
+            }
+        };
+    family(
+        "streaming",
+        "gauge",
+        "1 while the source delivers frames.",
+        &|h| Some(f64::from(u8::from(h.state == State::Streaming))),
+    );
+    family(
+        "frames_total",
+        "counter",
+        "Frames taken into the source's ring.",
+        &|h| Some(h.frames_in as f64),
+    );
+    family(
+        "frames_dropped_total",
+        "counter",
+        "Frames refused (format, size).",
+        &|h| Some(h.frames_dropped as f64),
+    );
+    family(
+        "reconnects_total",
+        "counter",
+        "Pipeline restarts after a failure or a stall.",
+        &|h| Some(h.reconnects as f64),
+    );
+    family(
+        "frame_age_seconds",
+        "gauge",
+        "Age of the newest frame.",
+        &|h| h.last_frame_age_ms.map(|ms| ms as f64 / 1e3),
+    );
+    let _ = writeln!(out, "# HELP shitu_source_state The source's state (1 for the current one).\n# TYPE shitu_source_state gauge");
+    for (source, h) in &health {
+        for state in [
+            State::Connecting,
+            State::Streaming,
+            State::Stalled,
+            State::Failed,
+        ] {
+            let _ = writeln!(
+                out,
+                "shitu_source_state{{source=\"{}\",state=\"{}\"}} {}",
+                label(source),
+                state.as_str(),
+                u8::from(h.state == state)
+            );
+        }
+    }
 }
 
 /// Why the daemon is not healthy, if it is not.

@@ -24,6 +24,7 @@ pub mod request;
 pub mod service;
 pub mod spool;
 pub mod status;
+mod trigger;
 pub mod updater;
 pub mod worker;
 
@@ -36,8 +37,9 @@ use anyhow::Context;
 use bytes::Bytes;
 
 use crate::config::Settings;
+use crate::input::camera::Cameras;
 use crate::pipeline::Pipeline;
-use answer::{error_payload, ErrorCode, GalleryAnswer, RecognizeAnswer, Versions};
+use answer::{error_payload, Capture, ErrorCode, GalleryAnswer, RecognizeAnswer, Versions};
 use health::Health;
 use ledger::{Admit, Ledger};
 use line_sync::{Action, LineManifestPayload, LineSync};
@@ -86,6 +88,8 @@ pub struct Shared {
     /// For the line state's on-demand subscription.
     client: Client,
     line_sync: Mutex<LineSync>,
+    /// The box's own cameras (`[[sources]]`), for triggers.
+    cameras: Cameras,
 }
 
 impl Shared {
@@ -118,11 +122,11 @@ impl Shared {
     /// A job's reply channel that answers `to` over MQTT.
     fn mqtt_reply(self: &Arc<Self>, to: ReplyTo) -> Reply {
         let shared = self.clone();
-        Reply::new(move |outcome| shared.answer_outcome(to, outcome))
+        Reply::new(move |outcome| shared.answer_outcome(to, outcome, None))
     }
 
-    /// Turns a job's outcome into its MQTT answer.
-    fn answer_outcome(&self, to: ReplyTo, outcome: Outcome) {
+    /// Turns a job's outcome into its MQTT answer; a trigger's carries its `capture`.
+    fn answer_outcome(&self, to: ReplyTo, outcome: Outcome, capture: Option<&Capture>) {
         let payload = match outcome {
             Outcome::Recognized {
                 result,
@@ -136,6 +140,7 @@ impl Shared {
                     results: answer::objects(&result),
                     timings_ms: timings,
                     versions: &versions,
+                    capture,
                 })
             }
             Outcome::GalleryChanged {
@@ -153,7 +158,12 @@ impl Shared {
                 already_applied,
                 versions: &versions,
             }),
-            Outcome::Failed { code, message } => return self.reply_error(to, code, &message),
+            Outcome::Failed { code, message } => {
+                return match capture {
+                    Some(c) => self.reply_trigger_error(to, code, &message, c),
+                    None => self.reply_error(to, code, &message),
+                }
+            }
             Outcome::LineSynced { .. } => {
                 tracing::error!(request_id = %to.request_id, "a line sync outcome reached a request's reply; dropped");
                 return;
@@ -165,6 +175,17 @@ impl Shared {
 
     /// Sends an error answer, and logs it.
     pub fn reply_error(&self, reply: ReplyTo, code: ErrorCode, message: &str) {
+        let payload = error_payload(&reply.request_id, code, message);
+        self.send_error(reply, code, message, payload);
+    }
+
+    /// Sends a trigger's error answer (with its source and fields), and logs it.
+    fn reply_trigger_error(&self, reply: ReplyTo, code: ErrorCode, message: &str, c: &Capture) {
+        let payload = answer::trigger_error_payload(&reply.request_id, code, message, c);
+        self.send_error(reply, code, message, payload);
+    }
+
+    fn send_error(&self, reply: ReplyTo, code: ErrorCode, message: &str, payload: Vec<u8>) {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
         if code == ErrorCode::Busy {
             self.counters.busy.fetch_add(1, Ordering::Relaxed);
@@ -172,7 +193,6 @@ impl Shared {
         } else {
             tracing::warn!(request_id = %reply.request_id, code = code.as_str(), "request refused: {message}");
         }
-        let payload = error_payload(&reply.request_id, code, message);
         self.answer(
             reply,
             Bytes::from(payload),
@@ -322,7 +342,21 @@ impl Shared {
             n(&c.busy),
             self.queued.load(Ordering::Relaxed),
             self.outbox.spooled()
-        )
+        ) + &self.sources_summary()
+    }
+
+    /// `; sources: cam1 streaming, cam2 failed` (empty without sources).
+    fn sources_summary(&self) -> String {
+        let parts: Vec<String> = self
+            .cameras
+            .iter()
+            .map(|s| format!("{} {}", s.name(), s.state().as_str()))
+            .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("; sources: {}", parts.join(", "))
+        }
     }
 
     fn publish_status(&self) {
@@ -331,6 +365,7 @@ impl Shared {
             &self.versions(),
             &self.counters,
             self.queued.load(Ordering::Relaxed),
+            &self.cameras.health(),
         );
         self.outbox
             .submit(Message::status(self.topics.status.clone(), payload));
@@ -472,6 +507,14 @@ impl Shared {
                 }
                 Err(rej) => refuse(rej),
             },
+            Route::Trigger => match request::parse_trigger(&m.payload, &env, max) {
+                Ok(t) => {
+                    if let Some(to) = self.admit(&t.request_id, reply(t.request_id.clone())) {
+                        self.on_trigger(t, to);
+                    }
+                }
+                Err(rej) => refuse(rej),
+            },
             Route::GalleryAdd(scope) | Route::GalleryRemove(scope) => {
                 let add = matches!(route, Route::GalleryAdd(_));
                 let parsed = request::parse_gallery_sent(&m.payload, &env, max, add);
@@ -597,6 +640,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ),
     };
     let updater = startup.map(|s| Arc::new(s.updater));
+    // Cameras start before the broker: a trigger that arrives first finds
+    // frames in the ring. A camera that is down is retried, not fatal.
+    let cameras = Cameras::start(&settings.sources, &settings.capture, &settings.input)
+        .context("starting the cameras ([[sources]])")?;
     let broker = format!("{}:{}", settings.mqtt.host, settings.mqtt.port);
     service.status(&format!("models loaded; connecting to the broker {broker}"));
     let mut versions = worker::versions(&pipeline, bundle);
@@ -661,6 +708,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         histograms: metrics::Histograms::default(),
         client: client.clone(),
         line_sync: Mutex::new(LineSync::new(&device)),
+        cameras,
     });
     let metrics_server = match settings.daemon.metrics_port {
         0 => None,
@@ -750,6 +798,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         "stopping: no new requests; finishing the queue"
     );
     shared.stopping.store(true, Ordering::Relaxed);
+    shared.cameras.stop();
     shared.service.stopping(&format!(
         "stopping: finishing {} queued requests",
         shared.queued.load(Ordering::Relaxed)

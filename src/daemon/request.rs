@@ -37,7 +37,48 @@ pub enum ImageSource {
     Bytes(Vec<u8>),
     /// A file on this device; checked against `daemon.allowed_dirs` before use.
     Path(PathBuf),
+    /// A frame a camera captured (a trigger's), already decoded.
+    Captured(CapturedFrame),
 }
+
+/// A camera frame shared with its source's ring: the pipeline thread
+/// copies it, so the ring never waits on a recognition.
+#[derive(Debug, Clone)]
+pub struct CapturedFrame(pub std::sync::Arc<crate::input::Frame>);
+
+impl PartialEq for CapturedFrame {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// A parsed trigger: recognise what camera `source` sees at `t_ms`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trigger {
+    /// The controller's id for it (required: two triggers alike are otherwise one redelivered).
+    pub request_id: String,
+    /// The source's name (`[[sources]] name`).
+    pub source: String,
+    /// When the item passed the trigger, unix ms (`None`: when the trigger arrived).
+    pub t_ms: Option<i64>,
+    /// Search options.
+    pub query: Query,
+    /// Every other field, copied into the answer (`item`, `lane`, …).
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Answer fields a trigger's own fields may not take.
+const TRIGGER_RESERVED: [&str; 9] = [
+    "ok",
+    "error",
+    "results",
+    "timings_ms",
+    "versions",
+    "captured_at_ms",
+    "frame_age_ms",
+    "image",
+    "path",
+];
 
 /// A parsed recognise request.
 #[derive(Debug, Clone, PartialEq)]
@@ -314,6 +355,110 @@ pub fn parse_recognize(
         image,
         query,
         ignored,
+    })
+}
+
+/// Parses a trigger (`P/trigger`, JSON only). `max_bytes` is checked first.
+pub fn parse_trigger(
+    payload: &[u8],
+    env: &Envelope<'_>,
+    max_bytes: usize,
+) -> Result<Trigger, Rejection> {
+    let derived = || derived_id(payload, env);
+    if payload.len() > max_bytes {
+        return Err(reject(
+            &derived(),
+            ErrorCode::TooLarge,
+            format!(
+                "payload is {} bytes, over the limit of {max_bytes} (daemon.max_payload_bytes)",
+                payload.len()
+            ),
+        ));
+    }
+    #[derive(Deserialize)]
+    struct TriggerJson {
+        #[serde(default)]
+        request_id: Option<IdValue>,
+        #[serde(default)]
+        source: Option<String>,
+        #[serde(default)]
+        t_ms: Option<serde_json::Value>,
+        #[serde(default)]
+        return_k: Option<serde_json::Value>,
+        #[serde(default)]
+        score_threshold: Option<serde_json::Value>,
+        #[serde(flatten)]
+        rest: serde_json::Map<String, serde_json::Value>,
+    }
+    if !looks_like_json(payload) {
+        return Err(reject(
+            &derived(),
+            ErrorCode::BadRequest,
+            "a trigger is a JSON object: {\"request_id\": \"…\", \"source\": \"cam1\"}",
+        ));
+    }
+    let json: TriggerJson = parse_json(payload, &derived)?;
+    let Some(request_id) = json.request_id else {
+        return Err(reject(
+            &derived(),
+            ErrorCode::BadRequest,
+            "a trigger needs a request_id: two triggers alike would otherwise count as one redelivered",
+        ));
+    };
+    let request_id = check_id(request_id.into_string(), derived)?;
+    let id = request_id.as_str();
+    let source = match json.source {
+        Some(s) if !s.is_empty() => s,
+        _ => {
+            return Err(reject(
+                id,
+                ErrorCode::BadRequest,
+                "a trigger needs \"source\": the name of one of the box's [[sources]]",
+            ))
+        }
+    };
+    let t_ms = match json.t_ms {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => match v.as_i64().filter(|t| *t >= 0) {
+            Some(t) => Some(t),
+            None => {
+                return Err(reject(
+                    id,
+                    ErrorCode::BadRequest,
+                    format!("t_ms must be unix time in whole milliseconds, got {v}"),
+                ))
+            }
+        },
+    };
+    if let Some(k) = json
+        .rest
+        .keys()
+        .find(|k| TRIGGER_RESERVED.contains(&k.as_str()))
+    {
+        return Err(reject(
+            id,
+            ErrorCode::BadRequest,
+            format!(
+                "field {k:?} is not a trigger field and would clash with the answer's; rename it"
+            ),
+        ));
+    }
+    let query = Query {
+        return_k: json
+            .return_k
+            .map(|v| return_k(&v.to_string(), id))
+            .transpose()?,
+        score_threshold: json
+            .score_threshold
+            .map(|v| score_threshold(&v.to_string(), id))
+            .transpose()?,
+    };
+    Ok(Trigger {
+        request_id,
+        source,
+        t_ms,
+        query,
+        extra: json.rest,
     })
 }
 
@@ -708,6 +853,62 @@ mod tests {
             parse_recognize(&big, &env(), 100).unwrap_err().code,
             ErrorCode::TooLarge
         );
+    }
+
+    #[test]
+    fn triggers_are_parsed_and_their_bad_fields_named() {
+        let t = parse_trigger(
+            br#"{"request_id":"t1","source":"cam1","t_ms":1700000000123,"item":4711,"return_k":3}"#,
+            &env(),
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(
+            (t.request_id.as_str(), t.source.as_str(), t.t_ms),
+            ("t1", "cam1", Some(1_700_000_000_123))
+        );
+        assert_eq!(t.query.return_k, Some(3));
+        assert_eq!(t.extra.get("item"), Some(&serde_json::json!(4711)));
+        let t = parse_trigger(br#"{"request_id":7,"source":"c"}"#, &env(), MAX).unwrap();
+        assert_eq!((t.request_id.as_str(), t.t_ms), ("7", None));
+        for (payload, says) in [
+            (&br#"{"source":"cam1"}"#[..], "needs a request_id"),
+            (br#"{"request_id":"a"}"#, "needs \"source\""),
+            (br#"{"request_id":"a","source":""}"#, "needs \"source\""),
+            (
+                br#"{"request_id":"a","source":"c","t_ms":-5}"#,
+                "t_ms must be",
+            ),
+            (
+                br#"{"request_id":"a","source":"c","t_ms":"now"}"#,
+                "t_ms must be",
+            ),
+            (
+                br#"{"request_id":"a","source":"c","t_ms":1.5}"#,
+                "t_ms must be",
+            ),
+            (
+                br#"{"request_id":"a","source":"c","results":[]}"#,
+                "\"results\"",
+            ),
+            (
+                br#"{"request_id":"a","source":"c","return_k":0}"#,
+                "return_k",
+            ),
+            (br#"{"request_id":"a","source":7}"#, "invalid request"),
+            (b"\xff\xd8jpeg", "JSON object"),
+        ] {
+            let e = parse_trigger(payload, &env(), MAX).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest);
+            assert!(
+                e.message.contains(says),
+                "{}: {}",
+                String::from_utf8_lossy(payload),
+                e.message
+            );
+        }
+        let e = parse_trigger(&[b' '; 64], &env(), 10).unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooLarge);
     }
 
     #[test]

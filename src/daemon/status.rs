@@ -1,11 +1,13 @@
 //! Counters and the retained `status` message.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
 
 use super::answer::Versions;
+use crate::input::camera::Health;
 
 /// What the daemon has done since it started.
 #[derive(Debug, Default)]
@@ -55,6 +57,9 @@ pub struct Status<'a> {
     /// Requests waiting for the pipeline.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queued: Option<usize>,
+    /// Each camera's health, by source name (absent without `[[sources]]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sources: Option<&'a BTreeMap<String, Health>>,
 }
 
 /// A snapshot of [`Counters`].
@@ -114,6 +119,7 @@ pub fn online(
     versions: &Versions,
     counters: &Counters,
     queued: usize,
+    sources: &BTreeMap<String, Health>,
 ) -> Vec<u8> {
     super::answer::to_vec(&Status {
         state: "online",
@@ -121,6 +127,7 @@ pub fn online(
         versions: Some(versions),
         counters: Some(counters.values()),
         queued: Some(queued),
+        sources: (!sources.is_empty()).then_some(sources),
     })
 }
 
@@ -132,5 +139,6 @@ pub fn offline() -> Vec<u8> {
         versions: None,
         counters: None,
         queued: None,
+        sources: None,
     })
 }

@@ -624,6 +624,19 @@ fn load(
     allowed: &[std::path::PathBuf],
 ) -> Result<(Frame, Vec<u8>), (ErrorCode, String)> {
     let bytes = match image {
+        ImageSource::Captured(c) => {
+            // A copy: the ring keeps its frame for later triggers, and the
+            // pipeline may write into the one it is given.
+            let rgb = opencv::core::MatTraitConst::try_clone(&c.0.rgb).map_err(|e| {
+                (
+                    ErrorCode::Internal,
+                    format!("cannot copy the frame {}: {e}", c.0.name),
+                )
+            })?;
+            let frame = Frame::from_rgb(c.0.name.clone(), rgb)
+                .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+            return Ok((frame, Vec::new()));
+        }
         ImageSource::Bytes(b) => b.clone(),
         ImageSource::Path(p) => {
             let real = resolve_path(p, allowed)?;

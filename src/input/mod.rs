@@ -5,6 +5,7 @@
 //! refused instead of being decoded into grey half-frames, which OpenCV
 //! would otherwise do silently.
 
+pub mod camera;
 mod header;
 
 use std::path::Path;

@@ -1034,24 +1034,6 @@ async fn mqtt_311_serves_with_answers_on_the_result_topic() {
     assert_eq!(daemon.stop(), Some(0));
 }
 
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 /// `/metrics` counts what happened, with stage-latency and batch-size
 /// histograms; `/healthz` turns 503 when the broker goes away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,7 +209,9 @@ async fn the_installed_unit_serves_under_systemd_and_a_hung_daemon_is_restarted(
     std::fs::create_dir_all(dest.join("etc/shitu-edge/conf.d")).unwrap();
     std::fs::write(
         dest.join("etc/shitu-edge/conf.d/50-broker.toml"),
-        format!("[mqtt]\nport = {}\ndevice_id = \"boot\"\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n[daemon]\nstatus_interval_s = 1\n", broker.port),
+        format!("[mqtt]\nport = {}\ndevice_id = \"boot\"\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n[daemon]\nstatus_interval_s = 1\n\
+                 # A camera, inside the unit's sandbox (threads, GStreamer's plugin scan, orc under MemoryDenyWriteExecute).\n\
+                 [[sources]]\nname = \"cam1\"\nuri = \"gst:videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=10/1 ! videoconvert ! appsink name=sink\"\n", broker.port),
     )
     .unwrap();
 
@@ -267,6 +269,27 @@ async fn the_installed_unit_serves_under_systemd_and_a_hung_daemon_is_restarted(
         .await
         .expect("an answer from the service");
     check_answer(&a.json, &expected[0].1);
+
+    // The camera streams under the sandbox: a trigger is answered from it,
+    // and `systemctl status` names its state.
+    ctl.request(
+        "shitu/boot/trigger",
+        br#"{"request_id":"trig1","source":"cam1"}"#.to_vec(),
+        "trig1",
+        vec![],
+    )
+    .await;
+    let a = ctl
+        .reply_before(Instant::now() + Duration::from_secs(60))
+        .await
+        .expect("an answer to the trigger");
+    assert_eq!(a.json["ok"], true, "{}\n{}", a.json, sys.journal());
+    assert_eq!(a.json["source"], "cam1");
+    sys.wait_for(
+        "the camera in systemctl status",
+        Duration::from_secs(30),
+        |b| b.prop("StatusText").contains("sources: cam1 streaming"),
+    );
 
     // A sandbox that breaks something shows in the journal first: systemd
     // warns about a setting it cannot apply, ONNX Runtime about files it

@@ -10,9 +10,10 @@ LIC_FILES_CHKSUM = "file://LICENSE;md5=22a53954e4e0ec258dfce4391e905dac"
 
 # opencv: the crate's bindings are generated against the target OpenCV with
 # libclang (meta-clang). faiss is built from source (static) with cmake and
-# links BLAS/LAPACK. ONNX Runtime and CUDA are opened at run time (ort
-# load-dynamic, cudarc dynamic-loading), so they are run-time dependencies only.
-DEPENDS = "clang-native cmake-native openblas opencv"
+# links BLAS/LAPACK. GStreamer (cameras) is linked, found with pkg-config.
+# ONNX Runtime and CUDA are opened at run time (ort load-dynamic, cudarc
+# dynamic-loading), so they are run-time dependencies only.
+DEPENDS = "clang-native cmake-native openblas opencv gstreamer1.0 gstreamer1.0-plugins-base"
 
 # The project's own tree. The project has no public home yet: a BSP sets
 # SHITU_EDGE_GIT and a fixed SRCREV (release builds must not use AUTOREV)
@@ -64,5 +65,15 @@ CONFFILES:${PN} = "${sysconfdir}/shitu-edge/config.toml ${sysconfdir}/mosquitto/
 
 # ONNX Runtime is dlopen()ed; the CUDA libraries only with the cuda or
 # tensorrt provider, named as meta-tegra names them.
-RDEPENDS:${PN} = "onnxruntime opencv"
-RRECOMMENDS:${PN} = "${@bb.utils.contains('MACHINE_FEATURES', 'cuda', 'cuda-cudart cuda-nvrtc libcublas cudnn tensorrt-core tensorrt-plugins', '', d)}"
+# Cameras: rtspsrc, v4l2src and the RTP depayloaders (good), videoconvert,
+# decodebin and appsink (base), H.264/H.265 parsers (bad). Decoders: libav
+# here; a Jetson image adds meta-tegra's gstreamer1.0-plugins-nvvideo4linux2
+# (nvv4l2decoder) and nvarguscamerasrc. gstreamer1.0-libav carries
+# LICENSE_FLAGS = "commercial": recommended, so an image that does not
+# accept the flag still builds (and decodes with the hardware or openh264).
+RDEPENDS:${PN} = "onnxruntime opencv gstreamer1.0 gstreamer1.0-plugins-base-app \
+                  gstreamer1.0-plugins-base-videoconvertscale gstreamer1.0-plugins-base-playback \
+                  gstreamer1.0-plugins-good-rtsp gstreamer1.0-plugins-good-rtp \
+                  gstreamer1.0-plugins-good-rtpmanager gstreamer1.0-plugins-good-udp \
+                  gstreamer1.0-plugins-good-video4linux2 gstreamer1.0-plugins-bad-videoparsersbad"
+RRECOMMENDS:${PN} = "gstreamer1.0-libav ${@bb.utils.contains('MACHINE_FEATURES', 'cuda', 'cuda-cudart cuda-nvrtc libcublas cudnn tensorrt-core tensorrt-plugins', '', d)}"

@@ -1,0 +1,96 @@
+//! Triggered capture: "an item is under camera N now". The trigger waits,
+//! off the pipeline thread, for the first frame its source captured at or
+//! after `t_ms + delay_ms`, then goes into the same queue as every
+//! recognise request, carrying its answer's extra fields with it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::answer::{Capture, ErrorCode};
+use super::request::{CapturedFrame, ImageSource, Trigger};
+use super::worker::{Job, Reply, Work};
+use super::{ReplyTo, Shared};
+use crate::input::camera::{now_ms, Missed};
+
+impl Shared {
+    /// Answers a trigger admitted as new: refuses it at once when it cannot
+    /// be served, else waits for its frame on the async runtime.
+    pub(super) fn on_trigger(self: &Arc<Self>, t: Trigger, to: ReplyTo) {
+        let now = now_ms();
+        let mut capture = Capture {
+            source: t.source.clone(),
+            captured_at_ms: None,
+            frame_age_ms: None,
+            extra: t.extra,
+        };
+        let Some(source) = self.cameras.get(&t.source).cloned() else {
+            let names: Vec<&str> = self.cameras.iter().map(|s| s.name()).collect();
+            let has = if names.is_empty() {
+                "this box has no [[sources]]".to_string()
+            } else {
+                format!("this box has {}", names.join(", "))
+            };
+            let message = format!("no source named {:?}: {has}", t.source);
+            return self.reply_trigger_error(to, ErrorCode::UnknownSource, &message, &capture);
+        };
+        let capture_settings = &self.settings.capture;
+        let t_ms = t.t_ms.unwrap_or(now);
+        let skew = t_ms - now;
+        if skew.unsigned_abs() > capture_settings.max_skew_ms {
+            let message = format!(
+                "t_ms {t_ms} is {} ms in the {} of this box's clock, beyond capture.max_skew_ms ({}): check the controller's clock (NTP) and that t_ms is in milliseconds",
+                skew.unsigned_abs(),
+                if skew < 0 { "past" } else { "future" },
+                capture_settings.max_skew_ms
+            );
+            return self.reply_trigger_error(to, ErrorCode::BadRequest, &message, &capture);
+        }
+        let target = t_ms + source.delay_ms() as i64;
+        let deadline_ms = capture_settings.deadline_ms;
+        let wait = (target - now).max(0) as u64 + deadline_ms;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let missed = match source.frame_at(target, deadline).await {
+                Ok(frame) => {
+                    capture.captured_at_ms = Some(frame.at_ms);
+                    capture.frame_age_ms = Some(frame.at_ms - t_ms);
+                    let reply = {
+                        let shared = shared.clone();
+                        Reply::new(move |o| shared.answer_outcome(to, o, Some(&capture)))
+                    };
+                    return shared.enqueue(Job {
+                        request_id: t.request_id,
+                        arrived: std::time::Instant::now(),
+                        work: Work::Recognize {
+                            image: ImageSource::Captured(CapturedFrame(frame.frame)),
+                            query: t.query,
+                        },
+                        reply,
+                    });
+                }
+                Err(missed) => missed,
+            };
+            let (code, message) = match missed {
+                Missed::Unavailable(state) => (
+                    ErrorCode::SourceUnavailable,
+                    format!("source {:?} is {state}; P/status shows its state", source.name()),
+                ),
+                Missed::Deadline => (
+                    ErrorCode::NoFrame,
+                    format!(
+                        "no frame captured at or after {target} (t_ms + delay_ms) came within capture.deadline_ms ({deadline_ms} ms)"
+                    ),
+                ),
+                Missed::Gone { oldest_ms } => (
+                    ErrorCode::NoFrame,
+                    format!(
+                        "the frame for {target} has left the ring: the oldest held was captured {} ms later; a larger capture.ring_frames keeps frames longer",
+                        oldest_ms - target
+                    ),
+                ),
+            };
+            shared.reply_trigger_error(to, code, &message, &capture);
+        });
+    }
+}

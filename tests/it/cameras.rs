@@ -1,0 +1,455 @@
+//! Cameras with real parts: a gst-rtsp-server camera (tests/rtsp/serve.py)
+//! streaming the test scenes, each on screen for a known time, a real
+//! mosquitto and `shitud run`. A trigger is answered with what was on
+//! screen at its moment, as the in-process pipeline (what `shitud
+//! recognize` runs) answers for that frame; an outage is reported at once
+//! and the source comes back by itself; a `file://` source plays in a loop.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use opencv::core::{Mat, MatTraitConst, MatTraitConstManual, Rect, Scalar, CV_8UC3};
+use opencv::{imgcodecs, imgproc};
+
+use crate::common::mqtt::*;
+use crate::common::*;
+
+const TRIGGER: &str = "shitu/test/trigger";
+const STATUS: &str = "shitu/test/status";
+/// The canvas every scene is drawn on: a stream has one frame size.
+const W: i32 = 960;
+const H: i32 = 600;
+const FPS: i64 = 5;
+/// How long each scene is on screen.
+const HOLD_MS: i64 = 1200;
+const SCENES: usize = 4;
+
+/// The scenes as the camera shows them: PNG (for the expected answers) and
+/// raw RGB (for the server), with what the in-process pipeline finds.
+fn frames(dir: &Path, gallery: &Path) -> (Vec<PathBuf>, Vec<Expected>) {
+    let mut s = settings("det_prenms.onnx");
+    s.search.index = gallery.to_path_buf();
+    let mut pipeline = shitu_edge::Pipeline::open(&s).expect("pipeline");
+    let mut raws = Vec::new();
+    let mut expected = Vec::new();
+    for k in 0..SCENES {
+        let scene = imgcodecs::imread(
+            data(&format!("images/scenes/scene_{k:05}.jpg"))
+                .to_str()
+                .unwrap(),
+            imgcodecs::IMREAD_COLOR,
+        )
+        .unwrap();
+        let mut canvas =
+            Mat::new_rows_cols_with_default(H, W, CV_8UC3, Scalar::all(114.0)).unwrap();
+        let (w, h) = (scene.cols().min(W), scene.rows().min(H));
+        let mut roi = Mat::roi_mut(&mut canvas, Rect::new(0, 0, w, h)).unwrap();
+        Mat::roi(&scene, Rect::new(0, 0, w, h))
+            .unwrap()
+            .copy_to(&mut roi)
+            .unwrap();
+        let png = dir.join(format!("frame{k}.png"));
+        imgcodecs::imwrite_def(png.to_str().unwrap(), &canvas).unwrap();
+        let mut rgb = Mat::default();
+        imgproc::cvt_color_def(&canvas, &mut rgb, imgproc::COLOR_BGR2RGB).unwrap();
+        let raw = dir.join(format!("frame{k}.rgb"));
+        std::fs::write(&raw, rgb.data_bytes().unwrap()).unwrap();
+        raws.push(raw);
+        let frame = shitu_edge::input::read(&png, &s.input).unwrap();
+        let r = pipeline.recognize(&[frame]).unwrap().remove(0);
+        expected.push(
+            r.results
+                .iter()
+                .map(|x| (x.rec_docs.clone(), x.bbox, x.rec_scores))
+                .collect(),
+        );
+    }
+    (raws, expected)
+}
+
+/// tests/rtsp/serve.py on `port`; its session lines come on the channel.
+struct Camera {
+    child: Child,
+    sessions: mpsc::Receiver<i64>,
+}
+
+impl Camera {
+    fn start(port: u16, raws: &[PathBuf]) -> Camera {
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(root().join("tests/rtsp/serve.py"))
+            .args(["--port", &port.to_string()])
+            .args(["--width", &W.to_string(), "--height", &H.to_string()])
+            .args(["--fps", &FPS.to_string(), "--hold-ms", &HOLD_MS.to_string()])
+            .args(raws)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs tests/rtsp/serve.py (python3-gi, gir1.2-gst-rtsp-server-1.0: scripts/setup.sh)");
+        let out = child.stdout.take().unwrap();
+        let (tx, sessions) = mpsc::channel();
+        let (up_tx, up) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if v["listening"].is_u64() {
+                    let _ = up_tx.send(());
+                }
+                if let Some(ms) = v["start_ms"].as_i64() {
+                    let _ = tx.send(ms);
+                }
+            }
+        });
+        up.recv_timeout(Duration::from_secs(20))
+            .expect("the RTSP server did not start listening");
+        Camera { child, sessions }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Camera {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The scene on screen at `t` in a session that started at `start`.
+fn scene_at(start: i64, t: i64) -> usize {
+    // The server's frames are whole: frame n covers [n, n+1) / FPS.
+    let frame = (t - start) * FPS / 1000;
+    let per_scene = HOLD_MS * FPS / 1000;
+    ((frame / per_scene) as usize) % SCENES
+}
+
+/// A trigger with a response topic.
+async fn trigger(ctl: &Controller, id: &str, body: serde_json::Value) {
+    let mut body = body;
+    body["request_id"] = id.into();
+    ctl.request(TRIGGER, serde_json::to_vec(&body).unwrap(), id, vec![])
+        .await;
+}
+
+async fn answer(ctl: &mut Controller, id: &str, wait: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + wait;
+    loop {
+        let m = ctl
+            .reply_before(deadline)
+            .await
+            .unwrap_or_else(|| panic!("no answer to {id} within {wait:?}"));
+        if m.json["request_id"] == id {
+            return m.json;
+        }
+    }
+}
+
+fn source_state(status: &serde_json::Value) -> &str {
+    status["sources"]["cam1"]["state"].as_str().unwrap_or("")
+}
+
+fn now_ms() -> i64 {
+    shitu_edge::input::camera::now_ms()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtsp_triggers_get_the_frame_of_their_moment_and_outages_are_reported_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = flat_gallery(tmp.path());
+    let (raws, expected) = frames(tmp.path(), &g);
+    assert!(
+        expected.iter().filter(|e| !e.is_empty()).count() >= 3,
+        "the scenes should show products: {expected:?}"
+    );
+    let cam_port = free_port();
+    let mut camera = Camera::start(cam_port, &raws);
+    let broker = Broker::start(&tmp.path().join("broker"));
+    let metrics = free_port();
+    let conf = daemon_config(
+        tmp.path(),
+        broker.port,
+        &g,
+        &format!(
+            "metrics_port = {metrics}\n\
+             [capture]\ndeadline_ms = 5000\nstall_ms = 1000\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\
+             [[sources]]\nname = \"cam1\"\nuri = \"rtsp://127.0.0.1:{cam_port}/scenes\"\n"
+        ),
+    );
+    let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
+    let mut ctl = Controller::connect(broker.port, "ctl-cam", &[STATUS]).await;
+    let streaming = ctl
+        .wait_for(STATUS, Duration::from_secs(120), |j| {
+            source_state(j) == "streaming"
+        })
+        .await;
+    assert!(
+        streaming.is_some(),
+        "cam1 never streamed:\n{}",
+        daemon.log_text()
+    );
+    let start = camera
+        .sessions
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the server reports its session");
+
+    // Every scene has been on screen once: trigger each at the middle of
+    // its time, after the fact (the frames are in the ring).
+    let all_shown = start + HOLD_MS * SCENES as i64 + 300;
+    tokio::time::sleep(Duration::from_millis((all_shown - now_ms()).max(0) as u64)).await;
+    for k in 0..SCENES {
+        let t = start + k as i64 * HOLD_MS + HOLD_MS / 2;
+        let id = format!("past{k}");
+        trigger(
+            &ctl,
+            &id,
+            serde_json::json!({"source": "cam1", "t_ms": t, "item": 4700 + k}),
+        )
+        .await;
+        let a = answer(&mut ctl, &id, Duration::from_secs(60)).await;
+        check_answer(&a, &expected[scene_at(start, t)]);
+        assert_eq!(scene_at(start, t), k);
+        assert_eq!(a["source"], "cam1", "{a}");
+        assert_eq!(
+            a["item"],
+            4700 + k,
+            "the trigger's own fields come back: {a}"
+        );
+        let captured = a["captured_at_ms"].as_i64().expect("captured_at_ms");
+        // The first frame at or after t: no earlier than t, and within one
+        // frame interval plus the trip to the box.
+        assert!(
+            captured >= t && captured < t + 1000 / FPS + 150,
+            "t {t}, captured {captured}"
+        );
+        assert_eq!(a["frame_age_ms"].as_i64(), Some(captured - t), "{a}");
+    }
+
+    // A trigger for a moment still to come waits for its frame.
+    let now = now_ms();
+    let mut t = now + 400;
+    // The middle of a scene, so that a frame interval of slack cannot cross into the next.
+    while (t - start) % HOLD_MS < HOLD_MS / 4 || (t - start) % HOLD_MS > HOLD_MS * 3 / 4 {
+        t += 50;
+    }
+    trigger(
+        &ctl,
+        "future",
+        serde_json::json!({"source": "cam1", "t_ms": t}),
+    )
+    .await;
+    let a = answer(&mut ctl, "future", Duration::from_secs(60)).await;
+    check_answer(&a, &expected[scene_at(start, t)]);
+    assert!(a["captured_at_ms"].as_i64().unwrap() >= t, "{a}");
+
+    // Without t_ms: the trigger's arrival is its moment.
+    trigger(&ctl, "now", serde_json::json!({"source": "cam1"})).await;
+    let a = answer(&mut ctl, "now", Duration::from_secs(60)).await;
+    assert_eq!(a["ok"], true, "{a}");
+    assert!(a["frame_age_ms"].as_i64().unwrap() >= 0, "{a}");
+
+    // Bad triggers: each answered with its reason, the daemon serving on.
+    for (id, body, code, says) in [
+        (
+            "nosrc",
+            serde_json::json!({"source": "cam9"}),
+            "unknown_source",
+            "this box has cam1",
+        ),
+        (
+            "old",
+            serde_json::json!({"source": "cam1", "t_ms": now_ms() - 60_000}),
+            "bad_request",
+            "capture.max_skew_ms",
+        ),
+        (
+            "secs",
+            serde_json::json!({"source": "cam1", "t_ms": now_ms() / 1000}),
+            "bad_request",
+            "milliseconds",
+        ),
+    ] {
+        trigger(&ctl, id, body).await;
+        let a = answer(&mut ctl, id, Duration::from_secs(30)).await;
+        assert_eq!(a["ok"], false, "{a}");
+        assert_eq!(a["error"]["code"], code, "{a}");
+        assert!(
+            a["error"]["message"].as_str().unwrap().contains(says),
+            "{a}"
+        );
+    }
+    // The source's health is on /metrics too.
+    let (code, body) = http_get(metrics, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("shitu_source_state{source=\"cam1\",state=\"streaming\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("shitu_source_frames_total{source=\"cam1\"}"),
+        "{body}"
+    );
+
+    // The camera goes away: the source says so, and a trigger is answered
+    // at once rather than at its deadline (5 s here).
+    camera.kill();
+    let down = ctl
+        .wait_for(STATUS, Duration::from_secs(30), |j| {
+            !source_state(j).is_empty() && source_state(j) != "streaming"
+        })
+        .await
+        .expect("the status shows the outage");
+    let sent = Instant::now();
+    trigger(&ctl, "outage", serde_json::json!({"source": "cam1"})).await;
+    let a = answer(&mut ctl, "outage", Duration::from_secs(30)).await;
+    let took = sent.elapsed();
+    assert_eq!(a["error"]["code"], "source_unavailable", "{a}");
+    assert!(
+        took < Duration::from_secs(3),
+        "answered after {took:?}: {a}"
+    );
+    assert_eq!(a["source"], "cam1", "{a}");
+
+    // It comes back on the same port: the source reconnects by itself.
+    let mut camera = Camera::start(cam_port, &raws);
+    let back = ctl
+        .wait_for(STATUS, Duration::from_secs(60), |j| {
+            source_state(j) == "streaming" && j["sources"]["cam1"]["reconnects"].as_u64() >= Some(1)
+        })
+        .await;
+    assert!(
+        back.is_some(),
+        "cam1 did not come back (last seen {}):\n{}",
+        down.json["sources"],
+        daemon.log_text()
+    );
+    let start = camera
+        .sessions
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap();
+    let mut t = now_ms() + 300;
+    while (t - start) % HOLD_MS < HOLD_MS / 4 || (t - start) % HOLD_MS > HOLD_MS * 3 / 4 {
+        t += 50;
+    }
+    trigger(
+        &ctl,
+        "back",
+        serde_json::json!({"source": "cam1", "t_ms": t}),
+    )
+    .await;
+    let a = answer(&mut ctl, "back", Duration::from_secs(60)).await;
+    check_answer(&a, &expected[scene_at(start, t)]);
+    camera.kill();
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+/// Whether an answer has exactly the labels and boxes expected.
+fn same_objects(a: &serde_json::Value, expected: &Expected) -> bool {
+    let got: Vec<(String, Vec<i64>)> = a["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let b = r["bbox"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_i64());
+            (
+                r["rec_docs"].as_str().unwrap_or_default().to_string(),
+                b.collect(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, Vec<i64>)> = expected
+        .iter()
+        .map(|(l, b, _)| (l.clone(), b.iter().map(|&v| i64::from(v)).collect()))
+        .collect();
+    got == want
+}
+
+/// A `file://` source plays its clip in a loop: triggers are answered
+/// after the clip's end as before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_source_plays_in_a_loop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = flat_gallery(tmp.path());
+    let (_, expected) = frames(tmp.path(), &g);
+    // A 2-second clip of the four frames, raw BGR in AVI (lossless), made
+    // by GStreamer itself.
+    let clip = tmp.path().join("clip.avi");
+    let made = Command::new("gst-launch-1.0")
+        .arg("-q")
+        .arg("multifilesrc")
+        .arg(format!("location={}/frame%d.png", tmp.path().display()))
+        .args(["index=0", "stop-index=3", "caps=image/png,framerate=2/1"])
+        .args([
+            "!",
+            "pngdec",
+            "!",
+            "videoconvert",
+            "!",
+            "video/x-raw,format=BGR",
+            "!",
+            "avimux",
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", clip.display()))
+        .status()
+        .expect("gst-launch-1.0 (gstreamer1.0-tools: scripts/setup.sh)");
+    assert!(made.success());
+    let broker = Broker::start(&tmp.path().join("broker"));
+    let conf = daemon_config(
+        tmp.path(),
+        broker.port,
+        &g,
+        &format!(
+            "[[sources]]\nname = \"cam1\"\nuri = \"file://{}\"\n",
+            clip.display()
+        ),
+    );
+    let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
+    let mut ctl = Controller::connect(broker.port, "ctl-file", &[STATUS]).await;
+    assert!(
+        ctl.wait_for(STATUS, Duration::from_secs(120), |j| source_state(j)
+            == "streaming")
+            .await
+            .is_some(),
+        "the file source never streamed:\n{}",
+        daemon.log_text()
+    );
+    // The clip lasts 2 s; from 3 s on, what plays is its second round.
+    // Triggers every 250 ms over the last 2 s (their frames are in the
+    // ring) see each of its four scenes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now = now_ms();
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..8 {
+        let id = format!("f{i}");
+        let t = now - 2000 + i * 250;
+        trigger(&ctl, &id, serde_json::json!({"source": "cam1", "t_ms": t})).await;
+        let a = answer(&mut ctl, &id, Duration::from_secs(60)).await;
+        assert_eq!(a["ok"], true, "{a}");
+        // The clip is lossless: each answer is exactly one scene's.
+        let scene = (0..SCENES)
+            .find(|&k| same_objects(&a, &expected[k]))
+            .unwrap_or_else(|| panic!("the answer is none of the clip's scenes {expected:?}: {a}"));
+        check_answer(&a, &expected[scene]);
+        seen.insert(scene);
+    }
+    assert_eq!(seen.len(), SCENES, "scenes seen {seen:?}");
+    let status = ctl
+        .wait_for(STATUS, Duration::from_secs(10), |j| {
+            source_state(j) == "streaming"
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        status.json["sources"]["cam1"]["reconnects"], 0,
+        "a loop is not a reconnect"
+    );
+    assert_eq!(daemon.stop(), Some(0));
+}
