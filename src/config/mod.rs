@@ -59,6 +59,10 @@ pub struct SourceSettings {
     /// trigger is answered from the first frame captured at or after
     /// `t_ms + delay_ms`.
     pub delay_ms: u64,
+    /// Continuous mode: recognise this many frames a second and publish on
+    /// `P/detections/<name>` when the set of labels changes (and every
+    /// `capture.heartbeat_s`). 0 = off: triggers only.
+    pub fps: f64,
 }
 
 /// Settings shared by every source.
@@ -83,6 +87,9 @@ pub struct CaptureSettings {
     pub reconnect_min_ms: u64,
     /// Longest wait between reconnects, milliseconds.
     pub reconnect_max_ms: u64,
+    /// Continuous mode: seconds between publications of an unchanged set
+    /// of labels on `P/detections/<source>`.
+    pub heartbeat_s: u64,
 }
 
 impl Default for CaptureSettings {
@@ -94,6 +101,7 @@ impl Default for CaptureSettings {
             stall_ms: 3000,
             reconnect_min_ms: 500,
             reconnect_max_ms: 10_000,
+            heartbeat_s: 10,
         }
     }
 }
@@ -884,6 +892,11 @@ impl Settings {
             "is needed when mqtt.tls.enabled",
         );
         need(
+            self.capture.heartbeat_s > 0,
+            "capture.heartbeat_s",
+            "must be at least 1",
+        );
+        need(
             self.capture.ring_frames > 0,
             "capture.ring_frames",
             "must be at least 1",
@@ -917,6 +930,12 @@ impl Settings {
                         "{:?} names an earlier source too; names must be unique",
                         source.name
                     ),
+                ));
+            }
+            if !(source.fps.is_finite() && (0.0..=60.0).contains(&source.fps)) {
+                out.push((
+                    key("fps"),
+                    format!("{} must be within 0 (off) and 60", source.fps),
                 ));
             }
             if let Err(e) = crate::input::camera::check_uri(&source.uri) {

@@ -21,6 +21,8 @@ pub struct Topics {
     pub result: String,
     /// `P/trigger`: "an item is under camera N now".
     pub trigger: String,
+    /// `P` itself: `<prefix>/<device_id>`.
+    pub base: String,
     /// `P/status`, retained.
     pub status: String,
     /// `P/gallery/add`.
@@ -116,6 +118,11 @@ impl Route {
 }
 
 impl Topics {
+    /// `P/detections/<source>`: continuous mode's label changes.
+    pub fn detections(&self, source: &str) -> String {
+        format!("{}/detections/{source}", self.base)
+    }
+
     /// The route of a message on `topic`; `None` for a topic the daemon does not serve.
     pub fn route(&self, topic: &str) -> Option<Route> {
         let line = self.line.as_ref().map(|l| {
@@ -175,6 +182,7 @@ impl Topics {
             recognize,
             result: format!("{p}/result"),
             trigger: format!("{p}/trigger"),
+            base: p.clone(),
             status: format!("{p}/status"),
             gallery_add: format!("{p}/gallery/add"),
             gallery_remove: format!("{p}/gallery/remove"),

@@ -13,6 +13,7 @@
 //! Topics and payloads are documented in `docs/MQTT.md`.
 
 pub mod answer;
+mod continuous;
 pub mod health;
 mod ledger;
 pub mod line_sync;
@@ -748,6 +749,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         "shitud serving"
     );
     let net = tokio::spawn(event_loop(connection, client.clone(), shared.clone()));
+    continuous::start(&shared);
     let ready_timer = {
         let shared = shared.clone();
         let wait = Duration::from_secs(settings.daemon.ready_timeout_s);

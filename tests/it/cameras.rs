@@ -370,20 +370,14 @@ fn same_objects(a: &serde_json::Value, expected: &Expected) -> bool {
     got == want
 }
 
-/// A `file://` source plays its clip in a loop: triggers are answered
-/// after the clip's end as before it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_source_plays_in_a_loop() {
-    let tmp = tempfile::tempdir().unwrap();
-    let g = flat_gallery(tmp.path());
-    let (_, expected) = frames(tmp.path(), &g);
-    // A 2-second clip of the four frames, raw BGR in AVI (lossless), made
-    // by GStreamer itself.
-    let clip = tmp.path().join("clip.avi");
+/// A 2-second clip of the four frames (written by [`frames`] into `dir`),
+/// raw BGR in AVI (lossless), made by GStreamer itself.
+fn clip(dir: &Path) -> PathBuf {
+    let clip = dir.join("clip.avi");
     let made = Command::new("gst-launch-1.0")
         .arg("-q")
         .arg("multifilesrc")
-        .arg(format!("location={}/frame%d.png", tmp.path().display()))
+        .arg(format!("location={}/frame%d.png", dir.display()))
         .args(["index=0", "stop-index=3", "caps=image/png,framerate=2/1"])
         .args([
             "!",
@@ -401,6 +395,101 @@ async fn a_file_source_plays_in_a_loop() {
         .status()
         .expect("gst-launch-1.0 (gstreamer1.0-tools: scripts/setup.sh)");
     assert!(made.success());
+    clip
+}
+
+/// Continuous mode: a source at `fps` publishes its set of labels on
+/// `P/detections/<source>` when it changes, and a heartbeat when it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_mode_publishes_label_changes_and_heartbeats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = flat_gallery(tmp.path());
+    let (_, expected) = frames(tmp.path(), &g);
+    let clip = clip(tmp.path());
+    let sets: Vec<Vec<String>> = expected
+        .iter()
+        .map(|e| {
+            let mut l: Vec<String> = e.iter().map(|(l, _, _)| l.clone()).collect();
+            l.sort();
+            l.dedup();
+            l
+        })
+        .collect();
+    let broker = Broker::start(&tmp.path().join("broker"));
+    let conf = daemon_config(
+        tmp.path(),
+        broker.port,
+        &g,
+        &format!(
+            "[capture]\nheartbeat_s = 2\n\
+             [[sources]]\nname = \"belt\"\nuri = \"file://{}\"\nfps = 4\n\
+             [[sources]]\nname = \"still\"\nfps = 1\n\
+             uri = \"gst:videotestsrc is-live=true pattern=black ! video/x-raw,width=320,height=240,framerate=5/1 ! videoconvert ! appsink name=sink\"\n",
+            clip.display()
+        ),
+    );
+    let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
+    let mut ctl = Controller::connect(broker.port, "ctl-cont", &["shitu/test/detections/+"]).await;
+    let mut belt = Vec::new();
+    let mut still = Vec::new();
+    let until = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < until && (belt.len() < 3 || still.len() < 3) {
+        let Some(m) = ctl.next(Duration::from_secs(1)).await else {
+            continue;
+        };
+        match m.topic.as_str() {
+            "shitu/test/detections/belt" => belt.push(m.json),
+            "shitu/test/detections/still" => still.push((Instant::now(), m.json)),
+            _ => {}
+        }
+    }
+    assert!(
+        belt.len() >= 3 && still.len() >= 3,
+        "belt {belt:?}\nstill {still:?}\n{}",
+        daemon.log_text()
+    );
+    // The belt changes scene every 0.5 s: each publication is a change, to
+    // the labels of one of the clip's scenes, different from the last.
+    let labels = |j: &serde_json::Value| -> Vec<String> {
+        j["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    for (i, d) in belt.iter().enumerate() {
+        assert_eq!(d["source"], "belt");
+        assert_eq!(d["state"], "streaming");
+        assert!(sets.contains(&labels(d)), "{d} is none of {sets:?}");
+        if i > 0 && d["changed"] == true {
+            assert_ne!(labels(d), labels(&belt[i - 1]), "{d}");
+        }
+        assert!(d["captured_at_ms"].is_i64(), "{d}");
+    }
+    assert!(belt.iter().filter(|d| d["changed"] == true).count() >= 3);
+    // The still camera's set never changes: the first publication, then heartbeats.
+    assert_eq!(still[0].1["changed"], true, "{:?}", still[0]);
+    for pair in still.windows(2) {
+        assert_eq!(pair[1].1["changed"], false, "{:?}", pair[1]);
+        assert_eq!(labels(&pair[1].1), labels(&still[0].1));
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            gap > Duration::from_millis(1500),
+            "heartbeats {gap:?} apart"
+        );
+    }
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+/// A `file://` source plays its clip in a loop: triggers are answered
+/// after the clip's end as before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_source_plays_in_a_loop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = flat_gallery(tmp.path());
+    let (_, expected) = frames(tmp.path(), &g);
+    let clip = clip(tmp.path());
     let broker = Broker::start(&tmp.path().join("broker"));
     let conf = daemon_config(
         tmp.path(),

@@ -186,6 +186,7 @@ mod tests {
             name: "pattern".into(),
             uri: "gst:videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=30/1 ! videoconvert ! appsink name=sink".into(),
             delay_ms: 0,
+            ..Default::default()
         }];
         let cams = Cameras::start(
             &settings,
