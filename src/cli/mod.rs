@@ -11,6 +11,7 @@ mod logging;
 mod ota_cmd;
 mod recognize_cmd;
 mod run_cmd;
+mod unknown_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -72,6 +73,9 @@ pub enum Command {
     /// Apply, roll back and list update versions under ota.root (daemon stopped).
     #[command(subcommand)]
     Ota(ota_cmd::OtaCommand),
+    /// Crops of triggered frames that matched nothing: list, show, enrol under a label, drop.
+    #[command(subcommand)]
+    Unknown(unknown_cmd::UnknownCommand),
 }
 
 /// Model and runtime flags shared by the commands that run models.
@@ -157,6 +161,7 @@ pub fn main() -> ExitCode {
         Command::Engines(cmd) => engines_cmd::run(&cli, cmd),
         Command::Bundle(cmd) => bundle_cmd::run(&cli, cmd),
         Command::Ota(cmd) => ota_cmd::run(&cli, cmd),
+        Command::Unknown(cmd) => unknown_cmd::run(&cli, cmd),
     };
     match result {
         Ok(code) => code,

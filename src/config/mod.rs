@@ -90,6 +90,11 @@ pub struct CaptureSettings {
     /// Continuous mode: seconds between publications of an unchanged set
     /// of labels on `P/detections/<source>`.
     pub heartbeat_s: u64,
+    /// Where crops that matched nothing in a triggered frame are kept for
+    /// enrolment (`P/unknown`, `shitud unknown`); empty = not kept.
+    pub unknown_dir: PathBuf,
+    /// Most unknown items kept; the oldest go first.
+    pub unknown_max_items: usize,
 }
 
 impl Default for CaptureSettings {
@@ -102,6 +107,8 @@ impl Default for CaptureSettings {
             reconnect_min_ms: 500,
             reconnect_max_ms: 10_000,
             heartbeat_s: 10,
+            unknown_dir: PathBuf::from("unknown"),
+            unknown_max_items: 200,
         }
     }
 }

@@ -142,9 +142,40 @@ pub struct Capture {
     /// Its capture time minus the trigger's time (`t_ms`, or its arrival), ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frame_age_ms: Option<i64>,
+    /// Crops that matched nothing, kept as unknown items (`P/unknown`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unknown: Vec<UnknownRef>,
     /// The trigger's other fields, as sent.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An unknown item in a trigger's answer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UnknownRef {
+    /// Its id, for `P/gallery/add` with `unknown_id`.
+    pub unknown_id: String,
+    /// Where it is in the frame.
+    pub bbox: [i32; 4],
+}
+
+/// The `P/unknown` announcement.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnknownAnnounce<'a> {
+    /// Its id.
+    pub unknown_id: &'a str,
+    /// The camera.
+    pub source: &'a str,
+    /// The trigger.
+    pub request_id: &'a str,
+    /// The box that keeps it.
+    pub device_id: &'a str,
+    /// `[x1, y1, x2, y2]` in the frame.
+    pub bbox: [i32; 4],
+    /// When the frame was captured, unix ms.
+    pub captured_at_ms: i64,
+    /// The best gallery matches, none good enough.
+    pub top_k: Vec<Candidate>,
 }
 
 /// An error answer to a trigger: the error, with the trigger's source and fields.

@@ -23,6 +23,8 @@ pub struct Topics {
     pub trigger: String,
     /// `P` itself: `<prefix>/<device_id>`.
     pub base: String,
+    /// `P/unknown`: crops of triggered frames that matched nothing.
+    pub unknown: String,
     /// `P/status`, retained.
     pub status: String,
     /// `P/gallery/add`.
@@ -183,6 +185,7 @@ impl Topics {
             result: format!("{p}/result"),
             trigger: format!("{p}/trigger"),
             base: p.clone(),
+            unknown: format!("{p}/unknown"),
             status: format!("{p}/status"),
             gallery_add: format!("{p}/gallery/add"),
             gallery_remove: format!("{p}/gallery/remove"),

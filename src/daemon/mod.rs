@@ -47,7 +47,7 @@ use line_sync::{Action, LineManifestPayload, LineSync};
 use link::{Route, Scope, Topics};
 use mqtt::{Client, Connection, Delivery, Event, Inbound};
 use outbox::{Message, Outbox};
-use request::Envelope;
+use request::{Envelope, GalleryCommand};
 use service::Service;
 use status::Counters;
 use worker::{Job, Outcome, Reply, Work};
@@ -91,6 +91,8 @@ pub struct Shared {
     line_sync: Mutex<LineSync>,
     /// The box's own cameras (`[[sources]]`), for triggers.
     cameras: Cameras,
+    /// Unknown items of triggered frames (`capture.unknown_dir`).
+    unknown: Option<crate::search::unknown::UnknownStore>,
 }
 
 impl Shared {
@@ -549,6 +551,18 @@ impl Shared {
                             message: "an update is being applied; retry when P/ota/status says it is done".into(),
                         });
                     }
+                    Ok((
+                        GalleryCommand::Add {
+                            request_id,
+                            image: request::ImageSource::Unknown(_),
+                            ..
+                        },
+                        _,
+                    )) if scope == Scope::Line => refuse(request::Rejection {
+                        request_id,
+                        code: ErrorCode::BadRequest,
+                        message: "an unknown item is kept by the box that saw it only: enrol it on that box's own P/gallery/add (a line box: shitud unknown show ID --out crop.png, then publish the crop as \"image\" on the line)".into(),
+                    }),
                     Ok((command, change_id)) if scope == Scope::Line => {
                         let id = command.request_id().to_string();
                         match request::line_change_id(change_id, &id) {
@@ -710,6 +724,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         client: client.clone(),
         line_sync: Mutex::new(LineSync::new(&device)),
         cameras,
+        unknown: (!settings.capture.unknown_dir.as_os_str().is_empty()).then(|| {
+            crate::search::unknown::UnknownStore::new(
+                &settings.capture.unknown_dir,
+                settings.capture.unknown_max_items,
+            )
+        }),
     });
     let metrics_server = match settings.daemon.metrics_port {
         0 => None,
@@ -888,6 +908,9 @@ impl worker::Host for Shared {
     fn batch(&self, n: usize) {
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.histograms.observe_batch(n);
+    }
+    fn unknown_store(&self) -> Option<&crate::search::unknown::UnknownStore> {
+        self.unknown.as_ref()
     }
 }
 

@@ -80,6 +80,14 @@ impl Message {
         }
     }
 
+    /// An announcement (`P/unknown`): neither retained nor spooled.
+    pub fn event(topic: String, payload: Vec<u8>) -> Message {
+        Message {
+            retain: false,
+            ..Message::status(topic, payload)
+        }
+    }
+
     /// A retained status message: not spooled, since a fresh one follows every reconnect.
     pub fn status(topic: String, payload: Vec<u8>) -> Message {
         Message {

@@ -39,6 +39,8 @@ pub enum ImageSource {
     Path(PathBuf),
     /// A frame a camera captured (a trigger's), already decoded.
     Captured(CapturedFrame),
+    /// An unknown item this box kept (`P/unknown`), by its id.
+    Unknown(String),
 }
 
 /// A camera frame shared with its source's ring: the pipeline thread
@@ -187,6 +189,9 @@ struct GalleryJson {
     source: Option<String>,
     #[serde(default)]
     ids: Option<Vec<i64>>,
+    /// Enrol an unknown item this box kept (gallery/add).
+    #[serde(default)]
+    unknown_id: Option<String>,
     /// Line commands only (see [`line_change_id`]).
     #[serde(default)]
     change_id: Option<serde_json::Value>,
@@ -551,8 +556,19 @@ pub fn parse_gallery_sent(
         let source = json
             .source
             .or_else(|| json.path.clone())
+            .or_else(|| json.unknown_id.as_ref().map(|u| format!("unknown:{u}")))
             .unwrap_or_else(|| format!("mqtt:{id}"));
-        let image = image_source(json.image, json.path, id)?;
+        let image = match json.unknown_id {
+            Some(u) if json.image.is_none() && json.path.is_none() => ImageSource::Unknown(u),
+            Some(_) => {
+                return Err(reject(
+                    id,
+                    ErrorCode::BadRequest,
+                    "give one of \"image\", \"path\" or \"unknown_id\"",
+                ))
+            }
+            None => image_source(json.image, json.path, id)?,
+        };
         Ok((
             GalleryCommand::Add {
                 request_id,
@@ -853,6 +869,34 @@ mod tests {
             parse_recognize(&big, &env(), 100).unwrap_err().code,
             ErrorCode::TooLarge
         );
+    }
+
+    #[test]
+    fn an_unknown_item_is_enrolled_by_its_id() {
+        let (c, _) = parse_gallery_sent(
+            br#"{"request_id":"e1","unknown_id":"01JD3Q8ZK5V3N4W7Y2C9M6T0AB","label":"soap"}"#,
+            &env(),
+            MAX,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            GalleryCommand::Add {
+                request_id: "e1".into(),
+                label: "soap".into(),
+                image: ImageSource::Unknown("01JD3Q8ZK5V3N4W7Y2C9M6T0AB".into()),
+                source: "unknown:01JD3Q8ZK5V3N4W7Y2C9M6T0AB".into(),
+            }
+        );
+        let e = parse_gallery(
+            br#"{"request_id":"e2","unknown_id":"x","image":"AA==","label":"soap"}"#,
+            &env(),
+            MAX,
+            true,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("one of"), "{}", e.message);
     }
 
     #[test]

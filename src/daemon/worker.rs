@@ -23,6 +23,7 @@ use crate::config::{DaemonSettings, InputSettings, Provider};
 use crate::input::{self, Frame};
 use crate::pipeline::{Pipeline, Query, Recognized};
 use crate::search::line::{Change, ChangeId, Logged};
+use crate::search::unknown::UnknownStore;
 use crate::Error;
 
 /// What a job asks of the pipeline.
@@ -170,6 +171,10 @@ pub trait Host: Sync {
     fn taken(&self, n: usize);
     /// A batch of `n` frames goes to the pipeline.
     fn batch(&self, n: usize);
+    /// Where unknown items are kept (`capture.unknown_dir`), if they are.
+    fn unknown_store(&self) -> Option<&UnknownStore> {
+        None
+    }
 }
 
 /// Fault injection for the watchdog test: with this variable set to `1`, the
@@ -343,6 +348,7 @@ fn recognize_batch(pipeline: &mut Pipeline, batch: Vec<Pending>, shared: &dyn Ho
             &job.request_id,
             &limits,
             &shared.daemon_settings().allowed_dirs,
+            shared.unknown_store(),
         ) {
             Ok((frame, _)) => {
                 frames.push(frame);
@@ -423,6 +429,13 @@ fn change_gallery(
                         .enroll(&frame, &label, &source, Some(sha))
                         .map_err(classify)?;
                     tracing::info!(id, label = %label, source = %source, "gallery: item added");
+                    if let (ImageSource::Unknown(u), Some(store)) = (&image, shared.unknown_store())
+                    {
+                        // Enrolled: it is no longer unknown.
+                        if let Err(e) = store.remove(u) {
+                            tracing::warn!(unknown_id = %u, "enrolled, but not removed from the unknown items: {e}");
+                        }
+                    }
                     Ok((vec![id], vec![]))
                 }
                 GalleryCommand::Remove { label, ids, .. } => {
@@ -611,6 +624,7 @@ fn load_photo(
         request_id,
         limits,
         &shared.daemon_settings().allowed_dirs,
+        shared.unknown_store(),
     )?;
     Ok((frame, hex::encode(Sha256::digest(&bytes))))
 }
@@ -622,8 +636,24 @@ fn load(
     id: &str,
     limits: &InputSettings,
     allowed: &[std::path::PathBuf],
+    unknown: Option<&UnknownStore>,
 ) -> Result<(Frame, Vec<u8>), (ErrorCode, String)> {
     let bytes = match image {
+        ImageSource::Unknown(u) => {
+            let store = unknown.ok_or((
+                ErrorCode::BadRequest,
+                "this box keeps no unknown items (capture.unknown_dir is empty)".to_string(),
+            ))?;
+            let path = store
+                .photo(u)
+                .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+            std::fs::read(&path).map_err(|e| {
+                (
+                    ErrorCode::BadRequest,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?
+        }
         ImageSource::Captured(c) => {
             // A copy: the ring keeps its frame for later triggers, and the
             // pipeline may write into the one it is given.

@@ -482,6 +482,213 @@ async fn continuous_mode_publishes_label_changes_and_heartbeats() {
     assert_eq!(daemon.stop(), Some(0));
 }
 
+/// Unknown items end to end: a product the gallery lacks is kept and
+/// announced on `P/unknown`; enrolled by its id on `P/gallery/add`, the next
+/// trigger on it is recognised; forged or stale ids change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_item_is_announced_enrolled_and_then_recognised() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = flat_gallery(tmp.path());
+    let (_, expected) = frames(tmp.path(), &g);
+    let clip = clip(tmp.path());
+    // The product of the first detected (not whole-frame) result leaves the gallery.
+    let (gone, gone_box, _) = expected
+        .iter()
+        .flatten()
+        .find(|(_, b, _)| *b != [0, 0, W, H])
+        .cloned()
+        .expect("a product on screen");
+    {
+        let s = settings("det_prenms.onnx");
+        let mut gallery = shitu_edge::search::Gallery::open_for_write(&g, (&s).into()).unwrap();
+        let ids = gallery.ids_with_label(&gone);
+        gallery.remove(&ids).unwrap();
+    }
+    let broker = Broker::start(&tmp.path().join("broker"));
+    let unknown_dir = tmp.path().join("unknown");
+    let conf = daemon_config(
+        tmp.path(),
+        broker.port,
+        &g,
+        &format!(
+            "[capture]\nunknown_dir = \"{}\"\nunknown_max_items = 50\n\
+             [[sources]]\nname = \"cam1\"\nuri = \"file://{}\"\n",
+            unknown_dir.display(),
+            clip.display()
+        ),
+    );
+    let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
+    let mut ctl =
+        Controller::connect(broker.port, "ctl-unknown", &[STATUS, "shitu/test/unknown"]).await;
+    assert!(
+        ctl.wait_for(STATUS, Duration::from_secs(120), |j| source_state(j)
+            == "streaming")
+            .await
+            .is_some(),
+        "{}",
+        daemon.log_text()
+    );
+    // Triggers over the clip's 2 s, already played: one lands on that scene.
+    // A strict threshold: without its own entry the product's best match
+    // (another product) must not pass for it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let now = now_ms();
+    let mut found = None;
+    for i in 0..8 {
+        let id = format!("u{i}");
+        trigger(&ctl, &id, serde_json::json!({"source": "cam1", "t_ms": now - 2000 + i * 250, "score_threshold": 0.9})).await;
+        let a = answer(&mut ctl, &id, Duration::from_secs(60)).await;
+        assert_eq!(a["ok"], true, "{a}");
+        let hit = a["unknown"].as_array().into_iter().flatten().find(|u| {
+            u["bbox"].as_array().map(|b| {
+                b.iter()
+                    .map(|v| v.as_i64().unwrap() as i32)
+                    .collect::<Vec<_>>()
+            }) == Some(gone_box.to_vec())
+        });
+        if let Some(u) = hit {
+            found = Some((
+                a["request_id"].as_str().unwrap().to_string(),
+                a["captured_at_ms"].as_i64().unwrap(),
+                u["unknown_id"].as_str().unwrap().to_string(),
+            ));
+            break;
+        }
+    }
+    let (trigger_id, captured, unknown_id) =
+        found.unwrap_or_else(|| panic!("no unknown item at {gone_box:?}:\n{}", daemon.log_text()));
+    // Announced, with the trigger, the box and the candidates.
+    let announced = ctl
+        .wait_for("shitu/test/unknown", Duration::from_secs(30), |j| {
+            j["unknown_id"] == unknown_id.as_str()
+        })
+        .await
+        .expect("announced on P/unknown");
+    assert_eq!(announced.json["source"], "cam1");
+    assert_eq!(announced.json["request_id"], trigger_id.as_str());
+    assert_eq!(announced.json["device_id"], "test");
+    assert!(
+        announced.json["top_k"][0]["score"].as_f64().unwrap() < 0.9,
+        "{}",
+        announced.json
+    );
+    assert!(unknown_dir.join(format!("{unknown_id}.png")).is_file());
+
+    // Bad enrolments change nothing.
+    for (id, body, says) in [
+        (
+            "e-forged",
+            serde_json::json!({"unknown_id": "01JD3Q8ZK5V3N4W7Y2C9M6T0AB", "label": "x"}),
+            "no unknown item",
+        ),
+        (
+            "e-escape",
+            serde_json::json!({"unknown_id": "../../etc/passwd", "label": "x"}),
+            "not an unknown item id",
+        ),
+    ] {
+        let mut body = body;
+        body["request_id"] = id.into();
+        ctl.request(
+            "shitu/test/gallery/add",
+            serde_json::to_vec(&body).unwrap(),
+            id,
+            vec![],
+        )
+        .await;
+        let a = answer(&mut ctl, id, Duration::from_secs(30)).await;
+        assert_eq!(a["error"]["code"], "bad_request", "{a}");
+        assert!(
+            a["error"]["message"].as_str().unwrap().contains(says),
+            "{a}"
+        );
+    }
+    // The operator names it.
+    let body = serde_json::json!({"request_id": "enrol", "unknown_id": unknown_id, "label": "new-product"});
+    ctl.request(
+        "shitu/test/gallery/add",
+        serde_json::to_vec(&body).unwrap(),
+        "enrol",
+        vec![],
+    )
+    .await;
+    let a = answer(&mut ctl, "enrol", Duration::from_secs(60)).await;
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(a["added"].as_array().map(Vec::len), Some(1), "{a}");
+    assert!(
+        !unknown_dir.join(format!("{unknown_id}.png")).exists(),
+        "an enrolled item is no longer unknown"
+    );
+
+    // The next trigger on that frame recognises it, in its box.
+    trigger(
+        &ctl,
+        "again",
+        serde_json::json!({"source": "cam1", "t_ms": captured, "score_threshold": 0.9}),
+    )
+    .await;
+    let a = answer(&mut ctl, "again", Duration::from_secs(60)).await;
+    let hit = a["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rec_docs"] == "new-product");
+    let hit = hit.unwrap_or_else(|| panic!("new-product not recognised: {a}"));
+    let b: Vec<i32> = hit["bbox"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap() as i32)
+        .collect();
+    assert_eq!(b, gone_box.to_vec(), "{a}");
+    assert!(
+        hit["rec_scores"].as_f64().unwrap() > 0.99,
+        "the crop itself is in the gallery: {a}"
+    );
+    assert!(
+        a["unknown"]
+            .as_array()
+            .is_none_or(|u| u.iter().all(|u| u["bbox"] != hit["bbox"])),
+        "{a}"
+    );
+
+    // The same store from the command line.
+    assert_eq!(daemon.stop(), Some(0));
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_shitud"))
+        .args(["unknown", "list", "--json", "--config"])
+        .arg(&conf)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(listed
+        .iter()
+        .all(|i| i["unknown_id"] != unknown_id.as_str()));
+    if let Some(other) = listed.first() {
+        let id = other["unknown_id"].as_str().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shitud"))
+            .args(["unknown", "drop", id, "--config"])
+            .arg(&conf)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!unknown_dir.join(format!("{id}.png")).exists());
+    }
+}
+
 /// A `file://` source plays its clip in a loop: triggers are answered
 /// after the clip's end as before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
