@@ -749,3 +749,121 @@ async fn a_file_source_plays_in_a_loop() {
     );
     assert_eq!(daemon.stop(), Some(0));
 }
+
+/// Trigger-to-answer latency from an RTSP camera against the same frames
+/// sent as MQTT payloads (PNG), one request at a time, in one run. A
+/// benchmark, not a test: run it alone, on an idle machine, with
+/// `cargo test --profile ci --test it -- --ignored --nocapture cameras::bench_`
+/// (docs/BENCHMARKS.md has the figures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run it alone (docs/BENCHMARKS.md)"]
+async fn bench_trigger_latency_against_mqtt_payloads() {
+    const N: usize = 60;
+    let fps: i64 = std::env::var("BENCH_FPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25);
+    let tmp = tempfile::tempdir().unwrap();
+    let g = flat_gallery(tmp.path());
+    let (raws, _) = frames(tmp.path(), &g);
+    let cam_port = free_port();
+    let mut camera = Command::new("/usr/bin/python3")
+        .arg(root().join("tests/rtsp/serve.py"))
+        .args(["--port", &cam_port.to_string()])
+        .args(["--width", &W.to_string(), "--height", &H.to_string()])
+        .args(["--fps", &fps.to_string(), "--hold-ms", &HOLD_MS.to_string()])
+        .args(&raws)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let broker = Broker::start(&tmp.path().join("broker"));
+    let conf = daemon_config(
+        tmp.path(),
+        broker.port,
+        &g,
+        &format!("[[sources]]\nname = \"cam1\"\nuri = \"rtsp://127.0.0.1:{cam_port}/scenes\"\n"),
+    );
+    let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
+    let mut ctl = Controller::connect(broker.port, "ctl-bench", &[STATUS]).await;
+    assert!(
+        ctl.wait_for(STATUS, Duration::from_secs(120), |j| source_state(j)
+            == "streaming")
+            .await
+            .is_some(),
+        "{}",
+        daemon.log_text()
+    );
+    let pngs: Vec<Vec<u8>> = (0..SCENES)
+        .map(|k| std::fs::read(tmp.path().join(format!("frame{k}.png"))).unwrap())
+        .collect();
+    // Warm-up: the first requests pay for allocations.
+    for i in 0..3 {
+        let id = format!("warm{i}");
+        ctl.request(REQ_TOPIC, json_request(&id, &pngs[0]), &id, vec![])
+            .await;
+        answer(&mut ctl, &id, Duration::from_secs(60)).await;
+    }
+    let mut mqtt = Vec::new();
+    let mut mqtt_total = Vec::new();
+    let mut trig = Vec::new();
+    let mut trig_total = Vec::new();
+    let mut age = Vec::new();
+    for i in 0..N {
+        let id = format!("m{i}");
+        let sent = Instant::now();
+        ctl.request(REQ_TOPIC, json_request(&id, &pngs[i % SCENES]), &id, vec![])
+            .await;
+        let a = answer(&mut ctl, &id, Duration::from_secs(60)).await;
+        mqtt.push(sent.elapsed().as_secs_f64() * 1e3);
+        mqtt_total.push(a["timings_ms"]["total"].as_f64().unwrap());
+        let id = format!("t{i}");
+        let sent = Instant::now();
+        trigger(&ctl, &id, serde_json::json!({"source": "cam1"})).await;
+        let a = answer(&mut ctl, &id, Duration::from_secs(60)).await;
+        assert_eq!(a["ok"], true, "{a}");
+        trig.push(sent.elapsed().as_secs_f64() * 1e3);
+        trig_total.push(a["timings_ms"]["total"].as_f64().unwrap());
+        age.push(a["frame_age_ms"].as_f64().unwrap());
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    };
+    let row = |name: &str, v: &mut Vec<f64>| {
+        format!("| {name} | {:.1} | {:.1} |", pct(v, 0.5), pct(v, 0.99))
+    };
+    eprintln!("camera {fps} fps, 960x600 raw RGB over RTSP/TCP; {N} of each, one at a time");
+    eprintln!("| ms | p50 | p99 |\n|---|---|---|");
+    eprintln!(
+        "{}",
+        row(
+            "MQTT payload (PNG, 1 request at a time): publish to answer",
+            &mut mqtt
+        )
+    );
+    eprintln!(
+        "{}",
+        row(
+            "MQTT payload: daemon's total (arrival to answer)",
+            &mut mqtt_total
+        )
+    );
+    eprintln!("{}", row("trigger: publish to answer", &mut trig));
+    eprintln!(
+        "{}",
+        row(
+            "trigger: daemon's total (frame in hand to answer)",
+            &mut trig_total
+        )
+    );
+    eprintln!(
+        "{}",
+        row("trigger: frame_age_ms (waiting for the frame)", &mut age)
+    );
+    let _ = camera.kill();
+    let _ = camera.wait();
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+const REQ_TOPIC: &str = "shitu/test/recognize";
