@@ -95,6 +95,13 @@ pub struct CaptureSettings {
     pub unknown_dir: PathBuf,
     /// Most unknown items kept; the oldest go first.
     pub unknown_max_items: usize,
+    /// Keep every answered trigger's frame as JPEG, for audit, under
+    /// `keep_dir/<source>/<captured_at_ms>-<request_id>.jpg`.
+    pub keep_frames: bool,
+    /// Where kept frames go.
+    pub keep_dir: PathBuf,
+    /// Most bytes of kept frames; the oldest are deleted first.
+    pub keep_max_bytes: u64,
 }
 
 impl Default for CaptureSettings {
@@ -109,6 +116,9 @@ impl Default for CaptureSettings {
             heartbeat_s: 10,
             unknown_dir: PathBuf::from("unknown"),
             unknown_max_items: 200,
+            keep_frames: false,
+            keep_dir: PathBuf::from("frames"),
+            keep_max_bytes: 1 << 30,
         }
     }
 }

@@ -93,6 +93,8 @@ pub struct Shared {
     cameras: Cameras,
     /// Unknown items of triggered frames (`capture.unknown_dir`).
     unknown: Option<crate::search::unknown::UnknownStore>,
+    /// Triggered frames kept for audit (`capture.keep_frames`).
+    archive: Option<crate::input::camera::Archive>,
 }
 
 impl Shared {
@@ -728,6 +730,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             crate::search::unknown::UnknownStore::new(
                 &settings.capture.unknown_dir,
                 settings.capture.unknown_max_items,
+            )
+        }),
+        archive: settings.capture.keep_frames.then(|| {
+            crate::input::camera::Archive::new(
+                &settings.capture.keep_dir,
+                settings.capture.keep_max_bytes,
             )
         }),
     });

@@ -74,6 +74,7 @@ impl Shared {
                                 capture.unknown = shared.keep_unknown(
                                     &runtime, &frame, result, threshold, &id, &capture,
                                 );
+                                shared.keep_frame(&runtime, &frame, &id, &capture);
                             }
                             shared.answer_outcome(to, o, Some(&capture))
                         })
@@ -110,6 +111,30 @@ impl Shared {
                 ),
             };
             shared.reply_trigger_error(to, code, &message, &capture);
+        });
+    }
+
+    /// Saves an answered trigger's frame for audit, off the pipeline thread.
+    fn keep_frame(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        frame: &Arc<Frame>,
+        request_id: &str,
+        capture: &Capture,
+    ) {
+        let Some(archive) = self.archive.clone() else {
+            return;
+        };
+        let (frame, id, source) = (
+            frame.clone(),
+            request_id.to_string(),
+            capture.source.clone(),
+        );
+        let at = capture.captured_at_ms.unwrap_or_default();
+        runtime.spawn_blocking(move || {
+            if let Err(e) = archive.keep(&source, at, &id, &frame) {
+                tracing::warn!(source = %source, request_id = %id, "the frame could not be kept for audit: {e}");
+            }
         });
     }
 

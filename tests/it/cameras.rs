@@ -703,7 +703,9 @@ async fn a_file_source_plays_in_a_loop() {
         broker.port,
         &g,
         &format!(
-            "[[sources]]\nname = \"cam1\"\nuri = \"file://{}\"\n",
+            "[capture]\nkeep_frames = true\nkeep_dir = \"{}\"\nkeep_max_bytes = 600000\n\
+             [[sources]]\nname = \"cam1\"\nuri = \"file://{}\"\n",
+            tmp.path().join("frames").display(),
             clip.display()
         ),
     );
@@ -737,6 +739,26 @@ async fn a_file_source_plays_in_a_loop() {
         seen.insert(scene);
     }
     assert_eq!(seen.len(), SCENES, "scenes seen {seen:?}");
+    // Each answered trigger's frame was kept for audit, within the quota:
+    // the newest stay.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let kept: Vec<(String, u64)> = std::fs::read_dir(tmp.path().join("frames/cam1"))
+        .expect("frames kept under keep_dir/cam1")
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().to_string(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    let total: u64 = kept.iter().map(|k| k.1).sum();
+    assert!(!kept.is_empty() && total <= 600_000, "{kept:?}");
+    assert!(
+        kept.iter().any(|(n, _)| n.ends_with("-f7.jpg")),
+        "the newest is kept: {kept:?}"
+    );
+    assert!(kept.len() < 8, "the quota dropped the oldest: {kept:?}");
     let status = ctl
         .wait_for(STATUS, Duration::from_secs(10), |j| {
             source_state(j) == "streaming"

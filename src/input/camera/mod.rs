@@ -5,6 +5,7 @@
 //! ([`Source::frame_at`]). One failing source never stops the others: it is
 //! restarted with backoff and its state says so.
 
+mod archive;
 mod ring;
 mod source;
 mod uri;
@@ -13,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+pub use archive::Archive;
 pub use ring::{Captured, Lookup, Ring};
 pub use source::{now_ms, Health, Missed, Source, State};
 pub use uri::{plan, Plan};
