@@ -929,14 +929,40 @@ impl Settings {
             "capture.reconnect_min_ms",
             "must be at least 1 and not exceed capture.reconnect_max_ms",
         );
+        const HOUR_MS: u64 = 3_600_000;
+        for (key, value, most) in [
+            ("capture.deadline_ms", self.capture.deadline_ms, HOUR_MS),
+            (
+                "capture.max_skew_ms",
+                self.capture.max_skew_ms,
+                24 * HOUR_MS,
+            ),
+            ("capture.stall_ms", self.capture.stall_ms, HOUR_MS),
+            (
+                "capture.reconnect_max_ms",
+                self.capture.reconnect_max_ms,
+                HOUR_MS,
+            ),
+            ("capture.heartbeat_s", self.capture.heartbeat_s, 86_400),
+        ] {
+            if value > most {
+                out.push((key.to_string(), format!("{value} is over the most, {most}")));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, source) in self.sources.iter().enumerate() {
             let key = |k: &str| format!("sources[{i}].{k}");
-            if source.name.is_empty() || !one_level(&source.name) {
+            // A topic level, a folder name (kept frames) and a thread name.
+            let name_ok = (1..=64).contains(&source.name.len())
+                && source
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !name_ok {
                 out.push((
                     key("name"),
                     format!(
-                        "{:?} must be a non-empty topic level: no '/', '+', '#' or '$'",
+                        "{:?} must be 1 to 64 letters, digits, '-' or '_'",
                         source.name
                     ),
                 ));

@@ -420,7 +420,15 @@ impl Shared {
 
     fn enqueue(&self, job: Job) {
         let sender = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(sender) = sender else { return };
+        let Some(sender) = sender else {
+            // Stopping (a trigger whose frame came after the queue closed):
+            // answered, so that it is not left waiting.
+            job.reply.send(Outcome::failed(
+                ErrorCode::Busy,
+                "the daemon is stopping; retry when it is back",
+            ));
+            return;
+        };
         self.queued.fetch_add(1, Ordering::Relaxed);
         match sender.try_send(job) {
             Ok(()) => {}
@@ -828,7 +836,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         "stopping: no new requests; finishing the queue"
     );
     shared.stopping.store(true, Ordering::Relaxed);
-    shared.cameras.stop();
+    {
+        // Joining the source threads blocks: off the async workers.
+        let shared = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.cameras.stop()).await;
+    }
     shared.service.stopping(&format!(
         "stopping: finishing {} queued requests",
         shared.queued.load(Ordering::Relaxed)

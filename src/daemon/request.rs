@@ -70,8 +70,9 @@ pub struct Trigger {
 }
 
 /// Answer fields a trigger's own fields may not take.
-const TRIGGER_RESERVED: [&str; 9] = [
+const TRIGGER_RESERVED: [&str; 10] = [
     "ok",
+    "unknown",
     "error",
     "results",
     "timings_ms",

@@ -51,10 +51,16 @@ impl Shared {
             );
             return self.reply_trigger_error(to, ErrorCode::BadRequest, &message, &capture);
         }
-        let target = t_ms + source.delay_ms() as i64;
+        // Bounded by config check (delay, deadline, skew: an hour or a day
+        // at most), and saturating all the same: this runs on the network task.
+        let target = t_ms.saturating_add(i64::try_from(source.delay_ms()).unwrap_or(i64::MAX));
         let deadline_ms = capture_settings.deadline_ms;
-        let wait = (target - now).max(0) as u64 + deadline_ms;
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
+        let wait = u64::try_from(target.saturating_sub(now).max(0))
+            .unwrap_or(0)
+            .saturating_add(deadline_ms);
+        let deadline = tokio::time::Instant::now()
+            .checked_add(Duration::from_millis(wait))
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
         let threshold = t
             .query
             .score_threshold
@@ -100,6 +106,14 @@ impl Shared {
                     ErrorCode::NoFrame,
                     format!(
                         "no frame captured at or after {target} (t_ms + delay_ms) came within capture.deadline_ms ({deadline_ms} ms)"
+                    ),
+                ),
+                Missed::Gap { resumed_ms } => (
+                    ErrorCode::NoFrame,
+                    format!(
+                        "source {:?} was not streaming at {target} (t_ms + delay_ms): its frames resumed {} ms later",
+                        source.name(),
+                        resumed_ms - target
                     ),
                 ),
                 Missed::Gone { oldest_ms } => (

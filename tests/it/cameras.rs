@@ -741,17 +741,26 @@ async fn a_file_source_plays_in_a_loop() {
     assert_eq!(seen.len(), SCENES, "scenes seen {seen:?}");
     // Each answered trigger's frame was kept for audit, within the quota:
     // the newest stay.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let kept: Vec<(String, u64)> = std::fs::read_dir(tmp.path().join("frames/cam1"))
-        .expect("frames kept under keep_dir/cam1")
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().to_string_lossy().to_string(),
-                e.metadata().unwrap().len(),
-            )
-        })
-        .collect();
+    // Saved off the pipeline thread, after the answer: wait for the last.
+    let kept_now = || -> Vec<(String, u64)> {
+        std::fs::read_dir(tmp.path().join("frames/cam1"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| {
+                        let len = e.metadata().map_or(0, |m| m.len());
+                        (e.file_name().to_string_lossy().to_string(), len)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let waited = Instant::now();
+    while !kept_now().iter().any(|(n, _)| n.ends_with("-f7.jpg"))
+        && waited.elapsed() < Duration::from_secs(20)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kept = kept_now();
     let total: u64 = kept.iter().map(|k| k.1).sum();
     assert!(!kept.is_empty() && total <= 600_000, "{kept:?}");
     assert!(

@@ -14,6 +14,8 @@ use crate::input::Frame;
 pub struct Archive {
     dir: PathBuf,
     max_bytes: u64,
+    /// One trim at a time: two would each delete for the same excess.
+    trimming: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Archive {
@@ -22,6 +24,7 @@ impl Archive {
         Archive {
             dir: dir.into(),
             max_bytes,
+            trimming: Default::default(),
         }
     }
 
@@ -65,6 +68,7 @@ impl Archive {
     /// Deletes the oldest frames (by capture time, across sources) until
     /// the folder is within its quota.
     fn trim(&self) {
+        let _one = self.trimming.lock().unwrap_or_else(|p| p.into_inner());
         let mut files: Vec<(i64, PathBuf, u64)> = Vec::new();
         let Ok(sources) = std::fs::read_dir(&self.dir) else {
             return;

@@ -134,18 +134,22 @@ impl Drop for Cameras {
     }
 }
 
-/// A URI for logs: an RTSP password is not written to the journal.
+/// A URI for logs: an RTSP password is not written to the journal. The
+/// user information is everything before the *last* `@` of the authority
+/// (a password may hold `@` or `/`).
 pub fn redact(uri: &str) -> String {
-    match uri.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((userinfo, host)) if !userinfo.contains('/') => {
-                let user = userinfo.split(':').next().unwrap_or_default();
-                format!("{scheme}://{user}:***@{host}")
-            }
-            _ => uri.to_string(),
-        },
-        None => uri.to_string(),
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return uri.to_string();
+    };
+    // An `@` after the host's path is not user information.
+    if host.contains('/') && !userinfo.contains(':') && userinfo.contains('/') {
+        return uri.to_string();
     }
+    let user = userinfo.split(':').next().unwrap_or_default();
+    format!("{scheme}://{user}:***@{host}")
 }
 
 impl Source {
@@ -167,6 +171,10 @@ mod tests {
         );
         assert_eq!(redact("rtsp://10.0.0.7/s1"), "rtsp://10.0.0.7/s1");
         assert_eq!(redact("file:///a@b/c.mp4"), "file:///a@b/c.mp4");
+        assert_eq!(
+            redact("rtsp://admin:p@ss/w0rd@10.0.0.7/s1"),
+            "rtsp://admin:***@10.0.0.7/s1"
+        );
     }
 
     #[test]

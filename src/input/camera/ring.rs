@@ -15,6 +15,8 @@ pub struct Captured {
     pub seq: u64,
     /// When it was captured: unix milliseconds.
     pub at_ms: i64,
+    /// The pipeline run it came from (a new run after every restart).
+    pub run: u64,
     /// The pixels.
     pub frame: Arc<Frame>,
 }
@@ -32,6 +34,12 @@ pub enum Lookup {
         /// Capture time of the oldest frame still held.
         oldest_ms: i64,
     },
+    /// The source was not streaming then (starting, or in an outage): the
+    /// first frame after that moment began a new run, later than it.
+    Gap {
+        /// Capture time of that first frame.
+        resumed_ms: i64,
+    },
 }
 
 /// A bounded ring of captured frames, oldest first.
@@ -39,9 +47,10 @@ pub enum Lookup {
 pub struct Ring {
     capacity: usize,
     frames: VecDeque<Captured>,
-    /// Capture time of the newest frame pushed out, if any.
-    evicted_ms: Option<i64>,
+    /// Capture time and run of the newest frame pushed out, if any.
+    evicted: Option<(i64, u64)>,
     next_seq: u64,
+    run: u64,
 }
 
 impl Ring {
@@ -50,21 +59,45 @@ impl Ring {
         Ring {
             capacity: capacity.max(1),
             frames: VecDeque::with_capacity(capacity.max(1)),
-            evicted_ms: None,
+            evicted: None,
             next_seq: 0,
+            run: 0,
         }
     }
 
+    /// The pipeline starts again: the next frame begins a new run, and a
+    /// moment before it was not seen.
+    pub fn restart(&mut self) {
+        self.run += 1;
+    }
+
     /// Adds a frame captured at `at_ms`; returns its number.
+    /// A frame older than the newest held means the clock stepped back
+    /// (an NTP correction): the frames held no longer order by time, so
+    /// they are dropped and a new run begins.
     pub fn push(&mut self, at_ms: i64, frame: Arc<Frame>) -> u64 {
+        if self.frames.back().is_some_and(|b| at_ms < b.at_ms) {
+            tracing::warn!(
+                "frame times went back {} ms (the wall clock stepped): earlier frames dropped",
+                self.frames.back().map_or(0, |b| b.at_ms - at_ms)
+            );
+            self.frames.clear();
+            self.evicted = None;
+            self.run += 1;
+        }
         if self.frames.len() == self.capacity {
             if let Some(old) = self.frames.pop_front() {
-                self.evicted_ms = Some(self.evicted_ms.map_or(old.at_ms, |e| e.max(old.at_ms)));
+                self.evicted = Some((old.at_ms, old.run));
             }
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.frames.push_back(Captured { seq, at_ms, frame });
+        self.frames.push_back(Captured {
+            seq,
+            at_ms,
+            run: self.run,
+            frame,
+        });
         seq
     }
 
@@ -72,15 +105,27 @@ impl Ring {
     pub fn at_or_after(&self, t_ms: i64) -> Lookup {
         // A frame captured at or after t was pushed out: every frame still
         // held came later than that one.
-        if self.evicted_ms.is_some_and(|e| e >= t_ms) {
+        if self.evicted.is_some_and(|(e, _)| e >= t_ms) {
             return Lookup::Gone {
                 oldest_ms: self.frames.front().map_or(t_ms, |f| f.at_ms),
             };
         }
-        match self.frames.iter().find(|f| f.at_ms >= t_ms) {
-            Some(f) => Lookup::Found(f.clone()),
-            None => Lookup::NotYet,
+        let Some(i) = self.frames.iter().position(|f| f.at_ms >= t_ms) else {
+            return Lookup::NotYet;
+        };
+        let f = &self.frames[i];
+        let before = match i {
+            0 => self.evicted.map(|(_, run)| run),
+            _ => Some(self.frames[i - 1].run),
+        };
+        if f.at_ms > t_ms && before != Some(f.run) {
+            // The frame before it (if any) is from another run: between the
+            // two, nothing was captured, and the moment fell there.
+            return Lookup::Gap {
+                resumed_ms: f.at_ms,
+            };
         }
+        Lookup::Found(f.clone())
     }
 
     /// The newest frame, if any.
@@ -123,11 +168,36 @@ mod tests {
         for t in [100, 133, 166] {
             r.push(t, frame());
         }
-        assert_eq!(found(r.at_or_after(90)), 100);
+        // Before the first frame: the source was not streaming yet.
+        assert!(matches!(r.at_or_after(90), Lookup::Gap { resumed_ms: 100 }));
         assert_eq!(found(r.at_or_after(100)), 100);
         assert_eq!(found(r.at_or_after(101)), 133);
         assert_eq!(found(r.at_or_after(166)), 166);
         assert!(matches!(r.at_or_after(167), Lookup::NotYet));
+    }
+
+    #[test]
+    fn a_moment_in_an_outage_is_a_gap_and_a_clock_step_back_starts_over() {
+        let mut r = Ring::new(8);
+        for t in [100, 133] {
+            r.push(t, frame());
+        }
+        r.restart();
+        for t in [5000, 5033] {
+            r.push(t, frame());
+        }
+        assert_eq!(found(r.at_or_after(120)), 133);
+        assert!(matches!(
+            r.at_or_after(2000),
+            Lookup::Gap { resumed_ms: 5000 }
+        ));
+        assert_eq!(found(r.at_or_after(5000)), 5000);
+        assert_eq!(found(r.at_or_after(5001)), 5033);
+        // The clock steps back 3 s: what was held is dropped.
+        r.push(2100, frame());
+        assert_eq!(r.len(), 1);
+        assert_eq!(found(r.at_or_after(2100)), 2100);
+        assert!(matches!(r.at_or_after(2000), Lookup::Gap { .. }));
     }
 
     #[test]
@@ -138,6 +208,10 @@ mod tests {
         }
         // 100 and 133 were pushed out.
         assert!(matches!(r.at_or_after(90), Lookup::Gone { oldest_ms: 166 }));
+        assert!(
+            matches!(r.at_or_after(150), Lookup::Found(_)),
+            "the run goes on across evictions"
+        );
         assert!(matches!(r.at_or_after(133), Lookup::Gone { .. }));
         // 134: its first frame at or after is 166, still held.
         assert_eq!(found(r.at_or_after(134)), 166);

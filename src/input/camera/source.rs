@@ -83,6 +83,11 @@ pub enum Missed {
         /// Capture time of the oldest frame held.
         oldest_ms: i64,
     },
+    /// The source was not streaming then.
+    Gap {
+        /// When its frames resumed.
+        resumed_ms: i64,
+    },
 }
 
 /// One camera or stream.
@@ -191,6 +196,7 @@ impl Source {
             match lock(&self.ring).at_or_after(t_ms) {
                 Lookup::Found(c) => return Ok(c),
                 Lookup::Gone { oldest_ms } => return Err(Missed::Gone { oldest_ms }),
+                Lookup::Gap { resumed_ms } => return Err(Missed::Gap { resumed_ms }),
                 Lookup::NotYet => {}
             }
             let (state, error) = {
@@ -281,6 +287,7 @@ impl Source {
         let max = Duration::from_millis(capture.reconnect_max_ms).max(min);
         let mut backoff = min;
         while !self.stopping() {
+            lock(&self.ring).restart();
             self.set_state(State::Connecting, None);
             let before = lock(&self.health).frames_in;
             let reason = match self.run_once(&plan, &capture, &limits) {
@@ -306,6 +313,8 @@ impl Source {
                 lock(&self.health).reconnects += 1;
             }
         }
+        // Triggers still waiting are answered now, not at their deadline.
+        self.set_state(State::Failed, Some("the daemon is stopping".into()));
         tracing::debug!(source = %self.name, "source thread stopped");
     }
 

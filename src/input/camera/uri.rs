@@ -33,6 +33,18 @@ const TAIL: &str = "decodebin ! videoconvert ! appsink name=sink";
 
 /// The pipeline for `uri`, or what is wrong with it.
 pub fn plan(uri: &str) -> Result<Plan, String> {
+    // Errors name the URI with its password hidden: they reach logs and
+    // `config check`'s output.
+    plan_of(uri).map_err(|e| {
+        if uri.contains('@') {
+            e.replace(uri.trim(), &super::redact(uri.trim()))
+        } else {
+            e
+        }
+    })
+}
+
+fn plan_of(uri: &str) -> Result<Plan, String> {
     if uri.chars().any(char::is_control) {
         return Err("contains a control character".into());
     }
@@ -61,7 +73,11 @@ pub fn plan(uri: &str) -> Result<Plan, String> {
                 // latency: the jitter buffer's, in ms; frames carry their
                 // arrival time either way (see `source`), so a small one
                 // only shortens the trigger-to-answer time.
-                description: format!("rtspsrc name=src latency=100 ! {TAIL}"),
+                // Video only: a camera that also sends audio or ONVIF
+                // metadata would otherwise link whichever stream came first.
+                description: format!(
+                    "rtspsrc name=src latency=100 ! application/x-rtp,media=video ! {TAIL}"
+                ),
                 location: Some(("location", uri.to_string())),
                 file: false,
                 sync: Some(false),
@@ -155,6 +171,7 @@ mod tests {
     fn each_scheme_has_its_source_element() {
         let p = plan("rtsp://10.0.0.7/stream1").unwrap();
         assert!(p.description.starts_with("rtspsrc name=src"));
+        assert!(p.description.contains("media=video"));
         assert_eq!(
             p.location,
             Some(("location", "rtsp://10.0.0.7/stream1".into()))
@@ -186,6 +203,7 @@ mod tests {
             ("rtsp://", "no host"),
             ("rtsp:///x", "no host"),
             ("rtsp://cam/a b", "spaces"),
+            ("rtsp://u:secret@cam/a b", "u:***@cam"),
             ("v4l2://video0", "/dev"),
             ("file://relative/x.mp4", "three slashes"),
             ("file:///x%zz.mp4", "percent-escape"),
