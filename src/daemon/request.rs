@@ -345,16 +345,7 @@ pub fn parse_recognize(
     let request_id = resolve_id(json.request_id, &derived)?;
     let id = request_id.as_str();
     let image = image_source(json.image, json.path, id)?;
-    let query = Query {
-        return_k: json
-            .return_k
-            .map(|v| return_k(&v.to_string(), id))
-            .transpose()?,
-        score_threshold: json
-            .score_threshold
-            .map(|v| score_threshold(&v.to_string(), id))
-            .transpose()?,
-    };
+    let query = json_query(json.return_k, json.score_threshold, id)?;
     let ignored = json.rest.into_keys().collect();
     Ok(Recognize {
         request_id,
@@ -449,16 +440,7 @@ pub fn parse_trigger(
             ),
         ));
     }
-    let query = Query {
-        return_k: json
-            .return_k
-            .map(|v| return_k(&v.to_string(), id))
-            .transpose()?,
-        score_threshold: json
-            .score_threshold
-            .map(|v| score_threshold(&v.to_string(), id))
-            .transpose()?,
-    };
+    let query = json_query(json.return_k, json.score_threshold, id)?;
     Ok(Trigger {
         request_id,
         source,
@@ -732,6 +714,20 @@ fn property<'a>(env: &'a Envelope<'_>, key: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.as_str())
+}
+
+/// A JSON request's search options (recognise requests and triggers).
+fn json_query(
+    k: Option<serde_json::Value>,
+    threshold: Option<serde_json::Value>,
+    id: &str,
+) -> Result<Query, Rejection> {
+    Ok(Query {
+        return_k: k.map(|v| return_k(&v.to_string(), id)).transpose()?,
+        score_threshold: threshold
+            .map(|v| score_threshold(&v.to_string(), id))
+            .transpose()?,
+    })
 }
 
 fn return_k(text: &str, id: &str) -> Result<usize, Rejection> {

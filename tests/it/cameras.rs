@@ -151,6 +151,20 @@ fn source_state(status: &serde_json::Value) -> &str {
     status["sources"]["cam1"]["state"].as_str().unwrap_or("")
 }
 
+/// Waits until `P/status` shows `cam1` streaming; fails with the daemon's log.
+async fn wait_streaming(ctl: &mut Controller, daemon: &Daemon) {
+    let streaming = ctl
+        .wait_for(STATUS, Duration::from_secs(120), |j| {
+            source_state(j) == "streaming"
+        })
+        .await;
+    assert!(
+        streaming.is_some(),
+        "cam1 never streamed:\n{}",
+        daemon.log_text()
+    );
+}
+
 fn now_ms() -> i64 {
     shitu_edge::input::camera::now_ms()
 }
@@ -180,16 +194,7 @@ async fn rtsp_triggers_get_the_frame_of_their_moment_and_outages_are_reported_at
     );
     let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
     let mut ctl = Controller::connect(broker.port, "ctl-cam", &[STATUS]).await;
-    let streaming = ctl
-        .wait_for(STATUS, Duration::from_secs(120), |j| {
-            source_state(j) == "streaming"
-        })
-        .await;
-    assert!(
-        streaming.is_some(),
-        "cam1 never streamed:\n{}",
-        daemon.log_text()
-    );
+    wait_streaming(&mut ctl, &daemon).await;
     let start = camera
         .sessions
         .recv_timeout(Duration::from_secs(5))
@@ -520,14 +525,7 @@ async fn an_unknown_item_is_announced_enrolled_and_then_recognised() {
     let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
     let mut ctl =
         Controller::connect(broker.port, "ctl-unknown", &[STATUS, "shitu/test/unknown"]).await;
-    assert!(
-        ctl.wait_for(STATUS, Duration::from_secs(120), |j| source_state(j)
-            == "streaming")
-            .await
-            .is_some(),
-        "{}",
-        daemon.log_text()
-    );
+    wait_streaming(&mut ctl, &daemon).await;
     // Triggers over the clip's 2 s, already played: one lands on that scene.
     // A strict threshold: without its own entry the product's best match
     // (another product) must not pass for it.
@@ -711,14 +709,7 @@ async fn a_file_source_plays_in_a_loop() {
     );
     let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
     let mut ctl = Controller::connect(broker.port, "ctl-file", &[STATUS]).await;
-    assert!(
-        ctl.wait_for(STATUS, Duration::from_secs(120), |j| source_state(j)
-            == "streaming")
-            .await
-            .is_some(),
-        "the file source never streamed:\n{}",
-        daemon.log_text()
-    );
+    wait_streaming(&mut ctl, &daemon).await;
     // The clip lasts 2 s; from 3 s on, what plays is its second round.
     // Triggers every 250 ms over the last 2 s (their frames are in the
     // ring) see each of its four scenes.
@@ -817,14 +808,7 @@ async fn bench_trigger_latency_against_mqtt_payloads() {
     );
     let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
     let mut ctl = Controller::connect(broker.port, "ctl-bench", &[STATUS]).await;
-    assert!(
-        ctl.wait_for(STATUS, Duration::from_secs(120), |j| source_state(j)
-            == "streaming")
-            .await
-            .is_some(),
-        "{}",
-        daemon.log_text()
-    );
+    wait_streaming(&mut ctl, &daemon).await;
     let pngs: Vec<Vec<u8>> = (0..SCENES)
         .map(|k| std::fs::read(tmp.path().join(format!("frame{k}.png"))).unwrap())
         .collect();
