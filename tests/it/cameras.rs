@@ -126,6 +126,15 @@ fn scene_at(start: i64, t: i64) -> usize {
     ((frame / per_scene) as usize) % SCENES
 }
 
+/// The first moment from `t` in the middle half of a scene, so that a
+/// frame interval of slack cannot cross into the next.
+fn mid_scene(start: i64, mut t: i64) -> i64 {
+    while (t - start) % HOLD_MS < HOLD_MS / 4 || (t - start) % HOLD_MS > HOLD_MS * 3 / 4 {
+        t += 50;
+    }
+    t
+}
+
 /// A trigger with a response topic.
 async fn trigger(ctl: &Controller, id: &str, body: serde_json::Value) {
     let mut body = body;
@@ -234,11 +243,7 @@ async fn rtsp_triggers_get_the_frame_of_their_moment_and_outages_are_reported_at
 
     // A trigger for a moment still to come waits for its frame.
     let now = now_ms();
-    let mut t = now + 400;
-    // The middle of a scene, so that a frame interval of slack cannot cross into the next.
-    while (t - start) % HOLD_MS < HOLD_MS / 4 || (t - start) % HOLD_MS > HOLD_MS * 3 / 4 {
-        t += 50;
-    }
+    let t = mid_scene(start, now + 400);
     trigger(
         &ctl,
         "future",
@@ -334,10 +339,7 @@ async fn rtsp_triggers_get_the_frame_of_their_moment_and_outages_are_reported_at
         .sessions
         .recv_timeout(Duration::from_secs(5))
         .unwrap();
-    let mut t = now_ms() + 300;
-    while (t - start) % HOLD_MS < HOLD_MS / 4 || (t - start) % HOLD_MS > HOLD_MS * 3 / 4 {
-        t += 50;
-    }
+    let t = mid_scene(start, now_ms() + 300);
     trigger(
         &ctl,
         "back",
