@@ -33,6 +33,10 @@ pub enum UnknownCommand {
         out: Option<PathBuf>,
     },
     /// Enrol the item's crop in the gallery under LABEL, and forget the item.
+    ///
+    /// The daemon must be stopped (the gallery takes one writer). Refused on
+    /// a box that serves a line: enrol over MQTT there (P/gallery/add with
+    /// unknown_id), which makes the enrolment a change for the whole line.
     Enrol(EnrolArgs),
     /// Forget the item without enrolling it.
     Drop {
@@ -94,6 +98,13 @@ pub fn run(cli: &Cli, cmd: &UnknownCommand) -> anyhow::Result<ExitCode> {
         UnknownCommand::Enrol(args) => {
             if args.label.trim().is_empty() {
                 anyhow::bail!("the label is empty");
+            }
+            if !settings.mqtt.line.is_empty() {
+                // A local add would make this box differ from the line's gallery.
+                anyhow::bail!(
+                    "this box serves line {:?}: enrol over MQTT while the daemon runs (P/gallery/add with unknown_id on this box's topic), which makes it a change for the whole line",
+                    settings.mqtt.line
+                );
             }
             let index = args.index.clone().unwrap_or(settings.search.index.clone());
             let photo = Photo::read(&store.photo(&args.id)?, &settings.input)?;

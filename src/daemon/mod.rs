@@ -26,6 +26,7 @@ pub mod service;
 pub mod spool;
 pub mod status;
 mod trigger;
+mod unknown;
 pub mod updater;
 pub mod worker;
 
@@ -533,7 +534,9 @@ impl Shared {
                 let parsed = request::parse_gallery_sent(&m.payload, &env, max, add);
                 let line = self.topics.line.as_ref();
                 match parsed {
-                    Ok((command, _)) if scope == Scope::Box && line.is_some() => {
+                    Ok((command, _))
+                        if scope == Scope::Box && line.is_some() && !enrols_unknown(&command) =>
+                    {
                         // A change to one box of a line would be undone, or
                         // silently differ, from the line's gallery.
                         let l = line.map(|l| {
@@ -564,6 +567,26 @@ impl Shared {
                     Ok((
                         GalleryCommand::Add {
                             request_id,
+                            label,
+                            image: request::ImageSource::Unknown(unknown_id),
+                            source,
+                        },
+                        _,
+                    )) if scope == Scope::Box && line.is_some() => {
+                        // Only this box holds the crop: it becomes a line change.
+                        if let Some(to) = self.admit(&request_id, reply(request_id.clone())) {
+                            let e = unknown::Enrolment {
+                                request_id,
+                                unknown_id,
+                                label,
+                                source,
+                            };
+                            self.enrol_for_line(e, to);
+                        }
+                    }
+                    Ok((
+                        GalleryCommand::Add {
+                            request_id,
                             image: request::ImageSource::Unknown(_),
                             ..
                         },
@@ -571,7 +594,7 @@ impl Shared {
                     )) if scope == Scope::Line => refuse(request::Rejection {
                         request_id,
                         code: ErrorCode::BadRequest,
-                        message: "an unknown item is kept by the box that saw it only: enrol it on that box's own P/gallery/add (a line box: shitud unknown show ID --out crop.png, then publish the crop as \"image\" on the line)".into(),
+                        message: "an unknown item's crop is kept by the box that saw it only: publish this on that box's own P/gallery/add (P/unknown names the box), which makes it a change for the whole line".into(),
                     }),
                     Ok((command, change_id)) if scope == Scope::Line => {
                         let id = command.request_id().to_string();
@@ -608,6 +631,17 @@ impl Shared {
             Route::LineManifest | Route::LineState => {} // handled above
         }
     }
+}
+
+/// An add of a kept unknown item, which a line box turns into a line change.
+fn enrols_unknown(command: &GalleryCommand) -> bool {
+    matches!(
+        command,
+        GalleryCommand::Add {
+            image: request::ImageSource::Unknown(_),
+            ..
+        }
+    )
 }
 
 /// Runs the daemon until SIGTERM or SIGINT; returns after a clean stop.

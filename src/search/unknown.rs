@@ -36,6 +36,10 @@ pub struct UnknownItem {
     pub captured_at_ms: i64,
     /// The best gallery matches, best first: none good enough.
     pub top_k: Vec<(String, f32)>,
+    /// The line change that enrols it, once a line box has chosen one
+    /// (kept so that a repeated enrolment repeats the same change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_id: Option<String>,
 }
 
 /// The folder of unknown items.
@@ -118,18 +122,37 @@ impl UnknownStore {
         if !written {
             return Err(self.bad(format!("cannot write {}", png.display())));
         }
-        let json = serde_json::to_vec_pretty(&item).map_err(|e| self.bad(e.to_string()))?;
-        let meta = self.dir.join(format!("{id}.json"));
-        let tmp = meta.with_extension("json.tmp");
-        std::fs::write(&tmp, json)
-            .and_then(|_| std::fs::rename(&tmp, &meta))
-            .map_err(|e| self.bad(format!("cannot write {}: {e}", meta.display())))?;
+        self.write_meta(&item)?;
         let ids = self.ids()?;
         for old in ids.iter().take(ids.len().saturating_sub(self.max_items)) {
             tracing::info!(unknown_id = %old, "unknown item dropped: capture.unknown_max_items reached");
             let _ = self.remove(old);
         }
         Ok(item)
+    }
+
+    /// Writes an item's facts, whole or not at all.
+    fn write_meta(&self, item: &UnknownItem) -> Result<()> {
+        let json = serde_json::to_vec_pretty(item).map_err(|e| self.bad(e.to_string()))?;
+        let meta = self.dir.join(format!("{}.json", item.unknown_id));
+        let tmp = meta.with_extension("json.tmp");
+        std::fs::write(&tmp, json)
+            .and_then(|_| std::fs::rename(&tmp, &meta))
+            .map_err(|e| self.bad(format!("cannot write {}: {e}", meta.display())))
+    }
+
+    /// The line change that enrols item `id`: the one chosen before, or
+    /// `fresh`, recorded before it is used, so that a repeated enrolment
+    /// (a redelivered request, a restart) names the same change and every
+    /// box applies it once.
+    pub fn change_for(&self, id: &str, fresh: ChangeId) -> Result<(UnknownItem, ChangeId)> {
+        let mut item = self.get(id)?;
+        if let Some(c) = item.change_id.as_deref().and_then(|c| c.parse().ok()) {
+            return Ok((item, c));
+        }
+        item.change_id = Some(fresh.to_string());
+        self.write_meta(&item)?;
+        Ok((item, fresh))
     }
 
     /// Ids held, oldest first.
@@ -216,7 +239,27 @@ mod tests {
             bbox: [10, 5, 50, 45],
             captured_at_ms: 1,
             top_k: vec![("apple".into(), 0.31)],
+            change_id: None,
         }
+    }
+
+    #[test]
+    fn an_enrolment_names_the_same_change_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = UnknownStore::new(dir.path(), 4);
+        let a = store.keep(&frame(), item()).unwrap();
+        let first = ChangeId::generate();
+        let (_, c1) = store.change_for(&a.unknown_id, first).unwrap();
+        let (item, c2) = store
+            .change_for(&a.unknown_id, ChangeId::generate())
+            .unwrap();
+        assert_eq!((c1, c2), (first, first));
+        assert_eq!(item.change_id, Some(first.to_string()));
+        // Items kept before this field existed still read.
+        let old = br#"{"unknown_id":"x","source":"s","request_id":"r","device_id":"d","bbox":[0,0,1,1],"captured_at_ms":0,"top_k":[]}"#;
+        let old: UnknownItem = serde_json::from_slice(old).unwrap();
+        assert_eq!(old.change_id, None);
+        assert!(store.change_for("../x", first).is_err());
     }
 
     #[test]

@@ -495,22 +495,7 @@ async fn continuous_mode_publishes_label_changes_and_heartbeats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_item_is_announced_enrolled_and_then_recognised() {
     let tmp = tempfile::tempdir().unwrap();
-    let g = flat_gallery(tmp.path());
-    let (_, expected) = frames(tmp.path(), &g);
-    let clip = clip(tmp.path());
-    // The product of the first detected (not whole-frame) result leaves the gallery.
-    let (gone, gone_box, _) = expected
-        .iter()
-        .flatten()
-        .find(|(_, b, _)| *b != [0, 0, W, H])
-        .cloned()
-        .expect("a product on screen");
-    {
-        let s = settings("det_prenms.onnx");
-        let mut gallery = shitu_edge::search::Gallery::open_for_write(&g, (&s).into()).unwrap();
-        let ids = gallery.ids_with_label(&gone);
-        gallery.remove(&ids).unwrap();
-    }
+    let (g, gone_box, clip) = gallery_lacking_a_product(tmp.path());
     let broker = Broker::start(&tmp.path().join("broker"));
     let unknown_dir = tmp.path().join("unknown");
     let conf = daemon_config(
@@ -528,35 +513,7 @@ async fn an_unknown_item_is_announced_enrolled_and_then_recognised() {
     let mut ctl =
         Controller::connect(broker.port, "ctl-unknown", &[STATUS, "shitu/test/unknown"]).await;
     wait_streaming(&mut ctl, &daemon).await;
-    // Triggers over the clip's 2 s, already played: one lands on that scene.
-    // A strict threshold: without its own entry the product's best match
-    // (another product) must not pass for it.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let now = now_ms();
-    let mut found = None;
-    for i in 0..8 {
-        let id = format!("u{i}");
-        trigger(&ctl, &id, serde_json::json!({"source": "cam1", "t_ms": now - 2000 + i * 250, "score_threshold": 0.9})).await;
-        let a = answer(&mut ctl, &id, Duration::from_secs(60)).await;
-        assert_eq!(a["ok"], true, "{a}");
-        let hit = a["unknown"].as_array().into_iter().flatten().find(|u| {
-            u["bbox"].as_array().map(|b| {
-                b.iter()
-                    .map(|v| v.as_i64().unwrap() as i32)
-                    .collect::<Vec<_>>()
-            }) == Some(gone_box.to_vec())
-        });
-        if let Some(u) = hit {
-            found = Some((
-                a["request_id"].as_str().unwrap().to_string(),
-                a["captured_at_ms"].as_i64().unwrap(),
-                u["unknown_id"].as_str().unwrap().to_string(),
-            ));
-            break;
-        }
-    }
-    let (trigger_id, captured, unknown_id) =
-        found.unwrap_or_else(|| panic!("no unknown item at {gone_box:?}:\n{}", daemon.log_text()));
+    let (trigger_id, captured, unknown_id) = find_unknown(&mut ctl, &daemon, gone_box).await;
     // Announced, with the trigger, the box and the candidates.
     let announced = ctl
         .wait_for("shitu/test/unknown", Duration::from_secs(30), |j| {
@@ -620,37 +577,7 @@ async fn an_unknown_item_is_announced_enrolled_and_then_recognised() {
         "an enrolled item is no longer unknown"
     );
 
-    // The next trigger on that frame recognises it, in its box.
-    trigger(
-        &ctl,
-        "again",
-        serde_json::json!({"source": "cam1", "t_ms": captured, "score_threshold": 0.9}),
-    )
-    .await;
-    let a = answer(&mut ctl, "again", Duration::from_secs(60)).await;
-    let hit = a["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["rec_docs"] == "new-product");
-    let hit = hit.unwrap_or_else(|| panic!("new-product not recognised: {a}"));
-    let b: Vec<i32> = hit["bbox"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap() as i32)
-        .collect();
-    assert_eq!(b, gone_box.to_vec(), "{a}");
-    assert!(
-        hit["rec_scores"].as_f64().unwrap() > 0.99,
-        "the crop itself is in the gallery: {a}"
-    );
-    assert!(
-        a["unknown"]
-            .as_array()
-            .is_none_or(|u| u.iter().all(|u| u["bbox"] != hit["bbox"])),
-        "{a}"
-    );
+    recognised_again(&mut ctl, captured, gone_box).await;
 
     // The same store from the command line.
     assert_eq!(daemon.stop(), Some(0));
@@ -687,6 +614,245 @@ async fn an_unknown_item_is_announced_enrolled_and_then_recognised() {
         );
         assert!(!unknown_dir.join(format!("{id}.png")).exists());
     }
+}
+
+/// A gallery without the product of the first detected (not whole-frame)
+/// result of the scenes, where it was, and the scenes' clip.
+fn gallery_lacking_a_product(dir: &Path) -> (PathBuf, [i32; 4], PathBuf) {
+    let g = flat_gallery(dir);
+    let (_, expected) = frames(dir, &g);
+    let clip = clip(dir);
+    let (gone, gone_box, _) = expected
+        .iter()
+        .flatten()
+        .find(|(_, b, _)| *b != [0, 0, W, H])
+        .cloned()
+        .expect("a product on screen");
+    let s = settings("det_prenms.onnx");
+    let mut gallery = shitu_edge::search::Gallery::open_for_write(&g, (&s).into()).unwrap();
+    let ids = gallery.ids_with_label(&gone);
+    gallery.remove(&ids).unwrap();
+    (g, gone_box, clip)
+}
+
+/// Triggers over the clip's last 2 s until one keeps the product at
+/// `gone_box` as unknown: (trigger id, capture time, unknown id).
+async fn find_unknown(
+    ctl: &mut Controller,
+    daemon: &Daemon,
+    gone_box: [i32; 4],
+) -> (String, i64, String) {
+    // The clip has played once: one of the triggers lands on that scene. A
+    // strict threshold: without its own entry the product's best match
+    // (another product) must not pass for it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let now = now_ms();
+    for i in 0..8 {
+        let id = format!("u{i}");
+        trigger(ctl, &id, serde_json::json!({"source": "cam1", "t_ms": now - 2000 + i * 250, "score_threshold": 0.9})).await;
+        let a = answer(ctl, &id, Duration::from_secs(60)).await;
+        assert_eq!(a["ok"], true, "{a}");
+        let hit = a["unknown"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|u| bbox(&u["bbox"]) == gone_box.to_vec());
+        if let Some(u) = hit {
+            return (
+                a["request_id"].as_str().unwrap().to_string(),
+                a["captured_at_ms"].as_i64().unwrap(),
+                u["unknown_id"].as_str().unwrap().to_string(),
+            );
+        }
+    }
+    panic!("no unknown item at {gone_box:?}:\n{}", daemon.log_text())
+}
+
+fn bbox(v: &serde_json::Value) -> Vec<i32> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| x.as_i64().unwrap() as i32)
+        .collect()
+}
+
+/// The next trigger on the frame captured at `captured` recognises the
+/// enrolled product in its box, as itself.
+async fn recognised_again(ctl: &mut Controller, captured: i64, gone_box: [i32; 4]) {
+    trigger(
+        ctl,
+        "again",
+        serde_json::json!({"source": "cam1", "t_ms": captured, "score_threshold": 0.9}),
+    )
+    .await;
+    let a = answer(ctl, "again", Duration::from_secs(60)).await;
+    let hit = a["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rec_docs"] == "new-product");
+    let hit = hit.unwrap_or_else(|| panic!("new-product not recognised: {a}"));
+    assert_eq!(bbox(&hit["bbox"]), gone_box.to_vec(), "{a}");
+    assert!(
+        hit["rec_scores"].as_f64().unwrap() > 0.99,
+        "the crop itself is in the gallery: {a}"
+    );
+    assert!(
+        a["unknown"]
+            .as_array()
+            .is_none_or(|u| u.iter().all(|u| u["bbox"] != hit["bbox"])),
+        "{a}"
+    );
+}
+
+/// On a line, the box that kept an unknown item turns its enrolment (on the
+/// box's own topic) into a line change carrying the crop: it answers the
+/// requester, and every other box of the line applies the same change, with
+/// the same item id. On the line's topic such an enrolment is refused (no
+/// other box has the crop), and the command line refuses a local one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_box_enrols_an_unknown_item_for_the_whole_line() {
+    const LINE_ADD: &str = "shitu/line/l1/gallery/add";
+    const LINE_RESULT: &str = "shitu/line/l1/gallery/result";
+    let tmp = tempfile::tempdir().unwrap();
+    let (g, gone_box, clip) = gallery_lacking_a_product(tmp.path());
+    let broker = Broker::start(&tmp.path().join("broker"));
+    // Box "test" has the camera; box "b" has none. Each has its own gallery.
+    let boxes: Vec<(PathBuf, PathBuf)> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let own = dir.join("gallery");
+            let copied = Command::new("cp").arg("-a").arg(&g).arg(&own).status();
+            assert!(copied.unwrap().success());
+            let extra = if *name == "a" {
+                format!(
+                    "[capture]\nunknown_dir = \"{}\"\n[[sources]]\nname = \"cam1\"\nuri = \"file://{}\"\n",
+                    dir.join("unknown").display(),
+                    clip.display()
+                )
+            } else {
+                String::new()
+            };
+            (daemon_config(&dir, broker.port, &own, &extra), dir)
+        })
+        .collect();
+    let a = Daemon::start_with_env(
+        &boxes[0].0,
+        &boxes[0].1.join("daemon.log"),
+        &[("SHITU__MQTT__LINE", "l1")],
+    );
+    let b = Daemon::start_with_env(
+        &boxes[1].0,
+        &boxes[1].1.join("daemon.log"),
+        &[("SHITU__MQTT__LINE", "l1"), ("SHITU__MQTT__DEVICE_ID", "b")],
+    );
+    let mut ctl = Controller::connect(
+        broker.port,
+        "ctl-line-unknown",
+        &[STATUS, "shitu/test/unknown", LINE_RESULT, "shitu/b/status"],
+    )
+    .await;
+    wait_streaming(&mut ctl, &a).await;
+    let b_online = ctl
+        .wait_for("shitu/b/status", Duration::from_secs(120), |j| {
+            j["state"] == "online"
+        })
+        .await;
+    assert!(b_online.is_some(), "box b:\n{}", b.log_text());
+    let (_, captured, unknown_id) = find_unknown(&mut ctl, &a, gone_box).await;
+    ctl.wait_for("shitu/test/unknown", Duration::from_secs(30), |j| {
+        j["unknown_id"] == unknown_id.as_str()
+    })
+    .await
+    .expect("announced on P/unknown");
+    let crop = boxes[0].1.join(format!("unknown/{unknown_id}.png"));
+    assert!(crop.is_file());
+
+    // On the line's topic: refused by both boxes, nothing changes.
+    let body = serde_json::json!({"request_id": "on-line", "change_id": "01JD3Q8ZK5V3N4W7Y2C9M6T0AB", "unknown_id": unknown_id, "label": "new-product"});
+    ctl.request(
+        LINE_ADD,
+        serde_json::to_vec(&body).unwrap(),
+        "on-line",
+        vec![],
+    )
+    .await;
+    for _ in 0..2 {
+        let r = answer(&mut ctl, "on-line", Duration::from_secs(30)).await;
+        assert_eq!(r["error"]["code"], "bad_request", "{r}");
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("P/unknown names the box"),
+            "{r}"
+        );
+    }
+    assert!(crop.is_file());
+
+    // On the box's own topic: a line change.
+    let body = serde_json::json!({"request_id": "enrol", "unknown_id": unknown_id, "label": "new-product"});
+    ctl.request(
+        "shitu/test/gallery/add",
+        serde_json::to_vec(&body).unwrap(),
+        "enrol",
+        vec![],
+    )
+    .await;
+    let r = answer(&mut ctl, "enrol", Duration::from_secs(60)).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let change = r["change_id"].as_str().expect("a line change").to_string();
+    let added = r["added"].clone();
+    assert_eq!(added.as_array().map(Vec::len), Some(1), "{r}");
+    assert!(!crop.exists(), "an enrolled item is no longer unknown");
+    // Box b computes the feature from the crop and applies the same change.
+    let from_b = ctl
+        .wait_for(LINE_RESULT, Duration::from_secs(60), |j| {
+            j["versions"]["device_id"] == "b" && j["request_id"] == change.as_str()
+        })
+        .await
+        .unwrap_or_else(|| panic!("box b did not apply {change}:\n{}", b.log_text()));
+    assert_eq!(from_b.json["ok"], true, "{}", from_b.json);
+    assert_eq!(from_b.json["added"], added, "the same item id on every box");
+    assert_eq!(from_b.json["already_applied"], serde_json::Value::Null);
+    recognised_again(&mut ctl, captured, gone_box).await;
+
+    assert_eq!(a.stop(), Some(0));
+    assert_eq!(b.stop(), Some(0));
+    // Box b holds the item under the same id, from the line.
+    let listed = Command::new(env!("CARGO_BIN_EXE_shitud"))
+        .args(["gallery", "list", "--json", "--index"])
+        .arg(boxes[1].1.join("gallery"))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let item = listed
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|i| i["label"] == "new-product")
+        .unwrap_or_else(|| panic!("not in box b's gallery:\n{listed}"));
+    assert_eq!(item["id"], added[0], "{item}");
+    assert_eq!(item["source"], format!("unknown:{unknown_id}"), "{item}");
+    // A local enrolment on a line box is refused: it would leave the line.
+    let out = Command::new(env!("CARGO_BIN_EXE_shitud"))
+        .args([
+            "unknown",
+            "enrol",
+            "01JD3Q8ZK5V3N4W7Y2C9M6T0AB",
+            "x",
+            "--config",
+        ])
+        .arg(&boxes[0].0)
+        .env("SHITU__MQTT__LINE", "l1")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("serves line \"l1\""), "{err}");
 }
 
 /// A `file://` source plays its clip in a loop: triggers are answered
