@@ -254,6 +254,18 @@ fn looks_like_json(payload: &[u8]) -> bool {
     payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
+/// A payload over `daemon.max_payload_bytes`, refused before it is parsed.
+fn too_large(payload: &[u8], max_bytes: usize, id: &str) -> Rejection {
+    reject(
+        id,
+        ErrorCode::TooLarge,
+        format!(
+            "payload is {} bytes, over the limit of {max_bytes} (daemon.max_payload_bytes)",
+            payload.len()
+        ),
+    )
+}
+
 fn reject(id: &str, code: ErrorCode, message: impl Into<String>) -> Rejection {
     Rejection {
         request_id: id.to_string(),
@@ -329,14 +341,7 @@ pub fn parse_recognize(
     if payload.len() > max_bytes {
         // The id may be inside the oversized JSON; it is not parsed to find out.
         let id = property(env, "request_id").map_or_else(derived, str::to_string);
-        return Err(reject(
-            &id,
-            ErrorCode::TooLarge,
-            format!(
-                "payload is {} bytes, over the limit of {max_bytes} (daemon.max_payload_bytes)",
-                payload.len()
-            ),
-        ));
+        return Err(too_large(payload, max_bytes, &id));
     }
     if !looks_like_json(payload) {
         return parse_raw(payload, env, derived);
@@ -363,14 +368,7 @@ pub fn parse_trigger(
 ) -> Result<Trigger, Rejection> {
     let derived = || derived_id(payload, env);
     if payload.len() > max_bytes {
-        return Err(reject(
-            &derived(),
-            ErrorCode::TooLarge,
-            format!(
-                "payload is {} bytes, over the limit of {max_bytes} (daemon.max_payload_bytes)",
-                payload.len()
-            ),
-        ));
+        return Err(too_large(payload, max_bytes, &derived()));
     }
     #[derive(Deserialize)]
     struct TriggerJson {
@@ -512,14 +510,7 @@ pub fn parse_gallery_sent(
 ) -> Result<(GalleryCommand, Option<serde_json::Value>), Rejection> {
     let derived = || derived_id(payload, env);
     if payload.len() > max_bytes {
-        return Err(reject(
-            &derived(),
-            ErrorCode::TooLarge,
-            format!(
-                "payload is {} bytes, over the limit of {max_bytes}",
-                payload.len()
-            ),
-        ));
+        return Err(too_large(payload, max_bytes, &derived()));
     }
     let json: GalleryJson = parse_json(payload, &derived)?;
     let request_id = resolve_id(json.request_id, &derived)?;
