@@ -245,8 +245,8 @@ fn nest(key: &str, value: toml::Value) -> toml::Table {
 
 /// Whether `key = value` alone deserialises; the error otherwise.
 fn check_one(key: &str, value: &toml::Value) -> Result<(), String> {
-    if let Some((old, new)) = super::RENAMED.iter().find(|(old, _)| *old == key) {
-        return Err(super::renamed(old, new));
+    if let Some((old, new, why)) = super::RENAMED.iter().find(|(old, _, _)| *old == key) {
+        return Err(super::renamed(old, new, why));
     }
     toml::Value::Table(nest(key, value.clone()))
         .try_into::<Settings>()

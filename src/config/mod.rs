@@ -43,6 +43,89 @@ pub struct Settings {
     pub sources: Vec<SourceSettings>,
     /// What every source shares: ring, deadlines, reconnects.
     pub capture: CaptureSettings,
+    /// The daemon's HTTP server: the operator's page, its JSON API,
+    /// `/metrics` and `/healthz`.
+    pub http: HttpSettings,
+}
+
+/// The daemon's one HTTP server (`docs/HTTP.md`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address and port; empty turns the server off. Any address but
+    /// loopback needs `token_file`.
+    pub listen: String,
+    /// A file holding the bearer token (one line, at least 16 characters).
+    /// When set, every request but `/healthz` and the login form needs it,
+    /// as `Authorization: Bearer …` or as the cookie the login form sets.
+    pub token_file: PathBuf,
+    /// PEM certificate chain: with `tls_key`, the server speaks HTTPS only.
+    pub tls_cert: PathBuf,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: PathBuf,
+    /// How many recent answers the page and `/api/answers` keep.
+    pub recent_answers: usize,
+}
+
+impl HttpSettings {
+    /// The address to listen on; `None` when the server is off.
+    pub fn address(&self) -> std::result::Result<Option<std::net::SocketAddr>, String> {
+        if self.listen.trim().is_empty() {
+            return Ok(None);
+        }
+        self.listen.trim().parse().map(Some).map_err(|e| {
+            format!(
+                "{:?} is not an address and port ({e}): say \"127.0.0.1:8080\", \"0.0.0.0:8080\" or \"[::]:8080\"",
+                self.listen
+            )
+        })
+    }
+
+    /// Whether TLS is on (both files set).
+    pub fn tls(&self) -> bool {
+        !self.tls_cert.as_os_str().is_empty() && !self.tls_key.as_os_str().is_empty()
+    }
+
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        match self.address() {
+            Err(e) => out.push(("http.listen".into(), e)),
+            Ok(Some(addr)) if !addr.ip().is_loopback() && self.token_file.as_os_str().is_empty() => {
+                out.push((
+                    "http.token_file".into(),
+                    format!(
+                        "must be set when http.listen ({addr}) is not loopback: the page changes the gallery, so anyone on the network could (make one with: head -c 24 /dev/urandom | base64 > FILE; chmod 600 FILE)"
+                    ),
+                ))
+            }
+            Ok(_) => {}
+        }
+        if self.tls_cert.as_os_str().is_empty() != self.tls_key.as_os_str().is_empty() {
+            out.push((
+                "http.tls_cert".into(),
+                "and http.tls_key are set together, or neither".into(),
+            ));
+        }
+        if !(1..=10_000).contains(&self.recent_answers) {
+            out.push((
+                "http.recent_answers".into(),
+                format!("{} must be within 1 and 10000", self.recent_answers),
+            ));
+        }
+        out
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: "127.0.0.1:8080".into(),
+            token_file: PathBuf::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            recent_answers: 50,
+        }
+    }
 }
 
 /// One camera or stream (`[[sources]]`).
@@ -347,16 +430,21 @@ pub struct GpuSettings {
     pub device_id: i32,
 }
 
-/// Keys that were renamed, with their new names: `config check` and loading
-/// name the new key instead of calling the old one unknown.
-pub const RENAMED: [(&str, &str); 2] = [
-    ("engine.device_id", "gpu.device_id"),
-    ("search.device_id", "gpu.device_id"),
+/// Keys that were renamed, with their new names and why: `config check`
+/// and loading name the new key instead of calling the old one unknown.
+pub const RENAMED: [(&str, &str, &str); 3] = [
+    ("engine.device_id", "gpu.device_id", "one GPU for inference, preprocessing and search"),
+    ("search.device_id", "gpu.device_id", "one GPU for inference, preprocessing and search"),
+    (
+        "daemon.metrics_port",
+        "http.listen",
+        "/metrics and /healthz moved onto the daemon's one HTTP server, with the operator's page; http.listen = \"127.0.0.1:<port>\"",
+    ),
 ];
 
 /// What is said of a renamed key.
-pub fn renamed(old: &str, new: &str) -> String {
-    format!("{old} was replaced by {new} (one GPU for inference, preprocessing and search): set {new} instead")
+pub fn renamed(old: &str, new: &str, why: &str) -> String {
+    format!("{old} was replaced by {new} ({why}): set {new} instead")
 }
 
 /// Preprocessing settings.
@@ -675,8 +763,6 @@ pub struct DaemonSettings {
     pub ready_timeout_s: u64,
     /// A batch running longer than this counts as hung: watchdog pings stop.
     pub stall_after_s: u64,
-    /// Port on 127.0.0.1 for Prometheus `/metrics` and `/healthz`; 0 = off.
-    pub metrics_port: u16,
     /// Seconds between `status` updates.
     pub status_interval_s: u64,
     /// Seconds an answer the broker took with "no matching subscribers"
@@ -701,7 +787,6 @@ impl Default for DaemonSettings {
             answer_cache_bytes: 16 << 20,
             ready_timeout_s: 30,
             stall_after_s: 60,
-            metrics_port: 0,
             status_interval_s: 30,
             answer_ttl_s: 120,
         }
@@ -737,11 +822,11 @@ impl Settings {
         );
         let built = builder.build();
         if let Ok(c) = &built {
-            if let Some((old, new)) = RENAMED
+            if let Some((old, new, why)) = RENAMED
                 .iter()
-                .find(|(old, _)| c.get::<config::Value>(old).is_ok())
+                .find(|(old, _, _)| c.get::<config::Value>(old).is_ok())
             {
-                return Err(Error::Config(renamed(old, new)));
+                return Err(Error::Config(renamed(old, new, why)));
             }
         }
         let settings: Settings = built.and_then(|c| c.try_deserialize()).map_err(|e| {
@@ -985,6 +1070,7 @@ impl Settings {
                 out.push((key("uri"), e));
             }
         }
+        out.extend(self.http.problems());
         out
     }
 

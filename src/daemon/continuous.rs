@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::answer::{self, ErrorCode, Object};
+use super::feed::{FeedAnswer, Input};
 use super::outbox::Message;
 use super::request::{CapturedFrame, ImageSource};
 use super::worker::{Job, Outcome, Reply, Work};
@@ -80,11 +81,12 @@ async fn run(shared: Arc<Shared>, source: Arc<Source>, every: Duration) {
         };
         last_seq = Some(frame.seq);
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let request_id = format!("{}#{}", source.name(), frame.seq);
         shared.enqueue(Job {
-            request_id: format!("{}#{}", source.name(), frame.seq),
+            request_id: request_id.clone(),
             arrived: Instant::now(),
             work: Work::Recognize {
-                image: ImageSource::Captured(CapturedFrame(frame.frame)),
+                image: ImageSource::Captured(CapturedFrame(frame.frame.clone())),
                 query: Query::default(),
             },
             reply: Reply::new(move |o| {
@@ -101,6 +103,26 @@ async fn run(shared: Arc<Shared>, source: Arc<Source>, every: Duration) {
                 labels.sort();
                 labels.dedup();
                 let changed = published.as_ref().is_none_or(|(l, _, _)| *l != labels);
+                // Every frame refreshes the page's view; only changes join its list.
+                shared.feed.record(
+                    FeedAnswer {
+                        seq: 0,
+                        at_ms: crate::input::camera::now_ms(),
+                        request_id,
+                        input: Input::Continuous,
+                        source: Some(source.name().to_string()),
+                        captured_at_ms: Some(frame.at_ms),
+                        size: None,
+                        ok: true,
+                        results: results.clone(),
+                        unknown: Vec::new(),
+                        error: None,
+                        total_ms: None,
+                        listed: changed,
+                    },
+                    Some(frame.frame.clone()),
+                    changed,
+                );
                 if changed || published_at.elapsed() >= heartbeat {
                     publish(
                         &shared,

@@ -14,11 +14,13 @@
 
 pub mod answer;
 mod continuous;
+pub mod feed;
+mod forward;
 pub mod health;
+pub mod http;
 mod ledger;
 pub mod line_sync;
 pub mod link;
-pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
 pub mod request;
@@ -42,6 +44,7 @@ use crate::config::Settings;
 use crate::input::camera::Cameras;
 use crate::pipeline::Pipeline;
 use answer::{error_payload, Capture, ErrorCode, GalleryAnswer, RecognizeAnswer, Versions};
+use forward::GalleryPlan;
 use health::Health;
 use ledger::{Admit, Ledger};
 use line_sync::{Action, LineManifestPayload, LineSync};
@@ -86,7 +89,7 @@ pub struct Shared {
     started: Instant,
     health: Arc<Health>,
     service: Arc<Service>,
-    histograms: metrics::Histograms,
+    histograms: http::metrics::Histograms,
     /// For the line state's on-demand subscription.
     client: Client,
     line_sync: Mutex<LineSync>,
@@ -96,6 +99,8 @@ pub struct Shared {
     unknown: Option<crate::search::unknown::UnknownStore>,
     /// Triggered frames kept for audit (`capture.keep_frames`).
     archive: Option<crate::input::camera::Archive>,
+    /// Recent answers and frames, for the operator's page.
+    feed: feed::Feed,
 }
 
 impl Shared {
@@ -128,11 +133,18 @@ impl Shared {
     /// A job's reply channel that answers `to` over MQTT.
     fn mqtt_reply(self: &Arc<Self>, to: ReplyTo) -> Reply {
         let shared = self.clone();
-        Reply::new(move |outcome| shared.answer_outcome(to, outcome, None))
+        Reply::new(move |outcome| shared.answer_outcome(to, outcome, None, None))
     }
 
-    /// Turns a job's outcome into its MQTT answer; a trigger's carries its `capture`.
-    fn answer_outcome(&self, to: ReplyTo, outcome: Outcome, capture: Option<&Capture>) {
+    /// Turns a job's outcome into its MQTT answer; a trigger's carries its
+    /// `capture`, and the `frame` it was recognised on (for the page).
+    fn answer_outcome(
+        &self,
+        to: ReplyTo,
+        outcome: Outcome,
+        capture: Option<&Capture>,
+        frame: Option<Arc<crate::input::Frame>>,
+    ) {
         let payload = match outcome {
             Outcome::Recognized {
                 result,
@@ -140,10 +152,34 @@ impl Shared {
                 versions,
             } => {
                 self.histograms.observe(&timings);
+                let results = answer::objects(&result);
+                self.feed.record(
+                    feed::FeedAnswer {
+                        seq: 0,
+                        at_ms: crate::input::camera::now_ms(),
+                        request_id: to.request_id.clone(),
+                        input: if capture.is_some() {
+                            feed::Input::Trigger
+                        } else {
+                            feed::Input::Request
+                        },
+                        source: capture.map(|c| c.source.clone()),
+                        captured_at_ms: capture.and_then(|c| c.captured_at_ms),
+                        size: None,
+                        ok: true,
+                        results: results.clone(),
+                        unknown: capture.map(|c| c.unknown.clone()).unwrap_or_default(),
+                        error: None,
+                        total_ms: Some(timings.total),
+                        listed: true,
+                    },
+                    frame,
+                    true,
+                );
                 answer::to_vec(&RecognizeAnswer {
                     request_id: &to.request_id,
                     ok: true,
-                    results: answer::objects(&result),
+                    results,
                     timings_ms: timings,
                     versions: &versions,
                     capture,
@@ -155,23 +191,26 @@ impl Shared {
                 change_id,
                 already_applied,
                 versions,
-            } => answer::to_vec(&GalleryAnswer {
-                request_id: &to.request_id,
-                ok: true,
-                added,
-                removed,
-                change_id: change_id.map(|c| c.to_string()),
-                already_applied,
-                versions: &versions,
-            }),
+            } => {
+                self.feed.notify(feed::FeedEvent::Changed("gallery"));
+                answer::to_vec(&GalleryAnswer {
+                    request_id: &to.request_id,
+                    ok: true,
+                    added,
+                    removed,
+                    change_id: change_id.map(|c| c.to_string()),
+                    already_applied,
+                    versions: &versions,
+                })
+            }
             Outcome::Failed { code, message } => {
                 return match capture {
                     Some(c) => self.reply_trigger_error(to, code, &message, c),
                     None => self.reply_error(to, code, &message),
                 }
             }
-            Outcome::LineSynced { .. } => {
-                tracing::error!(request_id = %to.request_id, "a line sync outcome reached a request's reply; dropped");
+            Outcome::LineSynced { .. } | Outcome::GalleryItems { .. } => {
+                tracing::error!(request_id = %to.request_id, "a line sync or listing outcome reached a request's reply; dropped");
                 return;
             }
         };
@@ -181,14 +220,46 @@ impl Shared {
 
     /// Sends an error answer, and logs it.
     pub fn reply_error(&self, reply: ReplyTo, code: ErrorCode, message: &str) {
+        self.feed_error(&reply.request_id, code, message, None);
         let payload = error_payload(&reply.request_id, code, message);
         self.send_error(reply, code, message, payload);
     }
 
     /// Sends a trigger's error answer (with its source and fields), and logs it.
     fn reply_trigger_error(&self, reply: ReplyTo, code: ErrorCode, message: &str, c: &Capture) {
+        self.feed_error(&reply.request_id, code, message, Some(c));
         let payload = answer::trigger_error_payload(&reply.request_id, code, message, c);
         self.send_error(reply, code, message, payload);
+    }
+
+    /// Shows an error answer on the page.
+    fn feed_error(&self, request_id: &str, code: ErrorCode, message: &str, c: Option<&Capture>) {
+        self.feed.record(
+            feed::FeedAnswer {
+                seq: 0,
+                at_ms: crate::input::camera::now_ms(),
+                request_id: request_id.to_string(),
+                input: if c.is_some() {
+                    feed::Input::Trigger
+                } else {
+                    feed::Input::Request
+                },
+                source: c.map(|c| c.source.clone()),
+                captured_at_ms: None,
+                size: None,
+                ok: false,
+                results: Vec::new(),
+                unknown: Vec::new(),
+                error: Some(feed::FeedError {
+                    code,
+                    message: message.to_string(),
+                }),
+                total_ms: None,
+                listed: true,
+            },
+            None,
+            true,
+        );
     }
 
     fn send_error(&self, reply: ReplyTo, code: ErrorCode, message: &str, payload: Vec<u8>) {
@@ -531,80 +602,49 @@ impl Shared {
             },
             Route::GalleryAdd(scope) | Route::GalleryRemove(scope) => {
                 let add = matches!(route, Route::GalleryAdd(_));
-                let parsed = request::parse_gallery_sent(&m.payload, &env, max, add);
-                let line = self.topics.line.as_ref();
-                match parsed {
-                    Ok((command, _))
-                        if scope == Scope::Box && line.is_some() && !enrols_unknown(&command) =>
-                    {
-                        // A change to one box of a line would be undone, or
-                        // silently differ, from the line's gallery.
-                        let l = line.map(|l| {
-                            if add {
-                                &l.gallery_add
-                            } else {
-                                &l.gallery_remove
-                            }
-                        });
-                        refuse(request::Rejection {
-                            request_id: command.request_id().to_string(),
-                            code: ErrorCode::BadRequest,
-                            message: format!(
-                                "this box serves line {:?}: publish gallery changes on {} so that every box of the line applies them",
-                                self.settings.mqtt.line,
-                                l.map_or("", |t| t.as_str())
-                            ),
-                        });
-                    }
-                    Ok((command, _)) if self.updater.as_ref().is_some_and(|u| u.is_busy()) => {
-                        // The new version's gallery was copied when the update began; a change now would be lost at the swap.
-                        refuse(request::Rejection {
-                            request_id: command.request_id().to_string(),
-                            code: ErrorCode::Busy,
-                            message: "an update is being applied; retry when P/ota/status says it is done".into(),
-                        });
-                    }
-                    Ok((
-                        GalleryCommand::Add {
-                            request_id,
-                            label,
-                            image: request::ImageSource::Unknown(unknown_id),
-                            source,
-                        },
-                        _,
-                    )) if scope == Scope::Box && line.is_some() => {
-                        // Only this box holds the crop: it becomes a line change.
-                        if let Some(to) = self.admit(&request_id, reply(request_id.clone())) {
-                            let e = unknown::Enrolment {
-                                request_id,
-                                unknown_id,
-                                label,
-                                source,
-                            };
-                            self.enrol_for_line(e, to);
-                        }
-                    }
-                    Ok((
-                        GalleryCommand::Add {
-                            request_id,
-                            image: request::ImageSource::Unknown(_),
-                            ..
-                        },
-                        _,
-                    )) if scope == Scope::Line => refuse(request::Rejection {
-                        request_id,
-                        code: ErrorCode::BadRequest,
-                        message: "an unknown item's crop is kept by the box that saw it only: publish this on that box's own P/gallery/add (P/unknown names the box), which makes it a change for the whole line".into(),
-                    }),
+                match request::parse_gallery_sent(&m.payload, &env, max, add) {
                     Ok((command, change_id)) if scope == Scope::Line => {
                         let id = command.request_id().to_string();
+                        if matches!(
+                            command,
+                            GalleryCommand::Add {
+                                image: request::ImageSource::Unknown(_),
+                                ..
+                            }
+                        ) {
+                            return refuse(request::Rejection {
+                                request_id: id,
+                                code: ErrorCode::BadRequest,
+                                message: "an unknown item's crop is kept by the box that saw it only: publish this on that box's own P/gallery/add (P/unknown names the box), which makes it a change for the whole line".into(),
+                            });
+                        }
+                        if self.updater.as_ref().is_some_and(|u| u.is_busy()) {
+                            return refuse(request::Rejection {
+                                request_id: id,
+                                code: ErrorCode::Busy,
+                                message: "an update is being applied; retry when P/ota/status says it is done".into(),
+                            });
+                        }
                         match request::line_change_id(change_id, &id) {
                             Ok(change_id) => submit(id, Work::LineGallery { change_id, command }),
                             Err(rej) => refuse(rej),
                         }
                     }
                     Ok((command, _)) => {
-                        submit(command.request_id().to_string(), Work::Gallery(command))
+                        let id = command.request_id().to_string();
+                        match self.plan_gallery(command, false) {
+                            GalleryPlan::Refuse(code, message) => refuse(request::Rejection {
+                                request_id: id,
+                                code,
+                                message,
+                            }),
+                            GalleryPlan::Submit(work) => submit(id, work),
+                            GalleryPlan::ForLine(command) => {
+                                if let Some(to) = self.admit(&id, reply(id.clone())) {
+                                    self.forward_to_line(command, self.mqtt_reply(to));
+                                }
+                            }
+                        }
                     }
                     Err(rej) => refuse(rej),
                 }
@@ -631,17 +671,6 @@ impl Shared {
             Route::LineManifest | Route::LineState => {} // handled above
         }
     }
-}
-
-/// An add of a kept unknown item, which a line box turns into a line change.
-fn enrols_unknown(command: &GalleryCommand) -> bool {
-    matches!(
-        command,
-        GalleryCommand::Add {
-            image: request::ImageSource::Unknown(_),
-            ..
-        }
-    )
 }
 
 /// Runs the daemon until SIGTERM or SIGINT; returns after a clean stop.
@@ -764,7 +793,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         started,
         health: health.clone(),
         service: service.clone(),
-        histograms: metrics::Histograms::default(),
+        histograms: http::metrics::Histograms::default(),
+        feed: feed::Feed::new(settings.http.recent_answers),
         client: client.clone(),
         line_sync: Mutex::new(LineSync::new(&device)),
         cameras,
@@ -781,18 +811,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             )
         }),
     });
-    let metrics_server = match settings.daemon.metrics_port {
-        0 => None,
-        port => {
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                .await
-                .with_context(|| {
-                    format!("daemon.metrics_port: cannot listen on 127.0.0.1:{port}")
-                })?;
-            tracing::info!("metrics on http://127.0.0.1:{port}/metrics, health on /healthz");
-            Some(tokio::spawn(metrics::serve(listener, shared.clone())))
-        }
-    };
+    let http_server = http::start(&settings.http, shared.clone())
+        .await
+        .context("starting the HTTP server ([http])")?;
 
     let worker = {
         let shared = shared.clone();
@@ -906,8 +927,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     net.abort();
     watchdog.abort();
-    if let Some(m) = metrics_server {
-        m.abort();
+    if let Some(m) = http_server {
+        m.stop();
     }
     if let Some(u) = &updater {
         u.clean_stop();

@@ -254,6 +254,36 @@ fn looks_like_json(payload: &[u8]) -> bool {
     payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
+/// Most characters in a label.
+pub const MAX_LABEL_CHARS: usize = 200;
+
+/// A label is a product's name, shown on pages and written to logs: no
+/// control characters (a newline would forge a log line), no path
+/// separators (a label may name a folder in an export).
+fn check_label(label: &str, id: &str) -> Result<(), Rejection> {
+    if let Some(c) = label
+        .chars()
+        .find(|c| c.is_control() || matches!(c, '/' | '\\'))
+    {
+        return Err(reject(
+            id,
+            ErrorCode::BadRequest,
+            format!(
+                "the label {label:?} holds {c:?}: a label is a product's name, without control characters, '/' or '\\'"
+            ),
+        ));
+    }
+    let n = label.chars().count();
+    if n > MAX_LABEL_CHARS {
+        return Err(reject(
+            id,
+            ErrorCode::BadRequest,
+            format!("the label is {n} characters, over {MAX_LABEL_CHARS}"),
+        ));
+    }
+    Ok(())
+}
+
 /// A payload over `daemon.max_payload_bytes`, refused before it is parsed.
 fn too_large(payload: &[u8], max_bytes: usize, id: &str) -> Rejection {
     reject(
@@ -527,6 +557,7 @@ pub fn parse_gallery_sent(
                 "gallery/add needs a non-empty \"label\"",
             )
         })?;
+        check_label(&label, id)?;
         let source = json
             .source
             .or_else(|| json.path.clone())
@@ -1043,6 +1074,24 @@ mod tests {
         assert!(parse_gallery(br#"{"image":"AA=="}"#, &env(), MAX, true).is_err());
         assert!(parse_gallery(br#"{"label":"a","ids":[1]}"#, &env(), MAX, false).is_err());
         assert!(parse_gallery(br#"{}"#, &env(), MAX, false).is_err());
+        // Labels are names: no control characters, no path separators.
+        for (label, says) in [
+            ("../etc", "'/'"),
+            ("a\\b", "'\\\\'"),
+            ("tea\nforged log line", "control"),
+            ("bell\u{7}", "control"),
+        ] {
+            let body = serde_json::json!({"request_id": "l", "label": label, "image": "AA=="});
+            let e =
+                parse_gallery(&serde_json::to_vec(&body).unwrap(), &env(), MAX, true).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest);
+            assert!(e.message.contains(says), "{label:?}: {}", e.message);
+        }
+        let long = "x".repeat(MAX_LABEL_CHARS + 1);
+        let body = serde_json::json!({"label": long, "image": "AA=="});
+        assert!(parse_gallery(&serde_json::to_vec(&body).unwrap(), &env(), MAX, true).is_err());
+        let body = serde_json::json!({"label": "Green tea 500 ml (ä)", "image": "AA=="});
+        assert!(parse_gallery(&serde_json::to_vec(&body).unwrap(), &env(), MAX, true).is_ok());
     }
 
     #[test]

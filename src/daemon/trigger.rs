@@ -72,13 +72,15 @@ impl Shared {
                         let shared = shared.clone();
                         let (frame, id) = (frame.frame.clone(), t.request_id.clone());
                         Reply::new(move |o| {
+                            let recognised = matches!(o, Outcome::Recognized { .. });
                             if let Outcome::Recognized { result, .. } = &o {
                                 capture.unknown = shared.keep_unknown(
                                     &runtime, &frame, result, threshold, &id, &capture,
                                 );
                                 shared.keep_frame(&runtime, &frame, &id, &capture);
                             }
-                            shared.answer_outcome(to, o, Some(&capture))
+                            let frame = recognised.then_some(frame);
+                            shared.answer_outcome(to, o, Some(&capture), frame)
                         })
                     };
                     return shared.enqueue(Job {

@@ -51,6 +51,14 @@ pub enum Work {
         /// The retained `L/gallery/state` payload.
         state: Option<bytes::Bytes>,
     },
+    /// List gallery items (the operator's page), newest first: those whose
+    /// label contains `label` (any case), at most `limit`.
+    ListGallery {
+        /// Part of a label; empty lists all.
+        label: String,
+        /// Most items returned.
+        limit: usize,
+    },
 }
 
 /// What became of a job, typed; the submitter makes its answer of it.
@@ -77,6 +85,13 @@ pub enum Outcome {
         already_applied: bool,
         /// The versions after the change.
         versions: Versions,
+    },
+    /// Gallery items, as asked for.
+    GalleryItems {
+        /// The items, newest first.
+        items: Vec<crate::search::gallery::GalleryItem>,
+        /// How many matched (`items` stops at the limit).
+        matched: usize,
     },
     /// The line's state was merged (what was new is logged there).
     LineSynced {
@@ -265,6 +280,9 @@ fn serve_jobs(mut pipeline: Pipeline, jobs: Receiver<Job>, shared: &dyn Host) {
             }
             Some((_, Work::LineSync { state }, reply)) => {
                 sync_line(&mut pipeline, state, reply, shared)
+            }
+            Some((_, Work::ListGallery { label, limit }, reply)) => {
+                reply.send(list_gallery(&pipeline, &label, limit))
             }
             Some((_, Work::Recognize { .. }, _)) | None => {}
         }
@@ -544,6 +562,21 @@ fn change_line_gallery(
             )
         }
     })
+}
+
+/// Gallery items whose label contains `label`, newest first (by id).
+fn list_gallery(pipeline: &Pipeline, label: &str, limit: usize) -> Outcome {
+    let needle = label.to_lowercase();
+    let mut items: Vec<_> = pipeline
+        .gallery()
+        .items()
+        .filter(|i| needle.is_empty() || i.label.to_lowercase().contains(&needle))
+        .cloned()
+        .collect();
+    items.sort_by_key(|i| std::cmp::Reverse(i.id));
+    let matched = items.len();
+    items.truncate(limit);
+    Outcome::GalleryItems { items, matched }
 }
 
 /// Merges the line's retained state (if any) and makes this box's state,

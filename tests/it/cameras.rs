@@ -17,8 +17,8 @@ use opencv::{imgcodecs, imgproc};
 use crate::common::mqtt::*;
 use crate::common::*;
 
-const TRIGGER: &str = "shitu/test/trigger";
-const STATUS: &str = "shitu/test/status";
+pub(crate) const TRIGGER: &str = "shitu/test/trigger";
+pub(crate) const STATUS: &str = "shitu/test/status";
 /// The canvas every scene is drawn on: a stream has one frame size.
 const W: i32 = 960;
 const H: i32 = 600;
@@ -136,14 +136,14 @@ fn mid_scene(start: i64, mut t: i64) -> i64 {
 }
 
 /// A trigger with a response topic.
-async fn trigger(ctl: &Controller, id: &str, body: serde_json::Value) {
+pub(crate) async fn trigger(ctl: &Controller, id: &str, body: serde_json::Value) {
     let mut body = body;
     body["request_id"] = id.into();
     ctl.request(TRIGGER, serde_json::to_vec(&body).unwrap(), id, vec![])
         .await;
 }
 
-async fn answer(ctl: &mut Controller, id: &str, wait: Duration) -> serde_json::Value {
+pub(crate) async fn answer(ctl: &mut Controller, id: &str, wait: Duration) -> serde_json::Value {
     let deadline = Instant::now() + wait;
     loop {
         let m = ctl
@@ -161,7 +161,7 @@ fn source_state(status: &serde_json::Value) -> &str {
 }
 
 /// Waits until `P/status` shows `cam1` streaming; fails with the daemon's log.
-async fn wait_streaming(ctl: &mut Controller, daemon: &Daemon) {
+pub(crate) async fn wait_streaming(ctl: &mut Controller, daemon: &Daemon) {
     let streaming = ctl
         .wait_for(STATUS, Duration::from_secs(120), |j| {
             source_state(j) == "streaming"
@@ -174,7 +174,7 @@ async fn wait_streaming(ctl: &mut Controller, daemon: &Daemon) {
     );
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     shitu_edge::input::camera::now_ms()
 }
 
@@ -196,12 +196,16 @@ async fn rtsp_triggers_get_the_frame_of_their_moment_and_outages_are_reported_at
         broker.port,
         &g,
         &format!(
-            "metrics_port = {metrics}\n\
-             [capture]\ndeadline_ms = 5000\nstall_ms = 1000\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\
+            "[capture]\ndeadline_ms = 5000\nstall_ms = 1000\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\
              [[sources]]\nname = \"cam1\"\nuri = \"rtsp://127.0.0.1:{cam_port}/scenes\"\n"
         ),
     );
-    let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
+    let listen = format!("127.0.0.1:{metrics}");
+    let daemon = Daemon::start_with_env(
+        &conf,
+        &tmp.path().join("daemon.log"),
+        &[("SHITU__HTTP__LISTEN", &listen)],
+    );
     let mut ctl = Controller::connect(broker.port, "ctl-cam", &[STATUS]).await;
     wait_streaming(&mut ctl, &daemon).await;
     let start = camera
@@ -618,7 +622,7 @@ async fn an_unknown_item_is_announced_enrolled_and_then_recognised() {
 
 /// A gallery without the product of the first detected (not whole-frame)
 /// result of the scenes, where it was, and the scenes' clip.
-fn gallery_lacking_a_product(dir: &Path) -> (PathBuf, [i32; 4], PathBuf) {
+pub(crate) fn gallery_lacking_a_product(dir: &Path) -> (PathBuf, [i32; 4], PathBuf) {
     let g = flat_gallery(dir);
     let (_, expected) = frames(dir, &g);
     let clip = clip(dir);
@@ -637,7 +641,7 @@ fn gallery_lacking_a_product(dir: &Path) -> (PathBuf, [i32; 4], PathBuf) {
 
 /// Triggers over the clip's last 2 s until one keeps the product at
 /// `gone_box` as unknown: (trigger id, capture time, unknown id).
-async fn find_unknown(
+pub(crate) async fn find_unknown(
     ctl: &mut Controller,
     daemon: &Daemon,
     gone_box: [i32; 4],
@@ -678,7 +682,7 @@ fn bbox(v: &serde_json::Value) -> Vec<i32> {
 
 /// The next trigger on the frame captured at `captured` recognises the
 /// enrolled product in its box, as itself.
-async fn recognised_again(ctl: &mut Controller, captured: i64, gone_box: [i32; 4]) {
+pub(crate) async fn recognised_again(ctl: &mut Controller, captured: i64, gone_box: [i32; 4]) {
     trigger(
         ctl,
         "again",

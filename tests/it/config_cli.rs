@@ -260,3 +260,51 @@ fn the_old_gpu_keys_are_refused_with_the_new_name() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("device_id = 1"), "{}", text(&o));
 }
+
+/// `daemon.metrics_port` moved onto the daemon's one HTTP server: `config
+/// check` names `http.listen` instead, with the file and line. An address
+/// other than loopback without a token, and half a TLS pair, are refused.
+#[test]
+fn the_http_server_settings_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("box.toml");
+    let c = conf.to_str().unwrap();
+    let check = |text_: &str| {
+        std::fs::write(&conf, text_).unwrap();
+        let o = shitud(tmp.path(), &["config", "check", "--config", c], &[]);
+        (o.status.code(), text(&o))
+    };
+    let (code, t) = check("[daemon]\nmetrics_port = 9464\n");
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains(&format!(
+            "{c}:2: daemon.metrics_port: daemon.metrics_port was replaced by http.listen"
+        )),
+        "{t}"
+    );
+    let (code, t) = check("[http]\nlisten = \"0.0.0.0:8080\"\n");
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("http.token_file") && t.contains("not loopback"),
+        "{t}"
+    );
+    let (code, t) = check("[http]\nlisten = \"8080\"\n");
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("http.listen") && t.contains("not an address"),
+        "{t}"
+    );
+    let (code, t) = check("[http]\ntls_cert = \"/etc/c.pem\"\n");
+    assert_eq!(code, Some(1), "{t}");
+    assert!(t.contains("http.tls_key"), "{t}");
+    let token = tmp.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+    let (code, t) = check(&format!(
+        "[http]\nlisten = \"0.0.0.0:8080\"\ntoken_file = \"{}\"\n",
+        token.display()
+    ));
+    // (The demo models are not in this folder: only the http keys matter here.)
+    assert!(!t.contains("http."), "{code:?} {t}");
+    let (code, t) = check("[http]\nlisten = \"\"\n");
+    assert!(!t.contains("http."), "{code:?} {t}");
+}

@@ -1044,13 +1044,13 @@ async fn metrics_and_health_endpoints() {
     let bdir = tmp.path().join("broker");
     let mut broker = Broker::start(&bdir);
     let port = free_port();
-    let conf = daemon_config(
-        tmp.path(),
-        broker.port,
-        &g,
-        &format!("metrics_port = {port}\n"),
+    let conf = daemon_config(tmp.path(), broker.port, &g, "");
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start_with_env(
+        &conf,
+        &tmp.path().join("daemon.log"),
+        &[("SHITU__HTTP__LISTEN", &listen)],
     );
-    let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
     let mut ctl = Controller::connect(broker.port, "ctl-metrics", &[STATUS]).await;
     assert!(
         ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online")
@@ -1141,13 +1141,13 @@ async fn an_answer_nobody_has_subscribed_to_yet_is_sent_again_until_someone_does
     let jpeg = std::fs::read(data("images/scenes/scene_00002.jpg")).unwrap();
     let broker = Broker::start(&tmp.path().join("broker"));
     let port = free_port();
-    let conf = daemon_config(
-        tmp.path(),
-        broker.port,
-        &g,
-        &format!("metrics_port = {port}\nanswer_ttl_s = 6\n"),
+    let conf = daemon_config(tmp.path(), broker.port, &g, "answer_ttl_s = 6\n");
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start_with_env(
+        &conf,
+        &tmp.path().join("daemon.log"),
+        &[("SHITU__HTTP__LISTEN", &listen)],
     );
-    let daemon = Daemon::start(&conf, &tmp.path().join("daemon.log"));
     let mut ctl = Controller::connect(broker.port, "ctl-late", &[STATUS]).await;
     assert!(
         ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online")

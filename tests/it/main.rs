@@ -13,6 +13,7 @@ mod engine_providers;
 mod eval_cli;
 mod gallery_crash;
 mod gpu;
+mod http_page;
 mod import_paddleclas;
 mod nvrtc;
 mod ota_apply;
