@@ -11,6 +11,8 @@
 #     (scripts/fetch-nvrtc.sh): CI compiles every kernel with both, no GPU needed
 #   - opencv-python-headless (PyPI) in .deps/cv2/: the OpenCV build PaddleClas
 #     runs on, which the preprocessing kernels are checked against
+#   - with --tests (scripts/test.sh): Chromium and its WebDriver (the operator
+#     page's browser test), curl and openssl (the HTTPS test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,9 @@ PACKAGES=(build-essential pkg-config clang libclang-dev libopencv-dev cmake libb
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-libav gstreamer1.0-tools
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp)
+if [ "${1:-}" = "--tests" ]; then
+  PACKAGES+=(chromium chromium-driver fonts-dejavu-core curl openssl)
+fi
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$SECONDS
 lap() { printf '\033[1mtest:\033[0m %s (%d s so far)\n' "$*" "$((SECONDS - t0))" >&2; }
-bash scripts/setup.sh
+bash scripts/setup.sh --tests
 source scripts/env.sh
 lap "setup done"
 cargo build --profile ci --locked --all-targets

@@ -500,3 +500,119 @@ async fn off_loopback_every_request_needs_the_token() {
     .await;
     assert_eq!(daemon.stop(), Some(0));
 }
+
+/// With `http.tls_cert` and `http.tls_key` the server speaks HTTPS only
+/// (rustls), the login cookie is `Secure`, and an unreadable certificate
+/// stops the start with the setting named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_when_a_certificate_is_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let g = flat_gallery(tmp.path());
+    let broker = Broker::start(&tmp.path().join("broker"));
+    let conf = daemon_config(tmp.path(), broker.port, &g, "");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let token = "tls-token-0123456789abcdef";
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+
+    // A certificate that cannot be read: no start, and the setting named.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shitud"))
+        .args(["run", "--config"])
+        .arg(&conf)
+        .env("SHITU__HTTP__LISTEN", &listen)
+        .env("SHITU__HTTP__TLS_CERT", tmp.path().join("missing.pem"))
+        .env("SHITU__HTTP__TLS_KEY", &key)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("http.tls_cert") && err.contains("missing.pem"),
+        "{err}"
+    );
+
+    let daemon = Daemon::start_with_env(
+        &conf,
+        &tmp.path().join("daemon.log"),
+        &[
+            ("SHITU__HTTP__LISTEN", &listen),
+            ("SHITU__HTTP__TLS_CERT", cert.to_str().unwrap()),
+            ("SHITU__HTTP__TLS_KEY", key.to_str().unwrap()),
+            ("SHITU__HTTP__TOKEN_FILE", token_file.to_str().unwrap()),
+        ],
+    );
+    let mut ctl = Controller::connect(broker.port, "ctl-tls", &[STATUS]).await;
+    assert!(
+        ctl.wait_for(STATUS, Duration::from_secs(120), |j| j["state"] == "online")
+            .await
+            .is_some(),
+        "{}",
+        daemon.log_text()
+    );
+    let curl = |args: &[&str]| {
+        let o = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--cacert"])
+            .arg(&cert)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+        )
+    };
+    let (ok, body) = curl(&[&format!("https://localhost:{port}/healthz")]);
+    assert!(ok && body == "ok\n", "{body}\n{}", daemon.log_text());
+    let (ok, head) = curl(&[
+        "-i",
+        "--data",
+        &format!("token={token}"),
+        &format!("https://localhost:{port}/login"),
+    ]);
+    assert!(ok, "{head}");
+    let cookie = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("{head}"));
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    // Plain HTTP on the HTTPS port gets no page.
+    let plain = http_plain_fails(port);
+    assert!(plain, "plain HTTP was answered on the HTTPS port");
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+/// Whether a plain HTTP request to `port` gets no HTTP answer.
+fn http_plain_fails(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    !raw.starts_with(b"HTTP/1.1 200")
+}

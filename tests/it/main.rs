@@ -6,6 +6,7 @@
 mod common;
 
 mod bad_input;
+mod browser;
 mod cameras;
 mod config_cli;
 mod daemon_mqtt;

@@ -13,6 +13,7 @@ mod api;
 mod auth;
 pub mod metrics;
 mod page;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ struct App {
     shared: Arc<Shared>,
     registry: Arc<Registry>,
     token: Option<Token>,
+    /// Served over TLS: the login cookie is `Secure`.
+    secure: bool,
 }
 
 /// The server, while it runs.
@@ -68,11 +71,12 @@ pub async fn start(settings: &HttpSettings, shared: Arc<Shared>) -> anyhow::Resu
     } else {
         Some(Token::read(&settings.token_file).map_err(anyhow::Error::msg)?)
     };
-    if settings.tls() {
-        anyhow::bail!(
-            "http.tls_cert / http.tls_key: TLS is not built into this version; put a TLS proxy in front, or leave them empty (docs/HTTP.md)"
-        );
-    }
+    // Read before listening: a bad certificate stops the start, not the first visit.
+    let tls = if settings.tls() {
+        Some(tls::acceptor(&settings.tls_cert, &settings.tls_key)?)
+    } else {
+        None
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("http.listen: cannot listen on {addr}"))?;
@@ -81,18 +85,23 @@ pub async fn start(settings: &HttpSettings, shared: Arc<Shared>) -> anyhow::Resu
         registry: Arc::new(metrics::registry(shared.clone())),
         shared,
         token,
+        secure: tls.is_some(),
     };
     let router = router(app);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
-        page = %format!("http://{addr}/"),
-        token = settings.token_file.as_os_str().is_empty().then_some("none (loopback)"),
+        page = %format!("{scheme}://{addr}/"),
+        token = if settings.token_file.as_os_str().is_empty() { "none (loopback)" } else { "required" },
         "HTTP server: the page, /api, /metrics and /healthz"
     );
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!("HTTP server stopped: {e}");
-        }
-    });
+    let task = match tls {
+        Some(acceptor) => tokio::spawn(tls::serve(listener, acceptor, router)),
+        None => tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!("HTTP server stopped: {e}");
+            }
+        }),
+    };
     Ok(Some(Server { addr, task }))
 }
 
@@ -147,7 +156,9 @@ async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
     for (name, value) in [
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
-        ("referrer-policy", "no-referrer"),
+        // Not no-referrer: under it a browser sends `Origin: null` with the
+        // page's own form posts, which the same-site check must refuse.
+        ("referrer-policy", "same-origin"),
         (
             "content-security-policy",
             "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'; form-action 'self'",

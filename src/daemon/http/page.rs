@@ -55,8 +55,9 @@ pub(super) async fn login(
             tracing::info!("HTTP: logged in with the token");
             // HttpOnly: no script reads it; Strict: no other site sends it.
             let cookie = format!(
-                "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000",
-                l.token.trim()
+                "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000{}",
+                l.token.trim(),
+                if app.secure { "; Secure" } else { "" }
             );
             ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
         }

@@ -115,16 +115,24 @@ function draw(c, a, w, h) {
   c.overlay.setAttribute("viewBox", `0 0 ${w} ${h}`);
   c.overlay.replaceChildren();
   if (!a) return;
-  const unknown = new Set((a.unknown || []).map((u) => u.bbox.join(",")));
+  const label = (x, y, text) => {
+    const t = svg("text", { x: x + 4, y: Math.max(y - 6, 20) });
+    t.textContent = text;
+    c.overlay.append(t);
+  };
   for (const r of a.results) {
     const [x1, y1, x2, y2] = r.bbox;
-    const isUnknown = unknown.has(r.bbox.join(","));
-    c.overlay.append(svg("rect", { x: x1, y: y1, width: x2 - x1, height: y2 - y1, class: isUnknown ? "unknown" : "" }));
-    const t = svg("text", { x: x1 + 4, y: Math.max(y1 - 6, 20) });
-    t.textContent = isUnknown ? `unknown (${r.rec_docs}? ${score(r.rec_scores)})` : `${r.rec_docs} ${score(r.rec_scores)}`;
-    c.overlay.append(t);
+    c.overlay.append(svg("rect", { x: x1, y: y1, width: x2 - x1, height: y2 - y1 }));
+    label(x1, y1, `${r.rec_docs} ${score(r.rec_scores)}`);
   }
-  c.caption.textContent = `${time(a.at_ms)} · ${a.input} · ${summary(a)}`;
+  // Crops that matched nothing well enough (kept as unknown items).
+  for (const u of a.unknown || []) {
+    const [x1, y1, x2, y2] = u.bbox;
+    c.overlay.append(svg("rect", { x: x1, y: y1, width: x2 - x1, height: y2 - y1, class: "unknown" }));
+    label(x1, y1, "unknown");
+  }
+  c.caption.textContent = `${time(a.at_ms)} · ${a.input} · ${summary(a)}` +
+    (a.unknown && a.unknown.length ? ` · ${a.unknown.length} unknown` : "");
 }
 
 function onAnswer(a) {
@@ -180,8 +188,12 @@ async function loadUnknown() {
 }
 
 function unknownTile(u) {
-  const best = u.top_k && u.top_k.length ? u.top_k[0][0] : "";
-  const input = el("input", { name: "label", list: "labels", placeholder: "label", "aria-label": `label for ${u.unknown_id}`, value: best });
+  // Left empty on purpose: a pre-filled guess is one tap from a wrong enrolment.
+  // The closest labels are offered first, then every label in the gallery.
+  const list = el("datalist", { id: `labels-${u.unknown_id}` },
+    ...(u.top_k || []).map(([l]) => el("option", { value: l })),
+    ...[...$("#labels").options].map((o) => el("option", { value: o.value })));
+  const input = el("input", { name: "label", list: list.id, placeholder: "label", "aria-label": `label for ${u.unknown_id}`, autocomplete: "off" });
   const form = el("form", { class: "row enrol", onsubmit: async (ev) => {
     ev.preventDefault();
     const label = input.value.trim();
@@ -206,7 +218,7 @@ function unknownTile(u) {
     el("img", { src: `/api/unknown/${u.unknown_id}/crop.png`, alt: "unknown item", loading: "lazy" }),
     el("div", { text: `${u.source} · ${time(u.captured_at_ms)}` }),
     el("div", { class: "cands", text: cands ? `closest: ${cands}` : "" }),
-    form, drop);
+    list, form, drop);
   return tile;
 }
 
@@ -245,7 +257,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("#gallery-search").addEventListener("submit", (e) => { e.preventDefault(); loadGallery(); });
   await refreshStatus();
   setInterval(refreshStatus, 5000);
-  for (const load of [loadSources, loadAnswers, loadUnknown, loadGallery]) {
+  for (const load of [loadSources, loadAnswers, loadGallery, loadUnknown]) {
     try { await load(); } catch (e) { toast(e.message, true); }
   }
   follow();
