@@ -139,10 +139,19 @@ pub fn build(
     let mut items = Vec::new();
     let mut vectors = Vec::new();
     let mut skipped = Vec::new();
+    // Kept small in memory, written once the gallery exists.
+    let mut thumbs = Vec::new();
     for (n, entry) in entries.iter().enumerate() {
         let path = opts.image_root.join(&entry.path);
-        match Photo::read(&path, &opts.input).and_then(|p| Ok((p.embed(embedder)?, p.sha256))) {
-            Ok((feature, sha256)) => {
+        let read = Photo::read(&path, &opts.input).and_then(|p| {
+            let thumb = crate::search::thumbs::encode(&p.frame).ok();
+            Ok((p.embed(embedder)?, p.sha256, thumb))
+        });
+        match read {
+            Ok((feature, sha256, thumb)) => {
+                if let Some(t) = thumb {
+                    thumbs.push((items.len() as i64, t));
+                }
                 items.push(GalleryItem {
                     id: items.len() as i64,
                     label: entry.label.clone(),
@@ -175,6 +184,14 @@ pub fn build(
         items,
         &vectors,
     )?;
+    let dir = opts.out.join("thumbs");
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| {
+        thumbs
+            .iter()
+            .try_for_each(|(id, jpeg)| std::fs::write(dir.join(format!("{id}.jpg")), jpeg))
+    }) {
+        tracing::warn!("gallery thumbnails (for the operator's page) not written: {e}");
+    }
     Ok(BuildReport { gallery, skipped })
 }
 

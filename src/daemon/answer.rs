@@ -75,6 +75,10 @@ pub struct Versions {
     /// before the first): boxes with the same digest hold the same items.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line_gallery: Option<crate::search::line::LineVersion>,
+    /// The gallery serving (an OTA version's, or the config's), for the
+    /// page's thumbnails; not in answers.
+    #[serde(skip)]
+    pub gallery_dir: std::path::PathBuf,
 }
 
 /// One gallery candidate.

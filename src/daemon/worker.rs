@@ -23,6 +23,7 @@ use crate::config::{DaemonSettings, InputSettings, Provider};
 use crate::input::{self, Frame};
 use crate::pipeline::{Pipeline, Query, Recognized};
 use crate::search::line::{Change, ChangeId, Logged};
+use crate::search::thumbs::Thumbs;
 use crate::search::unknown::UnknownStore;
 use crate::Error;
 
@@ -311,6 +312,7 @@ pub fn versions(pipeline: &Pipeline, bundle: Option<String>) -> Versions {
         device_id: String::new(),
         line: None,
         line_gallery: (!g.line().is_empty()).then(|| g.line().version()),
+        gallery_dir: g.dir().to_path_buf(),
     }
 }
 
@@ -447,6 +449,7 @@ fn change_gallery(
                         .enroll(&frame, &label, &source, Some(sha))
                         .map_err(classify)?;
                     tracing::info!(id, label = %label, source = %source, "gallery: item added");
+                    write_thumb(pipeline, id, &frame);
                     if let (ImageSource::Unknown(u), Some(store)) = (&image, shared.unknown_store())
                     {
                         // Enrolled: it is no longer unknown.
@@ -472,6 +475,7 @@ fn change_gallery(
                     };
                     pipeline.remove(&ids).map_err(classify)?;
                     tracing::info!(?ids, "gallery: items removed");
+                    Thumbs::new(pipeline.gallery().dir()).remove(&ids);
                     Ok((vec![], ids))
                 }
             }
@@ -513,6 +517,7 @@ fn change_line_gallery(
             if pipeline.gallery().line().contains(change_id) {
                 return Ok(Default::default());
             }
+            let mut photo = None;
             let change = match command {
                 GalleryCommand::Add {
                     label,
@@ -522,6 +527,7 @@ fn change_line_gallery(
                 } => {
                     let (frame, sha) = load_photo(&image, &request_id, &limits, shared)?;
                     let vector = pipeline.feature(&frame).map_err(classify)?;
+                    photo = Some(frame);
                     Change::Add {
                         label,
                         source,
@@ -532,9 +538,14 @@ fn change_line_gallery(
                 }
                 GalleryCommand::Remove { label, ids, .. } => Change::Remove { ids, label },
             };
-            pipeline
+            let applied = pipeline
                 .apply_line(vec![Logged { change_id, change }])
-                .map_err(classify)
+                .map_err(classify)?;
+            if let (Some(photo), Some(&id)) = (&photo, applied.added.first()) {
+                write_thumb(pipeline, id, photo);
+            }
+            Thumbs::new(pipeline.gallery().dir()).remove(&applied.removed);
+            Ok(applied)
         },
     ));
     shared.set_versions(versions(pipeline, shared.versions().bundle));
@@ -562,6 +573,14 @@ fn change_line_gallery(
             )
         }
     })
+}
+
+/// Keeps a small picture of an enrolled item for the page; a failure
+/// only costs the picture.
+fn write_thumb(pipeline: &Pipeline, id: i64, photo: &Frame) {
+    if let Err(e) = Thumbs::new(pipeline.gallery().dir()).write(id, photo) {
+        tracing::warn!(id, "no thumbnail for the new gallery item: {e}");
+    }
 }
 
 /// Gallery items whose label contains `label`, newest first (by id).

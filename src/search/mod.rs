@@ -12,6 +12,7 @@ pub mod gallery;
 pub mod line;
 pub mod paddleclas_import;
 pub mod pickle;
+pub mod thumbs;
 pub mod unknown;
 pub mod wal;
 

@@ -270,8 +270,9 @@ async fn the_page_shows_the_camera_and_teaches_the_box_a_product() {
                 Duration::from_secs(60),
             );
             browser.wait(
-                "the gallery listing the new product",
-                "return [...document.querySelectorAll('#gallery td')].some(td => td.textContent === 'new-product')",
+                "the gallery listing the new product, with its thumbnail",
+                "return [...document.querySelectorAll('#gallery tr')].some(tr => \
+                   tr.cells[2]?.textContent === 'new-product' && tr.querySelector('img.thumb')?.naturalWidth > 0)",
                 Duration::from_secs(30),
             );
             browser

@@ -270,6 +270,18 @@ async fn the_pages_api_shows_the_camera_and_teaches_an_unknown_item() {
     assert_eq!(items["matched"], 1, "{items}");
     assert_eq!(items["items"][0]["id"], added);
     assert_eq!(items["items"][0]["source"], format!("unknown:{unknown_id}"));
+    // Its thumbnail is the crop, small; built items have theirs from the build.
+    let thumb = blocking(move || get(port, &format!("/api/gallery/{added}/thumb.jpg"))).await;
+    assert_eq!(
+        (thumb.status, thumb.header("content-type")),
+        (200, Some("image/jpeg"))
+    );
+    assert_eq!(
+        blocking(move || get(port, "/api/gallery/0/thumb.jpg"))
+            .await
+            .status,
+        200
+    );
 
     // Dropped and removed from the page.
     let left = blocking(move || get(port, "/api/unknown")).await.json();
@@ -297,6 +309,8 @@ async fn the_pages_api_shows_the_camera_and_teaches_an_unknown_item() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["removed"], serde_json::json!([added]));
+    let gone = blocking(move || get(port, &format!("/api/gallery/{added}/thumb.jpg"))).await;
+    assert_eq!(gone.status, 404, "the thumbnail goes with its item");
     // The same command on MQTT gets the same error as on HTTP.
     ctl.request(
         "shitu/test/gallery/remove",

@@ -39,6 +39,7 @@ pub(super) fn routes() -> Router<App> {
         .route("/api/unknown/{id}/enrol", post(unknown_enrol))
         .route("/api/unknown/{id}/drop", post(unknown_drop))
         .route("/api/gallery", get(gallery_list))
+        .route("/api/gallery/{id}/thumb.jpg", get(gallery_thumb))
         .route("/api/gallery/add", post(gallery_add))
         .route("/api/gallery/remove", post(gallery_remove))
 }
@@ -355,6 +356,24 @@ async fn gallery_list(State(app): State<App>, q: Query<GalleryQuery>) -> Respons
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "unexpected outcome",
+        ),
+    }
+}
+
+async fn gallery_thumb(State(app): State<App>, Path(id): Path<i64>) -> Response {
+    let dir = app.shared.versions().gallery_dir;
+    let read = tokio::task::spawn_blocking(move || {
+        crate::search::thumbs::Thumbs::new(&dir)
+            .get(id)
+            .and_then(|p| std::fs::read(p).ok())
+    })
+    .await;
+    match read {
+        Ok(Some(jpeg)) => ([(header::CONTENT_TYPE, "image/jpeg")], jpeg).into_response(),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("gallery item {id} has no thumbnail (enrolled before thumbnails, or on another box of the line)"),
         ),
     }
 }

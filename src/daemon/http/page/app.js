@@ -228,7 +228,13 @@ async function loadGallery() {
   const g = await api(`/api/gallery?limit=200&label=${encodeURIComponent(label)}`);
   $("#gallery-count").textContent = `(${g.matched}${g.matched > g.items.length ? ", newest " + g.items.length + " shown" : ""})`;
   const tbody = $("#gallery tbody");
+  const thumb = (i) => {
+    const img = el("img", { class: "thumb", src: `/api/gallery/${i.id}/thumb.jpg`, alt: "", loading: "lazy" });
+    img.addEventListener("error", () => img.remove());
+    return img;
+  };
   tbody.replaceChildren(...g.items.map((i) => el("tr", { "data-item": i.id },
+    el("td", {}, thumb(i)),
     el("td", { text: i.id }),
     el("td", { text: i.label }),
     el("td", { text: i.source }),
