@@ -218,6 +218,26 @@ async fn the_pages_api_shows_the_camera_and_teaches_an_unknown_item() {
                 "no GET /api/nothing",
             ),
             (
+                "not an image",
+                post(
+                    port,
+                    "/api/gallery/add",
+                    serde_json::json!({"label": "x", "image": "bm90IGFuIGltYWdl"}),
+                ),
+                422,
+                "",
+            ),
+            (
+                "bad base64",
+                post(
+                    port,
+                    "/api/gallery/add",
+                    serde_json::json!({"label": "x", "image": "%%%"}),
+                ),
+                400,
+                "base64",
+            ),
+            (
                 "remove nothing",
                 post(
                     port,

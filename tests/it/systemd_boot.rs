@@ -202,14 +202,19 @@ async fn the_installed_unit_serves_under_systemd_and_a_hung_daemon_is_restarted(
     install_into(&dest);
     // The first-boot gallery, which tmpfiles copies into the state directory.
     let shipped_gallery = dest.join("usr/share/shitu-edge/gallery");
+    // install.sh ships engines/demo/gallery when the demo built one here; the test builds its own.
+    let _ = std::fs::remove_dir_all(&shipped_gallery);
     let mut s = settings("det_prenms.onnx");
     build_gallery(&mut s, &shipped_gallery, Method::Flat);
     let expected = scenes_with_expected(&shipped_gallery);
     // A conf.d layer over the installed config, as a site would add one.
     std::fs::create_dir_all(dest.join("etc/shitu-edge/conf.d")).unwrap();
+    // The container shares the host's network: a free port, not 8080.
+    let http_port = free_port();
     std::fs::write(
         dest.join("etc/shitu-edge/conf.d/50-broker.toml"),
         format!("[mqtt]\nport = {}\ndevice_id = \"boot\"\nreconnect_min_ms = 50\nreconnect_max_ms = 500\n[daemon]\nstatus_interval_s = 1\n\
+                 [http]\nlisten = \"127.0.0.1:{http_port}\"\n\
                  # A camera, inside the unit's sandbox (threads, GStreamer's plugin scan, orc under MemoryDenyWriteExecute).\n\
                  [[sources]]\nname = \"cam1\"\nuri = \"gst:videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=10/1 ! videoconvert ! appsink name=sink\"\n", broker.port),
     )
@@ -290,6 +295,12 @@ async fn the_installed_unit_serves_under_systemd_and_a_hung_daemon_is_restarted(
         Duration::from_secs(30),
         |b| b.prop("StatusText").contains("sources: cam1 streaming"),
     );
+    // The HTTP server inside the sandbox: health, and the page's API.
+    let (code, body) = http_get(http_port, "/healthz");
+    assert_eq!((code, body.as_str()), (200, "ok\n"), "{}", sys.journal());
+    let (code, body) = http_get(http_port, "/api/status");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"device_id\":\"boot\""), "{body}");
 
     // A sandbox that breaks something shows in the journal first: systemd
     // warns about a setting it cannot apply, ONNX Runtime about files it
