@@ -139,8 +139,10 @@ pub fn build(
     let mut items = Vec::new();
     let mut vectors = Vec::new();
     let mut skipped = Vec::new();
-    // Kept small in memory, written once the gallery exists.
-    let mut thumbs = Vec::new();
+    // Written as they are made (a large gallery's would not fit in memory);
+    // the gallery's files come after, all at once.
+    let thumbs = opts.out.join("thumbs");
+    let mut thumbs_ok = std::fs::create_dir_all(&thumbs).is_ok();
     for (n, entry) in entries.iter().enumerate() {
         let path = opts.image_root.join(&entry.path);
         let read = Photo::read(&path, &opts.input).and_then(|p| {
@@ -149,8 +151,15 @@ pub fn build(
         });
         match read {
             Ok((feature, sha256, thumb)) => {
-                if let Some(t) = thumb {
-                    thumbs.push((items.len() as i64, t));
+                if let (Some(t), true) = (thumb, thumbs_ok) {
+                    let path = thumbs.join(format!("{}.jpg", items.len()));
+                    if let Err(e) = std::fs::write(&path, t) {
+                        tracing::warn!(
+                            "gallery thumbnails (for the operator's page) not written: {}: {e}",
+                            path.display()
+                        );
+                        thumbs_ok = false;
+                    }
                 }
                 items.push(GalleryItem {
                     id: items.len() as i64,
@@ -164,6 +173,7 @@ pub fn build(
             Err(e) => {
                 tracing::warn!(list = %opts.list.display(), line = entry.line, "{e}");
                 if opts.on_bad_image == OnBadImage::Fail {
+                    let _ = std::fs::remove_dir_all(&thumbs);
                     return Err(Error::gallery(&opts.list, format!("line {}: {e} (nothing was written; pass --skip-missing to build from the rest)", entry.line)));
                 }
                 skipped.push((entry.clone(), e.to_string()));
@@ -184,14 +194,6 @@ pub fn build(
         items,
         &vectors,
     )?;
-    let dir = opts.out.join("thumbs");
-    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| {
-        thumbs
-            .iter()
-            .try_for_each(|(id, jpeg)| std::fs::write(dir.join(format!("{id}.jpg")), jpeg))
-    }) {
-        tracing::warn!("gallery thumbnails (for the operator's page) not written: {e}");
-    }
     Ok(BuildReport { gallery, skipped })
 }
 

@@ -47,6 +47,9 @@ pub struct UnknownItem {
 pub struct UnknownStore {
     dir: PathBuf,
     max_items: usize,
+    /// One enrolment's read-then-record at a time (the page and MQTT may
+    /// enrol the same item at once).
+    enrolling: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 /// Whether `id` is a ULID (26 characters of Crockford base32).
@@ -60,6 +63,7 @@ impl UnknownStore {
         UnknownStore {
             dir: dir.into(),
             max_items: max_items.max(1),
+            enrolling: Default::default(),
         }
     }
 
@@ -146,6 +150,7 @@ impl UnknownStore {
     /// (a redelivered request, a restart) names the same change and every
     /// box applies it once.
     pub fn change_for(&self, id: &str, fresh: ChangeId) -> Result<(UnknownItem, ChangeId)> {
+        let _one = self.enrolling.lock().unwrap_or_else(|p| p.into_inner());
         let mut item = self.get(id)?;
         if let Some(c) = item.change_id.as_deref().and_then(|c| c.parse().ok()) {
             return Ok((item, c));

@@ -61,7 +61,8 @@ async fn the_pages_api_shows_the_camera_and_teaches_an_unknown_item() {
         &tmp.path().join("daemon.log"),
         &[("SHITU__HTTP__LISTEN", &listen)],
     );
-    let mut ctl = Controller::connect(broker.port, "ctl-http", &[STATUS]).await;
+    let mut ctl =
+        Controller::connect(broker.port, "ctl-http", &[STATUS, "shitu/test/unknown"]).await;
     wait_streaming(&mut ctl, &daemon).await;
 
     // The page and its files, from the binary.
@@ -85,6 +86,13 @@ async fn the_pages_api_shows_the_camera_and_teaches_an_unknown_item() {
 
     // A trigger makes an unknown item; the page sees the answer, its frame, the item.
     let (trigger_id, captured, unknown_id) = find_unknown(&mut ctl, &daemon, gone_box).await;
+    // Its crop is saved after the answer; the announcement says it is there.
+    let u = unknown_id.clone();
+    ctl.wait_for("shitu/test/unknown", Duration::from_secs(30), move |j| {
+        j["unknown_id"] == u.as_str()
+    })
+    .await
+    .expect("announced on P/unknown");
     let answers = blocking(move || get(port, "/api/answers?n=20"))
         .await
         .json();
@@ -217,6 +225,19 @@ async fn the_pages_api_shows_the_camera_and_teaches_an_unknown_item() {
                 404,
                 "no GET /api/nothing",
             ),
+            (
+                "rebound name",
+                http(
+                    port,
+                    "GET",
+                    "/api/status",
+                    &[("host", &format!("evil.example:{port}"))],
+                    b"",
+                ),
+                403,
+                "only localhost",
+            ),
+            ("bad query", get(port, "/api/answers?n=many"), 400, "n"),
             (
                 "not an image",
                 post(
@@ -356,7 +377,7 @@ async fn the_pages_api_shows_the_camera_and_teaches_an_unknown_item() {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(s, "GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        write!(s, "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
         let mut seen = Vec::new();
         let mut buf = [0u8; 4096];
         while !String::from_utf8_lossy(&seen).contains("\"request_id\":\"via-sse\"") {
@@ -645,7 +666,7 @@ fn http_plain_fails(port: u16) -> bool {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     !raw.starts_with(b"HTTP/1.1 200")

@@ -236,7 +236,7 @@ fn jpeg(frame: &crate::input::Frame) -> Result<Vec<u8>, String> {
 fn no_store_here() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "bad_request",
+        "not_found",
         "this box keeps no unknown items (capture.unknown_dir is empty)",
     )
 }
@@ -277,7 +277,7 @@ async fn unknown_crop(State(app): State<App>, Path(id): Path<String>) -> Respons
     .await;
     match read {
         Ok(Ok(png)) => ([(header::CONTENT_TYPE, "image/png")], png).into_response(),
-        Ok(Err(e)) => error(StatusCode::NOT_FOUND, "bad_request", &e),
+        Ok(Err(e)) => error(StatusCode::NOT_FOUND, "not_found", &e),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -432,7 +432,11 @@ async fn gallery(app: App, body: Bytes, add: bool) -> Response {
             work,
             reply,
         }),
-        GalleryPlan::ForLine(command) => s.forward_to_line(command, reply),
+        GalleryPlan::ForLine(command) => {
+            // It may read an unknown item's crop: off the async workers.
+            let shared = s.clone();
+            tokio::task::spawn_blocking(move || shared.forward_to_line(command, reply));
+        }
     }
     match tokio::time::timeout(WAIT, rx).await {
         Ok(Ok(Outcome::GalleryChanged {

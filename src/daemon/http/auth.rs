@@ -81,6 +81,26 @@ impl Token {
     }
 }
 
+/// Whether the request names this box by a loopback name (`localhost`,
+/// `127.0.0.1`, `[::1]`, any port). Without a token, the server answers
+/// only such requests: a web page elsewhere whose name was pointed at
+/// 127.0.0.1 (DNS rebinding) makes the browser send its own name as Host,
+/// and gets nothing, neither frames nor changes.
+pub fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        // HTTP/1.1 requires Host; a request without one comes from no browser.
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Why a changing request is refused as coming from elsewhere, if it is.
 pub fn cross_site(method: &Method, headers: &HeaderMap) -> Option<String> {
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
@@ -148,6 +168,27 @@ mod tests {
         assert!(!t.allows(&HeaderMap::new()));
         assert!(Token::new("short").unwrap_err().contains("at least 16"));
         assert!(Token::new("has a space in it, long").is_err());
+    }
+
+    #[test]
+    fn only_loopback_names_are_served_without_a_token() {
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:8080",
+            "127.0.0.2",
+        ] {
+            assert!(loopback_host(&headers(&[("host", ok)])), "{ok}");
+        }
+        for bad in [
+            "evil.example:8080",
+            "10.0.0.5:8080",
+            "[fe80::1]:80",
+            "localhost.evil.example",
+        ] {
+            assert!(!loopback_host(&headers(&[("host", bad)])), "{bad}");
+        }
     }
 
     #[test]

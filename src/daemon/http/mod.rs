@@ -18,7 +18,6 @@ mod tls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -77,9 +76,14 @@ pub async fn start(settings: &HttpSettings, shared: Arc<Shared>) -> anyhow::Resu
     } else {
         None
     };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("http.listen: cannot listen on {addr}"))?;
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            // The line's answers come first: the box serves MQTT without its page.
+            tracing::error!("http.listen: cannot listen on {addr}: {e}; serving without the HTTP server (page, /metrics, /healthz)");
+            return Ok(None);
+        }
+    };
     let addr = listener.local_addr()?;
     let app = App {
         registry: Arc::new(metrics::registry(shared.clone())),
@@ -89,6 +93,9 @@ pub async fn start(settings: &HttpSettings, shared: Arc<Shared>) -> anyhow::Resu
     };
     let router = router(app);
     let scheme = if tls.is_some() { "https" } else { "http" };
+    if tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the page is served off loopback without TLS: its token crosses the network in clear; set http.tls_cert and http.tls_key");
+    }
     tracing::info!(
         page = %format!("{scheme}://{addr}/"),
         token = if settings.token_file.as_os_str().is_empty() { "none (loopback)" } else { "required" },
@@ -127,7 +134,18 @@ fn router(app: App) -> Router {
 /// token; adds headers that keep the page from being framed or sniffed.
 async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    let mut response = if let Some(why) = auth::cross_site(req.method(), req.headers()) {
+    let mut response = if app.token.is_none() && !auth::loopback_host(req.headers()) {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let why = format!(
+            "this box's page answers only localhost or 127.0.0.1 without a token, not {host:?}: set http.token_file to serve it under other names"
+        );
+        tracing::warn!(path, "HTTP request refused: {why}");
+        api::error(StatusCode::FORBIDDEN, "forbidden", &why)
+    } else if let Some(why) = auth::cross_site(req.method(), req.headers()) {
         tracing::warn!(path, "HTTP request refused: {why}");
         api::error(StatusCode::FORBIDDEN, "forbidden", &why)
     } else if app
@@ -150,7 +168,7 @@ async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
             r
         }
     } else {
-        next.run(req).await
+        json_errors(next.run(req).await).await
     };
     let h = response.headers_mut();
     for (name, value) in [
@@ -169,7 +187,27 @@ async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
     response
 }
 
-/// Paths served without the token: the health check and the login form.
+/// axum's own refusals (a query or path that does not parse, a form that
+/// is not one) are plain text; the API's errors are JSON, in the shape of
+/// MQTT's. 4xx replies in plain text are rewritten so.
+async fn json_errors(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/plain"));
+    if !(response.status().is_client_error() && plain) {
+        return response;
+    }
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 64 << 10)
+        .await
+        .unwrap_or_default();
+    api::error(status, "bad_request", String::from_utf8_lossy(&body).trim())
+}
+
+/// Paths served without the token: the health check and the login form
+/// (with its style sheet).
 fn open_path(path: &str) -> bool {
     matches!(path, "/healthz" | "/login" | "/style.css")
 }

@@ -85,7 +85,7 @@ function cameraCard(name) {
   const card = el("div", { class: "camera", "data-source": name },
     el("div", { class: "view" }, img, overlay),
     el("div", { class: "caption" }, el("b", { text: name }), caption, state));
-  const c = { img, overlay, caption, state, answers: new Map(), busy: false, want: 0 };
+  const c = { img, overlay, caption, state, answers: new Map(), busy: false, want: 0, shown: 0 };
   cameras.set(name, c);
   return card;
 }
@@ -255,7 +255,11 @@ function follow() {
   const es = new EventSource("/api/events");
   es.addEventListener("answer", (e) => onAnswer(JSON.parse(e.data)));
   es.addEventListener("unknown", () => loadUnknown());
-  es.addEventListener("changed", () => { loadUnknown(); loadGallery(); refreshStatus(); });
+  es.addEventListener("changed", (e) => {
+    loadUnknown(); loadGallery(); refreshStatus();
+    // After falling behind, answers and frames may have been missed too.
+    if (e.data === "all") { loadAnswers(); for (const name of cameras.keys()) showFrame(name); }
+  });
   es.onerror = () => { /* EventSource reconnects by itself */ };
 }
 
