@@ -272,6 +272,28 @@ pub struct GalleryAnswer<'a> {
     pub versions: &'a Versions,
 }
 
+impl GalleryAnswer<'_> {
+    /// The answer to a gallery change, the same on MQTT and HTTP.
+    pub fn payload(
+        request_id: &str,
+        added: Vec<i64>,
+        removed: Vec<i64>,
+        change_id: Option<crate::search::line::ChangeId>,
+        already_applied: bool,
+        versions: &Versions,
+    ) -> Vec<u8> {
+        to_vec(&GalleryAnswer {
+            request_id,
+            ok: true,
+            added,
+            removed,
+            change_id: change_id.map(|c| c.to_string()),
+            already_applied,
+            versions,
+        })
+    }
+}
+
 /// An OTA command's answer when it succeeded (failures are error answers).
 #[derive(Debug, Clone, Serialize)]
 pub struct OtaAnswer<'a> {

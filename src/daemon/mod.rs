@@ -193,15 +193,14 @@ impl Shared {
                 versions,
             } => {
                 self.feed.notify(feed::FeedEvent::Changed("gallery"));
-                answer::to_vec(&GalleryAnswer {
-                    request_id: &to.request_id,
-                    ok: true,
+                GalleryAnswer::payload(
+                    &to.request_id,
                     added,
                     removed,
-                    change_id: change_id.map(|c| c.to_string()),
+                    change_id,
                     already_applied,
-                    versions: &versions,
-                })
+                    &versions,
+                )
             }
             Outcome::Failed { code, message } => {
                 return match capture {

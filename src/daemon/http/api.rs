@@ -450,15 +450,7 @@ async fn gallery(app: App, body: Bytes, add: bool) -> Response {
             tracing::info!(request_id = %id, ?added, ?removed, "gallery changed from the page");
             json_bytes(
                 StatusCode::OK,
-                answer::to_vec(&GalleryAnswer {
-                    request_id: &id,
-                    ok: true,
-                    added,
-                    removed,
-                    change_id: change_id.map(|c| c.to_string()),
-                    already_applied,
-                    versions: &versions,
-                }),
+                GalleryAnswer::payload(&id, added, removed, change_id, already_applied, &versions),
             )
         }
         Ok(Ok(Outcome::Failed { code, message })) => refused(&id, code, &message),
