@@ -106,19 +106,13 @@ async fn run(shared: Arc<Shared>, source: Arc<Source>, every: Duration) {
                 // Every frame refreshes the page's view; only changes join its list.
                 shared.feed.record(
                     FeedAnswer {
-                        seq: 0,
-                        at_ms: crate::input::camera::now_ms(),
-                        request_id,
-                        input: Input::Continuous,
-                        source: Some(source.name().to_string()),
                         captured_at_ms: Some(frame.at_ms),
-                        size: None,
-                        ok: true,
                         results: results.clone(),
-                        unknown: Vec::new(),
-                        error: None,
-                        total_ms: None,
-                        listed: changed,
+                        ..FeedAnswer::new(
+                            request_id,
+                            Input::Continuous,
+                            Some(source.name().to_string()),
+                        )
                     },
                     Some(frame.frame.clone()),
                     changed,

@@ -26,6 +26,17 @@ pub enum Input {
     Continuous,
 }
 
+impl Input {
+    /// A trigger's input when the answer has a camera's `capture`, else a request's.
+    pub fn of(capture: Option<&super::answer::Capture>) -> Input {
+        if capture.is_some() {
+            Input::Trigger
+        } else {
+            Input::Request
+        }
+    }
+}
+
 /// One answer, as the page shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct FeedAnswer {
@@ -63,6 +74,29 @@ pub struct FeedAnswer {
     /// changes of labels; every frame still refreshes its camera's view).
     #[serde(default)]
     pub listed: bool,
+}
+
+impl FeedAnswer {
+    /// An answer to `request_id` from `input`, answered now, `ok` with no
+    /// results until the caller says more. `seq`, `size` and `listed` are
+    /// [`Feed::record`]'s to set.
+    pub fn new(request_id: String, input: Input, source: Option<String>) -> FeedAnswer {
+        FeedAnswer {
+            seq: 0,
+            at_ms: crate::input::camera::now_ms(),
+            request_id,
+            input,
+            source,
+            captured_at_ms: None,
+            size: None,
+            ok: true,
+            results: Vec::new(),
+            unknown: Vec::new(),
+            error: None,
+            total_ms: None,
+            listed: false,
+        }
+    }
 }
 
 /// An error answer's code and message.
@@ -182,21 +216,7 @@ mod tests {
     use super::*;
 
     fn answer(id: &str, source: Option<&str>) -> FeedAnswer {
-        FeedAnswer {
-            seq: 0,
-            at_ms: 1,
-            request_id: id.into(),
-            input: Input::Request,
-            source: source.map(str::to_string),
-            captured_at_ms: None,
-            size: None,
-            ok: true,
-            results: Vec::new(),
-            unknown: Vec::new(),
-            error: None,
-            total_ms: None,
-            listed: false,
-        }
+        FeedAnswer::new(id.into(), Input::Request, source.map(str::to_string))
     }
 
     #[test]

@@ -173,6 +173,15 @@ impl Shared {
         Ok((png, change))
     }
 
+    /// Why gallery changes wait, while an update is being applied: the new
+    /// version's gallery was copied when the update began, and a change now
+    /// would be lost at the swap.
+    pub(super) fn updating(&self) -> Option<String> {
+        self.updater.as_ref().filter(|u| u.is_busy()).map(|_| {
+            "an update is being applied; retry when P/ota/status says it is done".to_string()
+        })
+    }
+
     /// How a gallery command on this box's own topic (`from_page`: or from
     /// its HTTP API) is served.
     pub(super) fn plan_gallery(&self, command: GalleryCommand, from_page: bool) -> GalleryPlan {
@@ -200,12 +209,8 @@ impl Shared {
                 );
             }
         }
-        if self.updater.as_ref().is_some_and(|u| u.is_busy()) {
-            // The new version's gallery was copied when the update began; a change now would be lost at the swap.
-            return GalleryPlan::Refuse(
-                ErrorCode::Busy,
-                "an update is being applied; retry when P/ota/status says it is done".into(),
-            );
+        if let Some(message) = self.updating() {
+            return GalleryPlan::Refuse(ErrorCode::Busy, message);
         }
         if self.topics.line.is_some() {
             GalleryPlan::ForLine(command)

@@ -155,23 +155,15 @@ impl Shared {
                 let results = answer::objects(&result);
                 self.feed.record(
                     feed::FeedAnswer {
-                        seq: 0,
-                        at_ms: crate::input::camera::now_ms(),
-                        request_id: to.request_id.clone(),
-                        input: if capture.is_some() {
-                            feed::Input::Trigger
-                        } else {
-                            feed::Input::Request
-                        },
-                        source: capture.map(|c| c.source.clone()),
                         captured_at_ms: capture.and_then(|c| c.captured_at_ms),
-                        size: None,
-                        ok: true,
                         results: results.clone(),
                         unknown: capture.map(|c| c.unknown.clone()).unwrap_or_default(),
-                        error: None,
                         total_ms: Some(timings.total),
-                        listed: true,
+                        ..feed::FeedAnswer::new(
+                            to.request_id.clone(),
+                            feed::Input::of(capture),
+                            capture.map(|c| c.source.clone()),
+                        )
                     },
                     frame,
                     true,
@@ -233,32 +225,19 @@ impl Shared {
 
     /// Shows an error answer on the page.
     fn feed_error(&self, request_id: &str, code: ErrorCode, message: &str, c: Option<&Capture>) {
-        self.feed.record(
-            feed::FeedAnswer {
-                seq: 0,
-                at_ms: crate::input::camera::now_ms(),
-                request_id: request_id.to_string(),
-                input: if c.is_some() {
-                    feed::Input::Trigger
-                } else {
-                    feed::Input::Request
-                },
-                source: c.map(|c| c.source.clone()),
-                captured_at_ms: None,
-                size: None,
-                ok: false,
-                results: Vec::new(),
-                unknown: Vec::new(),
-                error: Some(feed::FeedError {
-                    code,
-                    message: message.to_string(),
-                }),
-                total_ms: None,
-                listed: true,
-            },
-            None,
-            true,
-        );
+        let answer = feed::FeedAnswer {
+            ok: false,
+            error: Some(feed::FeedError {
+                code,
+                message: message.to_string(),
+            }),
+            ..feed::FeedAnswer::new(
+                request_id.to_string(),
+                feed::Input::of(c),
+                c.map(|c| c.source.clone()),
+            )
+        };
+        self.feed.record(answer, None, true);
     }
 
     fn send_error(&self, reply: ReplyTo, code: ErrorCode, message: &str, payload: Vec<u8>) {
@@ -617,11 +596,11 @@ impl Shared {
                                 message: "an unknown item's crop is kept by the box that saw it only: publish this on that box's own P/gallery/add (P/unknown names the box), which makes it a change for the whole line".into(),
                             });
                         }
-                        if self.updater.as_ref().is_some_and(|u| u.is_busy()) {
+                        if let Some(message) = self.updating() {
                             return refuse(request::Rejection {
                                 request_id: id,
                                 code: ErrorCode::Busy,
-                                message: "an update is being applied; retry when P/ota/status says it is done".into(),
+                                message,
                             });
                         }
                         match request::line_change_id(change_id, &id) {

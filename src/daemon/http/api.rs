@@ -44,6 +44,16 @@ pub(super) fn routes() -> Router<App> {
         .route("/api/gallery/remove", post(gallery_remove))
 }
 
+/// A failure of the server itself (a worker task that died, a file it
+/// could not read), as a 500 `internal` error.
+fn internal(e: impl std::fmt::Display) -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        &e.to_string(),
+    )
+}
+
 /// An error in the shape of an MQTT error answer.
 pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({"ok": false, "error": {"code": code, "message": message}});
@@ -212,12 +222,8 @@ async fn frame(State(app): State<App>, Path(name): Path<String>, q: Query<FrameQ
             bytes,
         )
             .into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &e.to_string(),
-        ),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
     }
 }
 
@@ -250,16 +256,8 @@ async fn unknown_list(State(app): State<App>) -> Response {
             items.reverse(); // newest first
             json_bytes(StatusCode::OK, answer::to_vec(&items))
         }
-        Ok(Err(e)) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &e.to_string(),
-        ),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &e.to_string(),
-        ),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
     }
 }
 
@@ -278,11 +276,7 @@ async fn unknown_crop(State(app): State<App>, Path(id): Path<String>) -> Respons
     match read {
         Ok(Ok(png)) => ([(header::CONTENT_TYPE, "image/png")], png).into_response(),
         Ok(Err(e)) => error(StatusCode::NOT_FOUND, "not_found", &e),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &e.to_string(),
-        ),
+        Err(e) => internal(e),
     }
 }
 
@@ -302,11 +296,7 @@ async fn unknown_drop(State(app): State<App>, Path(id): Path<String>) -> Respons
             )
         }
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &e.to_string(),
-        ),
+        Err(e) => internal(e),
     }
 }
 
@@ -352,11 +342,7 @@ async fn gallery_list(State(app): State<App>, q: Query<GalleryQuery>) -> Respons
             answer::to_vec(&serde_json::json!({"matched": matched, "items": items})),
         ),
         Outcome::Failed { code, message } => refused("http-gallery-list", code, &message),
-        _ => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "unexpected outcome",
-        ),
+        _ => internal("unexpected outcome"),
     }
 }
 
@@ -454,7 +440,7 @@ async fn gallery(app: App, body: Bytes, add: bool) -> Response {
             )
         }
         Ok(Ok(Outcome::Failed { code, message })) => refused(&id, code, &message),
-        Ok(Ok(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected outcome"),
+        Ok(Ok(_)) => internal("unexpected outcome"),
         Ok(Err(_)) => refused(&id, ErrorCode::Busy, "the daemon is stopping"),
         Err(_) => refused(&id, ErrorCode::Busy, "no answer from the pipeline within 60 s; the change may still be applied: list the gallery before retrying"),
     }
