@@ -224,8 +224,21 @@ mod tests {
         let first = rt.block_on(src.frame_at(t, deadline));
         if let Err(Missed::Unavailable(state)) = &first {
             assert!(state.starts_with("connecting"), "{state}");
-            std::thread::sleep(std::time::Duration::from_millis(500));
         }
+        // Ask again only once frames flow: a moment asked for before the
+        // stream started is a gap, and a loaded CI machine can take longer
+        // than any fixed sleep to start a pipeline.
+        let waited = std::time::Instant::now();
+        while src.state() != State::Streaming {
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(10),
+                "never streamed: {:?}",
+                src.state()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let t = now_ms() + 300;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         let c = rt.block_on(src.frame_at(t, deadline)).unwrap();
         assert!(
             c.at_ms >= t && c.at_ms < t + 200,
