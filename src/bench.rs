@@ -127,13 +127,14 @@ fn pass(
 ) -> Result<(Vec<StageTimes>, Vec<f64>)> {
     let mut times = Vec::with_capacity(images.len());
     let mut latencies = Vec::with_capacity(images.len());
+    let pool = pipeline.frame_pool();
     for group in images.chunks(batch) {
         let start = Instant::now();
         let mut frames = Vec::with_capacity(group.len());
         let mut decode = Vec::with_capacity(group.len());
         for path in group {
             let t = Instant::now();
-            frames.push(input::read(path, limits)?);
+            frames.push(input::read_in(path, limits, &pool)?);
             decode.push(t.elapsed().as_secs_f64() * 1e3);
         }
         let out = pipeline.recognize(&frames)?;

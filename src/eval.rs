@@ -143,6 +143,7 @@ pub fn evaluate(
         .map(|i| i.label.clone())
         .collect();
     let k_all = pipeline.gallery().len();
+    let pool = pipeline.frame_pool();
     let mut per_label: BTreeMap<String, LabelRow> = BTreeMap::new();
     let (mut objects, mut results, mut tp, mut r1, mut r5) = (0, 0, 0, 0, 0);
     let mut ap_sum = 0.0;
@@ -154,7 +155,7 @@ pub fn evaluate(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let objs: Vec<&TruthObject> = truth.iter().filter(|t| t.file == name).collect();
-        let frame = match input::read(path, limits) {
+        let frame = match input::read_in(path, limits, &pool) {
             Ok(f) => f,
             Err(e) => {
                 errors.push(e.to_string());

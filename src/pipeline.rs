@@ -22,6 +22,7 @@ use crate::embed::{Embedder, Features};
 use crate::engine::{BatchProfile, Engine, Place};
 use crate::error::Result;
 use crate::geometry::CropBox;
+use crate::gpu::FramePool;
 use crate::input::Frame;
 use crate::preprocess::Preprocessor;
 use crate::report::{finalize_indexed, Match, Recognition, StageTimes};
@@ -175,6 +176,13 @@ impl Pipeline {
             gallery,
             settings: settings.clone(),
         })
+    }
+
+    /// The memory to decode this pipeline's frames into
+    /// ([`crate::input::decode_in`]): page-locked where preprocessing runs
+    /// on a GPU, so a frame goes from the decoder to the device by DMA.
+    pub fn frame_pool(&self) -> FramePool {
+        self.preprocess.frame_pool().clone()
     }
 
     /// The settings in force.

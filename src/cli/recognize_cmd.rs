@@ -34,6 +34,7 @@ pub fn run(cli: &Cli, args: &RecognizeArgs) -> anyhow::Result<ExitCode> {
     args.models.apply(&mut settings);
     let images = expand_inputs(&args.inputs)?;
     let mut pipeline = Pipeline::open(&settings)?;
+    let pool = pipeline.frame_pool();
     tracing::info!(images = images.len(), gallery = %settings.search.index.display(), "recognising");
 
     let stdout = std::io::stdout();
@@ -48,7 +49,7 @@ pub fn run(cli: &Cli, args: &RecognizeArgs) -> anyhow::Result<ExitCode> {
         let mut slots = Vec::new();
         for (i, path) in group.iter().enumerate() {
             let t = Instant::now();
-            match input::read(path, &settings.input) {
+            match input::read_in(path, &settings.input, &pool) {
                 Ok(frame) => {
                     decode_ms.push(t.elapsed().as_secs_f64() * 1e3);
                     frames.push(frame);

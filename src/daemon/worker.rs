@@ -20,6 +20,7 @@ use super::answer::{ErrorCode, Timings, Versions};
 use super::line_sync::LineStatePayload;
 use super::request::{resolve_path, GalleryCommand, ImageSource};
 use crate::config::{DaemonSettings, InputSettings, Provider};
+use crate::gpu::FramePool;
 use crate::input::{self, Frame};
 use crate::pipeline::{Pipeline, Query, Recognized};
 use crate::search::line::{Change, ChangeId, Logged};
@@ -359,6 +360,7 @@ struct Pending {
 fn recognize_batch(pipeline: &mut Pipeline, batch: Vec<Pending>, shared: &dyn Host) {
     let started = Instant::now();
     let limits = pipeline.settings().input.clone();
+    let pool = pipeline.frame_pool();
     let mut frames = Vec::with_capacity(batch.len());
     let mut accepted = Vec::with_capacity(batch.len());
     for job in batch {
@@ -366,7 +368,7 @@ fn recognize_batch(pipeline: &mut Pipeline, batch: Vec<Pending>, shared: &dyn Ho
         match load(
             &job.image,
             &job.request_id,
-            &limits,
+            (&limits, &pool),
             &shared.daemon_settings().allowed_dirs,
             shared.unknown_store(),
         ) {
@@ -435,6 +437,7 @@ fn change_gallery(
     shared: &dyn Host,
 ) {
     let limits = pipeline.settings().input.clone();
+    let pool = pipeline.frame_pool();
     let outcome = catch_unwind(AssertUnwindSafe(
         || -> Result<(Vec<i64>, Vec<i64>), (ErrorCode, String)> {
             match command {
@@ -444,7 +447,7 @@ fn change_gallery(
                     source,
                     request_id,
                 } => {
-                    let (frame, sha) = load_photo(&image, &request_id, &limits, shared)?;
+                    let (frame, sha) = load_photo(&image, &request_id, (&limits, &pool), shared)?;
                     let id = pipeline
                         .enroll(&frame, &label, &source, Some(sha))
                         .map_err(classify)?;
@@ -512,6 +515,7 @@ fn change_line_gallery(
     shared: &dyn Host,
 ) {
     let limits = pipeline.settings().input.clone();
+    let pool = pipeline.frame_pool();
     let outcome = catch_unwind(AssertUnwindSafe(
         || -> Result<crate::search::gallery::LineApplied, (ErrorCode, String)> {
             if pipeline.gallery().line().contains(change_id) {
@@ -525,7 +529,7 @@ fn change_line_gallery(
                     source,
                     request_id,
                 } => {
-                    let (frame, sha) = load_photo(&image, &request_id, &limits, shared)?;
+                    let (frame, sha) = load_photo(&image, &request_id, (&limits, &pool), shared)?;
                     let vector = pipeline.feature(&frame).map_err(classify)?;
                     photo = Some(frame);
                     Change::Add {
@@ -668,25 +672,26 @@ fn classify(e: Error) -> (ErrorCode, String) {
 fn load_photo(
     image: &ImageSource,
     request_id: &str,
-    limits: &InputSettings,
+    into: (&InputSettings, &FramePool),
     shared: &dyn Host,
 ) -> Result<(Frame, String), (ErrorCode, String)> {
     let (frame, bytes) = load(
         image,
         request_id,
-        limits,
+        into,
         &shared.daemon_settings().allowed_dirs,
         shared.unknown_store(),
     )?;
     Ok((frame, hex::encode(Sha256::digest(&bytes))))
 }
 
-/// Reads (for path requests) and decodes a request's image, with the limits
-/// checked on the header before any pixel is decoded.
+/// Reads (for path requests) and decodes a request's image into memory
+/// from the pool, with the limits checked on the header before any pixel is
+/// decoded.
 fn load(
     image: &ImageSource,
     id: &str,
-    limits: &InputSettings,
+    (limits, pool): (&InputSettings, &FramePool),
     allowed: &[std::path::PathBuf],
     unknown: Option<&UnknownStore>,
 ) -> Result<(Frame, Vec<u8>), (ErrorCode, String)> {
@@ -708,14 +713,9 @@ fn load(
         }
         ImageSource::Captured(c) => {
             // A copy: the ring keeps its frame for later triggers, and the
-            // pipeline may write into the one it is given.
-            let rgb = opencv::core::MatTraitConst::try_clone(&c.0.rgb).map_err(|e| {
-                (
-                    ErrorCode::Internal,
-                    format!("cannot copy the frame {}: {e}", c.0.name),
-                )
-            })?;
-            let frame = Frame::from_rgb(c.0.name.clone(), rgb)
+            // pipeline may write into the one it is given. Into the pool, so
+            // that the copy is the one a GPU reads.
+            let frame = Frame::copy_in(c.0.name.clone(), &c.0.rgb, pool)
                 .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
             return Ok((frame, Vec::new()));
         }
@@ -768,7 +768,7 @@ fn load(
             ));
         }
     }
-    let frame = input::decode(format!("request {id}"), &bytes, limits)
+    let frame = input::decode_in(format!("request {id}"), &bytes, limits, pool)
         .map_err(|e| (ErrorCode::DecodeFailed, e.to_string()))?;
     Ok((frame, bytes))
 }

@@ -3,6 +3,8 @@
 //! - [`probe`]: what GPU and TensorRT this box has, read at run time.
 //! - [`Device`]: one context and one non-blocking stream per GPU, shared
 //!   by every stage.
+//! - [`FramePool`]: the memory frames are decoded into, page-locked where
+//!   a GPU reads them.
 //! - [`nvrtc`]: every CUDA source of the crate and the options NVRTC
 //!   compiles them with, on the device and in CI.
 //!
@@ -15,9 +17,11 @@ use std::fmt;
 use std::marker::PhantomData;
 
 pub mod device;
+pub mod frames;
 pub mod nvrtc;
 
 pub use device::Device;
+pub use frames::{FrameMemory, FramePool};
 
 /// The GPU and TensorRT release an engine is built for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,14 +9,16 @@ pub mod camera;
 mod header;
 
 use std::path::Path;
+use std::sync::Arc;
 
-use opencv::core::{Mat, MatTraitConst, Vector};
+use opencv::core::{Mat, MatTraitConst, Vector, CV_8UC3};
 use opencv::{imgcodecs, imgproc};
 
 pub use header::{sniff, Format, Header};
 
 use crate::config::InputSettings;
 use crate::error::{Error, Result};
+use crate::gpu::{FrameMemory, FramePool};
 
 /// Smallest accepted side, in pixels. Anything smaller cannot hold a product
 /// the detector (stride 8 to 64) could see; it is almost always a broken upload.
@@ -32,6 +34,9 @@ pub struct Frame {
     pub width: u32,
     /// Height in pixels.
     pub height: u32,
+    /// The pool memory `rgb`'s pixels live in, when decoded into a
+    /// [`FramePool`]'s (declared after `rgb`: the header goes first).
+    memory: Option<Arc<FrameMemory>>,
 }
 
 impl std::fmt::Debug for Frame {
@@ -44,6 +49,12 @@ impl std::fmt::Debug for Frame {
 pub fn read(path: &Path, limits: &InputSettings) -> Result<Frame> {
     let bytes = read_bytes(path, limits)?;
     decode(path.display().to_string(), &bytes, limits)
+}
+
+/// [`read`], with the pixels written into memory from `pool`.
+pub fn read_in(path: &Path, limits: &InputSettings, pool: &FramePool) -> Result<Frame> {
+    let bytes = read_bytes(path, limits)?;
+    decode_in(path.display().to_string(), &bytes, limits, pool)
 }
 
 /// Reads the encoded file at `path`, refusing one over `input.max_file_bytes`
@@ -67,7 +78,27 @@ pub fn read_bytes(path: &Path, limits: &InputSettings) -> Result<Vec<u8>> {
 
 /// Decodes an encoded image (JPEG, PNG, BMP, …) held in memory.
 pub fn decode(name: impl Into<String>, bytes: &[u8], limits: &InputSettings) -> Result<Frame> {
-    let name = name.into();
+    decode_with(name.into(), bytes, limits, None)
+}
+
+/// [`decode`], with the RGB pixels written by the colour conversion
+/// straight into memory from `pool`: page-locked memory where a GPU reads
+/// the frame, so it is not copied again on its way to the device.
+pub fn decode_in(
+    name: impl Into<String>,
+    bytes: &[u8],
+    limits: &InputSettings,
+    pool: &FramePool,
+) -> Result<Frame> {
+    decode_with(name.into(), bytes, limits, Some(pool))
+}
+
+fn decode_with(
+    name: String,
+    bytes: &[u8],
+    limits: &InputSettings,
+    pool: Option<&FramePool>,
+) -> Result<Frame> {
     if bytes.is_empty() {
         return Err(Error::image(name, "file is empty"));
     }
@@ -100,15 +131,46 @@ pub fn decode(name: impl Into<String>, bytes: &[u8], limits: &InputSettings) -> 
     // Formats we do not sniff (TIFF, WebP, …) are size-checked after decoding.
     check_size(&name, width, height, limits)?;
 
-    let mut rgb = Mat::default();
+    let (mut rgb, memory) = match pool {
+        Some(pool) => lend(pool, &name, width, height)?,
+        None => (Mat::default(), None),
+    };
     imgproc::cvt_color_def(&bgr, &mut rgb, imgproc::COLOR_BGR2RGB)
         .map_err(|e| Error::image(&name, format!("colour conversion failed: {e}")))?;
-    Ok(Frame {
-        name,
-        rgb,
-        width,
-        height,
-    })
+    Ok(Frame::with_memory(name, rgb, memory))
+}
+
+/// A `width × height` RGB `Mat` over memory from `pool`; a plain `Mat`
+/// (OpenCV's memory) where the pool cannot give any, since a frame is
+/// better served from pageable memory than refused.
+fn lend(
+    pool: &FramePool,
+    name: &str,
+    width: u32,
+    height: u32,
+) -> Result<(Mat, Option<Arc<FrameMemory>>)> {
+    let step = 3 * width as usize;
+    let mem = match pool.take(step * height as usize) {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            tracing::warn!("{name}: {e}; decoding into ordinary memory");
+            return Ok((Mat::default(), None));
+        }
+    };
+    // SAFETY: the block holds `step × height` bytes and lives as long as
+    // the frame, which keeps `mem` beside the `Mat` and drops the `Mat`
+    // first; OpenCV never frees memory it did not allocate.
+    let mat = unsafe {
+        Mat::new_rows_cols_with_data_unsafe(
+            height as i32,
+            width as i32,
+            CV_8UC3,
+            mem.as_mut_ptr().cast(),
+            step,
+        )
+    }
+    .map_err(|e| Error::image(name, format!("cannot wrap frame memory: {e}")))?;
+    Ok((mat, Some(mem)))
 }
 
 fn check_size(name: &str, width: u32, height: u32, limits: &InputSettings) -> Result<()> {
@@ -135,22 +197,58 @@ impl Frame {
     /// Wraps an RGB `Mat` that is already in memory (tests, camera capture).
     pub fn from_rgb(name: impl Into<String>, rgb: Mat) -> Result<Frame> {
         let name = name.into();
-        if rgb.typ() != opencv::core::CV_8UC3 {
+        if rgb.typ() != CV_8UC3 {
             return Err(Error::image(name, "frame must be 8-bit, 3-channel"));
         }
+        Ok(Frame::with_memory(name, rgb, None))
+    }
+
+    /// A copy of the RGB `rgb` in memory from `pool` (a camera's frame,
+    /// which its ring keeps for later triggers).
+    pub fn copy_in(name: impl Into<String>, rgb: &Mat, pool: &FramePool) -> Result<Frame> {
+        let name = name.into();
+        if rgb.typ() != CV_8UC3 {
+            return Err(Error::image(name, "frame must be 8-bit, 3-channel"));
+        }
+        let (mut copy, memory) = lend(pool, &name, rgb.cols() as u32, rgb.rows() as u32)?;
+        rgb.copy_to(&mut copy)
+            .map_err(|e| Error::image(&name, format!("cannot copy the frame: {e}")))?;
+        Ok(Frame::with_memory(name, copy, memory))
+    }
+
+    /// Keeps `memory` only if `rgb` still addresses it: OpenCV reallocates
+    /// a destination whose size or type it did not expect.
+    fn with_memory(name: String, rgb: Mat, memory: Option<Arc<FrameMemory>>) -> Frame {
         let (width, height) = (rgb.cols() as u32, rgb.rows() as u32);
-        Ok(Frame {
+        let memory = memory.filter(|m| addresses(&rgb, m));
+        Frame {
             name,
             rgb,
             width,
             height,
-        })
+            memory,
+        }
     }
+
+    /// The pool memory the pixels live in, as long as `rgb` still
+    /// addresses all of it (`rgb` is public and may have been replaced).
+    pub fn memory(&self) -> Option<&Arc<FrameMemory>> {
+        self.memory.as_ref().filter(|m| addresses(&self.rgb, m))
+    }
+}
+
+/// Whether `rgb` is a whole RGB image in exactly the memory `m`.
+fn addresses(rgb: &Mat, m: &FrameMemory) -> bool {
+    rgb.data() == m.as_mut_ptr().cast_const()
+        && rgb.is_continuous()
+        && rgb.typ() == CV_8UC3
+        && rgb.total() * 3 == m.len()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opencv::prelude::*;
 
     fn limits() -> InputSettings {
         InputSettings::default()
@@ -176,6 +274,58 @@ mod tests {
             assert_eq!((f.width, f.height), (40, 30));
             assert_eq!(f.rgb.typ(), opencv::core::CV_8UC3);
         }
+    }
+
+    #[test]
+    fn frames_decode_into_pool_memory_with_the_same_pixels() {
+        let pool = FramePool::host();
+        // A pattern, so that a channel swap or a shifted row shows.
+        let mut img =
+            Mat::new_rows_cols_with_default(30, 40, CV_8UC3, opencv::core::Scalar::all(0.0))
+                .unwrap();
+        for (i, b) in img.data_bytes_mut().unwrap().iter_mut().enumerate() {
+            *b = (i * 7 % 251) as u8;
+        }
+        let mut png = Vector::<u8>::new();
+        imgcodecs::imencode_def(".png", &img, &mut png).unwrap();
+        let png: Vec<u8> = png.iter().collect();
+        let plain = decode("p", &png, &limits()).unwrap();
+        assert!(plain.memory().is_none());
+        let pooled = decode_in("p", &png, &limits(), &pool).unwrap();
+        let mem = pooled.memory().expect("decoded into the pool").clone();
+        assert_eq!(pooled.rgb.data(), mem.as_mut_ptr().cast_const());
+        assert_eq!(mem.len(), 40 * 30 * 3);
+        assert_eq!(
+            pooled.rgb.data_bytes().unwrap(),
+            plain.rgb.data_bytes().unwrap()
+        );
+        // The block goes back only when the last holder lets go.
+        let ptr = mem.as_mut_ptr();
+        drop(pooled);
+        let held = decode_in("q", &png, &limits(), &pool).unwrap();
+        assert_ne!(
+            held.rgb.data(),
+            ptr.cast_const(),
+            "a block still held was lent again"
+        );
+        drop((held, mem));
+        let again = decode_in("r", &png, &limits(), &pool).unwrap();
+        assert!(again.memory().is_some());
+        assert_eq!(
+            again.rgb.data_bytes().unwrap(),
+            plain.rgb.data_bytes().unwrap()
+        );
+        // A camera frame copied in.
+        let copy = Frame::copy_in("c", &plain.rgb, &pool).unwrap();
+        assert!(copy.memory().is_some());
+        assert_eq!(
+            copy.rgb.data_bytes().unwrap(),
+            plain.rgb.data_bytes().unwrap()
+        );
+        // A frame whose pixels were replaced no longer claims the memory.
+        let mut replaced = decode_in("s", &png, &limits(), &pool).unwrap();
+        replaced.rgb = plain.rgb.try_clone().unwrap();
+        assert!(replaced.memory().is_none());
     }
 
     #[test]

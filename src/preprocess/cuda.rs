@@ -10,10 +10,12 @@
 //! so the pixels are OpenCV's to the bit, the same as the host build of the
 //! same source (`preprocess.backend = "kernels"`, tests/it/preprocess_kernels.rs).
 //! Frames are staged once per batch ([`Staging`]) and both stages read them
-//! on the device: they are copied into page-locked host memory, which an
-//! integrated GPU (Jetson) reads in place through its mapped address, and
-//! which a discrete GPU receives in one asynchronous upload into a reused
-//! device buffer. Each buffer is written again only after the stream event
+//! on the device. They are decoded into page-locked host memory
+//! ([`crate::gpu::FramePool`]), which an integrated GPU (Jetson) reads in
+//! place through its mapped address, and which a discrete GPU receives by
+//! asynchronous DMA into a reused device buffer; a frame from elsewhere is
+//! first copied into page-locked memory of the staging's own. Each buffer,
+//! and each frame's memory, is written again only after the stream event
 //! that ends its last use. The outputs are written where the caller says:
 //! the engine's input buffer ([`crate::engine::Arena`]), read by ONNX
 //! Runtime in place. The launches are checked where a GPU is present
@@ -33,7 +35,7 @@ use super::plan::{DetectorPlan, FrameLayout, RecogniserPlan, Tables};
 use super::{Normalizer, DET_SIZE, REC_SIZE};
 use crate::error::{Error, Result};
 use crate::geometry::CropBox;
-use crate::gpu;
+use crate::gpu::{self, FrameMemory};
 use crate::input::Frame;
 
 const BLOCK: (u32, u32, u32) = (32, 8, 1);
@@ -84,14 +86,19 @@ impl DeviceFrames<'_> {
     }
 }
 
-/// Reused buffers that frames are staged in: page-locked host memory and,
-/// on a discrete GPU, a device buffer. Grown when a batch needs more, never
-/// shrunk; written only after the event that ends the previous batch's use.
+/// Reused buffers that frames are staged in: page-locked host memory for
+/// frames that are not already in page-locked memory and, on a discrete
+/// GPU, a device buffer. Grown when a batch needs more, never shrunk;
+/// written only after the event that ends the previous batch's use.
 pub struct Staging {
     pinned: Option<PinnedHostSlice<u8>>,
-    /// The device address of `pinned` on an integrated GPU.
+    /// The device address of `pinned` (integrated GPU).
     mapped: Option<u64>,
     device: Option<CudaSlice<u8>>,
+    /// The page-locked memory of the frames of the batch in flight, which
+    /// the device reads in place or copies from: back to their pool only
+    /// after `done`.
+    held: Vec<Arc<FrameMemory>>,
     /// Recorded after the last work that reads the buffers.
     done: Option<CudaEvent>,
 }
@@ -103,6 +110,7 @@ impl Staging {
             pinned: None,
             mapped: None,
             device: None,
+            held: Vec::new(),
             done: None,
         }
     }
@@ -116,6 +124,34 @@ impl Staging {
                 .map_err(err("recording the staging event"))?,
         );
         Ok(())
+    }
+
+    /// Waits until the device no longer reads the buffers or the held
+    /// frames, then lets the frames' memory go back to its pool.
+    fn settle(&mut self, stream: &CudaStream) -> Result<()> {
+        // Without an event (an error ended the last batch), wait for
+        // everything queued on the stream.
+        match self.done.take() {
+            Some(done) => done.synchronize(),
+            None => stream.synchronize(),
+        }
+        .map_err(err("waiting for the previous batch"))?;
+        self.held.clear();
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // The held frames must not go back to their pool (and be written
+        // again) while the device may still read them.
+        if !self.held.is_empty() {
+            if let Some(done) = self.done.take() {
+                let _ = done.synchronize();
+            } else if let Some(d) = self.held.first().and_then(|m| m.device()) {
+                let _ = d.stream().synchronize();
+            }
+        }
     }
 }
 
@@ -209,34 +245,137 @@ impl GpuPreprocess {
         self.upload_raw(&raw)
     }
 
-    /// Stages `frames` in `staging`'s reused buffers: copied once into
-    /// page-locked memory, then read in place (integrated GPU) or uploaded
-    /// in one asynchronous copy (discrete GPU).
+    /// Stages `frames` in `staging`'s reused buffers. A frame decoded into
+    /// this device's page-locked memory ([`crate::gpu::FramePool`]) is read
+    /// in place by an integrated GPU and copied by DMA straight from where it
+    /// was decoded to a discrete one; any other frame is first copied into
+    /// the staging's page-locked buffer. All copies are asynchronous, on the
+    /// device's stream, into one reused device buffer.
     pub fn stage<'a>(
         &self,
         staging: &'a mut Staging,
         frames: &[&Frame],
     ) -> Result<DeviceFrames<'a>> {
         let raw = raw_frames(frames)?;
-        let layouts = pack(&raw)?;
+        let mut layouts = pack(&raw)?;
         let total = layouts.last().map_or(0, |l| l.offset + l.span()).max(1);
-        // The previous batch's kernels may still read the buffers: wait for
-        // the event that ended its use or, if it ended without one (an
-        // error on the way), for everything queued on the stream.
-        match staging.done.take() {
-            Some(done) => done.synchronize(),
-            None => self.stream.synchronize(),
+        // The previous batch's kernels may still read the buffers.
+        staging.settle(&self.stream)?;
+        let pinned: Vec<Option<&Arc<FrameMemory>>> = frames
+            .iter()
+            .map(|f| {
+                f.memory()
+                    .filter(|m| m.device().is_some_and(|d| Arc::ptr_eq(d, &self.device)))
+            })
+            .collect();
+        let integrated = self.device.platform().integrated;
+        // Frames not in this device's page-locked memory (or, on an
+        // integrated GPU, not mapped) go through the staging buffer, at
+        // their packed offsets.
+        let copied: Vec<bool> = pinned
+            .iter()
+            .map(|m| m.is_none_or(|m| integrated && m.mapped().is_none()))
+            .collect();
+        if copied.iter().any(|&c| c) {
+            self.stage_copies(staging, total, &raw, &layouts, &copied)?;
         }
-        .map_err(err("waiting for the previous batch"))?;
-        let ctx = self.device.context();
-        if staging.pinned.as_ref().is_none_or(|p| p.len() < total) {
-            let len = total.next_power_of_two();
-            staging.mapped = None;
+        staging.held.extend(
+            pinned
+                .iter()
+                .zip(&copied)
+                .filter(|(_, &c)| !c)
+                .filter_map(|(m, _)| m.cloned()),
+        );
+        if integrated {
+            // Every frame is read where it is: addresses become offsets
+            // from the lowest, so that the kernels' one base pointer and
+            // per-frame offsets still describe them. The plan checks each
+            // frame's span; the memory between frames is never read.
+            let mut at = Vec::with_capacity(layouts.len());
+            for ((l, m), &c) in layouts.iter().zip(&pinned).zip(&copied) {
+                let addr = match (c, m.and_then(|m| m.mapped()), staging.mapped) {
+                    (false, Some(mapped), _) => mapped,
+                    (true, _, Some(base)) => base + l.offset as u64,
+                    _ => {
+                        return Err(Error::Gpu(
+                            "preprocessing: a frame has no device address".into(),
+                        ))
+                    }
+                };
+                at.push(addr);
+            }
+            let base = at.iter().copied().min().unwrap_or(0);
+            let mut end = base + 1;
+            for (l, &addr) in layouts.iter_mut().zip(&at) {
+                l.offset = usize::try_from(addr - base)
+                    .map_err(|_| Error::Gpu("preprocessing: frames too far apart".into()))?;
+                end = end.max(addr + l.span() as u64);
+            }
+            let len = usize::try_from(end - base)
+                .map_err(|_| Error::Gpu("preprocessing: frames too far apart".into()))?;
+            return self.frames_at(base, len, layouts, None);
+        }
+        if staging.device.as_ref().is_none_or(|d| d.len() < total) {
             staging.device = None;
-            // SAFETY: the memory is written below before anything reads it.
+            staging.device = Some(
+                self.stream
+                    .alloc_zeros::<u8>(total.next_power_of_two())
+                    .map_err(err("allocating the frame buffer"))?,
+            );
+        }
+        let Some(dev) = staging.device.as_mut() else {
+            return Err(Error::Gpu("preprocessing: no frame buffer".into()));
+        };
+        let (dst, _record) = dev.device_ptr(&self.stream);
+        let staged = match staging.pinned.as_ref() {
+            Some(p) => Some(p.as_slice().map_err(err("page-locked frame memory"))?),
+            None => None,
+        };
+        for ((&(bytes, _, _), l), &c) in raw.iter().zip(&layouts).zip(&copied) {
+            let src = match (c, staged) {
+                (false, _) => bytes,
+                (true, Some(host)) => &host[l.offset..l.offset + bytes.len()],
+                (true, None) => return Err(Error::Gpu("preprocessing: no staging memory".into())),
+            };
+            if src.is_empty() {
+                continue;
+            }
+            // SAFETY: `dev` holds at least `total` bytes, so the frame's
+            // span at its offset; the page-locked source stays untouched
+            // until the event `release` records after the batch (the
+            // frame's memory is held in `staging` until then).
+            unsafe {
+                cudarc::driver::result::memcpy_htod_async(
+                    dst + l.offset as u64,
+                    src,
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(err("uploading frames"))?;
+        }
+        self.frames_at(dst, total, layouts, None)
+    }
+
+    /// Copies the frames marked in `copied` into the staging's page-locked
+    /// buffer (grown to `total`, mapped on an integrated GPU) at their
+    /// offsets in `layouts`.
+    fn stage_copies(
+        &self,
+        staging: &mut Staging,
+        total: usize,
+        raw: &[(&[u8], u32, u32)],
+        layouts: &[FrameLayout],
+        copied: &[bool],
+    ) -> Result<()> {
+        if staging.pinned.as_ref().is_none_or(|p| p.len() < total) {
+            staging.mapped = None;
+            staging.pinned = None;
+            // Write-combined: the host only writes this buffer.
+            // SAFETY: each frame's bytes are written below before the
+            // device reads them.
             let pinned = unsafe {
-                ctx.alloc_pinned_with_flags::<u8>(
-                    len,
+                self.device.context().alloc_pinned_with_flags::<u8>(
+                    total.next_power_of_two(),
                     cudarc::driver::sys::CU_MEMHOSTALLOC_DEVICEMAP
                         | cudarc::driver::sys::CU_MEMHOSTALLOC_WRITECOMBINED,
                 )
@@ -256,12 +395,6 @@ impl GpuPreprocess {
                 r.result()
                     .map_err(err("mapping page-locked frame memory"))?;
                 staging.mapped = Some(dptr);
-            } else {
-                staging.device = Some(
-                    self.stream
-                        .alloc_zeros::<u8>(len)
-                        .map_err(err("allocating the frame buffer"))?,
-                );
             }
         }
         let Some(pinned) = staging.pinned.as_mut() else {
@@ -270,29 +403,10 @@ impl GpuPreprocess {
         let host = pinned
             .as_mut_slice()
             .map_err(err("page-locked frame memory"))?;
-        for (&(bytes, _, _), l) in raw.iter().zip(&layouts) {
+        for ((&(bytes, _, _), l), _) in raw.iter().zip(layouts).zip(copied).filter(|(_, &c)| c) {
             host[l.offset..l.offset + bytes.len()].copy_from_slice(bytes);
         }
-        let ptr = match (staging.mapped, staging.device.as_mut()) {
-            (Some(mapped), _) => mapped,
-            (None, Some(dev)) => {
-                let (dst, _record) = dev.device_ptr(&self.stream);
-                // SAFETY: `dev` holds at least `total` bytes (sized with
-                // `pinned`), and the page-locked source stays untouched
-                // until the event `release` records after the batch.
-                unsafe {
-                    cudarc::driver::result::memcpy_htod_async(
-                        dst,
-                        &host[..total],
-                        self.stream.cu_stream(),
-                    )
-                }
-                .map_err(err("uploading frames"))?;
-                dst
-            }
-            (None, None) => return Err(Error::Gpu("preprocessing: no frame buffer".into())),
-        };
-        self.frames_at(ptr, total, layouts, None)
+        Ok(())
     }
 
     fn upload_tables(&self, t: &Tables) -> Result<DeviceTables> {

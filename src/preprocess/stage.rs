@@ -21,6 +21,7 @@ use super::{Backend, DET_SIZE, REC_SIZE};
 use crate::engine::{Arena, Place};
 use crate::error::{Error, Result};
 use crate::geometry::CropBox;
+use crate::gpu::FramePool;
 use crate::input::Frame;
 
 /// Preprocessing with one backend, and for `cuda`, the device and the
@@ -28,6 +29,7 @@ use crate::input::Frame;
 pub struct Preprocessor {
     backend: Backend,
     gpu: Option<(Arc<GpuPreprocess>, Staging)>,
+    frames: FramePool,
 }
 
 impl std::fmt::Debug for Preprocessor {
@@ -42,7 +44,11 @@ impl Preprocessor {
     /// same pixels), not a stage that fails to start.
     pub fn new(backend: Backend, device_id: i32) -> Preprocessor {
         if backend != Backend::Cuda {
-            return Preprocessor { backend, gpu: None };
+            return Preprocessor {
+                backend,
+                gpu: None,
+                frames: FramePool::host(),
+            };
         }
         let opened = usize::try_from(device_id)
             .map_err(|_| Error::Gpu(format!("gpu.device_id = {device_id} is not a GPU ordinal")))
@@ -50,6 +56,7 @@ impl Preprocessor {
         match opened {
             Ok(gpu) => Preprocessor {
                 backend,
+                frames: FramePool::pinned(gpu.device().clone()),
                 gpu: Some((gpu, Staging::new())),
             },
             Err(e) => {
@@ -59,6 +66,7 @@ impl Preprocessor {
                 Preprocessor {
                     backend: Backend::Kernels,
                     gpu: None,
+                    frames: FramePool::host(),
                 }
             }
         }
@@ -67,6 +75,12 @@ impl Preprocessor {
     /// The backend in use (after any fallback).
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The memory to decode frames into, so that staging them for this
+    /// backend copies nothing more: page-locked for `cuda`, the host's else.
+    pub fn frame_pool(&self) -> &FramePool {
+        &self.frames
     }
 
     /// Where it works best to write: the GPU it runs on, or the host.

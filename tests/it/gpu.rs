@@ -659,9 +659,34 @@ fn gpu_pipeline_answers_like_the_cpu() {
             "the detector reads its input on the device"
         );
     }
-    // Twice: the second call reuses every staging and engine buffer.
-    for round in 0..2 {
-        let got = p.recognize(&frames).unwrap();
+    // Frames decoded into the pipeline's page-locked pool are read where
+    // they were decoded (integrated GPU) or copied from there by DMA; the
+    // others go through the staging buffer; a batch may mix both.
+    let pool = p.frame_pool();
+    let read = |path: &std::path::Path, pinned: bool| {
+        if pinned {
+            let f = shitu_edge::input::read_in(path, &cpu.input, &pool).unwrap();
+            assert!(
+                f.memory().is_some_and(|m| m.is_pinned()),
+                "{}: not decoded into page-locked memory",
+                path.display()
+            );
+            f
+        } else {
+            shitu_edge::input::read(path, &cpu.input).unwrap()
+        }
+    };
+    let pinned: Vec<_> = names.iter().map(|n| read(n, true)).collect();
+    let mixed: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| read(n, i % 2 == 0))
+        .collect();
+    // Host frames twice (the second call reuses every staging and engine
+    // buffer), then page-locked ones twice, then a mixed batch.
+    let rounds = [&frames, &frames, &pinned, &pinned, &mixed];
+    for (round, frames) in rounds.into_iter().enumerate() {
+        let got = p.recognize(frames).unwrap();
         let mut boxes = 0;
         for ((w, g), name) in want.iter().zip(&got).zip(&names) {
             let what = format!("round {round}, {}", name.display());
@@ -730,9 +755,8 @@ fn gpu_pipeline_benchmark() {
     let mut gpu = host.clone();
     gpu.preprocess.backend = PreprocessBackend::Cuda;
     gpu.search.device = SearchDevice::Cuda;
-    let scenes: Vec<_> = (0..8)
+    let paths: Vec<_> = (0..8)
         .map(|i| data(&format!("images/scenes/scene_{i:05}.jpg")))
-        .map(|p| shitu_edge::input::read(&p, &host.input).unwrap())
         .collect();
     println!("| path ({provider} provider) | ms a frame | pre % | inference % | post + search % |");
     println!("|---|---|---|---|---|");
@@ -742,6 +766,13 @@ fn gpu_pipeline_benchmark() {
         ("GPU path", &gpu),
     ] {
         let mut p = shitu_edge::Pipeline::open(s).unwrap();
+        // Each path decodes into its own pool, as the daemon does: the GPU
+        // path's frames are page-locked.
+        let pool = p.frame_pool();
+        let scenes: Vec<_> = paths
+            .iter()
+            .map(|path| shitu_edge::input::read_in(path, &host.input, &pool).unwrap())
+            .collect();
         p.recognize(&scenes).unwrap(); // warm-up: allocations, cuDNN's choices
         let rounds = 10;
         let t = Instant::now();
