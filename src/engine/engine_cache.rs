@@ -1104,8 +1104,15 @@ mod tests {
             started.elapsed() < Duration::from_secs(1),
             "the ticker must stop with the build"
         );
+        // At least one tick; no more than the time actually taken allows
+        // (a loaded machine may oversleep the 110 ms).
         let after = ticks.lock().unwrap().len();
-        assert!((2..=6).contains(&after), "{after} ticks in 110 ms at 20 ms");
+        let most = started.elapsed().as_millis() / 20 + 1;
+        assert!(
+            after >= 1 && after as u128 <= most,
+            "{after} ticks in {:?} at 20 ms",
+            started.elapsed()
+        );
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(
             ticks.lock().unwrap().len(),

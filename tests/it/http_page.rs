@@ -372,23 +372,47 @@ async fn the_pages_api_shows_the_camera_and_teaches_an_unknown_item() {
     assert_eq!(again.status, 400);
     assert_eq!(a["error"]["code"], again.json()["error"]["code"], "{a}");
 
-    // The event stream carries answers as they happen.
+    // The event stream carries answers as they happen. The trigger goes out
+    // once the stream's headers are in: the handler subscribes before it
+    // answers, so nothing sent after that can be missed.
+    let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
     let events = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         write!(s, "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
         let mut seen = Vec::new();
         let mut buf = [0u8; 4096];
-        while !String::from_utf8_lossy(&seen).contains("\"request_id\":\"via-sse\"") {
+        let mut told = false;
+        // Bounded in time, not only per read: keep-alive comments arrive
+        // every 15 s, so a per-read timeout alone would never end a miss.
+        let until = std::time::Instant::now() + Duration::from_secs(120);
+        while !String::from_utf8_lossy(&seen).contains("\"request_id\":\"via-sse\"")
+            && std::time::Instant::now() < until
+        {
             match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
                 Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break,
+            }
+            if !told && String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+                told = true;
+                let _ = subscribed_tx.send(());
             }
         }
         String::from_utf8_lossy(&seen).to_string()
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    blocking(move || {
+        subscribed
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the event stream's headers within 60 s")
+    })
+    .await;
     trigger(&ctl, "via-sse", serde_json::json!({"source": "cam1"})).await;
     answer(&mut ctl, "via-sse", Duration::from_secs(60)).await;
     let events = events.await.unwrap();

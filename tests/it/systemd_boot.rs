@@ -275,8 +275,14 @@ async fn the_installed_unit_serves_under_systemd_and_a_hung_daemon_is_restarted(
         .expect("an answer from the service");
     check_answer(&a.json, &expected[0].1);
 
-    // The camera streams under the sandbox: a trigger is answered from it,
-    // and `systemctl status` names its state.
+    // The camera streams under the sandbox: `systemctl status` names its
+    // state, and a trigger is answered from it. (A trigger while the source
+    // still connects is rightly source_unavailable, so the status first.)
+    sys.wait_for(
+        "the camera in systemctl status",
+        Duration::from_secs(30),
+        |b| b.prop("StatusText").contains("sources: cam1 streaming"),
+    );
     ctl.request(
         "shitu/boot/trigger",
         br#"{"request_id":"trig1","source":"cam1"}"#.to_vec(),
@@ -290,11 +296,6 @@ async fn the_installed_unit_serves_under_systemd_and_a_hung_daemon_is_restarted(
         .expect("an answer to the trigger");
     assert_eq!(a.json["ok"], true, "{}\n{}", a.json, sys.journal());
     assert_eq!(a.json["source"], "cam1");
-    sys.wait_for(
-        "the camera in systemctl status",
-        Duration::from_secs(30),
-        |b| b.prop("StatusText").contains("sources: cam1 streaming"),
-    );
     // The HTTP server inside the sandbox: health, and the page's API.
     let (code, body) = http_get(http_port, "/healthz");
     assert_eq!((code, body.as_str()), (200, "ok\n"), "{}", sys.journal());

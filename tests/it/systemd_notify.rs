@@ -126,13 +126,15 @@ fn ready_status_watchdog_and_stopping() {
             .any(|l| l.starts_with("STATUS=serving shitu/test/recognize")),
         "READY comes with what is served: {lines:?}"
     );
-    // WATCHDOG_USEC = 1 s: a ping every 0.5 s.
+    // WATCHDOG_USEC = 1 s: a ping every 0.5 s, so about 12 in 6 s. The
+    // bounds leave room for a stall of the machine (a late tick comes in a
+    // burst); the lower one is what shows the watchdog is fed.
     let t = Instant::now();
-    mgr.read_for(Duration::from_secs(3));
+    mgr.read_for(Duration::from_secs(6));
     let pings = mgr.pings_since(t);
     assert!(
-        (4..=8).contains(&pings),
-        "{pings} pings in 3 s: {:?}",
+        (6..=20).contains(&pings),
+        "{pings} pings in 6 s: {:?}",
         mgr.lines()
     );
     assert!(
