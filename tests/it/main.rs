@@ -12,6 +12,7 @@ mod config_cli;
 mod daemon_mqtt;
 mod engine_providers;
 mod eval_cli;
+mod frame_pool;
 mod gallery_crash;
 mod gpu;
 mod http_page;
