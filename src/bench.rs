@@ -439,7 +439,7 @@ mod tests {
         let f = synthetic_frame(37, 11, 5).unwrap();
         assert_eq!((f.width, f.height), (37, 11));
         assert_eq!(
-            f.rgb.data_bytes().unwrap(),
+            f.rgb().data_bytes().unwrap(),
             synthetic_rgb(37, 11, 5).as_slice()
         );
     }

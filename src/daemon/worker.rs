@@ -715,7 +715,7 @@ fn load(
             // A copy: the ring keeps its frame for later triggers, and the
             // pipeline may write into the one it is given. Into the pool, so
             // that the copy is the one a GPU reads.
-            let frame = Frame::copy_in(c.0.name.clone(), &c.0.rgb, pool)
+            let frame = Frame::copy_in(c.0.name.clone(), c.0.rgb(), pool)
                 .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
             return Ok((frame, Vec::new()));
         }

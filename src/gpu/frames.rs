@@ -23,11 +23,16 @@ use cudarc::driver::PinnedHostSlice;
 
 use super::Device;
 
-/// Blocks kept for reuse, at most (the oldest is freed first).
+/// Page-locked blocks kept for reuse, at most (the oldest is freed first):
+/// enough for a batch in flight and the next one being decoded.
 const MAX_FREE_BLOCKS: usize = 16;
-/// Bytes kept for reuse, at most: page-locked memory is taken from what the
-/// rest of a Jetson (which shares it with the GPU) can use.
+/// Page-locked bytes kept for reuse, at most: they are taken from what the
+/// rest of a Jetson (which shares its memory with the GPU) can use.
 const MAX_FREE_BYTES: usize = 256 << 20;
+/// The same for ordinary memory, where reuse only saves page faults: a
+/// large image's buffer should go back to the system soon.
+const MAX_FREE_HOST_BLOCKS: usize = 4;
+const MAX_FREE_HOST_BYTES: usize = 64 << 20;
 
 /// Where a pool's blocks come from.
 enum Kind {
@@ -51,7 +56,11 @@ struct Block {
 }
 
 enum Mem {
-    Host(#[allow(dead_code)] Box<[u8]>),
+    // A Vec, not a Box: moving a Box asserts unique ownership of its
+    // memory, which `ptr` aliases.
+    Host(#[allow(dead_code)] Vec<u8>),
+    // Freed by cudarc's drop, which binds the context first (through its
+    // event); a failed bind would leave the block allocated, not corrupt it.
     Pinned(#[allow(dead_code)] PinnedHostSlice<u8>),
 }
 
@@ -139,7 +148,7 @@ impl FramePool {
     fn allocate(&self, len: usize) -> Result<Block, String> {
         match &self.0.kind {
             Kind::Host => {
-                let mut mem = vec![0u8; len].into_boxed_slice();
+                let mut mem = vec![0u8; len];
                 Ok(Block {
                     ptr: mem.as_mut_ptr(),
                     len,
@@ -187,14 +196,22 @@ impl FramePool {
     }
 
     fn give_back(&self, block: Block) {
-        let mut free = self.free();
-        free.push(block);
-        // Oldest out, until within both caps.
-        while free.len() > MAX_FREE_BLOCKS
-            || free.iter().map(|b| b.len).sum::<usize>() > MAX_FREE_BYTES
+        let (most, most_bytes) = match self.0.kind {
+            Kind::Host => (MAX_FREE_HOST_BLOCKS, MAX_FREE_HOST_BYTES),
+            Kind::Pinned(_) => (MAX_FREE_BLOCKS, MAX_FREE_BYTES),
+        };
+        let mut evicted = Vec::new();
         {
-            free.remove(0);
+            let mut free = self.free();
+            free.push(block);
+            // Oldest out, until within both caps.
+            while free.len() > most || free.iter().map(|b| b.len).sum::<usize>() > most_bytes {
+                evicted.push(free.remove(0));
+            }
         }
+        // Freed outside the lock: freeing page-locked memory synchronises
+        // with the device, and other threads decode meanwhile.
+        drop(evicted);
     }
 }
 
@@ -213,10 +230,17 @@ impl std::fmt::Debug for FrameMemory {
 }
 
 impl FrameMemory {
-    /// The first byte. Writes through it belong to whoever holds the only
-    /// reference (the decoder, before the frame is shared).
-    pub fn as_mut_ptr(&self) -> *mut u8 {
+    /// The first byte, to write through: only while the memory is not
+    /// shared (the decoder, before it becomes a frame's).
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
         self.block.as_ref().map_or(std::ptr::null_mut(), |b| b.ptr)
+    }
+
+    /// The first byte, to read through or compare.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.block
+            .as_ref()
+            .map_or(std::ptr::null(), |b| b.ptr.cast_const())
     }
 
     /// Bytes asked for (the block may be larger).
@@ -261,15 +285,15 @@ mod tests {
     fn blocks_are_reused_only_once_given_back_and_only_when_they_fit() {
         let pool = FramePool::host();
         let a = pool.take(1000).unwrap();
-        let a_ptr = a.as_mut_ptr();
+        let a_ptr = a.as_ptr();
         let b = pool.take(1000).unwrap();
-        assert_ne!(a_ptr, b.as_mut_ptr(), "a block lent twice");
+        assert_ne!(a_ptr, b.as_ptr(), "a block lent twice");
         drop(a);
         // Too small for 2000 bytes, too large (over a quarter) for 100.
-        assert_ne!(pool.take(2000).unwrap().as_mut_ptr(), a_ptr);
-        assert_ne!(pool.take(100).unwrap().as_mut_ptr(), a_ptr);
+        assert_ne!(pool.take(2000).unwrap().as_ptr(), a_ptr);
+        assert_ne!(pool.take(100).unwrap().as_ptr(), a_ptr);
         let c = pool.take(900).unwrap();
-        assert_eq!(c.as_mut_ptr(), a_ptr, "a freed block that fits is reused");
+        assert_eq!(c.as_ptr(), a_ptr, "a freed block that fits is reused");
         assert_eq!(c.len(), 900);
         assert!(!c.is_pinned() && c.mapped().is_none());
     }
@@ -277,16 +301,16 @@ mod tests {
     #[test]
     fn the_free_list_is_bounded() {
         let pool = FramePool::host();
-        let held: Vec<_> = (0..MAX_FREE_BLOCKS + 5)
+        let held: Vec<_> = (0..MAX_FREE_HOST_BLOCKS + 5)
             .map(|_| pool.take(64).unwrap())
             .collect();
         drop(held);
-        assert_eq!(pool.free().len(), MAX_FREE_BLOCKS);
-        let big = pool.take(MAX_FREE_BYTES / 2 + 1).unwrap();
-        let big2 = pool.take(MAX_FREE_BYTES / 2 + 1).unwrap();
+        assert_eq!(pool.free().len(), MAX_FREE_HOST_BLOCKS);
+        let big = pool.take(MAX_FREE_HOST_BYTES / 2 + 1).unwrap();
+        let big2 = pool.take(MAX_FREE_HOST_BYTES / 2 + 1).unwrap();
         drop((big, big2));
         let bytes: usize = pool.free().iter().map(|b| b.len).sum();
-        assert!(bytes <= MAX_FREE_BYTES, "{bytes} bytes kept");
+        assert!(bytes <= MAX_FREE_HOST_BYTES, "{bytes} bytes kept");
     }
 
     #[test]
@@ -304,8 +328,8 @@ mod tests {
         let m = pool.take(1 << 20).unwrap();
         assert!(m.is_pinned());
         assert_eq!(m.mapped().is_some(), integrated);
-        let p = m.as_mut_ptr();
+        let p = m.as_ptr();
         drop(m);
-        assert_eq!(pool.take(1 << 20).unwrap().as_mut_ptr(), p);
+        assert_eq!(pool.take(1 << 20).unwrap().as_ptr(), p);
     }
 }

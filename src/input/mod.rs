@@ -28,14 +28,15 @@ pub const MIN_SIDE: u32 = 8;
 pub struct Frame {
     /// Where the frame came from (a path, or a request id).
     pub name: String,
-    /// 8-bit, 3-channel, RGB, continuous.
-    pub rgb: Mat,
+    /// 8-bit, 3-channel, RGB, continuous. Private: for a frame in pool
+    /// memory the `Mat` is only a view, which must not outlive the frame.
+    rgb: Mat,
     /// Width in pixels.
     pub width: u32,
     /// Height in pixels.
     pub height: u32,
     /// The pool memory `rgb`'s pixels live in, when decoded into a
-    /// [`FramePool`]'s (declared after `rgb`: the header goes first).
+    /// [`FramePool`]'s (declared after `rgb`: the view goes first).
     memory: Option<Arc<FrameMemory>>,
 }
 
@@ -148,18 +149,20 @@ fn lend(
     name: &str,
     width: u32,
     height: u32,
-) -> Result<(Mat, Option<Arc<FrameMemory>>)> {
+) -> Result<(Mat, Option<FrameMemory>)> {
     let step = 3 * width as usize;
-    let mem = match pool.take(step * height as usize) {
-        Ok(m) => Arc::new(m),
+    let mut mem = match pool.take(step * height as usize) {
+        Ok(m) => m,
         Err(e) => {
             tracing::warn!("{name}: {e}; decoding into ordinary memory");
             return Ok((Mat::default(), None));
         }
     };
-    // SAFETY: the block holds `step × height` bytes and lives as long as
-    // the frame, which keeps `mem` beside the `Mat` and drops the `Mat`
-    // first; OpenCV never frees memory it did not allocate.
+    // SAFETY: the block holds `step × height` bytes, is written only
+    // through this `Mat` until the frame is made, and then lives as long as
+    // the frame, which keeps it beside the `Mat`, never hands the `Mat` out
+    // by value and drops it first; OpenCV never frees memory it did not
+    // allocate.
     let mat = unsafe {
         Mat::new_rows_cols_with_data_unsafe(
             height as i32,
@@ -216,11 +219,11 @@ impl Frame {
         Ok(Frame::with_memory(name, copy, memory))
     }
 
-    /// Keeps `memory` only if `rgb` still addresses it: OpenCV reallocates
-    /// a destination whose size or type it did not expect.
-    fn with_memory(name: String, rgb: Mat, memory: Option<Arc<FrameMemory>>) -> Frame {
+    /// Keeps `memory` only if `rgb` addresses it: OpenCV reallocates a
+    /// destination whose size or type it did not expect.
+    fn with_memory(name: String, rgb: Mat, memory: Option<FrameMemory>) -> Frame {
         let (width, height) = (rgb.cols() as u32, rgb.rows() as u32);
-        let memory = memory.filter(|m| addresses(&rgb, m));
+        let memory = memory.filter(|m| addresses(&rgb, m)).map(Arc::new);
         Frame {
             name,
             rgb,
@@ -230,16 +233,21 @@ impl Frame {
         }
     }
 
-    /// The pool memory the pixels live in, as long as `rgb` still
-    /// addresses all of it (`rgb` is public and may have been replaced).
+    /// The pixels: 8-bit, 3-channel, RGB, continuous.
+    pub fn rgb(&self) -> &Mat {
+        &self.rgb
+    }
+
+    /// The pool memory the pixels live in, if they were decoded or copied
+    /// into a [`FramePool`]'s.
     pub fn memory(&self) -> Option<&Arc<FrameMemory>> {
-        self.memory.as_ref().filter(|m| addresses(&self.rgb, m))
+        self.memory.as_ref()
     }
 }
 
 /// Whether `rgb` is a whole RGB image in exactly the memory `m`.
 fn addresses(rgb: &Mat, m: &FrameMemory) -> bool {
-    rgb.data() == m.as_mut_ptr().cast_const()
+    rgb.data() == m.as_ptr()
         && rgb.is_continuous()
         && rgb.typ() == CV_8UC3
         && rgb.total() * 3 == m.len()
@@ -293,21 +301,17 @@ mod tests {
         assert!(plain.memory().is_none());
         let pooled = decode_in("p", &png, &limits(), &pool).unwrap();
         let mem = pooled.memory().expect("decoded into the pool").clone();
-        assert_eq!(pooled.rgb.data(), mem.as_mut_ptr().cast_const());
+        assert_eq!(pooled.rgb.data(), mem.as_ptr());
         assert_eq!(mem.len(), 40 * 30 * 3);
         assert_eq!(
             pooled.rgb.data_bytes().unwrap(),
             plain.rgb.data_bytes().unwrap()
         );
         // The block goes back only when the last holder lets go.
-        let ptr = mem.as_mut_ptr();
+        let ptr = mem.as_ptr();
         drop(pooled);
         let held = decode_in("q", &png, &limits(), &pool).unwrap();
-        assert_ne!(
-            held.rgb.data(),
-            ptr.cast_const(),
-            "a block still held was lent again"
-        );
+        assert_ne!(held.rgb.data(), ptr, "a block still held was lent again");
         drop((held, mem));
         let again = decode_in("r", &png, &limits(), &pool).unwrap();
         assert!(again.memory().is_some());
@@ -322,10 +326,6 @@ mod tests {
             copy.rgb.data_bytes().unwrap(),
             plain.rgb.data_bytes().unwrap()
         );
-        // A frame whose pixels were replaced no longer claims the memory.
-        let mut replaced = decode_in("s", &png, &limits(), &pool).unwrap();
-        replaced.rgb = plain.rgb.try_clone().unwrap();
-        assert!(replaced.memory().is_none());
     }
 
     #[test]

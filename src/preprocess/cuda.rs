@@ -101,6 +101,9 @@ pub struct Staging {
     held: Vec<Arc<FrameMemory>>,
     /// Recorded after the last work that reads the buffers.
     done: Option<CudaEvent>,
+    /// The stream the buffers were last used on, to wait for at drop when
+    /// no event was recorded.
+    stream: Option<Arc<CudaStream>>,
 }
 
 impl Staging {
@@ -112,17 +115,23 @@ impl Staging {
             device: None,
             held: Vec::new(),
             done: None,
+            stream: None,
         }
     }
 
     /// Marks the end of the current batch's use of the buffers: the next
     /// [`GpuPreprocess::stage`] waits for the work queued so far on `stream`.
     pub fn release(&mut self, stream: &Arc<CudaStream>) -> Result<()> {
-        self.done = Some(
-            stream
-                .record_event(None)
-                .map_err(err("recording the staging event"))?,
-        );
+        let done = stream
+            .record_event(None)
+            .map_err(err("recording the staging event"))?;
+        // Usually the batch is over already (its features came back on the
+        // same stream): its frames' memory goes back to the pool now, for
+        // the next batch's decoding, instead of at the next stage.
+        if done.is_complete() {
+            self.held.clear();
+        }
+        self.done = Some(done);
         Ok(())
     }
 
@@ -143,14 +152,17 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        // The held frames must not go back to their pool (and be written
-        // again) while the device may still read them.
-        if !self.held.is_empty() {
-            if let Some(done) = self.done.take() {
-                let _ = done.synchronize();
-            } else if let Some(d) = self.held.first().and_then(|m| m.device()) {
-                let _ = d.stream().synchronize();
-            }
+        // Neither the held frames (back to their pool, written again) nor
+        // the page-locked buffer (freed) may go while the device may still
+        // read them: the raw copies and launches record no event of
+        // cudarc's own for its drop to wait on.
+        if self.held.is_empty() && self.pinned.is_none() {
+            return;
+        }
+        if let Some(done) = self.done.take() {
+            let _ = done.synchronize();
+        } else if let Some(stream) = &self.stream {
+            let _ = stream.synchronize();
         }
     }
 }
@@ -261,6 +273,7 @@ impl GpuPreprocess {
         let total = layouts.last().map_or(0, |l| l.offset + l.span()).max(1);
         // The previous batch's kernels may still read the buffers.
         staging.settle(&self.stream)?;
+        staging.stream = Some(self.stream.clone());
         let pinned: Vec<Option<&Arc<FrameMemory>>> = frames
             .iter()
             .map(|f| {
@@ -679,7 +692,7 @@ impl GpuPreprocess {
 fn raw_frames<'f>(frames: &[&'f Frame]) -> Result<Vec<(&'f [u8], u32, u32)>> {
     frames
         .iter()
-        .map(|f| Ok((super::bytes(&f.name, &f.rgb)?, f.width, f.height)))
+        .map(|f| Ok((super::bytes(&f.name, f.rgb())?, f.width, f.height)))
         .collect()
 }
 

@@ -75,11 +75,11 @@ pub fn detector_into(frames: &[&Frame], backend: Backend, out: &mut [f32]) -> Re
     for (frame, out) in frames.iter().zip(out.chunks_exact_mut(plane)) {
         match backend {
             Backend::Opencv => {
-                let resized = resize(&frame.name, &frame.rgb, DET_SIZE, imgproc::INTER_CUBIC)?;
+                let resized = resize(&frame.name, frame.rgb(), DET_SIZE, imgproc::INTER_CUBIC)?;
                 norm.hwc_to_chw(bytes(&frame.name, &resized)?, out);
             }
             Backend::Kernels | Backend::Cuda => {
-                let px = bytes(&frame.name, &frame.rgb)?;
+                let px = bytes(&frame.name, frame.rgb())?;
                 let plan = DetectorPlan::new(&[layout(frame)], px.len(), DET_SIZE)?;
                 host::detector(&plan, px, norm, out)?;
             }
@@ -129,13 +129,13 @@ pub fn embedder_crop(
     let norm = Normalizer::embedder();
     match backend {
         Backend::Opencv => {
-            let roi = Mat::roi(&frame.rgb, rect)
+            let roi = Mat::roi(frame.rgb(), rect)
                 .map_err(|e| Error::image(&frame.name, format!("crop failed: {e}")))?;
             let resized = resize(&frame.name, &roi, REC_SIZE, imgproc::INTER_LINEAR)?;
             norm.hwc_to_chw(bytes(&frame.name, &resized)?, out);
         }
         Backend::Kernels | Backend::Cuda => {
-            let px = bytes(&frame.name, &frame.rgb)?;
+            let px = bytes(&frame.name, frame.rgb())?;
             let plan = RecogniserPlan::new(&[layout(frame)], px.len(), &[(0, crop)], REC_SIZE)?;
             host::recogniser(&plan, px, norm, out)?;
         }

@@ -14,7 +14,7 @@ use crate::report::Recognition;
 pub fn save_annotated(frame: &Frame, results: &[Recognition], dir: &Path) -> Result<PathBuf> {
     let fail = |e: opencv::Error| Error::image(&frame.name, format!("drawing failed: {e}"));
     let mut bgr = Mat::default();
-    imgproc::cvt_color_def(&frame.rgb, &mut bgr, imgproc::COLOR_RGB2BGR).map_err(fail)?;
+    imgproc::cvt_color_def(frame.rgb(), &mut bgr, imgproc::COLOR_RGB2BGR).map_err(fail)?;
     let thickness = ((frame.width.max(frame.height) / 400) as i32).max(2);
     let scale = (frame.width.max(frame.height) as f64 / 1000.0).max(0.5);
     for (i, r) in results.iter().enumerate() {

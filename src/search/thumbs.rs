@@ -65,7 +65,7 @@ pub fn encode(photo: &Frame) -> Result<Vec<u8>> {
         ((f64::from(photo.height) * scale).round() as i32).max(1),
     );
     let mut small = Mat::default();
-    imgproc::resize(&photo.rgb, &mut small, size, 0.0, 0.0, imgproc::INTER_AREA).map_err(bad)?;
+    imgproc::resize(photo.rgb(), &mut small, size, 0.0, 0.0, imgproc::INTER_AREA).map_err(bad)?;
     let mut bgr = Mat::default();
     imgproc::cvt_color_def(&small, &mut bgr, imgproc::COLOR_RGB2BGR).map_err(bad)?;
     let mut out = Vector::<u8>::new();

@@ -111,7 +111,7 @@ impl UnknownStore {
         let (w, h) = (frame.width as i32, frame.height as i32);
         let (x1, y1) = (x1.clamp(0, w - 1), y1.clamp(0, h - 1));
         let (x2, y2) = (x2.clamp(x1 + 1, w), y2.clamp(y1 + 1, h));
-        let roi = Mat::roi(&frame.rgb, Rect::new(x1, y1, x2 - x1, y2 - y1))
+        let roi = Mat::roi(frame.rgb(), Rect::new(x1, y1, x2 - x1, y2 - y1))
             .map_err(|e| self.bad(format!("crop {:?}: {e}", item.bbox)))?;
         let mut bgr = Mat::default();
         imgproc::cvt_color_def(&roi, &mut bgr, imgproc::COLOR_RGB2BGR)

@@ -58,7 +58,7 @@ fn noise(w: u32, h: u32, seed: u64) -> Frame {
 }
 
 fn raw(f: &Frame) -> Vec<u8> {
-    f.rgb.data_bytes().unwrap().to_vec()
+    f.rgb().data_bytes().unwrap().to_vec()
 }
 
 /// Largest difference, in 8-bit levels, between two normalised tensors of

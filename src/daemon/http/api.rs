@@ -231,7 +231,7 @@ async fn frame(State(app): State<App>, Path(name): Path<String>, q: Query<FrameQ
 fn jpeg(frame: &crate::input::Frame) -> Result<Vec<u8>, String> {
     use opencv::core::{Vector, VectorToVec};
     let mut bgr = opencv::core::Mat::default();
-    opencv::imgproc::cvt_color_def(&frame.rgb, &mut bgr, opencv::imgproc::COLOR_RGB2BGR)
+    opencv::imgproc::cvt_color_def(frame.rgb(), &mut bgr, opencv::imgproc::COLOR_RGB2BGR)
         .map_err(|e| e.to_string())?;
     let mut out = Vector::<u8>::new();
     let params = Vector::from_slice(&[opencv::imgcodecs::IMWRITE_JPEG_QUALITY, 85]);

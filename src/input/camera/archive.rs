@@ -54,7 +54,7 @@ impl Archive {
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let path = dir.join(format!("{captured_at_ms}-{safe}.jpg"));
         let mut bgr = Mat::default();
-        imgproc::cvt_color_def(&frame.rgb, &mut bgr, imgproc::COLOR_RGB2BGR)
+        imgproc::cvt_color_def(frame.rgb(), &mut bgr, imgproc::COLOR_RGB2BGR)
             .map_err(|e| e.to_string())?;
         let mut jpeg = Vector::<u8>::new();
         let params = Vector::from_slice(&[imgcodecs::IMWRITE_JPEG_QUALITY, 90]);
