@@ -8,17 +8,7 @@ use std::time::Instant;
 
 use shitu_edge::search::Method;
 
-use crate::common::{build_gallery, data, settings};
-
-fn scenes() -> Vec<std::path::PathBuf> {
-    let mut names: Vec<_> = std::fs::read_dir(data("images/scenes"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
-        .collect();
-    names.sort();
-    names
-}
+use crate::common::{build_gallery, scene_paths as scenes, settings};
 
 #[test]
 fn pooled_frames_get_the_answers_of_plain_ones() {

@@ -604,7 +604,7 @@ fn write_kernel_outputs() {
 /// normalised there).
 #[test]
 fn gpu_pipeline_answers_like_the_cpu() {
-    use crate::common::{build_gallery, data, root, settings};
+    use crate::common::{build_gallery, root, scene_paths, settings};
     use shitu_edge::config::{PreprocessBackend, Provider, SearchDevice};
     use shitu_edge::engine::Place;
     if let Err(why) = shitu_edge::gpu::Device::open(0) {
@@ -631,12 +631,7 @@ fn gpu_pipeline_answers_like_the_cpu() {
     gpu.engine.provider = provider;
     gpu.engine.fallback = false;
 
-    let mut names: Vec<_> = std::fs::read_dir(data("images/scenes"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
-        .collect();
-    names.sort();
+    let names = scene_paths();
     let frames: Vec<_> = names
         .iter()
         .map(|p| shitu_edge::input::read(p, &cpu.input).unwrap())

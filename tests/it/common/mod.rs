@@ -81,6 +81,17 @@ pub fn query_path(name: &str) -> PathBuf {
     }
 }
 
+/// The demo conveyor scenes (`images/scenes/*.jpg`), sorted.
+pub fn scene_paths() -> Vec<PathBuf> {
+    let mut names: Vec<_> = std::fs::read_dir(data("images/scenes"))
+        .expect("tests/data/images/scenes")
+        .map(|e| e.expect("a scene's directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    names.sort();
+    names
+}
+
 /// Cosine of two equal-length vectors.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
