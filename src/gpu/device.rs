@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaStream};
+use cudarc::driver::{CudaContext, CudaStream, PinnedHostSlice};
 
 use super::{probe, NoGpu, Platform};
 
@@ -70,6 +70,42 @@ impl Device {
     /// The stream every stage's work on this device goes to.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// `len` bytes of page-locked host memory in this device's context,
+    /// mapped into its address space (`DEVICEMAP`, plus `flags`), with the
+    /// device address an integrated GPU reads it at in place (`None` on a
+    /// discrete GPU, which gets it by DMA). The error says which step failed.
+    ///
+    /// # Safety
+    /// The memory is not initialised: write it before anything reads it.
+    pub unsafe fn alloc_mapped(
+        &self,
+        len: usize,
+        flags: u32,
+    ) -> Result<(PinnedHostSlice<u8>, Option<u64>), String> {
+        // SAFETY: the caller writes the memory before reading it.
+        let mut mem = unsafe {
+            self.ctx.alloc_pinned_with_flags::<u8>(
+                len,
+                cudarc::driver::sys::CU_MEMHOSTALLOC_DEVICEMAP | flags,
+            )
+        }
+        .map_err(|e| format!("allocating {len} bytes of page-locked memory: {e}"))?;
+        if !self.platform.integrated {
+            return Ok((mem, None));
+        }
+        let host = mem
+            .as_mut_ptr()
+            .map_err(|e| format!("page-locked memory: {e}"))?;
+        let mut dptr = 0;
+        // SAFETY: `host` is a live page-locked allocation made with
+        // DEVICEMAP in this device's context.
+        let r =
+            unsafe { cudarc::driver::sys::cuMemHostGetDevicePointer_v2(&mut dptr, host.cast(), 0) };
+        r.result()
+            .map_err(|e| format!("mapping page-locked memory: {e}"))?;
+        Ok((mem, Some(dptr)))
     }
 }
 

@@ -162,29 +162,11 @@ impl FramePool {
                 // of write-combined memory are uncached.
                 // SAFETY: the decoder writes every byte a frame uses before
                 // anything reads it.
-                let mut mem = unsafe {
-                    device.context().alloc_pinned_with_flags::<u8>(
-                        len,
-                        cudarc::driver::sys::CU_MEMHOSTALLOC_DEVICEMAP,
-                    )
-                }
-                .map_err(|e| format!("allocating {len} bytes of page-locked frame memory: {e}"))?;
+                let (mut mem, mapped) = unsafe { device.alloc_mapped(len, 0) }
+                    .map_err(|e| format!("frame memory: {e}"))?;
                 let ptr = mem
                     .as_mut_ptr()
                     .map_err(|e| format!("page-locked frame memory: {e}"))?;
-                let mapped = if device.platform().integrated {
-                    let mut dptr = 0;
-                    // SAFETY: `ptr` is a live page-locked allocation made
-                    // with DEVICEMAP in this device's context.
-                    let r = unsafe {
-                        cudarc::driver::sys::cuMemHostGetDevicePointer_v2(&mut dptr, ptr.cast(), 0)
-                    };
-                    r.result()
-                        .map_err(|e| format!("mapping page-locked frame memory: {e}"))?;
-                    Some(dptr)
-                } else {
-                    None
-                };
                 Ok(Block {
                     ptr,
                     len,

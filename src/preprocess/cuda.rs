@@ -386,29 +386,15 @@ impl GpuPreprocess {
             // Write-combined: the host only writes this buffer.
             // SAFETY: each frame's bytes are written below before the
             // device reads them.
-            let pinned = unsafe {
-                self.device.context().alloc_pinned_with_flags::<u8>(
+            let (pinned, mapped) = unsafe {
+                self.device.alloc_mapped(
                     total.next_power_of_two(),
-                    cudarc::driver::sys::CU_MEMHOSTALLOC_DEVICEMAP
-                        | cudarc::driver::sys::CU_MEMHOSTALLOC_WRITECOMBINED,
+                    cudarc::driver::sys::CU_MEMHOSTALLOC_WRITECOMBINED,
                 )
             }
-            .map_err(err("allocating page-locked frame memory"))?;
-            let pinned = staging.pinned.insert(pinned);
-            if self.device.platform().integrated {
-                let mut dptr = 0;
-                let host = pinned
-                    .as_mut_ptr()
-                    .map_err(err("page-locked frame memory"))?;
-                // SAFETY: `host` is a live page-locked allocation made with
-                // DEVICEMAP in this context.
-                let r = unsafe {
-                    cudarc::driver::sys::cuMemHostGetDevicePointer_v2(&mut dptr, host.cast(), 0)
-                };
-                r.result()
-                    .map_err(err("mapping page-locked frame memory"))?;
-                staging.mapped = Some(dptr);
-            }
+            .map_err(|e| Error::Gpu(format!("preprocessing: frame memory: {e}")))?;
+            staging.pinned = Some(pinned);
+            staging.mapped = mapped;
         }
         let Some(pinned) = staging.pinned.as_mut() else {
             return Err(Error::Gpu("preprocessing: no staging memory".into()));
